@@ -1,0 +1,1 @@
+"""The ``ahri`` command-line interface (typer + rich). Thin: parse, build settings, call ahri_core."""
