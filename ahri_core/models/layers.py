@@ -1,0 +1,167 @@
+"""Transformer building blocks shared by the tokenizer and the dynamics model.
+
+RMSNorm, SwiGLU, rotary position embeddings (RoPE), and attention with QK-norm, grouped-query
+attention (GQA) and an optional logit soft-cap, on top of ``scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned gain; computed in float32 for bf16 stability."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).to(dtype)
+
+
+class SwiGLU(nn.Module):
+    """Gated MLP: W2 (silu(W1 x) * W3 x). Hidden width is rounded to a multiple of 8."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio * 2 / 3)
+        hidden = max(8, (hidden + 7) // 8 * 8)
+        self.w13 = nn.Linear(dim, 2 * hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(a) * b)
+
+
+class Rotary(nn.Module):
+    """Rotary embeddings for integer (or fractional) positions; ``head_dim`` must be even."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rotary head_dim must be even, got {head_dim}")
+        inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv, persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (L,) -> cos, sin each (L, head_dim/2), float32."""
+        ang = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]
+        return ang.cos(), ang.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of the last dim. x (..., L, D); cos/sin (L, D/2)."""
+    dtype = x.dtype
+    x1, x2 = x.float().chunk(2, dim=-1)
+    y = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return y.to(dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with optional GQA, QK-norm, RoPE and tanh logit soft-cap.
+
+    ``forward`` takes x (B, L, D) and optionally ``past`` keys/values (B, Hkv, S, hd) that the
+    new queries also attend to (KV cache); it returns the output and this call's (k, v) after RoPE.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        kv_heads: int | None = None,
+        qk_norm: bool = True,
+        softcap: float | None = None,
+    ) -> None:
+        super().__init__()
+        kv_heads = kv_heads or heads
+        if dim % heads:
+            raise ValueError(f"model width {dim} is not divisible by heads {heads}")
+        if heads % kv_heads:
+            raise ValueError(f"heads {heads} is not divisible by kv_heads {kv_heads}")
+        self.heads, self.kv_heads = heads, kv_heads
+        self.head_dim = dim // heads
+        self.softcap = softcap
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.kv = nn.Linear(dim, 2 * kv_heads * self.head_dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        self.q_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope_q: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rope_k: tuple[torch.Tensor, torch.Tensor] | None = None,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """mask: bool, True = may attend, broadcastable to (B, H, L, S_total)."""
+        q = rearrange(self.q(x), "b l (h d) -> b h l d", h=self.heads)
+        k, v = rearrange(self.kv(x), "b l (two h d) -> two b h l d", two=2, h=self.kv_heads)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope_q is not None:
+            q = apply_rotary(q, *rope_q)
+        rope_k = rope_k if rope_k is not None else rope_q
+        if rope_k is not None:
+            k = apply_rotary(k, *rope_k)
+        new_kv = (k, v)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
+        if self.kv_heads != self.heads:
+            rep = self.heads // self.kv_heads
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        if self.softcap is None:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None)
+        else:
+            o = self._softcapped(q, k, v, mask, is_causal)
+        return self.out(rearrange(o, "b h l d -> b l (h d)")), new_kv
+
+    def _softcapped(self, q, k, v, mask, is_causal):
+        # tanh soft-cap bounds the logits to (-cap, cap); SDPA has no hook for it, so compute explicitly.
+        logits = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        logits = self.softcap * torch.tanh(logits / self.softcap)
+        L, S = q.shape[-2], k.shape[-2]
+        if is_causal and mask is None:
+            mask = torch.ones(L, S, dtype=torch.bool, device=q.device).tril(S - L)
+        if mask is not None:
+            logits = logits.masked_fill(~mask, float("-inf"))
+        return (logits.softmax(-1) @ v.float()).to(q.dtype)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)); x + mlp(norm(x))."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        kv_heads: int | None = None,
+        mlp_ratio: float = 4.0,
+        qk_norm: bool = True,
+        softcap: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(dim)
+        self.attn = Attention(dim, heads, kv_heads, qk_norm=qk_norm, softcap=softcap)
+        self.norm2 = RMSNorm(dim)
+        self.mlp = SwiGLU(dim, mlp_ratio)
+
+    def forward(self, x: torch.Tensor, **attn_kwargs) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        a, kv = self.attn(self.norm1(x), **attn_kwargs)
+        x = x + a
+        x = x + self.mlp(self.norm2(x))
+        return x, kv

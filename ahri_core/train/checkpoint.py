@@ -1,0 +1,146 @@
+"""Checkpoints: weights in safetensors with the model config inside, training state in a second file.
+
+- ``<name>.safetensors``: the model's tensors; metadata ``ahri_kind`` (e.g. "tokenizer", "dynamics"),
+  ``config`` (the full model config as JSON) and any extra JSON fields. A checkpoint alone rebuilds its model.
+- ``<name>.state.pt``: optimizer, step, RNG states, data position, EMA... saved with ``torch.save`` and read
+  with ``torch.load(weights_only=True)`` so that loading never runs pickled code.
+Loading is strict: missing, unexpected or reshaped tensors and config mismatches are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import ahri_core
+
+from ..errors import CheckpointError
+from ..fileio import atomic_path
+
+
+def _listing(names: list[str], n: int = 4) -> str:
+    head = ", ".join(sorted(names)[:n])
+    return head + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies (safetensors refuses tensors that share memory)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_weights(
+    path: str | os.PathLike,
+    tensors: dict[str, torch.Tensor] | nn.Module,
+    kind: str,
+    config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write weights + config atomically. ``extra`` values are stored as JSON strings."""
+    if isinstance(tensors, nn.Module):
+        tensors = state_dict_for_save(tensors)
+    else:
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    meta = {"ahri_kind": kind, "config": json.dumps(config, sort_keys=True), "ahri_version": ahri_core.__version__}
+    for k, v in (extra or {}).items():
+        meta[k] = json.dumps(v, sort_keys=True, default=str)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Return (kind, config, extra) of a weights file without loading the tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file ({e})") from None
+    if "ahri_kind" not in meta or "config" not in meta:
+        raise CheckpointError(f"checkpoint {path} has no ahri metadata (kind and config); was it written by ahri?")
+    config = json.loads(meta["config"])
+    extra = {}
+    for k, v in meta.items():
+        if k in ("ahri_kind", "config", "ahri_version"):
+            continue
+        try:
+            extra[k] = json.loads(v)
+        except json.JSONDecodeError:
+            extra[k] = v
+    extra["ahri_version"] = meta.get("ahri_version")
+    return meta["ahri_kind"], config, extra
+
+
+def config_mismatch(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
+    """Names of fields that differ between two configs (missing counts as different)."""
+    keys = sorted(set(expected) | set(found))
+    return [k for k in keys if expected.get(k, "<missing>") != found.get(k, "<missing>")]
+
+
+def load_weights(
+    path: str | os.PathLike,
+    model: nn.Module,
+    kind: str | None = None,
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Strictly load weights into ``model``. Returns the stored config.
+
+    Refuses: another kind of checkpoint, a stored config that differs from ``config`` (when given),
+    missing or unexpected tensors, and shape mismatches; each with a message naming what differs.
+    """
+    path = Path(path)
+    found_kind, found_config, _ = read_metadata(path)
+    if kind is not None and found_kind != kind:
+        raise CheckpointError(f"checkpoint {path} holds a {found_kind} model, not a {kind} model")
+    if config is not None:
+        diff = config_mismatch(config, found_config)
+        if diff:
+            d = ", ".join(f"{k}: checkpoint {found_config.get(k, '<missing>')!r} vs model {config.get(k, '<missing>')!r}" for k in diff[:4])
+            raise CheckpointError(f"checkpoint {path} was made with another model config ({d})")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({e})") from None
+    own = model.state_dict()
+    missing = [k for k in own if k not in tensors]
+    unexpected = [k for k in tensors if k not in own]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {len(missing)} tensor(s) of the model: {_listing(missing)}")
+    if unexpected:
+        raise CheckpointError(f"checkpoint {path} has {len(unexpected)} tensor(s) the model does not: {_listing(unexpected)}")
+    shapes = [k for k in own if tuple(own[k].shape) != tuple(tensors[k].shape)]
+    if shapes:
+        k = shapes[0]
+        raise CheckpointError(
+            f"checkpoint {path}: tensor {k} has shape {tuple(tensors[k].shape)}, the model expects {tuple(own[k].shape)}"
+        )
+    model.load_state_dict(tensors, strict=True)
+    return found_config
+
+
+def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Save training state (tensors, numbers, strings, lists, dicts only) atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"training state {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged or foreign file
+        raise CheckpointError(f"training state {path} cannot be loaded safely ({type(e).__name__}: {e})") from None

@@ -1,0 +1,290 @@
+"""Pieces every training loop shares: device and precision, LR schedule, EMA, loss normalisation,
+RNG capture for exact resume, stop signals, run directories and budgets."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..fileio import append_jsonl, write_json_atomic
+
+
+# ---------------------------------------------------------------------------------------------- device
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available (use --device cpu or auto)")
+    return dev
+
+
+def autocast(device: torch.device, precision: str = "bf16"):
+    """bf16 autocast on CPU and CUDA (no fp16, so no GradScaler); a no-op for fp32."""
+    if precision == "bf16" and device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------- schedule
+def lr_factor(step: int, warmup: int, progress: float, min_ratio: float = 0.1) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine from 1 to ``min_ratio`` as progress goes 0 -> 1.
+
+    ``progress`` is the fraction of the budget used (steps or minutes, whichever is further along).
+    """
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    p = min(max(progress, 0.0), 1.0)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+
+
+def make_adamw(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms, biases or embeddings of size 1-D)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+# ---------------------------------------------------------------------------------------------- EMA
+class EMA:
+    """Exponential moving average of a model's floating-point parameters and buffers."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].lerp_(v.detach().float(), 1 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.shadow)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k in self.shadow:
+            self.shadow[k].copy_(state[k])
+
+    def averaged(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """A full state dict of ``model`` with EMA values where available."""
+        out = {}
+        for k, v in model.state_dict().items():
+            out[k] = self.shadow[k].to(v.dtype) if k in self.shadow else v
+        return out
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module):
+        """Temporarily load the EMA weights into ``model`` (for validation or as a teacher)."""
+        backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.averaged(model))
+        try:
+            yield model
+        finally:
+            model.load_state_dict(backup)
+
+
+# ---------------------------------------------------------------------------------------------- loss norm
+class RunningRMS(nn.Module):
+    """Divides a loss term by a running RMS of its own value (loss normalisation).
+
+    The statistic is updated from the detached loss, so it rescales gradients without being trained.
+    It is a module with buffers so that it is saved and restored with the training state.
+    """
+
+    def __init__(self, decay: float = 0.99, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.decay, self.eps = decay, eps
+        self.register_buffer("mean_sq", torch.zeros(()))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    def forward(self, loss: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            v = loss.detach().float().pow(2)
+            if self.count.item() == 0:
+                self.mean_sq.copy_(v)
+            else:
+                self.mean_sq.mul_(self.decay).add_((1 - self.decay) * v)
+            self.count.add_(1)
+        if self.count.item() == 0:
+            return loss
+        return loss / (self.mean_sq.sqrt() + self.eps)
+
+
+# ---------------------------------------------------------------------------------------------- RNG
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch (CPU and CUDA) RNG states as tensors/ints, safe for weights_only loading."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python_version": py[0],
+        "python_state": torch.tensor(py[1], dtype=torch.int64),
+        "python_gauss": py[2],
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "numpy_has_gauss": int(np_state[3]),
+        "numpy_gauss": float(np_state[4]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate((state["python_version"], tuple(int(x) for x in state["python_state"].tolist()), state["python_gauss"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            state["numpy_has_gauss"],
+            state["numpy_gauss"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------- signals
+class StopRequest:
+    """Turns SIGTERM and the first Ctrl-C into a flag the loop checks (it then checkpoints and stops).
+
+    A second Ctrl-C raises KeyboardInterrupt as usual. Only installs handlers in the main thread.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.reason = ""
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):  # noqa: ANN001
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.reason = signal.Signals(signum).name
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old.clear()
+
+
+# ---------------------------------------------------------------------------------------------- budget
+@dataclass
+class Budget:
+    """When to stop: whichever of max_steps, minutes and epochs comes first (at least one is required)."""
+
+    max_steps: int | None = None
+    minutes: float | None = None
+    epochs: float | None = None
+    steps_per_epoch: int | None = None
+    start_time: float = field(default_factory=time.monotonic)
+    elapsed_before: float = 0.0  # seconds spent in earlier (resumed) sessions
+
+    def __post_init__(self) -> None:
+        if self.max_steps is None and self.minutes is None and self.epochs is None:
+            raise ConfigError("give a training budget: --max-steps N, --minutes M or --epochs E")
+
+    @property
+    def total_steps(self) -> int | None:
+        cands = []
+        if self.max_steps is not None:
+            cands.append(self.max_steps)
+        if self.epochs is not None and self.steps_per_epoch:
+            cands.append(max(1, int(math.ceil(self.epochs * self.steps_per_epoch))))
+        return min(cands) if cands else None
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.start_time
+
+    def progress(self, step: int) -> float:
+        """Fraction of the budget used (for the LR schedule)."""
+        fr = 0.0
+        total = self.total_steps
+        if total:
+            fr = max(fr, step / total)
+        if self.minutes:
+            fr = max(fr, self.elapsed() / (60 * self.minutes))
+        return min(fr, 1.0)
+
+    def done(self, step: int) -> bool:
+        total = self.total_steps
+        if total is not None and step >= total:
+            return True
+        return bool(self.minutes is not None and self.elapsed() >= 60 * self.minutes)
+
+
+# ---------------------------------------------------------------------------------------------- run dirs
+def default_run_name(stage: str) -> str:
+    return f"{stage}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+class RunDir:
+    """``runs/<name>/``: run.json (stage, settings), metrics.jsonl, checkpoints and artefacts."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def create(self, stage: str, settings: dict[str, Any], resume: bool) -> RunDir:
+        meta = self.path / "run.json"
+        if meta.exists() and not resume:
+            raise ConfigError(f"run {self.path} already exists: pass --resume to continue it or choose another --run name")
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not meta.exists():
+            write_json_atomic(meta, {"stage": stage, "settings": settings, "created": datetime.now().isoformat(), "finished": False})
+        return self
+
+    def update_meta(self, **fields: Any) -> None:
+        import json
+
+        meta = self.path / "run.json"
+        data = json.loads(meta.read_text()) if meta.exists() else {}
+        data.update(fields)
+        write_json_atomic(meta, data)
+
+    def log(self, record: dict[str, Any]) -> None:
+        append_jsonl(self.path / "metrics.jsonl", record)
+
+    @property
+    def weights(self) -> Path:
+        return self.path / "model.safetensors"
+
+    @property
+    def state(self) -> Path:
+        return self.path / "model.state.pt"
