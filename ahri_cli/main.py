@@ -69,11 +69,13 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     """Run the app, mapping project errors to one-line messages and exit codes (2: settings, 1: others)."""
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int):
+            return rc
     except AhriError as e:
         if STATE.verbose:
             console.print_exception()
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return e.exit_code
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

@@ -137,6 +137,20 @@ class FetchSettings(Section):
     sleep_requests: float = Field(1.0, ge=0, description="seconds between metadata requests")
     retries: int = Field(3, ge=0, le=20)
     socket_timeout: float = Field(20.0, gt=0)
+    connect_timeout: float = Field(5.0, gt=0, le=120, description="seconds for the reachability check")
+    verify: Literal["full", "quick"] = Field("full", description="decode every frame of new videos, or keyframes")
+    count: int = Field(16, ge=1, le=100_000, description="clips to record (game, gym)")
+    frames: int = Field(200, ge=2, le=1_000_000, description="frames per clip (game, gym)")
+    size: int | None = Field(None, ge=16, le=2048, description="frame size of recorded clips (game: 64)")
+    seed: int = Field(0, ge=0, description="first seed of recorded clips (game, gym)")
+    env: str = Field("ALE/Pong-v5", min_length=1, description="Gymnasium environment id (gym)")
+
+    @field_validator("size")
+    @classmethod
+    def _even(cls, v: int | None) -> int | None:
+        if v is not None and v % 2:
+            raise ValueError("must be even (mp4 stores yuv420p)")
+        return v
 
     @field_validator("match_title")
     @classmethod
@@ -226,6 +240,8 @@ class DiffusionSettings(Section):
     single_image_fraction: float = Field(0.3, ge=0, le=1)
     bootstrap_warmup: int = Field(0, ge=0, description="steps of plain flow loss before bootstrap starts")
     ema_teacher: bool = False
+    context_fraction: float = Field(0.3, ge=0, le=1, description="fraction of frames drawn as nearly-clean context")
+    context_tau_max: float = Field(0.2, ge=0, le=1, description="context frames draw tau ~ U[0, context_tau_max]")
 
     @field_validator("k_max")
     @classmethod
