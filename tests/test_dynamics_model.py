@@ -1,0 +1,358 @@
+"""The dynamics model: shapes, causality, isolation, conditioning, actions, KV cache, checkpointing, configs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ahri_core.errors import CheckpointError, ConfigError, DataError
+from ahri_core.models.dynamics import (
+    PRESETS,
+    DynamicsConfig,
+    build_dynamics,
+    dynamics_config,
+    load_dynamics,
+    param_count,
+    save_dynamics,
+)
+from ahri_core.train.checkpoint import load_weights, save_weights
+
+N, C = 5, 3  # tokens, channels
+
+
+def make(seed: int = 0, active: bool = True, **overrides):
+    """A tiny model in eval mode; ``active`` randomises the zero-initialised AdaLN layers so every
+    block does something (a freshly built model starts with identity blocks)."""
+    torch.manual_seed(seed)
+    model = build_dynamics("tiny", tokens=N, channels=C, **overrides)
+    if active:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(("mod.weight", "mod_out.weight")):
+                    p.normal_(0, 0.2)
+                elif name.endswith(("mod.bias", "mod_out.bias")):
+                    p.normal_(0, 0.2)
+    return model.eval()
+
+
+def inputs(B: int = 2, T: int = 6, seed: int = 1, k_max: int = 64):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(B, T, N, C, generator=g)  # (batch, time, tokens, channels)
+    tau = torch.rand(B, T, generator=g)
+    exps = torch.randint(0, 7, (B, T), generator=g)
+    step = (2.0**exps) / k_max
+    return z, tau, step
+
+
+# ---------------------------------------------------------------------------------------------- basics
+def test_output_shape_and_dtype():
+    model = make()
+    z, tau, step = inputs(3, 7)
+    out = model(z, tau, step)
+    assert out.shape == (3, 7, N, C)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+def test_output_shape_under_bf16_autocast_is_float32():
+    model = make()
+    z, tau, step = inputs(2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(z, tau, step)
+    assert out.dtype == torch.float32 and out.shape == (2, 4, N, C)
+
+
+def test_wrong_shapes_are_refused():
+    model = make()
+    z, tau, step = inputs(2, 4)
+    with pytest.raises(DataError, match="latents"):
+        model(z[..., :2], tau, step)
+    with pytest.raises(DataError, match="tau and step"):
+        model(z, tau[:, :3], step)
+    with pytest.raises(DataError, match="without actions"):
+        model(z, tau, step, actions=torch.zeros(2, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_causality(softcap):
+    model = make(softcap=softcap)
+    z, tau, step = inputs(2, 8)
+    out = model(z, tau, step)
+    for t in (0, 3, 6):
+        z2, tau2, step2 = z.clone(), tau.clone(), step.clone()
+        z2[:, t + 1 :] += torch.randn_like(z2[:, t + 1 :])
+        tau2[:, t + 1 :] = torch.rand_like(tau2[:, t + 1 :])
+        step2[:, t + 1 :] = 1.0
+        out2 = model(z2, tau2, step2)
+        assert torch.allclose(out[:, : t + 1], out2[:, : t + 1], atol=1e-6)
+        assert not torch.allclose(out[:, t + 1], out2[:, t + 1], atol=1e-3)
+
+
+def test_past_frames_do_influence_later_frames():
+    model = make()
+    z, tau, step = inputs(2, 6)
+    out = model(z, tau, step)
+    z2 = z.clone()
+    z2[:, 0] += 1.0
+    out2 = model(z2, tau, step)
+    assert (out2[:, 1:] - out[:, 1:]).abs().amax() > 1e-3
+
+
+def test_isolated_items_see_no_other_frame():
+    model = make()
+    z, tau, step = inputs(3, 6)
+    isolated = torch.tensor([True, False, True])
+    out = model(z, tau, step, isolated=isolated)
+    z2 = z.clone()
+    z2[:, :3] += torch.randn_like(z2[:, :3])  # change frames 0..2 of every item
+    tau2 = tau.clone()
+    tau2[:, :3] = torch.rand_like(tau2[:, :3])
+    out2 = model(z2, tau2, step, isolated=isolated)
+    # isolated items: frames 3.. are untouched by the change of frames 0..2
+    assert torch.allclose(out[isolated][:, 3:], out2[isolated][:, 3:], atol=1e-6)
+    # the non-isolated item does change at frames 3..
+    assert (out[1, 3:] - out2[1, 3:]).abs().amax() > 1e-3
+    # an isolated frame equals the same frame run alone (T = 1)
+    single = model(z[:1, 4:5], tau[:1, 4:5], step[:1, 4:5])
+    assert torch.allclose(out[0, 4], single[0, 0], atol=1e-5)
+
+
+def test_isolated_all_false_equals_none():
+    model = make()
+    z, tau, step = inputs(2, 5)
+    a = model(z, tau, step)
+    b = model(z, tau, step, isolated=torch.zeros(2, dtype=torch.bool))
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_independent_of_sequence_length_for_same_prefix():
+    model = make()
+    z, tau, step = inputs(2, 12)
+    long = model(z, tau, step)
+    short = model(z[:, :8], tau[:, :8], step[:, :8])
+    assert torch.allclose(long[:, :8], short, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- conditioning
+def test_tau_step_and_actions_change_the_output():
+    model = make(action_kind="discrete", action_count=4)
+    z, tau, step = inputs(2, 4)
+    acts = torch.tensor([[-1, 0, 1, 2], [3, 3, -1, 0]])
+    base = model(z, tau, step, acts)
+    assert (model(z, tau * 0.5, step, acts) - base).abs().amax() > 1e-3
+    assert (model(z, tau, torch.full_like(step, 1.0), acts) - base).abs().amax() > 1e-3
+    acts2 = acts.clone()
+    acts2[:, 2] = (acts2[:, 2] + 2) % 4
+    out2 = model(z, tau, step, acts2)
+    assert (out2[:, 2:] - base[:, 2:]).abs().amax() > 1e-3
+    assert torch.allclose(out2[:, :2], base[:, :2], atol=1e-6)  # actions are causal too
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_conditioning_reaches_every_token(active):
+    """PITFALLS 9: each output token depends on the frame's tau/d/action vector, also at init."""
+    model = make(active=active, action_kind="discrete", action_count=3)
+    z, tau, step = inputs(2, 3)
+    cond = model.conditioning(tau, step, None, 2, 3).detach().requires_grad_(True)
+    out = model.trunk(z, cond)
+    for t in range(3):
+        for n in range(N):
+            (g,) = torch.autograd.grad(out[:, t, n].sum(), cond, retain_graph=True)
+            assert g[:, t].abs().sum() > 0, (t, n)
+    # the tau MLP itself receives gradient from the loss
+    model.zero_grad()
+    model(z, tau, step).pow(2).mean().backward()
+    assert model.tau_mlp[0].weight.grad.abs().sum() > 0
+
+
+def test_every_step_row_is_reachable():
+    """log2(d * k_max) indexes the table: d_min -> row 0, d = 1 -> last row."""
+    model = make()
+    k = model.config.k_max
+    ds = torch.tensor([[2.0**i / k for i in range(model.step_levels)]])
+    assert model.step_index(ds).tolist() == [list(range(model.step_levels))]
+    z, tau, _ = inputs(1, model.step_levels)
+    model.zero_grad()
+    model(z, tau.clamp_min(0.5), ds).pow(2).mean().backward()
+    rows_with_grad = (model.step_embed.weight.grad.abs().sum(-1) > 0).tolist()
+    assert all(rows_with_grad)
+
+
+def test_discrete_no_action_row_for_minus_one_and_none():
+    model = make(action_kind="discrete", action_count=4)
+    z, tau, step = inputs(2, 4)
+    none = model(z, tau, step, None)
+    minus = model(z, tau, step, torch.full((2, 4), -1, dtype=torch.long))
+    assert torch.allclose(none, minus, atol=0)
+    real = model(z, tau, step, torch.zeros(2, 4, dtype=torch.long))
+    assert (real - none).abs().amax() > 1e-3
+    with pytest.raises(DataError, match="action ids"):
+        model(z, tau, step, torch.full((2, 4), 4, dtype=torch.long))
+
+
+def test_continuous_no_action_for_nan_rows_and_none():
+    model = make(action_kind="continuous", action_dim=3)
+    z, tau, step = inputs(2, 4)
+    none = model(z, tau, step, None)
+    nan = model(z, tau, step, torch.full((2, 4, 3), float("nan")))
+    assert torch.allclose(none, nan, atol=0)
+    acts = torch.randn(2, 4, 3)
+    acts[:, 0] = float("nan")
+    mixed = model(z, tau, step, acts)
+    assert torch.isfinite(mixed).all()
+    assert torch.allclose(mixed[:, 0], none[:, 0], atol=0)  # frame 0 has no action, nothing earlier differs
+    assert (mixed[:, 1:] - none[:, 1:]).abs().amax() > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- KV cache
+@pytest.mark.parametrize("kind", ["none", "discrete"])
+def test_cached_steps_equal_uncached_forward(kind):
+    extra = dict(action_kind="discrete", action_count=4) if kind == "discrete" else {}
+    model = make(**extra)
+    B, T = 2, 9
+    z, tau, step = inputs(B, T)
+    acts = torch.randint(-1, 4, (B, T)) if kind == "discrete" else None
+    full = model(z, tau, step, acts)
+    cache = model.new_cache(B, 16)
+    for t in range(T):
+        a = None if acts is None else acts[:, t : t + 1]
+        # a denoising call (commit=False) on another version of the frame must not disturb the cache
+        model.step(torch.randn(B, 1, N, C), torch.full((B, 1), 0.9), step[:, t : t + 1], a, cache, commit=False)
+        assert len(cache) == min(t, 15)
+        got = model.step(z[:, t : t + 1], tau[:, t : t + 1], step[:, t : t + 1], a, cache, commit=False)
+        assert torch.allclose(got[:, 0], full[:, t], atol=1e-5), t
+        committed = model.step(z[:, t : t + 1], tau[:, t : t + 1], step[:, t : t + 1], a, cache, commit=True)
+        assert torch.allclose(committed, got, atol=0)
+    assert cache.frames == T
+
+
+def test_sliding_window_keeps_cache_bounded():
+    model = make()
+    B, W = 2, 4
+    cache = model.new_cache(B, W)
+    z, tau, step = inputs(B, 11)
+    sizes, shapes = [], set()
+    for t in range(11):
+        out = model.step(z[:, t : t + 1], tau[:, t : t + 1], step[:, t : t + 1], None, cache, commit=True)
+        assert torch.isfinite(out).all()
+        sizes.append(len(cache))
+        shapes |= {tuple(k.shape) for k in cache.k if k is not None}
+    assert sizes == [1, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3]  # never more than max_frames - 1 context frames
+    assert len(shapes) == 1 and next(iter(shapes))[2] == W - 1  # fixed buffer: constant per-frame cost
+    assert cache.frames == 11
+    # inside the window (first W frames) the cache still equals the forward
+    cache = model.new_cache(B, W)
+    full = model(z[:, :W], tau[:, :W], step[:, :W])
+    for t in range(W):
+        got = model.step(z[:, t : t + 1], tau[:, t : t + 1], step[:, t : t + 1], None, cache, commit=True)
+        assert torch.allclose(got[:, 0], full[:, t], atol=1e-5)
+
+
+def test_step_rejects_wrong_batch_and_length():
+    model = make()
+    cache = model.new_cache(2)
+    assert cache.max_frames == model.config.max_frames
+    z, tau, step = inputs(2, 2)
+    with pytest.raises(DataError, match="one frame"):
+        model.step(z, tau, step, None, cache, commit=True)
+    with pytest.raises(DataError, match="batch"):
+        model.step(z[:1, :1], tau[:1, :1], step[:1, :1], None, cache, commit=True)
+
+
+# ---------------------------------------------------------------------------------------------- checkpointing
+def test_grad_checkpointing_gives_same_gradients():
+    ref = make(active=True)
+    ckpt = make(active=True, grad_checkpointing=True)
+    ckpt.load_state_dict(ref.state_dict())
+    z, tau, step = inputs(2, 5)
+    iso = torch.tensor([True, False])
+    grads = []
+    for m in (ref, ckpt):
+        m.train()
+        m.zero_grad()
+        m(z, tau, step, isolated=iso).pow(2).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5), name
+
+
+def test_grad_checkpointing_really_recomputes():
+    """The flag must do something: with it on, blocks run twice per training step (forward + recompute).
+    (A pre-hook: the recompute stops early, after the last saved tensor, so post-hooks would not fire.)"""
+    model = make(grad_checkpointing=True).train()
+    calls = []
+    for blk in model.blocks:
+        blk.register_forward_pre_hook(lambda *a: calls.append(1))
+    z, tau, step = inputs(1, 3)
+    model(z, tau, step).sum().backward()
+    assert len(calls) == 2 * len(model.blocks)
+    calls.clear()
+    model.set_grad_checkpointing(False)
+    model(z, tau, step).sum().backward()
+    assert len(calls) == len(model.blocks)
+
+
+# ---------------------------------------------------------------------------------------------- configs
+def test_presets_build_and_sizes():
+    counts = {p: param_count(p, tokens=16, channels=32) for p in PRESETS}
+    assert counts["tiny"] < counts["cpu"] < counts["small"] < counts["medium"]
+    assert 50e6 < counts["small"] < 70e6  # the seed's ~60M model
+    assert counts["cpu"] < 5e6
+    small = dynamics_config("small", tokens=16, channels=32)
+    assert (small.dim, small.depth, small.heads) == (512, 12, 8)
+    assert small.layer_kinds() == ["S", "S", "S", "T"] * 3
+    # param_count on a config (meta device) equals counting a real model
+    cpu = build_dynamics("cpu", tokens=16, channels=32)
+    assert param_count(cpu) == counts["cpu"]
+
+
+def test_config_validation_errors():
+    with pytest.raises(ConfigError, match="preset"):
+        build_dynamics("huge", tokens=4, channels=4)
+    with pytest.raises(ConfigError, match="heads"):
+        dynamics_config("tiny", tokens=4, channels=4, heads=3)
+    with pytest.raises(ConfigError, match="action_count"):
+        dynamics_config("tiny", tokens=4, channels=4, action_kind="discrete")
+    with pytest.raises(ConfigError, match="k_max"):
+        dynamics_config("tiny", tokens=4, channels=4, k_max=48)
+    with pytest.raises(ConfigError, match="unknown_field"):
+        dynamics_config("tiny", tokens=4, channels=4, unknown_field=1)
+    with pytest.raises(ConfigError, match="tokens"):
+        dynamics_config("tiny")
+
+
+def test_config_is_json_serialisable():
+    cfg = dynamics_config("tiny", tokens=N, channels=C, action_kind="continuous", action_dim=2, softcap=50.0)
+    back = DynamicsConfig(**json.loads(json.dumps(cfg.model_dump(mode="json"))))
+    assert back == cfg
+    assert build_dynamics(back).config == cfg
+
+
+def test_checkpoint_round_trip_and_refusals(tmp_path):
+    model = make(action_kind="discrete", action_count=4)
+    path = save_dynamics(tmp_path / "dyn.safetensors", model, extra={"step": 7})
+    z, tau, step = inputs(2, 4)
+    acts = torch.randint(-1, 4, (2, 4))
+    expected = model(z, tau, step, acts)
+    loaded = load_dynamics(path).eval()
+    assert loaded.config == model.config
+    assert torch.allclose(loaded(z, tau, step, acts), expected, atol=0)
+    # the lead's API works too: the stored config rebuilds the model
+    cfg = model.config.model_dump(mode="json")
+    other = build_dynamics(DynamicsConfig(**cfg))
+    assert load_weights(path, other, kind="dynamics", config=cfg) == cfg
+    # runtime-only fields may differ
+    assert load_dynamics(path, expect=model.config.model_copy(update={"grad_checkpointing": True}))
+    # a mismatched config is refused, naming the field
+    wider = dynamics_config(model.config, dim=64)
+    with pytest.raises(CheckpointError, match="dim"):
+        load_dynamics(path, expect=wider)
+    with pytest.raises(CheckpointError, match="dim"):
+        load_weights(path, build_dynamics(wider), kind="dynamics", config=wider.model_dump(mode="json"))
+    with pytest.raises(CheckpointError):
+        load_weights(path, build_dynamics(wider), kind="dynamics")  # shapes differ even without a config
+    save_weights(tmp_path / "tok.safetensors", model, kind="tokenizer", config=cfg)
+    with pytest.raises(CheckpointError, match="tokenizer"):
+        load_dynamics(tmp_path / "tok.safetensors")
