@@ -1,0 +1,82 @@
+"""``ahri demo``: render game clips, train, tokenize, train dynamics, evaluate and roll out, within a budget."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ahri_core.settings import load
+
+from .common import STATE, RichProgress, console, out
+
+
+def demo(
+    minutes: Annotated[
+        float | None, typer.Option("--minutes", help="Wall-clock budget of the whole demo. [default: 15]")
+    ] = None,
+    clips: Annotated[int | None, typer.Option("--clips", help="Built-in game clips to render. [default: 48]")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of clips, training and sampling. [default: 0]")] = None,
+    # Smaller models and data for quick end-to-end checks; hidden from --help.
+    tokenizer_preset: Annotated[str | None, typer.Option("--tokenizer-preset", hidden=True)] = None,
+    dynamics_preset: Annotated[str | None, typer.Option("--dynamics-preset", hidden=True)] = None,
+    frames: Annotated[int | None, typer.Option("--frames", hidden=True)] = None,
+    size: Annotated[int | None, typer.Option("--size", hidden=True)] = None,
+    context: Annotated[int | None, typer.Option("--context", hidden=True)] = None,
+    horizon: Annotated[int | None, typer.Option("--horizon", hidden=True)] = None,
+    eval_clips: Annotated[int | None, typer.Option("--eval-clips", hidden=True)] = None,
+    rollout_horizon: Annotated[int | None, typer.Option("--rollout-horizon", hidden=True)] = None,
+) -> None:
+    """The whole flow on this machine, no network: game clips -> tokenizer -> latents -> dynamics -> eval -> rollout.
+
+    Example:  ahri demo --minutes 15
+    """
+    from ahri_core.demo import STAGES, DemoSettings, run_demo
+
+    flags = dict(
+        minutes=minutes, clips=clips, seed=seed, tokenizer_preset=tokenizer_preset, dynamics_preset=dynamics_preset,
+        frames=frames, size=size, context=context, horizon=horizon, eval_clips=eval_clips,
+        rollout_horizon=rollout_horizon,
+    )
+    s = load(DemoSettings, flags, STATE.config)
+    console.print(
+        f"ahri demo: {s.clips} game clips, budget {s.minutes:g} min, workspace {STATE.workspace.root}", highlight=False
+    )
+    console.print("stages: " + " -> ".join(STAGES), highlight=False)
+    with RichProgress(console) as progress:
+        res = run_demo(s, STATE.workspace, progress)
+    sm = res.summary
+    ev = sm["eval"]
+    t = Table(title=f"ahri demo: {sm['minutes_used']:.1f} of {sm['minutes_budget']:g} minutes")
+    t.add_column("stage")
+    t.add_column("seconds", justify="right")
+    for name, sec in sm["stage_seconds"].items():
+        t.add_row(name, f"{sec:.0f}")
+    out.print(t)
+    q = Table(title=f"held-out clips ({ev['clips']}): PSNR averaged over horizons {ev['horizon_avg']}")
+    q.add_column("")
+    q.add_column("PSNR (dB)", justify="right")
+    q.add_column("vs copy-last", justify="right")
+    q.add_column("frames/s", justify="right")
+    for name, v in ev["psnr"].items():
+        gain = ev["gain_over_copy_last_db"][name]
+        q.add_row(name, f"{v:.2f}", f"[{'green' if gain >= 1 else 'red'}]{gain:+.2f} dB[/]", f"{ev['frames_per_s'][name]:.1f}")
+    q.add_row("[dim]copy last frame[/]", f"{ev['copy_last_psnr']:.2f}", "", "")
+    q.add_row("[dim]tokenizer ceiling[/]", f"{ev['tokenizer_ceiling_psnr']:.2f}", "", "")
+    out.print(q)
+    tok = sm["tokenizer"]
+    if tok.get("val_psnr") is not None:
+        out.print(f"tokenizer held-out reconstruction: {tok['val_psnr']:.2f} dB", highlight=False)
+    for k, ok in sm["acceptance"].items():
+        out.print(f"{'[green]ok[/]' if ok else '[red]no[/]'}  {k.replace('_', ' ')}")
+    out.print(f"eval:     {ev['dir']}  (plot {ev['plot']})", highlight=False)
+    for v in ev["videos"]:
+        out.print(f"sample:   {v}", highlight=False)
+    if sm.get("rollout"):
+        out.print(f"rollout:  {sm['rollout']['out']}", highlight=False)
+    out.print(f"summary:  {res.path}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)

@@ -1,0 +1,152 @@
+"""``ahri eval``: rollouts on held-out videos in pixel space, next to copy-last-frame and the tokenizer ceiling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ahri_core.settings import SamplingSettings, load
+
+from .common import STATE, RichProgress, console, out
+
+
+def _pm(block: dict[str, Any], i: int, fmt: str = "{:.2f}") -> str:
+    m, c = block["mean"][i], block["ci95"][i]
+    s = fmt.format(m)
+    return s if c != c else f"{s} ± {fmt.format(c)}"  # c != c: NaN (one clip)
+
+
+def horizon_table(metrics: dict[str, Any], metric: str = "psnr") -> Table:
+    """One row per horizon step: each step count, copy-last-frame and the tokenizer ceiling."""
+    steps = list(metrics["steps"])
+    unit = " (dB)" if metric == "psnr" else ""
+    t = Table(title=f"{metric.upper()}{unit} per horizon step: mean ± 95% interval over {metrics['clip_count']} held-out clips")
+    t.add_column("h", justify="right")
+    for k in steps:
+        t.add_column(f"{k} steps", justify="right")
+    t.add_column("copy last", justify="right", style="dim")
+    t.add_column("tokenizer ceiling", justify="right", style="dim")
+    fmt = "{:.2f}" if metric == "psnr" else "{:.3f}" if metric == "ssim" else "{:.4f}"
+    for i in range(metrics["settings"]["horizon"]):
+        row = [str(i + 1)]
+        row += [_pm(metrics["steps"][k][metric], i, fmt) for k in steps]
+        row += [_pm(metrics["baselines"]["copy_last"][metric], i, fmt)]
+        row += [_pm(metrics["baselines"]["tokenizer_ceiling"][metric], i, fmt)]
+        t.add_row(*row)
+    return t
+
+
+def summary_table(metrics: dict[str, Any]) -> Table:
+    s = metrics["summary"]
+    near = next(k for k in s if k.startswith("psnr_h1_")).split("_")[-1]
+    H = metrics["settings"]["horizon"]
+    t = Table(title="averages over horizon steps")
+    for col in (
+        "",
+        f"PSNR h1-{near}",
+        f"PSNR h1-{H}",
+        f"SSIM h1-{near}",
+        f"vs copy-last h1-{near}",
+        "latent MSE",
+        "frames/s",
+    ):
+        t.add_column(col, justify="right" if col else "left")
+    copy = s[f"psnr_h1_{near}"]["copy_last"]
+    for k, block in metrics["steps"].items():
+        name = f"steps_{k}"
+        lat = sum(block["latent_mse"]["mean"]) / len(block["latent_mse"]["mean"])
+        gain = s[f"psnr_h1_{near}"][name] - copy
+        fps = block.get("frames_per_s")
+        t.add_row(
+            f"{k} steps",
+            f"{s[f'psnr_h1_{near}'][name]:.2f}",
+            f"{s[f'psnr_h1_{H}'][name]:.2f}",
+            f"{s[f'ssim_h1_{near}'][name]:.3f}",
+            f"[{'green' if gain >= 0 else 'red'}]{gain:+.2f} dB[/]",
+            f"{lat:.4f}",
+            f"{fps:.1f}" if fps else "-",
+        )
+    for name, label in (("copy_last", "copy last frame"), ("tokenizer_ceiling", "tokenizer ceiling")):
+        t.add_row(
+            f"[dim]{label}[/]",
+            f"{s[f'psnr_h1_{near}'][name]:.2f}",
+            f"{s[f'psnr_h1_{H}'][name]:.2f}",
+            f"{s[f'ssim_h1_{near}'][name]:.3f}",
+            "",
+            "",
+            "",
+        )
+    return t
+
+
+def eval_(
+    run: Annotated[
+        str | None,
+        typer.Argument(help="Dynamics run (name in the workspace or path). Default: the latest finished one."),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Latent set (folder with index.json); its val split is used. Default: the run's."),
+    ] = None,
+    context: Annotated[int | None, typer.Option("--context", help="Context frames. [default: 16]")] = None,
+    horizon: Annotated[int | None, typer.Option("--horizon", help="Frames to predict. [default: 16]")] = None,
+    steps: Annotated[
+        list[int] | None,
+        typer.Option("--steps", help="Denoising steps per frame, a power of two; repeat for several. [default: 4]"),
+    ] = None,
+    tau_ctx: Annotated[
+        float | None, typer.Option("--tau-ctx", help="Context corruption noise level (0 = off). [default: 0.1]")
+    ] = None,
+    clips: Annotated[int | None, typer.Option("--clips", help="Held-out clips to evaluate. [default: 8]")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of clip choice and sampling. [default: 0]")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Clips per rollout batch. [default: 8]")] = None,
+    tokenizer: Annotated[
+        Path | None, typer.Option("--tokenizer", help="Tokenizer run or checkpoint (default: the run's).")
+    ] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: <run>/eval/<id>.")] = None,
+    samples: Annotated[int, typer.Option("--samples", help="Side-by-side mp4s to write.")] = 2,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="bf16 or fp32 for the model.")] = "bf16",
+) -> None:
+    """Evaluate a dynamics run on held-out videos: PSNR/SSIM/MSE per horizon step against baselines.
+
+    Example:  ahri eval dynamics-20250101-120000 --steps 4 --steps 64 --clips 16
+    """
+    from ahri_core.evaluation import evaluate
+    from ahri_core.rollout import load_world_model
+    from ahri_core.train.common import resolve_device
+
+    flags = dict(
+        context=context, horizon=horizon, steps=steps or None, tau_ctx=tau_ctx, clips=clips, seed=seed,
+        batch_size=batch_size,
+    )
+    settings = load(SamplingSettings, flags, STATE.config)
+    dev = resolve_device(device)
+    world = load_world_model(run, STATE.workspace, tokenizer=tokenizer, device=dev)
+    console.print(
+        f"evaluating [bold]{world.name}[/] (k_max {world.traits.k_max}, shortcut {world.traits.shortcut}) "
+        f"with steps {settings.steps}, context {settings.context}, horizon {settings.horizon}, "
+        f"tau_ctx {settings.tau_ctx:g}",
+        highlight=False,
+    )
+    with RichProgress(console) as progress:
+        report = evaluate(
+            world, data, settings, out_dir=out_dir, workspace=STATE.workspace, samples=samples,
+            precision=precision, progress=progress,
+        )
+    m = report.metrics
+    out.print(horizon_table(m, "psnr"))
+    out.print(summary_table(m))
+    if m["truth"] != "video frames":
+        console.print(f"[yellow]note:[/] compared against {m['truth']}", highlight=False)
+    out.print(f"metrics: {report.metrics_path}", highlight=False)
+    out.print(f"plot:    {m['files']['plot']}", highlight=False)
+    for v in m["files"]["videos"]:
+        out.print(f"video:   {v}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_)

@@ -1,0 +1,76 @@
+"""``ahri rollout``: dream the continuation of a video clip and write it as an mp4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ahri_core.errors import ConfigError
+from ahri_core.settings import SamplingSettings, load
+
+from .common import STATE, RichProgress, console, out
+
+DEFAULT_HORIZON = 32
+
+
+def rollout(
+    clip: Annotated[Path, typer.Argument(help="Any video file; it is resampled to the model's fps and size.")],
+    steps: Annotated[int | None, typer.Option("--steps", help="Denoising steps per frame (power of two). [default: 4]")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Dynamics run (name or path). Default: the latest finished one.")
+    ] = None,
+    context: Annotated[int | None, typer.Option("--context", help="Frames of the clip given as context. [default: 16]")] = None,
+    horizon: Annotated[int | None, typer.Option("--horizon", help="Frames to predict. [default: 32]")] = None,
+    tau_ctx: Annotated[
+        float | None, typer.Option("--tau-ctx", help="Context corruption noise level (0 = off). [default: 0.1]")
+    ] = None,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="Output mp4. Default: <run>/rollouts/<clip>-steps<K>.mp4.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed. [default: 0]")] = None,
+    tokenizer: Annotated[
+        Path | None, typer.Option("--tokenizer", help="Tokenizer run or checkpoint (default: the run's).")
+    ] = None,
+    scale: Annotated[int, typer.Option("--scale", help="Upscale factor of the written video.", min=1, max=16)] = 4,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="bf16 or fp32 for the model.")] = "bf16",
+) -> None:
+    """Predict what happens after the first --context frames of a clip; predicted frames have a red border.
+
+    Example:  ahri rollout clip.mp4 --steps 4 --horizon 32
+    """
+    from ahri_core.rollout import load_world_model, rollout_clip
+    from ahri_core.train.common import resolve_device
+
+    flags = dict(steps=[steps] if steps is not None else None, context=context, horizon=horizon, tau_ctx=tau_ctx, seed=seed)
+    s = load(SamplingSettings, flags, STATE.config)
+    if len(s.steps) != 1:
+        raise ConfigError(f"rollout takes one step count, got sampling.steps={s.steps}; pass --steps K")
+    h = s.horizon if (horizon is not None or "horizon" in s.model_fields_set) else DEFAULT_HORIZON
+    world = load_world_model(model, STATE.workspace, tokenizer=tokenizer, device=resolve_device(device))
+    with RichProgress(console, transient=True) as progress:
+        rep = rollout_clip(
+            clip, world, steps=s.steps[0], context=s.context, horizon=h, tau_ctx=s.tau_ctx, out=out_path,
+            seed=s.seed, scale=scale, precision=precision, progress=progress,
+        )
+    line = (
+        f"{rep.horizon} frames predicted with {rep.steps} steps by {rep.run}: "
+        f"{rep.frames_per_s:.1f} frames/s sampling, {rep.end_to_end_frames_per_s:.1f} frames/s end to end"
+    )
+    out.print(line, highlight=False)
+    if rep.compared:
+        k = min(8, rep.compared)
+        p = sum(rep.psnr[:k]) / k
+        c = sum(rep.copy_last_psnr[:k]) / k
+        out.print(f"PSNR over the first {k} predicted frames: {p:.2f} dB (copy last frame: {c:.2f} dB)", highlight=False)
+    out.print(
+        f"wrote {rep.out} ({rep.frames_written} frames, {rep.size[1]}x{rep.size[0]}, {rep.fps:g} fps"
+        f"{', truth on the left' if rep.compared else ''})",
+        highlight=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("rollout")(rollout)

@@ -1,0 +1,100 @@
+"""``ahri tokenize``: turn every video into packed latents with a trained tokenizer (or decode latents back)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ahri_core.errors import ConfigError
+
+from .common import STATE, RichProgress, console, out
+
+
+def tokenize(
+    tokenizer: Annotated[
+        str, typer.Option("--tokenizer", "-t", help="Tokenizer: a run name in the workspace, a run directory or a weights file.")
+    ],
+    data: Annotated[Path | None, typer.Option("--data", help="Folder of videos (searched recursively). [default: <workspace>/videos]")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Latent root; files go to OUT/<tokenizer-id>/. [default: <workspace>/latents]")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Frames encoded per batch.", min=1)] = 64,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="bf16 (autocast) or fp32.")] = "bf16",
+    val_fraction: Annotated[
+        float | None, typer.Option("--val-fraction", help="Share of videos held out. [default: the tokenizer's own split setting]")
+    ] = None,
+    decode: Annotated[
+        Path | None, typer.Option("--decode", help="Instead: decode this latent file back into an mp4 (see --output).")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="--decode: the mp4 to write. [default: <file>.decoded.mp4]")] = None,
+) -> None:
+    """Encode every video at the tokenizer's fps and size into one latent file per video, plus an index.
+
+    Resumable: videos already done with the same tokenizer are skipped. A video that cannot be decoded is
+    reported and skipped, and the command then exits with code 1.
+
+    Example:  ahri tokenize --tokenizer tokenizer-20250101-120000
+    """
+    if precision not in ("bf16", "fp32"):
+        raise ConfigError(f"--precision {precision}: allowed bf16, fp32")
+    if val_fraction is not None and not 0 <= val_fraction < 1:
+        raise ConfigError(f"--val-fraction {val_fraction}: must be in [0, 1)")
+    ws = STATE.workspace
+    if decode is not None:
+        _decode(tokenizer, decode, output, batch_size, device, precision)
+        return
+
+    from ahri_core.data.frames import find_videos
+    from ahri_core.tokenize import tokenize_videos
+
+    root = data if data is not None else ws.videos
+    videos = find_videos(root)
+    if not videos:
+        raise ConfigError(f"no videos under {root} (fetch some first: ahri fetch --source game)")
+    dest = out_dir if out_dir is not None else ws.latents
+    with RichProgress(console) as progress:
+        res = tokenize_videos(
+            tokenizer, videos, dest, batch_size=batch_size, device=device, precision=precision,
+            val_fraction=val_fraction, runs_dir=ws.runs, progress=progress,
+        )
+    t = Table(title=f"latents {res.out_dir}", show_header=False)
+    t.add_row("tokenized now", f"{len(res.written)} videos, {res.frames} frames, {res.frames_per_s:.0f} frames/s")
+    t.add_row("already done", str(len(res.skipped)))
+    t.add_row("failed", str(len(res.failed)))
+    idx = res.index
+    if idx:
+        n_val = sum(1 for v in idx["videos"] if v["split"] == "val")
+        t.add_row("index", f"{len(idx['videos'])} videos ({n_val} val), {idx['frames']} frames, "
+                  f"{idx['tokens']} tokens x {idx['channels']} channels at {idx['fps']:g} fps")
+    out.print(t)
+    for vid, why in res.failed:
+        console.print(f"[red]failed[/] {vid}: {why}", highlight=False, soft_wrap=True)
+    if not res.ok:
+        raise typer.Exit(1)
+
+
+def _decode(tokenizer: str, path: Path, output: Path | None, batch_size: int, device: str, precision: str) -> None:
+    from ahri_core.data.frames import to_uint8
+    from ahri_core.data.latents import read_latent_file
+    from ahri_core.tokenize import decode_latents, load_decoder
+    from ahri_core.video import write_video
+
+    if not path.is_file():
+        raise ConfigError(f"--decode {path}: no such latent file")
+    lat, _, meta = read_latent_file(path)
+    model = load_decoder(tokenizer, STATE.workspace.runs, device)
+    if tuple(lat.shape[1:]) != (model.cfg.tokens, model.cfg.channels):
+        raise ConfigError(
+            f"--decode {path}: latents {tuple(lat.shape[1:])} do not fit tokenizer ({model.cfg.tokens}, {model.cfg.channels})"
+        )
+    frames = decode_latents(model, lat.float(), batch_size=batch_size, precision=precision)
+    dest = output if output is not None else Path(f"{path.stem}.decoded.mp4")
+    fps = float(meta.get("fps") or model.cfg.fps)
+    write_video(dest, to_uint8(frames), fps)
+    out.print(f"wrote {dest} ({len(frames)} frames at {fps:g} fps)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tokenize")(tokenize)

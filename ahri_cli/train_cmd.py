@@ -1,0 +1,316 @@
+"""``ahri train``: train the dynamics model (default) or, with ``--stage tokenizer``, the tokenizer."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ahri_core.errors import ConfigError
+from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings, load
+
+from .common import STATE, RichProgress, console, out
+
+
+class Stage(str, Enum):
+    dynamics = "dynamics"
+    tokenizer = "tokenizer"
+
+
+class StepSampling(str, Enum):
+    inverse = "inverse"
+    uniform = "uniform"
+
+
+ALTERNATING_ONLY = ("seq_len_short", "seq_len_long", "batch_size_short", "batch_size_long", "long_ratio")
+EXAMPLES = """
+More examples:
+
+  ahri train --max-steps 2000                      (dynamics on the newest latent set, preset cpu)
+
+  ahri train --alternating --long-ratio 0.1 --minutes 30
+
+  ahri train --shortcut --k-max 64 --step-sampling inverse --alternating --seq-len-short 32 --seq-len-long 64 --batch-size-short 2 --batch-size-long 1 --long-ratio 0.1
+
+  ahri train --run my-run --resume --max-steps 5000  (continue a run exactly where it stopped)
+
+  ahri train --stage tokenizer --minutes 10
+"""
+
+
+def _latest_run(stage: str, unfinished_only: bool = True) -> str | None:
+    runs = STATE.workspace.runs
+    if not runs.is_dir():
+        return None
+    cands = []
+    for d in runs.iterdir():
+        meta = d / "run.json"
+        if not meta.is_file():
+            continue
+        try:
+            m = json.loads(meta.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if m.get("stage") == stage and (not unfinished_only or not m.get("finished")):
+            cands.append((meta.stat().st_mtime, d.name))
+    return max(cands)[1] if cands else None
+
+
+def _stored_settings(run_dir: Path) -> dict[str, Any]:
+    meta = run_dir / "run.json"
+    if not meta.is_file():
+        return {}
+    try:
+        return json.loads(meta.read_text()).get("settings", {}) or {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _summary(result: Any, elapsed_label: str = "seconds") -> Table:
+    t = Table(title=f"dynamics run {result.run_dir.name}", show_header=True)
+    t.add_column("")
+    t.add_column("value", justify="right")
+    t.add_row("steps", str(result.step))
+    t.add_row("epochs", f"{result.epoch:.2f}")
+    t.add_row("minutes", f"{result.seconds / 60:.1f}")
+    last = result.last or {}
+    if last:
+        t.add_row("train loss (last interval)", f"{last.get('loss', float('nan')):.4f}")
+        if last.get("bootstrap_loss") is not None:
+            t.add_row("  flow / bootstrap", f"{last['flow_loss']:.4f} / {last['bootstrap_loss']:.4f}")
+        t.add_row("batches/s", f"{last.get('batches_per_s', 0):.2f}")
+    first, val = result.first_val or {}, result.val or {}
+    for key in [k for k in val if k.startswith("val_")]:
+        a = first.get(key)
+        t.add_row(key.replace("val_", "val "), (f"{a:.4f} -> " if a is not None else "") + f"{val[key]:.4f}")
+    t.add_row("weights", str(result.weights))
+    return t
+
+
+def train(
+    stage: Annotated[Stage, typer.Option("--stage", help="What to train.")] = Stage.dynamics,
+    latents: Annotated[
+        Path | None,
+        typer.Option("--latents", help="Latent set (from ahri tokenize). [default: the newest in the workspace]"),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="tokenizer stage: folder of videos. [default: <workspace>/videos]")
+    ] = None,
+    videos: Annotated[
+        list[Path] | None, typer.Option("--videos", help="tokenizer stage: video files (instead of --data). Repeatable.")
+    ] = None,
+    size: Annotated[int | None, typer.Option("--size", help="tokenizer stage: frame size. [default: the preset's]")] = None,
+    tokens: Annotated[int | None, typer.Option("--tokens", help="tokenizer stage: latent tokens per frame.")] = None,
+    channels: Annotated[int | None, typer.Option("--channels", help="tokenizer stage: channels per latent token.")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="Model preset: tiny, cpu, small, medium. [default: cpu]")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="Run name under <workspace>/runs. [default: stage-date-time]")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue --run (default: the newest unfinished run) exactly.")] = False,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many optimizer steps.")] = None,
+    minutes: Annotated[float | None, typer.Option("--minutes", help="Stop after this many minutes.")] = None,
+    epochs: Annotated[float | None, typer.Option("--epochs", help="Stop after this many epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Windows per batch (without --alternating). [default: 16]")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (warmup, then cosine). [default: 1e-3]")] = None,
+    warmup_steps: Annotated[int | None, typer.Option("--warmup-steps", help="Linear warmup steps. [default: 100]")] = None,
+    ema: Annotated[float | None, typer.Option("--ema", help="EMA decay of the weights (0 = off). [default: 0]")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of init, data order and noise. [default: 0]")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N. [default: auto]")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="bf16 (autocast) or fp32. [default: bf16]")] = None,
+    grad_checkpointing: Annotated[
+        bool | None, typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="Recompute activations in backward.")
+    ] = None,
+    checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", help="Steps between checkpoints. [default: 500]")] = None,
+    val_every: Annotated[int | None, typer.Option("--val-every", help="Steps between validations. [default: 250]")] = None,
+    log_every: Annotated[int | None, typer.Option("--log-every", help="Steps between metric records. [default: 10]")] = None,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", help="Frames per window. [default: 16]")] = None,
+    stride: Annotated[int | None, typer.Option("--stride", help="Frames between window starts. [default: 8]")] = None,
+    alternating: Annotated[
+        bool | None, typer.Option("--alternating/--no-alternating", help="Mix short and long batches from one loader.")
+    ] = None,
+    seq_len_short: Annotated[int | None, typer.Option("--seq-len-short", help="Short batch length. [default: 32]")] = None,
+    seq_len_long: Annotated[int | None, typer.Option("--seq-len-long", help="Long batch length. [default: 64]")] = None,
+    batch_size_short: Annotated[int | None, typer.Option("--batch-size-short", help="Short batch size. [default: 2]")] = None,
+    batch_size_long: Annotated[int | None, typer.Option("--batch-size-long", help="Long batch size. [default: 1]")] = None,
+    long_ratio: Annotated[float | None, typer.Option("--long-ratio", help="Fraction of batches that are long. [default: 0.1]")] = None,
+    shortcut: Annotated[
+        bool | None, typer.Option("--shortcut/--no-shortcut", help="Shortcut forcing (few-step sampling).")
+    ] = None,
+    k_max: Annotated[int | None, typer.Option("--k-max", help="Finest step count, a power of two. [default: 64]")] = None,
+    step_sampling: Annotated[
+        StepSampling | None, typer.Option("--step-sampling", help="P(d): inverse (1/d) or uniform. [default: inverse]")
+    ] = None,
+    bootstrap_fraction: Annotated[
+        float | None, typer.Option("--bootstrap-fraction", help="Items with bootstrap targets. [default: 0.25]")
+    ] = None,
+    bootstrap_warmup: Annotated[
+        int | None, typer.Option("--bootstrap-warmup", help="Steps of plain flow loss first. [default: 0]")
+    ] = None,
+    ema_teacher: Annotated[
+        bool | None, typer.Option("--ema-teacher/--no-ema-teacher", help="Bootstrap targets from the EMA weights.")
+    ] = None,
+    single_image_fraction: Annotated[
+        float | None, typer.Option("--single-image-fraction", help="Items trained as single images. [default: 0.3]")
+    ] = None,
+    context_fraction: Annotated[
+        float | None, typer.Option("--context-fraction", help="Frames drawn as nearly-clean context. [default: 0.3]")
+    ] = None,
+) -> None:
+    """Train the dynamics model on tokenized latents (or the tokenizer with --stage tokenizer).
+
+    Example:  ahri train --alternating --long-ratio 0.1 --minutes 30
+    """
+    given = {k: v for k, v in locals().items() if v is not None and v != []}
+    train_flags: dict[str, Any] = dict(
+        stage=stage.value, preset=preset, run=run, max_steps=max_steps, minutes=minutes, epochs=epochs,
+        batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, ema=ema, seed=seed, device=device,
+        precision=precision, grad_checkpointing=grad_checkpointing, checkpoint_every=checkpoint_every,
+        val_every=val_every, log_every=log_every, resume=resume or None,
+    )
+    data_flags: dict[str, Any] = dict(
+        seq_len=seq_len, stride=stride, alternating=alternating, seq_len_short=seq_len_short, seq_len_long=seq_len_long,
+        batch_size_short=batch_size_short, batch_size_long=batch_size_long, long_ratio=long_ratio,
+    )
+    diff_flags: dict[str, Any] = dict(
+        shortcut=shortcut, k_max=k_max, step_sampling=step_sampling.value if step_sampling else None,
+        bootstrap_fraction=bootstrap_fraction, bootstrap_warmup=bootstrap_warmup, ema_teacher=ema_teacher,
+        single_image_fraction=single_image_fraction, context_fraction=context_fraction,
+    )
+    if stage is Stage.tokenizer:
+        _train_tokenizer(train_flags, given)
+        return
+    wrong = [f"--{k.replace('_', '-')}" for k in TOKENIZER_ONLY if k in given]
+    if wrong:
+        raise ConfigError(f"{', '.join(wrong)}: only used by --stage tokenizer (the dynamics stage reads --latents)")
+
+    ws = STATE.workspace
+    name = run
+    if resume and name is None:
+        name = _latest_run("dynamics")
+        if name is None:
+            raise ConfigError("--resume: no unfinished dynamics run in the workspace; name one with --run NAME")
+    if resume and name is not None and not (ws.run_dir(name) / "model.state.pt").is_file():
+        raise ConfigError(f"--resume: run {ws.run_dir(name)} has no training state to resume from")
+    if name is None:
+        from ahri_core.train.common import default_run_name
+
+        name = default_run_name("dynamics")
+    train_flags["run"] = name
+
+    stored = _stored_settings(ws.run_dir(name)) if resume else {}
+    if stored:
+        # a resumed run keeps its own settings; flags given now override them (the library refuses changes
+        # that would alter what is computed, and allows the budget and logging to change)
+        def merged(section: str, flags: dict[str, Any]) -> dict[str, Any]:
+            base = dict(stored.get(section, {}))
+            base.update({k: v for k, v in flags.items() if v is not None})
+            return base
+
+        train_flags = merged("train", {**train_flags})
+        train_flags["resume"] = True
+        data_flags = merged("data", data_flags)
+        diff_flags = merged("diffusion", diff_flags)
+    tset = load(TrainSettings, train_flags, STATE.config)
+    dset = load(DataSettings, data_flags, STATE.config)
+    fset = load(DiffusionSettings, diff_flags, STATE.config)
+    if not dset.alternating:
+        extra = [f"--{k.replace('_', '-')}" for k in ALTERNATING_ONLY if k in given]
+        if extra:
+            raise ConfigError(f"{', '.join(extra)}: only used with --alternating (add --alternating)")
+    elif "batch_size" in given:
+        raise ConfigError("--batch-size does not apply with --alternating; use --batch-size-short/--batch-size-long")
+    if tset.max_steps is None and tset.minutes is None and tset.epochs is None:
+        raise ConfigError("give a training budget: --max-steps N, --minutes M or --epochs E")
+
+    from ahri_core.data.windows import resolve_latents
+    from ahri_core.models.dynamics import PRESETS
+
+    if tset.preset not in PRESETS:
+        raise ConfigError(f"unknown dynamics preset {tset.preset!r} (--preset); accepted: {', '.join(PRESETS)}")
+
+    if latents is None and resume:
+        try:
+            meta = json.loads((ws.run_dir(name) / "run.json").read_text())
+            p = meta.get("latents", {}).get("path")
+            latents = Path(p) if p else None
+        except (OSError, json.JSONDecodeError):
+            latents = None
+    lat_path = resolve_latents(latents, ws.latents)
+
+    from ahri_core.train.dynamics import train_dynamics
+
+    console.print(f"[bold]dynamics[/] run [cyan]{name}[/] on latents {lat_path}", highlight=False)
+    with RichProgress(console) as progress:
+        result = train_dynamics(lat_path, ws.run_dir(name), tset, dset, fset, progress=progress)
+    out.print(_summary(result))
+    if result.stopped:
+        console.print(f"stopped by {result.stopped}; continue with: ahri train --run {name} --resume", highlight=False)
+
+
+DYNAMICS_ONLY = (
+    "latents", "seq_len", "stride", "alternating", "seq_len_short", "seq_len_long", "batch_size_short",
+    "batch_size_long", "long_ratio", "shortcut", "k_max", "step_sampling", "bootstrap_fraction", "bootstrap_warmup",
+    "ema_teacher", "single_image_fraction", "context_fraction", "grad_checkpointing",
+)
+TOKENIZER_ONLY = ("data", "videos", "size", "tokens", "channels")
+
+
+def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None:
+    try:
+        from ahri_core.train.tokenizer import TokenizerSettings, summary_lines, train_tokenizer
+    except ImportError:
+        raise ConfigError("tokenizer stage not available in this installation (ahri_core.train.tokenizer is missing)") from None
+    wrong = [f"--{k.replace('_', '-')}" for k in DYNAMICS_ONLY if k in given]
+    if wrong:
+        raise ConfigError(f"{', '.join(wrong)}: only used by the dynamics stage (drop them with --stage tokenizer)")
+    ws = STATE.workspace
+    name = train_flags.get("run")
+    if train_flags.get("resume") and name is None:
+        name = _latest_run("tokenizer")
+        if name is None:
+            raise ConfigError("--resume: no unfinished tokenizer run in the workspace; name one with --run NAME")
+    if name is None:
+        from ahri_core.train.common import default_run_name
+
+        name = default_run_name("tokenizer")
+    train_flags = {**train_flags, "run": name}
+    tset = load(TrainSettings, train_flags, STATE.config)
+    tok = load(
+        TokenizerSettings,
+        {"size": given.get("size"), "tokens": given.get("tokens"), "channels": given.get("channels")},
+        STATE.config,
+    )
+    if tset.max_steps is None and tset.minutes is None and tset.epochs is None:
+        raise ConfigError("give a training budget: --max-steps N, --minutes M or --epochs E")
+    if given.get("videos"):
+        missing = [str(p) for p in given["videos"] if not Path(p).is_file()]
+        if missing:
+            raise ConfigError(f"--videos: no such file {missing[0]}")
+        videos: list[Any] = list(given["videos"])
+    else:
+        from ahri_core.sources.store import list_videos
+
+        src = Path(given["data"]) if given.get("data") else ws.videos
+        if not src.is_dir():
+            raise ConfigError(f"video folder {src} does not exist; run `ahri fetch` first (e.g. ahri fetch --source game)")
+        videos = list_videos(src)
+        if not videos:
+            raise ConfigError(f"no videos under {src}; run `ahri fetch` first (e.g. ahri fetch --source game)")
+    console.print(f"[bold]tokenizer[/] run [cyan]{name}[/] on {len(videos)} videos", highlight=False)
+    with RichProgress(console) as progress:
+        summary = train_tokenizer(ws.run_dir(name), videos, tset, tok, progress, cache_dir=ws.cache)
+    for line in summary_lines(summary):
+        out.print(line, highlight=False)
+    if summary.get("stopped"):
+        console.print(f"stopped by {summary['stopped']}; continue with: ahri train --stage tokenizer --run {name} --resume",
+                      highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "train",
+        help=(train.__doc__ or "") + EXAMPLES,
+        no_args_is_help=False,
+    )(train)

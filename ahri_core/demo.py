@@ -1,0 +1,311 @@
+"""``ahri demo``: the whole flow on a fresh machine with no network, inside a time budget.
+
+Stages: render built-in game clips (``videos/game``), train the tokenizer, tokenize the clips into a latent
+set, train the dynamics model (shortcut forcing, alternating lengths), evaluate it on held-out clips at 4 and
+64 steps next to copy-last-frame and the tokenizer ceiling, and roll out one held-out clip. The two training
+stages share what the budget leaves after the fixed stages: the rendering and the tokenize pass are
+measured as they run, and the evaluation's cost is reserved up front (``eval_share`` of the budget).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator
+
+from .errors import ConfigError, DataError
+from .fileio import write_json_atomic
+from .progress import Progress, ensure
+from .settings import (
+    DataSettings,
+    DiffusionSettings,
+    FetchSettings,
+    SamplingSettings,
+    Section,
+    TrainSettings,
+    is_power_of_two,
+)
+from .workspace import Workspace
+
+MIN_TRAIN_SECONDS = 5  # the least a training stage gets, even when the budget is already spent
+STAGES = ("game clips", "tokenizer", "tokenize", "dynamics", "evaluate", "rollout")
+
+
+class DemoSettings(Section):
+    """``ahri demo`` (``[demo]`` in a config file, ``AHRI_DEMO_*``). Defaults are tuned for 2 CPU cores, 15 min."""
+
+    section: ClassVar[str] = "demo"
+    minutes: float = Field(15.0, gt=0, le=24 * 60, description="wall-clock budget of the whole demo")
+    clips: int = Field(48, ge=2, description="built-in game clips to render")
+    frames: int = Field(160, ge=8, description="frames per clip (20 fps)")
+    size: int = Field(64, ge=16, description="frame size of the clips")
+    seed: int = Field(0, ge=0)
+    tokenizer_preset: str = "cpu"
+    dynamics_preset: str = "cpu"
+    tokenizer_share: float = Field(0.3, gt=0, lt=1, description="share of the training time for the tokenizer")
+    eval_share: float = Field(0.1, ge=0, lt=0.5, description="share of the budget reserved for eval and rollout")
+    val_fraction: float = Field(0.15, gt=0, lt=1, description="clips held out (by whole clip)")
+    # dynamics training
+    seq_len_short: int = Field(16, ge=2)
+    seq_len_long: int = Field(32, ge=2)
+    batch_size_short: int = Field(8, ge=1)
+    batch_size_long: int = Field(4, ge=1)
+    long_ratio: float = Field(0.1, ge=0, le=1)
+    stride: int = Field(4, ge=1)
+    k_max: int = Field(64, ge=1)
+    dynamics_lr: float = Field(1e-3, gt=0)
+    tokenizer_batch_size: int | None = Field(None, ge=1)
+    # evaluation
+    steps: list[int] = Field(default_factory=lambda: [4, 64])
+    context: int = Field(16, ge=1)
+    horizon: int = Field(16, ge=1)
+    eval_clips: int = Field(16, ge=1)
+    tau_ctx: float = Field(0.1, ge=0, lt=1)
+    rollout_horizon: int = Field(32, ge=1)
+    samples: int = Field(2, ge=0, description="side-by-side mp4s written by the evaluation")
+
+    @field_validator("k_max")
+    @classmethod
+    def _k(cls, v: int) -> int:
+        if not is_power_of_two(v):
+            raise ValueError("must be a power of two")
+        return v
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: list[int]) -> list[int]:
+        if not v or any(not is_power_of_two(k) for k in v):
+            raise ValueError("step counts must be powers of two")
+        return v
+
+
+@dataclass
+class DemoResult:
+    summary: dict[str, Any]
+    path: Path
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class _Clock:
+    def __init__(self, minutes: float) -> None:
+        self.t0 = time.monotonic()
+        self.budget = 60.0 * minutes
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def left(self) -> float:
+        return self.budget - self.elapsed()
+
+
+def _sampling_calls(s: DemoSettings) -> tuple[int, int]:
+    """Model calls of the evaluation (batched over its clips) and of the one-clip rollout."""
+    eval_calls = sum(s.context + (k + 1) * s.horizon for k in s.steps)
+    rollout_calls = s.context + (min(s.steps) + 1) * s.rollout_horizon
+    return eval_calls, rollout_calls
+
+
+def estimate_sampling_seconds(s: DemoSettings, config, trials: int = 5) -> float:
+    """Seconds the evaluation and the rollout will take with a model of ``config`` on this machine.
+
+    Times a few KV-cached single-frame calls at the evaluation's batch size (and at batch 1 for the rollout)
+    on an untrained model of the same shape (speed does not depend on the weights), and adds decoding.
+    """
+    import torch
+
+    from .models.dynamics import DynamicsModel
+
+    model = DynamicsModel(config).eval()
+    ctx_len = min(s.context, config.max_frames - 1)
+
+    @torch.inference_mode()
+    def per_call(batch: int) -> float:
+        z = torch.randn(batch, 1, config.tokens, config.channels)
+        tau, step = torch.full((batch, 1), 0.5), torch.full((batch, 1), 1.0 / config.k_max)
+        cache = model.new_cache(batch, config.max_frames)
+        times = []
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            for _ in range(ctx_len):
+                model.step(z, tau, step, None, cache, True)
+            for _ in range(trials):
+                t = time.perf_counter()
+                model.step(z, tau, step, None, cache, False)
+                times.append(time.perf_counter() - t)
+        return sorted(times)[len(times) // 2]
+
+    eval_calls, rollout_calls = _sampling_calls(s)
+    seconds = eval_calls * per_call(s.eval_clips) + rollout_calls * per_call(1)
+    return 1.25 * seconds + 10.0  # decoding, metrics, plots and videos
+
+
+def _tokenize(tokenizer_run: Path, videos: list, out_root: Path, val_fraction: float, progress: Progress) -> Path:
+    """Tokenize ``videos`` with the tokenizer stage's library function; returns the latent set directory."""
+    from .tokenize import tokenize_videos
+
+    res = tokenize_videos(tokenizer_run, videos, out_root, val_fraction=val_fraction, progress=progress)
+    if not res.ok:
+        raise DataError(f"tokenizing the game clips failed: {res.failed[0][0]}: {res.failed[0][1]}")
+    return Path(res.out_dir)
+
+
+def run_demo(
+    settings: DemoSettings | None = None,
+    workspace: Workspace | None = None,
+    progress: Progress | None = None,
+) -> DemoResult:
+    """Run every stage inside ``settings.minutes``; returns the summary (also written as JSON)."""
+    from .data.windows import load_latent_set
+    from .evaluation import evaluate
+    from .rollout import load_world_model, rollout_clip
+    from .sources import record_game
+    from .sources.store import list_videos
+    from .train.dynamics import train_dynamics
+    from .train.tokenizer import TokenizerSettings, train_tokenizer
+
+    s = settings or DemoSettings()
+    ws = workspace or Workspace.resolve()
+    prog = ensure(progress)
+    for k in s.steps:
+        if k > s.k_max:
+            raise ConfigError(f"demo.steps {k} is finer than demo.k_max {s.k_max}")
+    if s.context + s.horizon > s.frames:
+        raise ConfigError(f"demo.context + demo.horizon ({s.context + s.horizon}) exceeds demo.frames ({s.frames})")
+    clock = _Clock(s.minutes)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    tok_name, dyn_name = f"demo-tokenizer-{stamp}", f"demo-dynamics-{stamp}"
+    times: dict[str, float] = {}
+    summary: dict[str, Any] = {"started": datetime.now().isoformat(timespec="seconds"), "settings": s.model_dump()}
+    prog.start("demo", total=len(STAGES))
+
+    def stage(name: str):
+        prog.advance("demo", 0, stage=name, left_s=round(max(clock.left(), 0)))
+        return time.monotonic()
+
+    def done(name: str, t: float) -> None:
+        times[name] = time.monotonic() - t
+        prog.advance("demo", 1, stage=name, left_s=round(max(clock.left(), 0)))
+
+    # 1. game clips
+    t = stage(STAGES[0])
+    dest = ws.source_dir("game")
+    fetch = record_game(dest, count=s.clips, frames=s.frames, size=s.size, seed=s.seed,
+                        settings=FetchSettings(), progress=prog)
+    if not fetch.ok:
+        raise DataError(f"rendering the built-in game failed: {fetch.failed[0]}")
+    wanted = {r.id for r in fetch.stored} | set(fetch.skipped)
+    videos = [v for v in list_videos(dest) if v.id in wanted]
+    if len(videos) < 2:
+        raise DataError(f"the demo needs at least 2 game clips, got {len(videos)}")
+    done(STAGES[0], t)
+
+    # What sampling (eval + rollout) will cost on this machine, measured on a model of the demo's shape.
+    from .models.dynamics import dynamics_config
+    from .models.tokenizer import tokenizer_config
+
+    tcfg = tokenizer_config(s.tokenizer_preset, image_size=s.size)
+    shape = dynamics_config(s.dynamics_preset, tokens=tcfg.tokens, channels=tcfg.channels, k_max=s.k_max,
+                            max_frames=max(s.seq_len_short, s.seq_len_long))
+    reserve_eval = max(estimate_sampling_seconds(s, shape), s.eval_share * clock.budget)
+
+    # 2. tokenizer: its share of what is left after the reserve and a tokenize allowance
+    t = stage(STAGES[1])
+    tokenize_allow = max(5.0, 0.03 * clock.budget)
+    train_left = clock.left() - reserve_eval - tokenize_allow
+    if train_left < MIN_TRAIN_SECONDS * 2:
+        prog.log(
+            f"demo.minutes={s.minutes:g} leaves {max(train_left, 0):.0f} s to train on this machine; each training "
+            f"stage gets {MIN_TRAIN_SECONDS} s and the demo will run over its budget"
+        )
+    tok_minutes = max(s.tokenizer_share * train_left, MIN_TRAIN_SECONDS) / 60
+    ttrain = TrainSettings(stage="tokenizer", preset=s.tokenizer_preset, run=tok_name, minutes=tok_minutes,
+                           seed=s.seed, val_every=10**9, checkpoint_every=10**9, log_every=20,
+                           **({"batch_size": s.tokenizer_batch_size} if s.tokenizer_batch_size else {}))
+    tok_summary = train_tokenizer(ws.run_dir(tok_name), videos, ttrain,
+                                  TokenizerSettings(size=s.size, val_fraction=s.val_fraction, val_frames=64), progress=prog)
+    done(STAGES[1], t)
+
+    # 3. tokenize
+    t = stage(STAGES[2])
+    lat_dir = _tokenize(ws.run_dir(tok_name), videos, ws.latents, s.val_fraction, prog)
+    done(STAGES[2], t)
+
+    # 4. dynamics: everything left but what sampling will take
+    t = stage(STAGES[3])
+    ddata = DataSettings(alternating=True, seq_len_short=s.seq_len_short, seq_len_long=s.seq_len_long,
+                         batch_size_short=s.batch_size_short, batch_size_long=s.batch_size_long,
+                         long_ratio=s.long_ratio, stride=s.stride, val_fraction=s.val_fraction)
+    ddiff = DiffusionSettings(shortcut=True, k_max=s.k_max)
+    dtrain = TrainSettings(stage="dynamics", preset=s.dynamics_preset, run=dyn_name, minutes=1.0,
+                           seed=s.seed, lr=s.dynamics_lr, warmup_steps=50, val_every=10**9,
+                           checkpoint_every=10**9, log_every=20)
+    lset = load_latent_set(lat_dir)
+    dyn_minutes = max(clock.left() - reserve_eval - 0.02 * clock.budget, MIN_TRAIN_SECONDS) / 60
+    dtrain = dtrain.model_copy(update={"minutes": dyn_minutes})
+    dyn = train_dynamics(lset, ws.run_dir(dyn_name), train=dtrain, data=ddata, diffusion=ddiff, progress=prog)
+    done(STAGES[3], t)
+
+    # 5. evaluate
+    t = stage(STAGES[4])
+    world = load_world_model(ws.run_dir(dyn_name), ws, tokenizer=ws.run_dir(tok_name))
+    samp = SamplingSettings(steps=s.steps, context=s.context, horizon=s.horizon, tau_ctx=s.tau_ctx,
+                            clips=s.eval_clips, seed=s.seed, batch_size=max(1, s.eval_clips))
+    report = evaluate(world, lat_dir, samp, workspace=ws, samples=s.samples, progress=prog)
+    done(STAGES[4], t)
+
+    # 6. roll out one held-out clip (the first evaluation clip's video)
+    t = stage(STAGES[5])
+    m = report.metrics
+    held = m["clips"][0]["video"]
+    clip_path = next((v.path for v in videos if v.id == held), None)
+    ro = None
+    if clip_path is not None:
+        ctx = min(s.context, max(1, s.frames - 1))
+        ro = rollout_clip(clip_path, world, steps=min(s.steps), context=ctx, horizon=s.rollout_horizon,
+                          tau_ctx=s.tau_ctx, seed=s.seed, progress=prog)
+    done(STAGES[5], t)
+    prog.finish("demo")
+
+    near = min(8, s.horizon)
+    psnr = m["summary"][f"psnr_h1_{near}"]
+    lo, hi = min(s.steps), max(s.steps)
+    summary.update({
+        "finished": datetime.now().isoformat(timespec="seconds"),
+        "minutes_budget": s.minutes,
+        "minutes_used": clock.elapsed() / 60,
+        "stage_seconds": times,
+        "workspace": str(ws.root),
+        "videos": len(videos),
+        "tokenizer": {"run": str(ws.run_dir(tok_name)), "steps": tok_summary.get("step"),
+                      "val_psnr": tok_summary.get("val_psnr"), "minutes": tok_minutes},
+        "latents": str(lat_dir),
+        "dynamics": {"run": str(dyn.run_dir), "steps": dyn.step, "minutes": dyn_minutes, "val": dyn.val},
+        "sampling_reserve_s": reserve_eval,
+        "eval": {
+            "dir": str(report.out_dir),
+            "clips": m["clip_count"],
+            "horizon_avg": f"h1-{near}",
+            "psnr": {f"{k} steps": psnr[f"steps_{k}"] for k in s.steps},
+            "copy_last_psnr": psnr["copy_last"],
+            "tokenizer_ceiling_psnr": psnr["tokenizer_ceiling"],
+            "gain_over_copy_last_db": {f"{k} steps": psnr[f"steps_{k}"] - psnr["copy_last"] for k in s.steps},
+            "gap_db": psnr[f"steps_{lo}"] - psnr[f"steps_{hi}"],
+            "frames_per_s": {f"{k} steps": m["steps"][str(k)]["frames_per_s"] for k in s.steps},
+            "plot": m["files"]["plot"],
+            "videos": m["files"]["videos"],
+        },
+        "rollout": ro.to_dict() if ro is not None else None,
+    })
+    gain = summary["eval"]["gain_over_copy_last_db"][f"{lo} steps"]
+    summary["acceptance"] = {
+        f"{lo}_steps_beats_copy_last_by_1db": bool(gain >= 1.0),
+        f"{lo}_within_0.5db_of_{hi}": bool(summary["eval"]["gap_db"] >= -0.5),
+        "within_budget": bool(clock.elapsed() <= clock.budget),
+    }
+    path = Path(dyn.run_dir) / "demo-summary.json"
+    write_json_atomic(path, summary)
+    return DemoResult(summary=json.loads(json.dumps(summary, default=str)), path=path, stage_seconds=times)

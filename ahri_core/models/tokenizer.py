@@ -1,0 +1,271 @@
+"""The video tokenizer: a per-frame masked autoencoder with a small tanh bottleneck (after DreamerV4).
+
+Encoder: the frame is cut into ``patch_size`` patches, each embedded to ``dim`` with a learned position;
+``tokens`` learned latent queries are appended and a transformer lets them read the patches. Each latent
+token is then projected on its own (one Linear shared by all tokens, never a Linear over the flattened
+tokens, see PITFALLS 21) down to ``channels`` values and squashed by tanh, so latents lie in (-1, 1).
+
+Decoder: each latent token is projected back up to ``dim``; learned patch queries are appended and a
+transformer lets them read the latents; each query predicts its patch's pixels.
+
+Training (MAE): per image a drop probability p ~ U(0, mask_max) is drawn and that fraction of patch
+embeddings is replaced by a learned mask embedding; the loss covers every patch. ``eval()`` never masks.
+
+Frames are float in [0, 1], shape (B, 3, H, W). Latents are (B, tokens, channels).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from torch import nn
+
+from ..errors import ConfigError
+from .layers import Block, RMSNorm
+
+
+class TokenizerConfig(BaseModel):
+    """Everything needed to rebuild a tokenizer; stored as JSON in every checkpoint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: str = "custom"
+    image_size: int = Field(64, ge=8, le=1024, description="frames are resized/cropped to this square size")
+    patch_size: int = Field(8, ge=1, le=64)
+    fps: float = Field(20.0, gt=0, le=240, description="frame rate videos are resampled to")
+    dim: int = Field(192, ge=8)
+    depth: int = Field(3, ge=1, description="encoder blocks")
+    decoder_depth: int = Field(3, ge=1, description="decoder blocks")
+    heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    tokens: int = Field(16, ge=1, description="latent tokens per frame")
+    channels: int = Field(32, ge=1, description="bottleneck width of each latent token")
+    mask_max: float = Field(0.9, ge=0, lt=1, description="MAE drop probability is drawn from U(0, mask_max)")
+    qk_norm: bool = True
+    regions: bool = Field(True, description="latent token i also gets a linear read of its own square of patches")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> TokenizerConfig:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.regions:
+            g, r = self.image_size // self.patch_size, math.isqrt(self.tokens)
+            if r * r != self.tokens or g % r:
+                raise ValueError(
+                    f"regions=True needs a square token count whose side divides the {g}x{g} patch grid "
+                    f"(got tokens={self.tokens}); use e.g. tokens={(g // 2) ** 2} or regions=false"
+                )
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if (self.dim // self.heads) % 2:
+            raise ValueError(f"head width dim/heads = {self.dim // self.heads} must be even")
+        return self
+
+    @property
+    def patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def region(self) -> int:
+        """Patches per side of the square each latent token covers (regions=True)."""
+        return (self.image_size // self.patch_size) // math.isqrt(self.tokens)
+
+    @property
+    def patch_values(self) -> int:
+        return 3 * self.patch_size**2
+
+    @property
+    def compression(self) -> float:
+        """Pixel values per latent value."""
+        return 3 * self.image_size**2 / (self.tokens * self.channels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TokenizerConfig:
+        try:
+            return cls(**d)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err.get("loc", ()))
+            raise ConfigError(f"invalid tokenizer config {loc or ''}: {err.get('msg')}".replace("  ", " ")) from None
+
+
+# Presets. ``tiny`` is for tests (seconds); ``cpu`` is the demo preset (trains in minutes on 2 cores);
+# the rest are GPU sizes up to 256x256 frames. All compress 16x or more.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(image_size=32, patch_size=8, dim=64, depth=1, decoder_depth=1, heads=2, tokens=4, channels=16),
+    "cpu": dict(image_size=64, patch_size=8, dim=192, depth=3, decoder_depth=3, heads=4, tokens=16, channels=32),
+    "small": dict(image_size=128, patch_size=8, dim=384, depth=6, decoder_depth=6, heads=6, tokens=64, channels=32),
+    "medium": dict(image_size=256, patch_size=16, dim=512, depth=8, decoder_depth=8, heads=8, tokens=256, channels=32),
+    "large": dict(image_size=256, patch_size=16, dim=768, depth=12, decoder_depth=12, heads=12, tokens=256, channels=32),
+}
+
+
+def tokenizer_config(preset: str | TokenizerConfig | dict = "cpu", **overrides: Any) -> TokenizerConfig:
+    """A preset's config with ``overrides`` (None values ignored)."""
+    if isinstance(preset, TokenizerConfig):
+        base = preset.to_dict()
+    elif isinstance(preset, dict):
+        base = dict(preset)
+    else:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown tokenizer preset {preset!r} (allowed: {', '.join(PRESETS)})")
+        base = {"preset": preset, **PRESETS[preset]}
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return TokenizerConfig.from_dict(base)
+
+
+def describe(cfg: TokenizerConfig, params: int | None = None) -> str:
+    """One line for the model summary, including the compression ratio."""
+    p = f", {params / 1e6:.2f}M params" if params is not None else ""
+    return (
+        f"tokenizer {cfg.preset}: {cfg.image_size}x{cfg.image_size} frames @ {cfg.fps:g} fps, "
+        f"{cfg.patches} patches of {cfg.patch_size}x{cfg.patch_size} -> {cfg.tokens} tokens x {cfg.channels} channels "
+        f"({cfg.compression:.1f}x compression), width {cfg.dim}, depth {cfg.depth}+{cfg.decoder_depth}{p}"
+    )
+
+
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """(grid*grid, dim) 2-D sine-cosine position table (row-major), unit RMS."""
+    q = dim // 4
+    freqs = 1.0 / (100.0 ** (torch.arange(q, dtype=torch.float32) / max(q, 1)))
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32), indexing="ij")
+    ay, ax = ys.reshape(-1, 1) * freqs, xs.reshape(-1, 1) * freqs
+    table = torch.cat([ay.sin(), ay.cos(), ax.sin(), ax.cos()], dim=1)
+    if table.shape[1] < dim:
+        table = torch.cat([table, torch.zeros(table.shape[0], dim - table.shape[1])], dim=1)
+    return table * (2.0**0.5)
+
+
+class Tokenizer(nn.Module):
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, N = cfg.dim, cfg.tokens
+        grid = cfg.image_size // cfg.patch_size
+        # Position embeddings and queries start at unit scale (2-D sin-cos for patches): at the usual 0.02
+        # they are drowned by the content, every latent token reads the same average of the patches and
+        # training sits for thousands of steps at the mean image.
+        # encoder
+        self.patch_in = nn.Linear(cfg.patch_values, d)
+        self.patch_pos = nn.Parameter(sincos_2d(grid, d))
+        self.mask_embed = nn.Parameter(torch.randn(d))
+        self.latent_queries = nn.Parameter(torch.randn(N, d))
+        self.encoder = nn.ModuleList(Block(d, cfg.heads, mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm) for _ in range(cfg.depth))
+        # Region shortcut (cfg.regions): latent token i starts from a linear read of its own k x k square of
+        # patch embeddings (after masking), and each patch query from a linear map of its square's latent.
+        # The attention still lets every token read every patch; the shortcut gives a working linear
+        # autoencoder from the first step, which the transformer then refines (fast convergence on CPU).
+        k2 = cfg.region**2 if cfg.regions else 0
+        self.region_in = nn.Linear(k2 * d, d) if cfg.regions else None
+        self.region_out = nn.Linear(d, k2 * d) if cfg.regions else None
+        self.enc_norm = RMSNorm(d)
+        # Per-token bottleneck: one (dim -> channels) map applied to every latent token separately.
+        self.to_latent = nn.Linear(d, cfg.channels)
+        # decoder
+        self.from_latent = nn.Linear(cfg.channels, d)
+        self.latent_pos = nn.Parameter(torch.randn(N, d))
+        self.patch_queries = nn.Parameter(sincos_2d(grid, d))
+        self.decoder = nn.ModuleList(
+            Block(d, cfg.heads, mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm) for _ in range(cfg.decoder_depth)
+        )
+        self.dec_norm = RMSNorm(d)
+        self.to_pixels = nn.Linear(d, cfg.patch_values)
+        nn.init.zeros_(self.to_pixels.weight)
+        nn.init.constant_(self.to_pixels.bias, 0.5)  # start at mid-grey rather than black
+
+    # ------------------------------------------------------------------ helpers
+    def patchify(self, frames: torch.Tensor) -> torch.Tensor:
+        p = self.cfg.patch_size
+        return rearrange(frames, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        p, g = self.cfg.patch_size, self.cfg.image_size // self.cfg.patch_size
+        return rearrange(patches, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=g, w=g, p1=p, p2=p, c=3)
+
+    def _check_frames(self, frames: torch.Tensor) -> None:
+        s = self.cfg.image_size
+        if frames.dim() != 4 or tuple(frames.shape[1:]) != (3, s, s):
+            raise ValueError(f"tokenizer expects frames (B, 3, {s}, {s}), got {tuple(frames.shape)}")
+
+    def sample_mask(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, P) bool, True = patch dropped; each image's drop rate p ~ U(0, mask_max)."""
+        P = self.cfg.patches
+        rate = torch.rand(batch, 1, generator=generator) * self.cfg.mask_max
+        return torch.rand(batch, P, generator=generator) < rate
+
+    # ------------------------------------------------------------------ API
+    def encode(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """frames (B, 3, H, W) in [0, 1] -> latents (B, tokens, channels) in (-1, 1).
+
+        ``mask`` (B, patches) bool drops those patches (training); None keeps every patch.
+        """
+        self._check_frames(frames)
+        B = frames.shape[0]
+        x = self.patch_in(self.patchify(frames).to(self.patch_in.weight.dtype))  # (B, P, D)
+        if mask is not None:
+            x = torch.where(mask.to(x.device)[..., None], self.mask_embed.to(x.dtype), x)
+        q = self.latent_queries.expand(B, -1, -1).to(x.dtype)
+        if self.region_in is not None:
+            k, r = self.cfg.region, math.isqrt(self.cfg.tokens)
+            q = q + self.region_in(rearrange(x, "b (rh kh rw kw) d -> b (rh rw) (kh kw d)", rh=r, kh=k, rw=r, kw=k))
+        x = x + self.patch_pos
+        h = torch.cat([x, q], dim=1)
+        for blk in self.encoder:
+            h, _ = blk(h)
+        lat = h[:, self.cfg.patches :]
+        return torch.tanh(self.to_latent(self.enc_norm(lat)).float())
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents (B, tokens, channels) -> frames (B, 3, H, W), unclamped (see ``reconstruct``)."""
+        N, C = self.cfg.tokens, self.cfg.channels
+        if latents.dim() != 3 or tuple(latents.shape[1:]) != (N, C):
+            raise ValueError(f"tokenizer expects latents (B, {N}, {C}), got {tuple(latents.shape)}")
+        B = latents.shape[0]
+        u = self.from_latent(latents.to(self.from_latent.weight.dtype)) + self.latent_pos
+        q = self.patch_queries.expand(B, -1, -1).to(u.dtype)
+        if self.region_out is not None:
+            k, r = self.cfg.region, math.isqrt(N)
+            q = q + rearrange(self.region_out(u), "b (rh rw) (kh kw d) -> b (rh kh rw kw) d", rh=r, rw=r, kh=k, kw=k)
+        h = torch.cat([u, q], dim=1)
+        for blk in self.decoder:
+            h, _ = blk(h)
+        out = self.to_pixels(self.dec_norm(h[:, N:])).float()
+        return self.unpatchify(out)
+
+    def forward(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruct ``frames``; in training mode with MAE masking. Returns (recon, latents)."""
+        mask = self.sample_mask(frames.shape[0], generator) if self.training and self.cfg.mask_max > 0 else None
+        z = self.encode(frames, mask)
+        return self.decode(z), z
+
+    @torch.no_grad()
+    def reconstruct(self, frames: torch.Tensor) -> torch.Tensor:
+        """decode(encode(frames)) clamped to [0, 1] (no masking)."""
+        return self.decode(self.encode(frames)).clamp(0, 1)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def summary(self) -> str:
+        return describe(self.cfg, self.num_params())
+
+
+def build_tokenizer(preset: str | TokenizerConfig | dict = "cpu", **overrides: Any) -> Tokenizer:
+    return Tokenizer(tokenizer_config(preset, **overrides))
+
+
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(recon.float(), target.float())
+
+
+def config_json(cfg: TokenizerConfig) -> str:
+    return json.dumps(cfg.to_dict(), sort_keys=True)

@@ -1,0 +1,358 @@
+"""Turn videos into a latent store with a trained tokenizer (``ahri tokenize``), and latents back into frames.
+
+Each video is streamed at the tokenizer's fps and frame size, encoded in batches, and written as one
+safetensors file (see ``data/latents.py`` for the format). Resumable: a video whose file exists with the
+same video sha256 and the same tokenizer weights (sha256) is skipped; files are written under a temporary
+name and renamed, so an interrupted run never leaves a half-written file under a final name. A video that
+fails to decode is reported and skipped; the result lists it and the CLI exits non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data.frames import Decoder, VideoRef, as_video_refs, default_decoder, split_videos, to_tensor
+from .data.latents import INDEX_FORMAT, read_latent_metadata, write_index, write_latent_file
+from .errors import AhriError, ConfigError
+from .fileio import sha256_file
+from .models.tokenizer import Tokenizer
+from .progress import Progress, ensure
+from .train.common import autocast, resolve_device
+from .train.tokenizer import load_tokenizer, weights_for_inference
+
+
+# ---------------------------------------------------------------------------------------------- resolve
+def resolve_tokenizer(ref: str | os.PathLike, runs_dir: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """``--tokenizer``: a run name under ``runs_dir``, a run directory, or a weights file.
+
+    Returns (weights file, tokenizer id). The id is the run's directory name (or the file's stem for a
+    loose weights file); it names the latent set ``<latents>/<tokenizer-id>/``.
+    """
+    p = Path(ref).expanduser()
+    if p.is_file():
+        tid = p.parent.name if p.stem in ("model", "ema") else p.stem
+        return p, tid
+    if p.is_dir():
+        return weights_for_inference(p), p.name
+    if runs_dir is not None and (Path(runs_dir) / str(ref)).is_dir():
+        d = Path(runs_dir) / str(ref)
+        return weights_for_inference(d), d.name
+    known = []
+    if runs_dir is not None and Path(runs_dir).is_dir():
+        for d in sorted(Path(runs_dir).iterdir()):
+            meta = d / "run.json"
+            try:
+                if meta.is_file() and json.loads(meta.read_text()).get("stage") == "tokenizer":
+                    known.append(d.name)
+            except (OSError, json.JSONDecodeError):
+                continue
+    hint = f" (tokenizer runs here: {', '.join(known)})" if known else " (train one: ahri train --stage tokenizer)"
+    raise ConfigError(f"--tokenizer {ref}: not a run name, run directory or weights file{hint}")
+
+
+# ---------------------------------------------------------------------------------------------- encode / decode
+@torch.no_grad()
+def encode_frames(
+    model: Tokenizer, frames: np.ndarray | torch.Tensor, device: torch.device | str | None = None, precision: str = "bf16"
+) -> torch.Tensor:
+    """uint8 (B, H, W, 3) or float (B, 3, H, W) in [0, 1] -> latents float32 (B, N, C) on CPU."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    x = to_tensor(frames, device) if isinstance(frames, np.ndarray) else frames.to(device).float()
+    with autocast(device, precision):
+        z = model.encode(x)
+    return z.float().cpu()
+
+
+@torch.no_grad()
+def decode_latents(
+    model: Tokenizer,
+    latents: torch.Tensor | np.ndarray,
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    precision: str = "bf16",
+) -> torch.Tensor:
+    """Latents (T, N, C) or (B, T, N, C) -> frames float32 (T, 3, H, W) / (B, T, 3, H, W) in [0, 1], on CPU.
+
+    Used by eval and rollout to look at (predicted) latents in pixel space.
+    """
+    was = model.training
+    model.eval()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    z = torch.as_tensor(latents)
+    lead = z.shape[:-2]
+    flat = z.reshape(-1, *z.shape[-2:])
+    outs = []
+    try:
+        for s in range(0, flat.shape[0], batch_size):
+            with autocast(device, precision):
+                r = model.decode(flat[s : s + batch_size].to(device).float())
+            outs.append(r.float().clamp(0, 1).cpu())
+    finally:
+        model.train(was)
+    s = model.cfg.image_size
+    out = torch.cat(outs) if outs else torch.zeros(0, 3, s, s)
+    return out.reshape(*lead, 3, s, s)
+
+
+def _batches(frames: Iterable[np.ndarray], n: int) -> Iterator[np.ndarray]:
+    buf: list[np.ndarray] = []
+    for f in frames:
+        buf.append(f)
+        if len(buf) == n:
+            yield np.stack(buf)
+            buf = []
+    if buf:
+        yield np.stack(buf)
+
+
+def tokenize_video(
+    model: Tokenizer,
+    video: VideoRef | Any,
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    precision: str = "bf16",
+    decoder: Decoder | None = None,
+    on_batch: Any = None,
+) -> torch.Tensor:
+    """All frames of one video at the tokenizer's fps and size -> latents fp16 (T, N, C)."""
+    ref = as_video_refs([video])[0]
+    cfg = model.cfg
+    frames = (decoder or default_decoder)(ref.path, cfg.fps, cfg.image_size)
+    parts = []
+    for batch in _batches(frames, batch_size):
+        parts.append(encode_frames(model, batch, device, precision).to(torch.float16))
+        if on_batch is not None:
+            on_batch(len(batch))
+    if not parts:
+        raise AhriError(f"{ref.path}: no frames decoded")
+    return torch.cat(parts)
+
+
+# ---------------------------------------------------------------------------------------------- actions
+def _aligned_actions(ref: VideoRef, frames: int, fps: float, notes: list[str]) -> tuple[np.ndarray | None, str]:
+    """The video's actions matched to ``frames`` latents, or None (with a note) when they cannot be."""
+    if ref.actions is None:
+        return None, "none"
+    a = np.asarray(ref.actions)
+    kind = "discrete" if a.ndim == 1 and np.issubdtype(a.dtype, np.integer) else "continuous"
+    src_fps = float(ref.meta.get("fps") or 0.0)
+    if src_fps and abs(src_fps - fps) > 1e-3 * fps:
+        notes.append(f"{ref.id}: actions dropped (video at {src_fps:g} fps, tokenizer at {fps:g} fps)")
+        return None, "none"
+    if len(a) != frames:
+        if abs(len(a) - frames) > 1:
+            notes.append(f"{ref.id}: {len(a)} actions for {frames} frames; padded/truncated with 'no action'")
+        if len(a) > frames:
+            a = a[:frames]
+        else:
+            pad_shape = (frames - len(a), *a.shape[1:])
+            pad = np.full(pad_shape, -1, np.int64) if kind == "discrete" else np.full(pad_shape, np.nan, np.float32)
+            a = np.concatenate([a, pad])
+    return a, kind
+
+
+# ---------------------------------------------------------------------------------------------- the command
+@dataclass
+class TokenizeResult:
+    out_dir: Path
+    tokenizer_id: str
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    frames: int = 0  # frames encoded in this run
+    seconds: float = 0.0
+    index: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def _entry(vid: str, file: str, meta: dict[str, str]) -> dict[str, Any]:
+    kind = meta.get("action_kind", "none")
+    return {
+        "id": vid,
+        "file": file,
+        "frames": int(meta.get("frames", 0)),
+        "has_actions": kind != "none",
+        "action_kind": kind,
+        "action_count": int(meta.get("action_count") or 0),
+        "sha256": meta.get("sha256"),
+        "source": meta.get("source"),
+    }
+
+
+def tokenize_videos(
+    tokenizer: str | os.PathLike,
+    videos: Sequence[Any],
+    out_root: str | os.PathLike,
+    *,
+    batch_size: int = 64,
+    device: str = "auto",
+    precision: str = "bf16",
+    val_fraction: float | None = None,
+    runs_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    decoder: Decoder | None = None,
+) -> TokenizeResult:
+    """Tokenize ``videos`` into ``<out_root>/<tokenizer-id>/``; see the module docstring.
+
+    tokenizer: run name (under ``runs_dir``), run directory or weights file. videos: ``VideoRecord``s or
+    paths. val_fraction: held-out share of videos; default: the value the tokenizer was trained with
+    (so the latent split matches the tokenizer's), else 0.1.
+    """
+    p = ensure(progress)
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    weights, tid = resolve_tokenizer(tokenizer, runs_dir)
+    dev = resolve_device(device)
+    model, extra = load_tokenizer(weights, dev)
+    cfg = model.cfg
+    wsha = sha256_file(weights)
+    if val_fraction is None:
+        val_fraction = float(extra.get("val_fraction", 0.1) or 0.1)
+    out_dir = Path(out_root) / tid
+    out_dir.mkdir(parents=True, exist_ok=True)
+    refs = as_video_refs(videos)
+    res = TokenizeResult(out_dir=out_dir, tokenizer_id=tid)
+    p.log(f"{model.summary()}; weights {weights}")
+
+    meta_of: dict[str, dict[str, str]] = {}
+
+    def up_to_date(ref: VideoRef) -> dict[str, str] | None:
+        meta = read_latent_metadata(out_dir / f"{ref.id}.safetensors")
+        if meta and meta.get("sha256") == ref.sha256 and meta.get("tokenizer_sha256") == wsha:
+            return meta
+        return None
+
+    todo: list[VideoRef] = []
+    for r in refs:
+        try:
+            m = up_to_date(r)
+        except OSError as e:
+            res.failed.append((r.id, str(e)))
+            continue
+        if m is not None:
+            res.skipped.append(r.id)
+            meta_of[r.id] = m
+        else:
+            todo.append(r)
+    est = sum(int(round(float(r.meta.get("duration") or 0) * cfg.fps)) for r in todo)
+    p.start("tokenize", total=est or None)
+    t0 = time.perf_counter()
+
+    def write_index_now() -> None:
+        # entries of this run, plus earlier entries of videos not given this time whose files still exist
+        entries = {vid: _entry(vid, f"{vid}.safetensors", m) for vid, m in meta_of.items()}
+        old = out_dir / "index.json"
+        if old.is_file():
+            try:
+                prev = json.loads(old.read_text()).get("videos", [])
+            except (OSError, json.JSONDecodeError):
+                prev = []
+            given = {r.id for r in refs}
+            for e in prev:
+                if e.get("id") not in entries and e.get("id") not in given and (out_dir / e.get("file", "")).is_file():
+                    entries[e["id"]] = {k: v for k, v in e.items() if k != "split"}
+        split = split_videos(sorted(entries), val_fraction)
+        vids = [{**entries[k], "split": split[k]} for k in sorted(entries)]
+        kinds = {e["action_kind"] for e in vids if e["has_actions"]}
+        meanings = None
+        for vid in sorted(meta_of):
+            if meta_of[vid].get("action_meanings"):
+                try:
+                    meanings = json.loads(meta_of[vid]["action_meanings"])
+                except json.JSONDecodeError:
+                    meanings = None
+                break
+        res.index = {
+            "format": INDEX_FORMAT,
+            "tokenizer_id": tid,
+            "tokenizer_weights": str(weights),
+            "tokenizer_sha256": wsha,
+            "tokenizer_config": cfg.to_dict(),
+            "tokens": cfg.tokens,
+            "channels": cfg.channels,
+            "fps": cfg.fps,
+            "frame_size": cfg.image_size,
+            "val_fraction": val_fraction,
+            "action_kind": kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "none"),
+            "action_count": max((e["action_count"] for e in vids if e["has_actions"]), default=0),
+            "action_meanings": meanings,
+            "frames": sum(e["frames"] for e in vids),
+            "updated": datetime.now().isoformat(timespec="seconds"),
+            "videos": vids,
+        }
+        write_index(out_dir, res.index)
+
+    for r in todo:
+        t_video = time.perf_counter()
+        n_before = res.frames
+
+        def advanced(n: int, vid: str = r.id) -> None:
+            res.frames += n
+            dt = max(time.perf_counter() - t0, 1e-9)
+            p.advance("tokenize", n, video=vid, fps=res.frames / dt)
+
+        try:
+            lat = tokenize_video(model, r, batch_size, dev, precision, decoder, on_batch=advanced)
+            actions, kind = _aligned_actions(r, lat.shape[0], cfg.fps, res.notes)
+            meta = {
+                "format": INDEX_FORMAT,
+                "fps": f"{cfg.fps:g}",
+                "video_id": r.id,
+                "source": str(r.meta.get("source") or r.path.parent.name),
+                "source_path": str(r.path),
+                "sha256": r.sha256,
+                "tokenizer_id": tid,
+                "tokenizer_sha256": wsha,
+                "frames": str(int(lat.shape[0])),
+                "frame_size": str(cfg.image_size),
+                "tokens": str(cfg.tokens),
+                "channels": str(cfg.channels),
+                "action_kind": kind,
+                "action_count": str(
+                    int(r.meta.get("action_count") or (int(np.max(actions)) + 1 if kind == "discrete" and actions is not None else 0))
+                    if kind == "discrete"
+                    else (int(actions.shape[1]) if kind == "continuous" and actions is not None else 0)
+                ),
+                "action_meanings": json.dumps(r.meta.get("action_meanings") if kind != "none" else None),
+            }
+            write_latent_file(out_dir / f"{r.id}.safetensors", lat, actions, meta)
+            meta_of[r.id] = meta
+            res.written.append(r.id)
+            dt = time.perf_counter() - t_video
+            p.log(f"{r.id}: {lat.shape[0]} frames in {dt:.1f}s ({(res.frames - n_before) / max(dt, 1e-9):.0f} frames/s)")
+        except (AhriError, OSError) as e:
+            res.failed.append((r.id, str(e)))
+            p.log(f"failed {r.id}: {e}")
+            continue
+        write_index_now()
+    write_index_now()
+    res.seconds = time.perf_counter() - t0
+    p.finish("tokenize", frames=res.frames, fps=res.frames_per_s)
+    for n in res.notes:
+        p.log(n)
+    return res
+
+
+def load_decoder(tokenizer: str | os.PathLike, runs_dir: str | os.PathLike | None = None, device: str = "auto") -> Tokenizer:
+    """The tokenizer named by ``tokenizer`` (run name, run dir or weights file), ready for ``decode_latents``."""
+    weights, _ = resolve_tokenizer(tokenizer, runs_dir)
+    model, _ = load_tokenizer(weights, resolve_device(device))
+    return model

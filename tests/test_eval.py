@@ -1,0 +1,124 @@
+"""ahri eval: pixel metrics, clip choice, baselines on the same frames, the report files and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from sampling_fakes import held_out, make_world
+
+from ahri_cli.main import main
+from ahri_core.evaluation import (
+    evaluate,
+    image_metrics,
+    psnr_per_image,
+    select_clips,
+    ssim_per_image,
+    summarize,
+    t95,
+)
+from ahri_core.rollout import load_world_model, to_float
+from ahri_core.settings import SamplingSettings
+from ahri_core.video import probe, read_frames
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("evalws"))
+
+
+def test_psnr_of_a_known_error():
+    a = torch.zeros(2, 3, 8, 8)
+    b = torch.full((2, 3, 8, 8), 0.1)
+    torch.testing.assert_close(psnr_per_image(a, b), torch.full((2,), 20.0))
+    assert float(psnr_per_image(b, b)[0]) == 100.0  # identical images: capped, not inf
+    # the prediction is clipped to [0, 1] before it is scored
+    torch.testing.assert_close(psnr_per_image(b - 5.0, b), psnr_per_image(torch.zeros_like(b), b))
+
+
+def test_ssim_is_one_for_identical_and_drops_with_noise():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 32, 32, generator=g)
+    assert torch.allclose(ssim_per_image(x, x), torch.ones(3), atol=1e-5)
+    noisy = (x + 0.2 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    s = ssim_per_image(noisy, x)
+    assert torch.all(s < 0.9) and torch.all(s > 0)
+    m = image_metrics(noisy, x)
+    assert set(m) == {"psnr", "ssim", "mse"} and m["mse"].shape == (3,)
+
+
+def test_summary_interval():
+    v = np.array([[1.0, 10.0], [3.0, 10.0], [5.0, 10.0]])
+    s = summarize(v)
+    assert s["mean"] == [3.0, 10.0]
+    assert math.isclose(s["ci95"][0], t95(3) * 2.0 / math.sqrt(3))
+    assert s["ci95"][1] == 0.0
+    assert math.isnan(summarize(v[:1])["ci95"][0])
+
+
+def test_clips_are_inside_videos_and_do_not_overlap():
+    lengths = {"a": 100, "b": 40, "c": 10}
+    clips = select_clips(lengths, context=8, horizon=8, clips=50, seed=3)
+    assert {c.video_id for c in clips} == {"a", "b"}  # c is too short
+    assert len(clips) == 100 // 16 + 40 // 16
+    for vid in ("a", "b"):
+        spans = sorted((c.start, c.start + 16) for c in clips if c.video_id == vid)
+        assert all(e <= lengths[vid] for _, e in spans)
+        assert all(spans[i][1] <= spans[i + 1][0] for i in range(len(spans) - 1))
+    # round robin: the first two clips come from different videos
+    assert len({c.video_id for c in select_clips(lengths, 8, 8, 2, seed=3)}) == 2
+    assert select_clips(lengths, 8, 8, 5, seed=1) == select_clips(lengths, 8, 8, 5, seed=1)
+
+
+def test_eval_on_held_out_video_with_baselines_on_the_same_frames(world, tmp_path):
+    ws, lat_dir, run = world
+    wm = load_world_model(run, ws)
+    s = SamplingSettings(steps=[2, 8], context=4, horizon=5, clips=3, seed=1, batch_size=2)
+    rep = evaluate(wm, settings=s, out_dir=tmp_path / "ev", workspace=ws, samples=1, precision="fp32")
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m == json.loads(json.dumps(rep.metrics))
+    assert m["truth"] == "video frames" and m["split"] == "val"
+    val = held_out(lat_dir)
+    assert {c["video"] for c in m["clips"]} <= set(val) and len(val) >= 1  # held-out videos only
+
+    # Recompute both baselines independently from the real frames of the same clips.
+    from safetensors.torch import load_file
+
+    copy, ceil = [], []
+    for c in m["clips"]:
+        vid, st = c["video"], c["start"]
+        real = to_float(read_frames(ws.videos / "game" / f"{vid}.mp4", fps=20, size=32))
+        true_lat = load_file(str(lat_dir / f"{vid}.safetensors"))["latents"].float()
+        target = real[st + 4 : st + 9]
+        copy.append(psnr_per_image(real[st + 3].expand_as(target), target))
+        ceil.append(psnr_per_image(wm.decode(true_lat[st + 4 : st + 9]), target))
+    np.testing.assert_allclose(m["baselines"]["copy_last"]["psnr"]["mean"], torch.stack(copy).mean(0).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        m["baselines"]["tokenizer_ceiling"]["psnr"]["mean"], torch.stack(ceil).mean(0).numpy(), rtol=1e-4
+    )
+    # the copy-last baseline is measured on real frames: it is not the ceiling's decoded frames
+    assert m["baselines"]["copy_last"]["psnr"]["mean"] != m["baselines"]["tokenizer_ceiling"]["psnr"]["mean"]
+    assert (tmp_path / "ev" / "psnr.png").stat().st_size > 1000
+    info = probe(tmp_path / "ev" / "sample-0.mp4")
+    assert info.frames == 9 and info.fps == 20
+    assert info.width == 5 * 32 * 3  # truth | (prediction, error) per step count, scale 3
+    assert "gain_over_copy_last_db_h1_5" in m["summary"]
+
+
+def test_eval_cli_writes_report_and_refuses_bad_steps(world, tmp_path, capsys):
+    ws, _, run = world
+    out = tmp_path / "cli"
+    rc = main(["-w", str(ws.root), "eval", run.name, "--steps", "4", "--context", "3", "--horizon", "2",
+               "--clips", "2", "--samples", "0", "--out", str(out)])
+    assert rc == 0
+    assert (out / "metrics.json").is_file()
+    assert "copy last" in capsys.readouterr().out
+    rc = main(["-w", str(ws.root), "eval", run.name, "--steps", "16", "--out", str(tmp_path / "x")])
+    assert rc == 2  # finer than k_max = 8
+    assert "k_max" in capsys.readouterr().err
+    rc = main(["-w", str(ws.root), "eval", run.name, "--context", "30", "--horizon", "30", "--out", str(tmp_path / "y")])
+    assert rc == 1
+    assert "no held-out video" in capsys.readouterr().err

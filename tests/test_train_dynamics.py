@@ -1,0 +1,241 @@
+"""The dynamics training loop, its checkpoints and resume, and ``ahri train``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from ahri_core.data.windows import LatentVideo, make_latent_set
+from ahri_core.errors import CheckpointError, ConfigError
+from ahri_core.fileio import read_jsonl
+from ahri_core.progress import RecordingProgress
+from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings
+from ahri_core.train.dynamics import load_dynamics, train_dynamics
+
+
+def clip(
+    seed: int, frames: int = 40, tokens: int = 4, channels: int = 4, actions: bool = True, speed: float = 0.25
+) -> LatentVideo:
+    """Latents of a smooth periodic 'video' in (-1, 1), with actions."""
+    g = torch.Generator().manual_seed(seed)
+    phase = torch.rand(tokens, channels, generator=g) * 6.28
+    t = torch.arange(frames, dtype=torch.float32)[:, None, None]
+    lat = 0.8 * torch.sin(speed * t + phase)
+    act = torch.randint(0, 3, (frames,), generator=g) if actions else None
+    return LatentVideo(f"c{seed}", lat.half(), act)
+
+
+def tiny_settings(**train_kw):
+    kw = dict(preset="tiny", batch_size=4, lr=3e-3, warmup_steps=5, log_every=5, val_every=1000,
+              checkpoint_every=1000, seed=0, device="cpu")
+    kw.update(train_kw)
+    return TrainSettings(**kw), DataSettings(seq_len=8, stride=4), DiffusionSettings()
+
+
+def lset(n_train: int = 2, frames: int = 40):
+    return make_latent_set([clip(i, frames) for i in range(n_train)], [clip(100, frames)], action_count=3)
+
+
+def test_tiny_model_overfits_a_short_clip(tmp_path: Path):
+    c = clip(0, 24, speed=0.6)
+    data = make_latent_set([c], [c], action_count=3)  # validate on the very clip
+    train, dset, diff = tiny_settings(max_steps=120, batch_size=4, val_every=120, lr=1e-2, warmup_steps=10)
+    diff = DiffusionSettings(single_image_fraction=0.0, context_fraction=0.5)
+    r = train_dynamics(data, tmp_path / "run", train, dset, diff)
+    assert r.step == 120
+    first, last = r.first_val, r.val
+    assert last["val_tau=0.1"] < 0.1 * first["val_tau=0.1"], (first, last)
+    # one-step next-frame prediction from context beats copying the last frame on the clip it memorised
+    assert last["val_next"] < 0.5 * last["val_copy_last"], last
+
+
+def test_metrics_run_info_and_load(tmp_path: Path):
+    train, dset, diff = tiny_settings(max_steps=12, val_every=6, log_every=4, checkpoint_every=6)
+    dset = DataSettings(alternating=True, seq_len_short=8, seq_len_long=16, batch_size_short=2,
+                        batch_size_long=1, long_ratio=0.3, stride=4)
+    diff = DiffusionSettings(shortcut=True, k_max=16)
+    prog = RecordingProgress()
+    train_dynamics(lset(), tmp_path / "run", train, dset, diff, progress=prog)
+    recs = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    tr = [x for x in recs if x["kind"] == "train"]
+    va = [x for x in recs if x["kind"] == "val"]
+    assert [x["step"] for x in tr] == [4, 8, 12] and [x["step"] for x in va] == [0, 6, 12]
+    for x in tr:
+        for key in ("epoch", "step", "batch", "T", "B", "loss", "tau_min", "tau_max", "batches_per_s", "flow_loss",
+                    "bootstrap_loss", "tokens_per_s", "lr"):
+            assert key in x
+        assert x["batch"] in ("S", "L") and x["T"] in (8, 16) and 0 <= x["tau_min"] <= x["tau_max"] <= 1
+    assert {"val_tau=0.1", "val_tau=0.5", "val_tau=0.9", "val_next", "val_copy_last"} <= set(va[0])
+    # the progress display carries the seed's log line
+    shown = [e[2] for e in prog.events if e[0] == "advance" and "loss" in e[2]]
+    assert shown and {"epoch", "batch", "loss", "tau", "batch/s"} <= set(shown[-1])
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["stage"] == "dynamics" and meta["finished"] is True and meta["step"] == 12
+    assert meta["settings"]["diffusion"]["shortcut"] is True and meta["max_frames"] == 16
+    model, info = load_dynamics(tmp_path / "run")
+    assert (info["k_max"], info["shortcut"], info["max_frames"]) == (16, True, 16)
+    assert info["latents"]["tokens"] == 4 and not model.training
+    assert model.config.action_kind == "discrete" and model.config.action_count == 3
+    # the weights file alone rebuilds the model, and the sampler reads its traits from info
+    from ahri_core.sampler import traits_of
+
+    t = traits_of(model, info)
+    assert t.shortcut and t.k_max == 16 and t.max_frames == 16
+
+
+def test_checkpoints_refuse_mismatched_configs(tmp_path: Path):
+    train, dset, diff = tiny_settings(max_steps=3)
+    train_dynamics(lset(), tmp_path / "run", train, dset, diff)
+    # resuming with another model or objective is refused before any step
+    with pytest.raises(ConfigError, match="preset"):
+        train_dynamics(lset(), tmp_path / "run", train.model_copy(update={"preset": "cpu", "resume": True}), dset, diff)
+    with pytest.raises(ConfigError, match="k_max"):
+        train_dynamics(lset(), tmp_path / "run", train.model_copy(update={"resume": True}), dset,
+                       DiffusionSettings(k_max=16))
+    # a run that exists is not overwritten without --resume
+    with pytest.raises(ConfigError, match="already exists"):
+        train_dynamics(lset(), tmp_path / "run", train, dset, diff)
+    # a weights file whose config does not match its tensors is refused
+    w = tmp_path / "run" / "model.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(w), framework="pt") as f:
+        meta = f.metadata()
+    cfg = json.loads(meta["config"])
+    cfg["dim"] = 64
+    bad = tmp_path / "bad.safetensors"
+    save_file(load_file(str(w)), str(bad), metadata={**meta, "config": json.dumps(cfg)})
+    with pytest.raises(CheckpointError):
+        load_dynamics(bad)
+    # and a file with a tensor missing
+    tensors = load_file(str(w))
+    tensors.pop(next(iter(tensors)))
+    save_file(tensors, str(bad), metadata=meta)
+    with pytest.raises(CheckpointError, match="lacks"):
+        load_dynamics(bad)
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, torch
+    sys.path.insert(0, {tests!r})
+    torch.set_num_threads({threads})
+    from test_train_dynamics import lset, tiny_settings
+    from ahri_core.settings import DiffusionSettings
+    from ahri_core.train.dynamics import train_dynamics
+    train, dset, _ = tiny_settings(max_steps=14, checkpoint_every=4, val_every=5, ema=0.9)
+    diff = DiffusionSettings(shortcut=True, k_max=8)
+    def on_step(step, rec):
+        if step == 10:  # after the checkpoint at step 8: the steps 9-10 are lost and must be redone
+            os.kill(os.getpid(), signal.SIGKILL)
+    train_dynamics(lset(), {run!r}, train, dset, diff, on_step=on_step)
+    """
+)
+
+
+def test_sigkill_and_resume_equals_uninterrupted(tmp_path: Path):
+    train, dset, _ = tiny_settings(max_steps=14, checkpoint_every=4, val_every=5, ema=0.9)
+    diff = DiffusionSettings(shortcut=True, k_max=8)
+    ref = train_dynamics(lset(), tmp_path / "ref", train, dset, diff)
+    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), threads=torch.get_num_threads(),
+                                run=str(tmp_path / "killed"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    state = torch.load(tmp_path / "killed" / "model.state.pt", weights_only=True)
+    assert state["step"] == 8
+    resumed = train_dynamics(lset(), tmp_path / "killed", train.model_copy(update={"resume": True}), dset, diff)
+    assert resumed.step == 14
+    a, b = load_file(str(ref.weights)), load_file(str(resumed.weights))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"tensor {k} differs after kill-and-resume"
+    ra = torch.load(ref.run_dir / "model.state.pt", weights_only=True)["model"]
+    rb = torch.load(resumed.run_dir / "model.state.pt", weights_only=True)["model"]
+    assert all(torch.equal(ra[k], rb[k]) for k in ra)
+    # the records written after the step-8 checkpoint by the killed process are replaced, not repeated
+    steps = [r["step"] for r in read_jsonl(resumed.run_dir / "metrics.jsonl") if r["kind"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 14
+
+
+def _write_store(root: Path) -> Path:
+    d = root / "latents" / "tok-test"
+    d.mkdir(parents=True)
+    vids = []
+    for i, split in enumerate(["train", "train", "val"]):
+        c = clip(i, 40)
+        meta = {"fps": "20", "video_id": c.id, "tokenizer_id": "tok-test", "action_kind": "discrete",
+                "action_count": "3"}
+        save_file({"latents": c.latents, "actions": c.actions}, str(d / f"{c.id}.safetensors"), metadata=meta)
+        vids.append({"id": c.id, "file": f"{c.id}.safetensors", "frames": 40, "split": split, "has_actions": True})
+    (d / "index.json").write_text(json.dumps({"tokenizer_id": "tok-test", "tokens": 4, "channels": 4, "fps": 20,
+                                              "frame_size": 64, "videos": vids}))
+    return d
+
+
+def _cli(args: list[str], ws: Path) -> int:
+    from ahri_cli.main import main
+
+    return main(["--workspace", str(ws), *args])
+
+
+def test_cli_trains_on_the_newest_latent_set(tmp_path: Path, capsys):
+    _write_store(tmp_path)
+    rc = _cli(["train", "--preset", "tiny", "--run", "r1", "--max-steps", "6", "--shortcut", "--k-max", "8",
+               "--alternating", "--seq-len-short", "8", "--seq-len-long", "16", "--batch-size-short", "2",
+               "--batch-size-long", "1", "--long-ratio", "0.25", "--device", "cpu", "--log-every", "2"], tmp_path)
+    assert rc == 0, capsys.readouterr().err
+    run = tmp_path / "runs" / "r1"
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["latents"]["path"].endswith("tok-test") and meta["tokenizer_id"] == "tok-test"
+    assert meta["settings"]["data"]["long_ratio"] == 0.25
+    # resume continues the run with its own settings, only the budget changes
+    rc = _cli(["train", "--run", "r1", "--resume", "--max-steps", "8"], tmp_path)
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads((run / "run.json").read_text())["step"] == 8
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "--long-ratio", "0.5", "--max-steps", "2"], "--alternating"),
+        (["train", "--alternating", "--long-ratio", "1.5", "--max-steps", "2"], "long_ratio"),
+        (["train", "--k-max", "48", "--max-steps", "2"], "k_max"),
+        (["train", "--step-sampling", "inverse", "--lr", "0", "--max-steps", "2"], "lr"),
+        (["train", "--preset", "tiny"], "budget"),
+        (["train", "--max-steps", "2", "--latents", "/nonexistent/latents"], "latent set"),
+        (["train", "--alternating", "--batch-size", "4", "--max-steps", "2"], "--batch-size-short"),
+        (["train", "--run", "nope", "--resume", "--max-steps", "2"], "resume"),
+    ],
+)
+def test_cli_validation_errors_exit_2_with_one_line(tmp_path: Path, capsys, args, needle):
+    rc = _cli(args, tmp_path)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+    assert needle in err
+
+
+def test_cli_preset_unknown_is_a_config_error(tmp_path: Path, capsys):
+    _write_store(tmp_path)
+    rc = _cli(["train", "--preset", "huge", "--max-steps", "2"], tmp_path)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "preset" in err and len(err.splitlines()) == 1
+
+
+def test_preset_training_defaults_fill_only_what_was_not_given():
+    from ahri_core.train.dynamics import PRESET_TRAINING, with_preset_defaults
+
+    t = with_preset_defaults(TrainSettings(preset="cpu", max_steps=5))
+    assert (t.lr, t.batch_size, t.ema) == (PRESET_TRAINING["cpu"]["lr"], PRESET_TRAINING["cpu"]["batch_size"],
+                                          PRESET_TRAINING["cpu"]["ema"])
+    t = with_preset_defaults(TrainSettings(preset="cpu", max_steps=5, lr=5e-4, ema=0.0))
+    assert t.lr == 5e-4 and t.ema == 0.0
