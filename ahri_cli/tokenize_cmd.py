@@ -17,18 +17,18 @@ def tokenize(
     tokenizer: Annotated[
         str, typer.Option("--tokenizer", "-t", help="Tokenizer: a run name in the workspace, a run directory or a weights file.")
     ],
-    data: Annotated[Path | None, typer.Option("--data", help="Folder of videos (searched recursively). [default: <workspace>/videos]")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Latent root; files go to OUT/<tokenizer-id>/. [default: <workspace>/latents]")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Folder of videos (searched recursively). \\[default: <workspace>/videos]")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Latent root; files go to OUT/<tokenizer-id>/. \\[default: <workspace>/latents]")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Frames encoded per batch.", min=1)] = 64,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option("--precision", help="bf16 (autocast) or fp32.")] = "bf16",
     val_fraction: Annotated[
-        float | None, typer.Option("--val-fraction", help="Share of videos held out. [default: the tokenizer's own split setting]")
+        float | None, typer.Option("--val-fraction", help="Share of videos held out. \\[default: the tokenizer's own split setting]")
     ] = None,
     decode: Annotated[
         Path | None, typer.Option("--decode", help="Instead: decode this latent file back into an mp4 (see --output).")
     ] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="--decode: the mp4 to write. [default: <file>.decoded.mp4]")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="--decode: the mp4 to write. \\[default: <file>.decoded.mp4]")] = None,
 ) -> None:
     """Encode every video at the tokenizer's fps and size into one latent file per video, plus an index.
 

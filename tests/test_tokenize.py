@@ -165,3 +165,19 @@ def test_actions_at_another_fps_are_dropped_with_a_note(ws):
     assert act is None and meta["action_kind"] == "none"
     assert any("actions dropped" in n for n in res.notes)
     assert np.isfinite(lat.float().numpy()).all()
+
+
+def test_cli_train_then_tokenize_end_to_end(tmp_path):
+    make_store(tmp_path / "videos" / "game", n=3, frames=12)
+    args = ["-w", str(tmp_path), "train", "--stage", "tokenizer", "--preset", "tiny", "--max-steps", "3",
+            "--run", "t", "--device", "cpu", "--val-every", "2", "--log-every", "1"]
+    assert main(args) == 0
+    run = tmp_path / "runs" / "t"
+    assert (run / "model.safetensors").is_file() and (run / "model.state.pt").is_file()
+    assert main(args) == 2  # the run exists: refused without --resume
+    assert main([*args[:-4], "--max-steps", "5", "--resume"]) == 0
+    assert torch.load(run / "model.state.pt", weights_only=True)["step"] == 5
+    assert main(["-w", str(tmp_path), "tokenize", "--tokenizer", "t"]) == 0
+    store = LatentStore(tmp_path / "latents" / "t")
+    assert len(store) == 3 and store.tokens == 4 and store.channels == 16
+    assert {v["split"] for v in store.videos()} == {"train", "val"}

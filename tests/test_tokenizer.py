@@ -63,16 +63,22 @@ def test_presets_compress_at_least_16x_and_describe():
         tokenizer_config("huge")
     with pytest.raises(ConfigError, match="patch_size"):
         tokenizer_config("tiny", patch_size=5)
+    with pytest.raises(ConfigError, match="square token count"):
+        tokenizer_config("cpu", tokens=12, regions=True)
+    assert tokenizer_config("cpu", tokens=12).regions is False  # a preset at another shape falls back
+    assert tokenizer_config("cpu", image_size=48).regions is False and tokenizer_config("cpu").regions is True
+    # with the region shortcut the parameter count still does not depend on the square of the token count
+    assert build_tokenizer("cpu", tokens=64, channels=8).num_params() < 2 * build_tokenizer("cpu").num_params()
 
 
 def test_bottleneck_is_per_token():
     """Parameters grow linearly with the token count (no Linear over all tokens flattened)."""
-    counts = {n: build_tokenizer("tiny", tokens=n).num_params() for n in (4, 8, 16, 32)}
+    counts = {n: build_tokenizer("tiny", tokens=n, regions=False).num_params() for n in (4, 8, 16, 32)}
     step = counts[8] - counts[4]
     assert counts[16] - counts[8] == 2 * step
     assert counts[32] - counts[16] == 4 * step
     # the bottleneck itself does not depend on the token count at all
-    a, b = build_tokenizer("tiny", tokens=4), build_tokenizer("tiny", tokens=32)
+    a, b = build_tokenizer("tiny", tokens=4, regions=False), build_tokenizer("tiny", tokens=32, regions=False)
     assert a.to_latent.weight.shape == b.to_latent.weight.shape == (a.cfg.channels, a.cfg.dim)
     # and each token's latent depends only on that token's features
     feats = torch.randn(2, 32, b.cfg.dim)
@@ -341,3 +347,26 @@ def test_sigkill_and_resume_matches_uninterrupted_run(store, tmp_path):
     steps_logged = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
                     if json.loads(x)["kind"] == "train"]
     assert steps_logged == sorted(set(steps_logged)) and steps_logged[-1] == steps
+
+
+def test_perceptual_term_hook(store, tmp_path):
+    root, recs = store
+    with pytest.raises(ConfigError, match="perceptual_model"):
+        train_tokenizer(tmp_path / "p0", recs, tiny_train(max_steps=2), TokenizerSettings(perceptual_weight=0.5),
+                        cache_dir=root / "cache")
+
+    class L1(torch.nn.Module):
+        def forward(self, a, b):
+            return (a - b).abs().flatten(1).mean(1)
+
+    b = torch.export.Dim("b")
+    x = torch.rand(2, 3, 32, 32)
+    torch.export.save(torch.export.export(L1(), (x, x), dynamic_shapes=({0: b}, {0: b})), tmp_path / "l1.pt2")
+    tok = TokenizerSettings(perceptual_weight=0.5, perceptual_model=tmp_path / "l1.pt2")
+    out = train_tokenizer(tmp_path / "p1", recs, tiny_train(max_steps=2), tok, cache_dir=root / "cache")
+    state = torch.load(tmp_path / "p1" / "model.state.pt", weights_only=True)
+    assert out["step"] == 2 and int(state["rms"]["perceptual"]["count"]) == 2
+    calls = []
+    train_tokenizer(tmp_path / "p2", recs, tiny_train(max_steps=2), TokenizerSettings(perceptual_weight=0.5),
+                    cache_dir=root / "cache", perceptual=lambda r, t: calls.append(1) or (r - t).abs().mean())
+    assert len(calls) == 2

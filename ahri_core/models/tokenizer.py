@@ -119,8 +119,20 @@ def tokenizer_config(preset: str | TokenizerConfig | dict = "cpu", **overrides: 
         if preset not in PRESETS:
             raise ConfigError(f"unknown tokenizer preset {preset!r} (allowed: {', '.join(PRESETS)})")
         base = {"preset": preset, **PRESETS[preset]}
-    base.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    base.update(given)
+    if base.get("regions", True) and "regions" not in given and not _regions_fit(base):
+        base["regions"] = False  # e.g. a preset at another frame size: keep the plain model rather than fail
     return TokenizerConfig.from_dict(base)
+
+
+def _regions_fit(d: dict[str, Any]) -> bool:
+    try:
+        g = int(d.get("image_size", 64)) // int(d.get("patch_size", 8))
+        r = math.isqrt(int(d.get("tokens", 16)))
+        return r * r == int(d.get("tokens", 16)) and r > 0 and g % r == 0
+    except (TypeError, ValueError):
+        return True  # let validation report it
 
 
 def describe(cfg: TokenizerConfig, params: int | None = None) -> str:

@@ -75,7 +75,7 @@ class TokenizerSettings(Section):
     val_frames: int = Field(256, ge=1, description="held-out frames scored at each validation")
     perceptual_weight: float = Field(0.0, ge=0, description="weight of the perceptual term (needs perceptual_model)")
     perceptual_model: Path | None = Field(
-        None, description="local TorchScript file f(recon, target) -> per-item distance; nothing is downloaded"
+        None, description="local torch.export file (.pt2) f(recon, target) -> per-item distance; nothing is downloaded"
     )
 
     def overrides(self) -> dict[str, Any]:
@@ -115,15 +115,19 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class PerceptualLoss:
-    """Hook for a perceptual term: a local TorchScript module f(recon, target) -> (B,) distances."""
+    """Hook for a perceptual term: a local ``torch.export`` program f(recon, target) -> (B,) distances.
+
+    Nothing is downloaded: point ``[tokenizer] perceptual_model`` at a file exported beforehand (for example
+    a small feature network saved with ``torch.export.save``), or pass any callable to ``train_tokenizer``.
+    """
 
     def __init__(self, path: Path, device: torch.device) -> None:
         if not Path(path).is_file():
             raise ConfigError(f"tokenizer.perceptual_model {path} does not exist (nothing is downloaded)")
         try:
-            self.net = torch.jit.load(str(path), map_location=device).eval()
+            self.net = torch.export.load(str(path)).module().to(device)
         except Exception as e:  # noqa: BLE001 - any load failure is a bad file
-            raise ConfigError(f"tokenizer.perceptual_model {path} is not a TorchScript module ({e})") from None
+            raise ConfigError(f"tokenizer.perceptual_model {path} is not a torch.export program ({e})") from None
         for p in self.net.parameters():
             p.requires_grad_(False)
 
@@ -215,6 +219,7 @@ def train_tokenizer(
     cache_dir: str | os.PathLike | None = None,
     stop: StopRequest | None = None,
     on_step: Callable[[int], None] | None = None,
+    perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Train (or with ``train.resume`` continue) a tokenizer; returns a summary dict.
 
@@ -224,6 +229,8 @@ def train_tokenizer(
     decoded frames are cached (default: ``<run_dir>/../../cache``, the workspace cache).
     ``stop`` (default: a fresh :class:`StopRequest`) turns SIGTERM / Ctrl-C into a checkpoint and a clean
     return. ``on_step(step)`` is called after every optimizer step (tests use it to interrupt).
+    ``perceptual(recon, target) -> scalar``: an optional perceptual distance, weighted by
+    ``tok.perceptual_weight`` (default: loaded from ``tok.perceptual_model`` when the weight is > 0).
 
     Summary keys: run_dir, weights, step, epochs, seconds, stopped (reason or None), train_frames,
     val_frames, val_videos, val_heldout, val_psnr, val_mse, first_val_psnr, compression, params, config.
@@ -273,12 +280,14 @@ def train_tokenizer(
     model = Tokenizer(cfg).to(device)
     opt = make_adamw(model, train.lr, train.weight_decay)
     rms = {"mse": RunningRMS().to(device)}
-    perceptual = None
     if tok.perceptual_weight > 0:
-        if tok.perceptual_model is None:
-            raise ConfigError("tokenizer.perceptual_weight > 0 needs tokenizer.perceptual_model (a local TorchScript file)")
-        perceptual = PerceptualLoss(tok.perceptual_model, device)
+        if perceptual is None:
+            if tok.perceptual_model is None:
+                raise ConfigError("tokenizer.perceptual_weight > 0 needs tokenizer.perceptual_model (a local torch.export file)")
+            perceptual = PerceptualLoss(tok.perceptual_model, device)
         rms["perceptual"] = RunningRMS().to(device)
+    else:
+        perceptual = None
     ema = EMA(model, train.ema) if train.ema > 0 else None
     sampler = FrameSampler(len(data.train), train.batch_size, seed=train.seed)
     mask_gen = torch.Generator().manual_seed(train.seed + 1)
@@ -301,6 +310,8 @@ def train_tokenizer(
         first_val = state.get("first_val_psnr")
         _trim_metrics(run.path / "metrics.jsonl", step)
         p.log(f"resumed {run.path.name} at step {step}")
+    else:
+        _trim_metrics(run.path / "metrics.jsonl", -1)  # a run restarted before its first checkpoint
     budget = Budget(
         max_steps=train.max_steps,
         minutes=train.minutes,
