@@ -59,6 +59,7 @@ class DemoSettings(Section):
     stride: int = Field(4, ge=1)
     k_max: int = Field(64, ge=1)
     dynamics_lr: float = Field(1e-3, gt=0)
+    dynamics_ema: float = Field(0.99, ge=0, lt=1, description="EMA decay of the dynamics weights (0 = off)")
     tokenizer_batch_size: int | None = Field(None, ge=1)
     # evaluation
     steps: list[int] = Field(default_factory=lambda: [4, 64])
@@ -241,7 +242,7 @@ def run_demo(
                          long_ratio=s.long_ratio, stride=s.stride, val_fraction=s.val_fraction)
     ddiff = DiffusionSettings(shortcut=True, k_max=s.k_max)
     dtrain = TrainSettings(stage="dynamics", preset=s.dynamics_preset, run=dyn_name, minutes=1.0,
-                           seed=s.seed, lr=s.dynamics_lr, warmup_steps=50, val_every=10**9,
+                           seed=s.seed, lr=s.dynamics_lr, ema=s.dynamics_ema, warmup_steps=50, val_every=10**9,
                            checkpoint_every=10**9, log_every=20)
     lset = load_latent_set(lat_dir)
     dyn_minutes = max(clock.left() - reserve_eval - 0.02 * clock.budget, MIN_TRAIN_SECONDS) / 60

@@ -260,7 +260,6 @@ class Sampler:
         """K Euler steps from tau = 1 to 0 for one new frame; ``call(z, tau, step)`` returns x_hat (B, 1, N, Ch)."""
         z = self._randn((b, 1, n, ch), generator, dev)  # tau = 1: pure noise
         d = torch.full((b, 1), 1.0 / self.steps, device=dev)
-        x_hat = z
         for tau_v, tau_next_v in tau_grid(self.steps):
             tau = torch.full((b, 1), tau_v, device=dev)
             x_hat = call(z, tau, d)
