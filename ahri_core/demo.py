@@ -61,6 +61,9 @@ class DemoSettings(Section):
     dynamics_lr: float = Field(1e-3, gt=0)
     dynamics_ema: float = Field(0.99, ge=0, lt=1, description="EMA decay of the dynamics weights (0 = off)")
     tokenizer_batch_size: int | None = Field(None, ge=1)
+    # optional step caps (reproducible runs on a busy machine: the time budget still applies)
+    tokenizer_max_steps: int | None = Field(None, ge=1)
+    dynamics_max_steps: int | None = Field(None, ge=1)
     # evaluation
     steps: list[int] = Field(default_factory=lambda: [4, 64])
     context: int = Field(16, ge=1)
@@ -224,6 +227,7 @@ def run_demo(
         )
     tok_minutes = max(s.tokenizer_share * train_left, MIN_TRAIN_SECONDS) / 60
     ttrain = TrainSettings(stage="tokenizer", preset=s.tokenizer_preset, run=tok_name, minutes=tok_minutes,
+                           max_steps=s.tokenizer_max_steps,
                            seed=s.seed, val_every=10**9, checkpoint_every=10**9, log_every=20,
                            **({"batch_size": s.tokenizer_batch_size} if s.tokenizer_batch_size else {}))
     tok_summary = train_tokenizer(ws.run_dir(tok_name), videos, ttrain,
@@ -242,6 +246,7 @@ def run_demo(
                          long_ratio=s.long_ratio, stride=s.stride, val_fraction=s.val_fraction)
     ddiff = DiffusionSettings(shortcut=True, k_max=s.k_max)
     dtrain = TrainSettings(stage="dynamics", preset=s.dynamics_preset, run=dyn_name, minutes=1.0,
+                           max_steps=s.dynamics_max_steps,
                            seed=s.seed, lr=s.dynamics_lr, ema=s.dynamics_ema, warmup_steps=50, val_every=10**9,
                            checkpoint_every=10**9, log_every=20)
     lset = load_latent_set(lat_dir)
