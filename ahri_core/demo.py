@@ -232,6 +232,8 @@ def run_demo(
                            **({"batch_size": s.tokenizer_batch_size} if s.tokenizer_batch_size else {}))
     tok_summary = train_tokenizer(ws.run_dir(tok_name), videos, ttrain,
                                   TokenizerSettings(size=s.size, val_fraction=s.val_fraction, val_frames=64), progress=prog)
+    if tok_summary.get("stopped"):  # Ctrl-C / SIGTERM: the trainer saved a checkpoint; stop the demo too
+        raise KeyboardInterrupt
     done(STAGES[1], t)
 
     # 3. tokenize
@@ -253,6 +255,8 @@ def run_demo(
     dyn_minutes = max(clock.left() - reserve_eval - 0.02 * clock.budget, MIN_TRAIN_SECONDS) / 60
     dtrain = dtrain.model_copy(update={"minutes": dyn_minutes})
     dyn = train_dynamics(lset, ws.run_dir(dyn_name), train=dtrain, data=ddata, diffusion=ddiff, progress=prog)
+    if dyn.stopped:
+        raise KeyboardInterrupt
     done(STAGES[3], t)
 
     # 5. evaluate
