@@ -106,6 +106,9 @@ def train(
     size: Annotated[int | None, typer.Option("--size", help="tokenizer stage: frame size. [default: the preset's]")] = None,
     tokens: Annotated[int | None, typer.Option("--tokens", help="tokenizer stage: latent tokens per frame.")] = None,
     channels: Annotated[int | None, typer.Option("--channels", help="tokenizer stage: channels per latent token.")] = None,
+    mask_max: Annotated[
+        float | None, typer.Option("--mask-max", help="tokenizer stage: MAE drop rate drawn from U(0, X). [default: 0.9]")
+    ] = None,
     preset: Annotated[str | None, typer.Option("--preset", help="Model preset: tiny, cpu, small, medium. [default: cpu]")] = None,
     run: Annotated[str | None, typer.Option("--run", help="Run name under <workspace>/runs. [default: stage-date-time]")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue --run (default: the newest unfinished run) exactly.")] = False,
@@ -254,7 +257,7 @@ DYNAMICS_ONLY = (
     "batch_size_long", "long_ratio", "shortcut", "k_max", "step_sampling", "bootstrap_fraction", "bootstrap_warmup",
     "ema_teacher", "single_image_fraction", "context_fraction", "grad_checkpointing",
 )
-TOKENIZER_ONLY = ("data", "videos", "size", "tokens", "channels")
+TOKENIZER_ONLY = ("data", "videos", "size", "tokens", "channels", "mask_max")
 
 
 def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None:
@@ -279,7 +282,7 @@ def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None
     tset = load(TrainSettings, train_flags, STATE.config)
     tok = load(
         TokenizerSettings,
-        {"size": given.get("size"), "tokens": given.get("tokens"), "channels": given.get("channels")},
+        {k: given.get(k) for k in ("size", "tokens", "channels", "mask_max")},
         STATE.config,
     )
     if tset.max_steps is None and tset.minutes is None and tset.epochs is None:

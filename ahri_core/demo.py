@@ -41,14 +41,14 @@ class DemoSettings(Section):
 
     section: ClassVar[str] = "demo"
     minutes: float = Field(15.0, gt=0, le=24 * 60, description="wall-clock budget of the whole demo")
-    clips: int = Field(48, ge=2, description="built-in game clips to render")
+    clips: int = Field(96, ge=2, description="built-in game clips to render")
     frames: int = Field(160, ge=8, description="frames per clip (20 fps)")
     size: int = Field(64, ge=16, description="frame size of the clips")
     seed: int = Field(0, ge=0)
     tokenizer_preset: str = "cpu"
     dynamics_preset: str = "cpu"
-    tokenizer_share: float = Field(0.3, gt=0, lt=1, description="share of the training time for the tokenizer")
-    eval_share: float = Field(0.1, ge=0, lt=0.5, description="share of the budget reserved for eval and rollout")
+    tokenizer_share: float = Field(0.35, gt=0, lt=1, description="share of the training time for the tokenizer")
+    eval_share: float = Field(0.04, ge=0, lt=0.5, description="share of the budget reserved for eval and rollout")
     val_fraction: float = Field(0.15, gt=0, lt=1, description="clips held out (by whole clip)")
     # dynamics training
     seq_len_short: int = Field(16, ge=2)
@@ -58,9 +58,13 @@ class DemoSettings(Section):
     long_ratio: float = Field(0.1, ge=0, le=1)
     stride: int = Field(4, ge=1)
     k_max: int = Field(64, ge=1)
-    dynamics_lr: float = Field(1e-3, gt=0)
+    dynamics_lr: float = Field(3e-3, gt=0)
     dynamics_ema: float = Field(0.99, ge=0, lt=1, description="EMA decay of the dynamics weights (0 = off)")
     tokenizer_batch_size: int | None = Field(None, ge=1)
+    tokenizer_mask_max: float = Field(
+        0.0, ge=0, lt=1, description="MAE drop rate bound of the demo's tokenizer (the preset uses 0.9; see docs/tokenizer.md)"
+    )
+    dynamics_precision: str = Field("fp32", pattern="^(bf16|fp32)$", description="fp32 is faster for the cpu preset on CPU")
     # optional step caps (reproducible runs on a busy machine: the time budget still applies)
     tokenizer_max_steps: int | None = Field(None, ge=1)
     dynamics_max_steps: int | None = Field(None, ge=1)
@@ -231,7 +235,8 @@ def run_demo(
                            seed=s.seed, val_every=10**9, checkpoint_every=10**9, log_every=20,
                            **({"batch_size": s.tokenizer_batch_size} if s.tokenizer_batch_size else {}))
     tok_summary = train_tokenizer(ws.run_dir(tok_name), videos, ttrain,
-                                  TokenizerSettings(size=s.size, val_fraction=s.val_fraction, val_frames=64), progress=prog)
+                                  TokenizerSettings(size=s.size, val_fraction=s.val_fraction, val_frames=64,
+                                                    mask_max=s.tokenizer_mask_max), progress=prog)
     if tok_summary.get("stopped"):  # Ctrl-C / SIGTERM: the trainer saved a checkpoint; stop the demo too
         raise KeyboardInterrupt
     done(STAGES[1], t)
@@ -250,6 +255,7 @@ def run_demo(
     dtrain = TrainSettings(stage="dynamics", preset=s.dynamics_preset, run=dyn_name, minutes=1.0,
                            max_steps=s.dynamics_max_steps,
                            seed=s.seed, lr=s.dynamics_lr, ema=s.dynamics_ema, warmup_steps=50, val_every=10**9,
+                           precision=s.dynamics_precision,
                            checkpoint_every=10**9, log_every=20)
     lset = load_latent_set(lat_dir)
     dyn_minutes = max(clock.left() - reserve_eval - 0.02 * clock.budget, MIN_TRAIN_SECONDS) / 60

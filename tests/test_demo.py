@@ -44,7 +44,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     cfg = tmp_path / "demo.toml"
     cfg.write_text(TINY)
     ws = tmp_path / "ws"
-    rc = main(["-w", str(ws), "-c", str(cfg), "demo", "--minutes", "1"])
+    rc = main(["-w", str(ws), "-c", str(cfg), "demo", "--minutes", "0.6"])
     assert rc == 0, capsys.readouterr().err
     text = capsys.readouterr().out
     assert "copy last frame" in text and "tokenizer ceiling" in text
@@ -58,3 +58,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     ro = sm["rollout"]
     assert probe(ro["out"]).frames == 4 + 4
     assert set(sm["acceptance"]) == {"4_steps_beats_copy_last_by_1db", "4_within_0.5db_of_8", "within_budget"}
+    from ahri_core.train.checkpoint import read_metadata
+
+    _, tcfg, _ = read_metadata(next((ws / "runs").glob("demo-tokenizer-*/model.safetensors")))
+    assert tcfg["mask_max"] == DemoSettings().tokenizer_mask_max  # the demo's own setting, not the preset's 0.9

@@ -181,3 +181,16 @@ def test_cli_train_then_tokenize_end_to_end(tmp_path):
     store = LatentStore(tmp_path / "latents" / "t")
     assert len(store) == 3 and store.tokens == 4 and store.channels == 16
     assert {v["split"] for v in store.videos()} == {"train", "val"}
+
+
+def test_cli_mask_max_reaches_the_model_config_and_is_tokenizer_only(tmp_path):
+    from ahri_core.train.checkpoint import read_metadata
+
+    make_store(tmp_path / "videos" / "game", n=2, frames=8)
+    base = ["-w", str(tmp_path), "train", "--max-steps", "1", "--device", "cpu"]
+    assert main([*base, "--stage", "tokenizer", "--preset", "tiny", "--run", "m", "--mask-max", "0.25"]) == 0
+    _, cfg, _ = read_metadata(tmp_path / "runs" / "m" / "model.safetensors")
+    assert cfg["mask_max"] == 0.25
+    assert main([*base, "--stage", "tokenizer", "--preset", "tiny", "--run", "bad", "--mask-max", "1.5"]) == 2
+    assert not (tmp_path / "runs" / "bad" / "model.safetensors").exists()
+    assert main([*base, "--stage", "dynamics", "--mask-max", "0.5"]) == 2  # a tokenizer-only flag
