@@ -72,7 +72,7 @@ class DemoSettings(Section):
     steps: list[int] = Field(default_factory=lambda: [4, 64])
     context: int = Field(16, ge=1)
     horizon: int = Field(16, ge=1)
-    eval_clips: int = Field(16, ge=1)
+    eval_clips: int = Field(32, ge=1, description="held-out windows scored (more = a tighter estimate)")
     tau_ctx: float = Field(0.1, ge=0, lt=1)
     rollout_horizon: int = Field(32, ge=1)
     samples: int = Field(2, ge=0, description="side-by-side mp4s written by the evaluation")
