@@ -59,6 +59,9 @@ class DemoSettings(Section):
     stride: int = Field(4, ge=1)
     k_max: int = Field(64, ge=1)
     dynamics_lr: float = Field(3e-3, gt=0)
+    single_image_fraction: float = Field(
+        0.1, ge=0, le=1, description="dynamics items trained as single images (the library default is 0.3)"
+    )
     dynamics_ema: float = Field(0.99, ge=0, lt=1, description="EMA decay of the dynamics weights (0 = off)")
     tokenizer_batch_size: int | None = Field(None, ge=1)
     tokenizer_mask_max: float = Field(
@@ -251,7 +254,7 @@ def run_demo(
     ddata = DataSettings(alternating=True, seq_len_short=s.seq_len_short, seq_len_long=s.seq_len_long,
                          batch_size_short=s.batch_size_short, batch_size_long=s.batch_size_long,
                          long_ratio=s.long_ratio, stride=s.stride, val_fraction=s.val_fraction)
-    ddiff = DiffusionSettings(shortcut=True, k_max=s.k_max)
+    ddiff = DiffusionSettings(shortcut=True, k_max=s.k_max, single_image_fraction=s.single_image_fraction)
     dtrain = TrainSettings(stage="dynamics", preset=s.dynamics_preset, run=dyn_name, minutes=1.0,
                            max_steps=s.dynamics_max_steps,
                            seed=s.seed, lr=s.dynamics_lr, ema=s.dynamics_ema, warmup_steps=50, val_every=10**9,

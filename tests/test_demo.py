@@ -62,3 +62,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 
     _, tcfg, _ = read_metadata(next((ws / "runs").glob("demo-tokenizer-*/model.safetensors")))
     assert tcfg["mask_max"] == DemoSettings().tokenizer_mask_max  # the demo's own setting, not the preset's 0.9
+    run = json.loads(next((ws / "runs").glob("demo-dynamics-*/run.json")).read_text())["settings"]
+    d = DemoSettings()
+    assert run["diffusion"]["single_image_fraction"] == d.single_image_fraction and run["diffusion"]["shortcut"]
+    assert run["train"]["precision"] == d.dynamics_precision and run["train"]["lr"] == d.dynamics_lr
