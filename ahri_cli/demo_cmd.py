@@ -14,10 +14,10 @@ from .common import STATE, RichProgress, console, out
 
 def demo(
     minutes: Annotated[
-        float | None, typer.Option("--minutes", help="Wall-clock budget of the whole demo. [default: 15]")
+        float | None, typer.Option("--minutes", help="Wall-clock budget of the whole demo. \\[default: 15]")
     ] = None,
-    clips: Annotated[int | None, typer.Option("--clips", help="Built-in game clips to render. [default: 96]")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of clips, training and sampling. [default: 0]")] = None,
+    clips: Annotated[int | None, typer.Option("--clips", help="Built-in game clips to render. \\[default: 96]")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of clips, training and sampling. \\[default: 0]")] = None,
     # Smaller models and data for quick end-to-end checks; hidden from --help.
     tokenizer_preset: Annotated[str | None, typer.Option("--tokenizer-preset", hidden=True)] = None,
     dynamics_preset: Annotated[str | None, typer.Option("--dynamics-preset", hidden=True)] = None,

@@ -91,18 +91,18 @@ def eval_(
         Path | None,
         typer.Option("--data", help="Latent set (folder with index.json); its val split is used. Default: the run's."),
     ] = None,
-    context: Annotated[int | None, typer.Option("--context", help="Context frames. [default: 16]")] = None,
-    horizon: Annotated[int | None, typer.Option("--horizon", help="Frames to predict. [default: 16]")] = None,
+    context: Annotated[int | None, typer.Option("--context", help="Context frames. \\[default: 16]")] = None,
+    horizon: Annotated[int | None, typer.Option("--horizon", help="Frames to predict. \\[default: 16]")] = None,
     steps: Annotated[
         list[int] | None,
-        typer.Option("--steps", help="Denoising steps per frame, a power of two; repeat for several. [default: 4]"),
+        typer.Option("--steps", help="Denoising steps per frame, a power of two; repeat for several. \\[default: 4]"),
     ] = None,
     tau_ctx: Annotated[
-        float | None, typer.Option("--tau-ctx", help="Context corruption noise level (0 = off). [default: 0.1]")
+        float | None, typer.Option("--tau-ctx", help="Context corruption noise level (0 = off). \\[default: 0.1]")
     ] = None,
-    clips: Annotated[int | None, typer.Option("--clips", help="Held-out clips to evaluate. [default: 8]")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of clip choice and sampling. [default: 0]")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Clips per rollout batch. [default: 8]")] = None,
+    clips: Annotated[int | None, typer.Option("--clips", help="Held-out clips to evaluate. \\[default: 8]")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of clip choice and sampling. \\[default: 0]")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Clips per rollout batch. \\[default: 8]")] = None,
     tokenizer: Annotated[
         Path | None, typer.Option("--tokenizer", help="Tokenizer run or checkpoint (default: the run's).")
     ] = None,

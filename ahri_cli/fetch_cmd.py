@@ -98,21 +98,21 @@ def fetch(
         Path | None, typer.Option("--out", help="Store directory (default: <workspace>/videos/<source>).")
     ] = None,
     count: Annotated[
-        int | None, typer.Option("--count", help="game/gym: number of clips. [default: 16]")
+        int | None, typer.Option("--count", help="game/gym: number of clips. \\[default: 16]")
     ] = None,
     frames: Annotated[
-        int | None, typer.Option("--frames", help="game/gym: frames per clip. [default: 200]")
+        int | None, typer.Option("--frames", help="game/gym: frames per clip. \\[default: 200]")
     ] = None,
     size: Annotated[
         int | None,
-        typer.Option("--size", help="game/gym: frame size in pixels (even). [default: game 64, gym native]"),
+        typer.Option("--size", help="game/gym: frame size in pixels (even). \\[default: game 64, gym native]"),
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="game/gym: first seed. [default: 0]")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="game/gym: first seed. \\[default: 0]")] = None,
     env: Annotated[
-        str | None, typer.Option("--env", help="gym: Gymnasium environment id. [default: ALE/Pong-v5]")
+        str | None, typer.Option("--env", help="gym: Gymnasium environment id. \\[default: ALE/Pong-v5]")
     ] = None,
     max_height: Annotated[
-        int | None, typer.Option("--max-height", help="Tallest video to download. [default: 720]")
+        int | None, typer.Option("--max-height", help="Tallest video to download. \\[default: 720]")
     ] = None,
     max_videos: Annotated[
         int | None,
@@ -126,29 +126,29 @@ def fetch(
     ] = None,
     sleep_interval: Annotated[
         float | None,
-        typer.Option("--sleep-interval", help="Seconds to wait before each download (min). [default: 3]"),
+        typer.Option("--sleep-interval", help="Seconds to wait before each download (min). \\[default: 3]"),
     ] = None,
     max_sleep_interval: Annotated[
         float | None,
-        typer.Option("--max-sleep-interval", help="Seconds to wait before each download (max). [default: 8]"),
+        typer.Option("--max-sleep-interval", help="Seconds to wait before each download (max). \\[default: 8]"),
     ] = None,
     sleep_requests: Annotated[
-        float | None, typer.Option("--sleep-requests", help="Seconds between metadata requests. [default: 1]")
+        float | None, typer.Option("--sleep-requests", help="Seconds between metadata requests. \\[default: 1]")
     ] = None,
     retries: Annotated[
-        int | None, typer.Option("--retries", help="Retries per request. [default: 3]")
+        int | None, typer.Option("--retries", help="Retries per request. \\[default: 3]")
     ] = None,
     socket_timeout: Annotated[
-        float | None, typer.Option("--socket-timeout", help="Network timeout in seconds. [default: 20]")
+        float | None, typer.Option("--socket-timeout", help="Network timeout in seconds. \\[default: 20]")
     ] = None,
     connect_timeout: Annotated[
         float | None,
-        typer.Option("--connect-timeout", help="Seconds for the first reachability check. [default: 5]"),
+        typer.Option("--connect-timeout", help="Seconds for the first reachability check. \\[default: 5]"),
     ] = None,
     verify: Annotated[
         str | None,
         typer.Option(
-            "--verify", help="full: decode every frame of each new video; quick: keyframes. [default: full]"
+            "--verify", help="full: decode every frame of each new video; quick: keyframes. \\[default: full]"
         ),
     ] = None,
 ) -> None:

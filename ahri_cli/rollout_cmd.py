@@ -17,19 +17,19 @@ DEFAULT_HORIZON = 32
 
 def rollout(
     clip: Annotated[Path, typer.Argument(help="Any video file; it is resampled to the model's fps and size.")],
-    steps: Annotated[int | None, typer.Option("--steps", help="Denoising steps per frame (power of two). [default: 4]")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Denoising steps per frame (power of two). \\[default: 4]")] = None,
     model: Annotated[
         str | None, typer.Option("--model", help="Dynamics run (name or path). Default: the latest finished one.")
     ] = None,
-    context: Annotated[int | None, typer.Option("--context", help="Frames of the clip given as context. [default: 16]")] = None,
-    horizon: Annotated[int | None, typer.Option("--horizon", help="Frames to predict. [default: 32]")] = None,
+    context: Annotated[int | None, typer.Option("--context", help="Frames of the clip given as context. \\[default: 16]")] = None,
+    horizon: Annotated[int | None, typer.Option("--horizon", help="Frames to predict. \\[default: 32]")] = None,
     tau_ctx: Annotated[
-        float | None, typer.Option("--tau-ctx", help="Context corruption noise level (0 = off). [default: 0.1]")
+        float | None, typer.Option("--tau-ctx", help="Context corruption noise level (0 = off). \\[default: 0.1]")
     ] = None,
     out_path: Annotated[
         Path | None, typer.Option("--out", help="Output mp4. Default: <run>/rollouts/<clip>-steps<K>.mp4.")
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed. [default: 0]")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed. \\[default: 0]")] = None,
     tokenizer: Annotated[
         Path | None, typer.Option("--tokenizer", help="Tokenizer run or checkpoint (default: the run's).")
     ] = None,

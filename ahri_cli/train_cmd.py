@@ -95,70 +95,70 @@ def train(
     stage: Annotated[Stage, typer.Option("--stage", help="What to train.")] = Stage.dynamics,
     latents: Annotated[
         Path | None,
-        typer.Option("--latents", help="Latent set (from ahri tokenize). [default: the newest in the workspace]"),
+        typer.Option("--latents", help="Latent set (from ahri tokenize). \\[default: the newest in the workspace]"),
     ] = None,
     data: Annotated[
-        Path | None, typer.Option("--data", help="tokenizer stage: folder of videos. [default: <workspace>/videos]")
+        Path | None, typer.Option("--data", help="tokenizer stage: folder of videos. \\[default: <workspace>/videos]")
     ] = None,
     videos: Annotated[
         list[Path] | None, typer.Option("--videos", help="tokenizer stage: video files (instead of --data). Repeatable.")
     ] = None,
-    size: Annotated[int | None, typer.Option("--size", help="tokenizer stage: frame size. [default: the preset's]")] = None,
+    size: Annotated[int | None, typer.Option("--size", help="tokenizer stage: frame size. \\[default: the preset's]")] = None,
     tokens: Annotated[int | None, typer.Option("--tokens", help="tokenizer stage: latent tokens per frame.")] = None,
     channels: Annotated[int | None, typer.Option("--channels", help="tokenizer stage: channels per latent token.")] = None,
     mask_max: Annotated[
-        float | None, typer.Option("--mask-max", help="tokenizer stage: MAE drop rate drawn from U(0, X). [default: 0.9]")
+        float | None, typer.Option("--mask-max", help="tokenizer stage: MAE drop rate drawn from U(0, X). \\[default: 0.9]")
     ] = None,
-    preset: Annotated[str | None, typer.Option("--preset", help="Model preset: tiny, cpu, small, medium. [default: cpu]")] = None,
-    run: Annotated[str | None, typer.Option("--run", help="Run name under <workspace>/runs. [default: stage-date-time]")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="Model preset: tiny, cpu, small, medium. \\[default: cpu]")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="Run name under <workspace>/runs. \\[default: stage-date-time]")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue --run (default: the newest unfinished run) exactly.")] = False,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many optimizer steps.")] = None,
     minutes: Annotated[float | None, typer.Option("--minutes", help="Stop after this many minutes.")] = None,
     epochs: Annotated[float | None, typer.Option("--epochs", help="Stop after this many epochs.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Windows per batch (without --alternating). [default: per stage and preset]")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (warmup, then cosine). [default: per stage and preset]")] = None,
-    warmup_steps: Annotated[int | None, typer.Option("--warmup-steps", help="Linear warmup steps. [default: per stage and preset]")] = None,
-    ema: Annotated[float | None, typer.Option("--ema", help="EMA decay of the weights (0 = off). [default: per stage and preset]")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of init, data order and noise. [default: 0]")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N. [default: auto]")] = None,
-    precision: Annotated[str | None, typer.Option("--precision", help="bf16 (autocast) or fp32. [default: bf16]")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Windows per batch (without --alternating). \\[default: per stage and preset]")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (warmup, then cosine). \\[default: per stage and preset]")] = None,
+    warmup_steps: Annotated[int | None, typer.Option("--warmup-steps", help="Linear warmup steps. \\[default: per stage and preset]")] = None,
+    ema: Annotated[float | None, typer.Option("--ema", help="EMA decay of the weights (0 = off). \\[default: per stage and preset]")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of init, data order and noise. \\[default: 0]")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N. \\[default: auto]")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="bf16 (autocast) or fp32. \\[default: bf16]")] = None,
     grad_checkpointing: Annotated[
         bool | None, typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="Recompute activations in backward.")
     ] = None,
-    checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", help="Steps between checkpoints. [default: 500]")] = None,
-    val_every: Annotated[int | None, typer.Option("--val-every", help="Steps between validations. [default: 250]")] = None,
-    log_every: Annotated[int | None, typer.Option("--log-every", help="Steps between metric records. [default: 10]")] = None,
-    seq_len: Annotated[int | None, typer.Option("--seq-len", help="Frames per window. [default: 16]")] = None,
-    stride: Annotated[int | None, typer.Option("--stride", help="Frames between window starts. [default: 8]")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", help="Steps between checkpoints. \\[default: 500]")] = None,
+    val_every: Annotated[int | None, typer.Option("--val-every", help="Steps between validations. \\[default: 250]")] = None,
+    log_every: Annotated[int | None, typer.Option("--log-every", help="Steps between metric records. \\[default: 10]")] = None,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", help="Frames per window. \\[default: 16]")] = None,
+    stride: Annotated[int | None, typer.Option("--stride", help="Frames between window starts. \\[default: 8]")] = None,
     alternating: Annotated[
         bool | None, typer.Option("--alternating/--no-alternating", help="Mix short and long batches from one loader.")
     ] = None,
-    seq_len_short: Annotated[int | None, typer.Option("--seq-len-short", help="Short batch length. [default: 32]")] = None,
-    seq_len_long: Annotated[int | None, typer.Option("--seq-len-long", help="Long batch length. [default: 64]")] = None,
-    batch_size_short: Annotated[int | None, typer.Option("--batch-size-short", help="Short batch size. [default: 2]")] = None,
-    batch_size_long: Annotated[int | None, typer.Option("--batch-size-long", help="Long batch size. [default: 1]")] = None,
-    long_ratio: Annotated[float | None, typer.Option("--long-ratio", help="Fraction of batches that are long. [default: 0.1]")] = None,
+    seq_len_short: Annotated[int | None, typer.Option("--seq-len-short", help="Short batch length. \\[default: 32]")] = None,
+    seq_len_long: Annotated[int | None, typer.Option("--seq-len-long", help="Long batch length. \\[default: 64]")] = None,
+    batch_size_short: Annotated[int | None, typer.Option("--batch-size-short", help="Short batch size. \\[default: 2]")] = None,
+    batch_size_long: Annotated[int | None, typer.Option("--batch-size-long", help="Long batch size. \\[default: 1]")] = None,
+    long_ratio: Annotated[float | None, typer.Option("--long-ratio", help="Fraction of batches that are long. \\[default: 0.1]")] = None,
     shortcut: Annotated[
         bool | None, typer.Option("--shortcut/--no-shortcut", help="Shortcut forcing (few-step sampling).")
     ] = None,
-    k_max: Annotated[int | None, typer.Option("--k-max", help="Finest step count, a power of two. [default: 64]")] = None,
+    k_max: Annotated[int | None, typer.Option("--k-max", help="Finest step count, a power of two. \\[default: 64]")] = None,
     step_sampling: Annotated[
-        StepSampling | None, typer.Option("--step-sampling", help="P(d): inverse (1/d) or uniform. [default: inverse]")
+        StepSampling | None, typer.Option("--step-sampling", help="P(d): inverse (1/d) or uniform. \\[default: inverse]")
     ] = None,
     bootstrap_fraction: Annotated[
-        float | None, typer.Option("--bootstrap-fraction", help="Items with bootstrap targets. [default: 0.25]")
+        float | None, typer.Option("--bootstrap-fraction", help="Items with bootstrap targets. \\[default: 0.25]")
     ] = None,
     bootstrap_warmup: Annotated[
-        int | None, typer.Option("--bootstrap-warmup", help="Steps of plain flow loss first. [default: 0]")
+        int | None, typer.Option("--bootstrap-warmup", help="Steps of plain flow loss first. \\[default: 0]")
     ] = None,
     ema_teacher: Annotated[
         bool | None, typer.Option("--ema-teacher/--no-ema-teacher", help="Bootstrap targets from the EMA weights.")
     ] = None,
     single_image_fraction: Annotated[
-        float | None, typer.Option("--single-image-fraction", help="Items trained as single images. [default: 0.3]")
+        float | None, typer.Option("--single-image-fraction", help="Items trained as single images. \\[default: 0.3]")
     ] = None,
     context_fraction: Annotated[
-        float | None, typer.Option("--context-fraction", help="Frames drawn as nearly-clean context. [default: 0.3]")
+        float | None, typer.Option("--context-fraction", help="Frames drawn as nearly-clean context. \\[default: 0.3]")
     ] = None,
 ) -> None:
     """Train the dynamics model on tokenized latents (or the tokenizer with --stage tokenizer).

@@ -25,6 +25,7 @@ from .settings import (
     DataSettings,
     DiffusionSettings,
     FetchSettings,
+    Precision,
     SamplingSettings,
     Section,
     TrainSettings,
@@ -67,7 +68,7 @@ class DemoSettings(Section):
     tokenizer_mask_max: float = Field(
         0.0, ge=0, lt=1, description="MAE drop rate bound of the demo's tokenizer (the preset uses 0.9; see docs/tokenizer.md)"
     )
-    dynamics_precision: str = Field("fp32", pattern="^(bf16|fp32)$", description="fp32 is faster for the cpu preset on CPU")
+    dynamics_precision: Precision = Field("fp32", description="fp32 is faster for the cpu preset on CPU")
     # optional step caps (reproducible runs on a busy machine: the time budget still applies)
     tokenizer_max_steps: int | None = Field(None, ge=1)
     dynamics_max_steps: int | None = Field(None, ge=1)

@@ -172,6 +172,9 @@ class FetchSettings(Section):
         return self
 
 
+Precision = Literal["bf16", "fp32"]  # autocast dtype of training and sampling
+
+
 class TrainSettings(Section):
     """The optimisation loop, shared by the tokenizer and dynamics stages."""
 
@@ -191,7 +194,7 @@ class TrainSettings(Section):
     ema: float = Field(0.0, ge=0, lt=1, description="EMA decay of weights; 0 turns EMA off")
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Precision = "bf16"
     grad_checkpointing: bool = False
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
     val_every: int = Field(250, ge=1, description="steps between validations")

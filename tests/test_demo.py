@@ -60,9 +60,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert set(sm["acceptance"]) == {"4_steps_beats_copy_last_by_1db", "4_within_0.5db_of_8", "within_budget"}
     from ahri_core.train.checkpoint import read_metadata
 
-    _, tcfg, _ = read_metadata(next((ws / "runs").glob("demo-tokenizer-*/model.safetensors")))
-    assert tcfg["mask_max"] == DemoSettings().tokenizer_mask_max  # the demo's own setting, not the preset's 0.9
-    run = json.loads(next((ws / "runs").glob("demo-dynamics-*/run.json")).read_text())["settings"]
     d = DemoSettings()
+    _, tcfg, _ = read_metadata(next((ws / "runs").glob("demo-tokenizer-*/model.safetensors")))
+    assert tcfg["mask_max"] == d.tokenizer_mask_max  # the demo's own setting, not the preset's 0.9
+    run = json.loads(next((ws / "runs").glob("demo-dynamics-*/run.json")).read_text())["settings"]
     assert run["diffusion"]["single_image_fraction"] == d.single_image_fraction and run["diffusion"]["shortcut"]
     assert run["train"]["precision"] == d.dynamics_precision and run["train"]["lr"] == d.dynamics_lr

@@ -133,3 +133,15 @@ def test_real_process_exit_code_and_single_line(tmp_path):
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "fetch.size=63" in lines[0] and "even" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_help_shows_the_declared_defaults():
+    """Option help ends in "[default: ...]"; rich markup must not swallow it as a tag."""
+    from typer.testing import CliRunner
+
+    from ahri_cli.main import app
+
+    runner = CliRunner()
+    for cmd, shown in (("train", "[default: 0.9]"), ("fetch", "[default: 16]"), ("demo", "[default: 96]")):
+        res = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "250"})
+        assert res.exit_code == 0 and shown in res.output, (cmd, res.output[-600:])

@@ -30,6 +30,12 @@ from ..errors import ConfigError
 from .layers import Block, RMSNorm
 
 
+def regions_fit(image_size: int, patch_size: int, tokens: int) -> bool:
+    """Whether ``tokens`` latent tokens tile the patch grid as squares (what ``regions=True`` needs)."""
+    g, r = image_size // patch_size, math.isqrt(max(tokens, 0))
+    return r > 0 and r * r == tokens and g % r == 0
+
+
 class TokenizerConfig(BaseModel):
     """Everything needed to rebuild a tokenizer; stored as JSON in every checkpoint."""
 
@@ -54,13 +60,12 @@ class TokenizerConfig(BaseModel):
     def _shapes(self) -> TokenizerConfig:
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        if self.regions:
-            g, r = self.image_size // self.patch_size, math.isqrt(self.tokens)
-            if r * r != self.tokens or g % r:
-                raise ValueError(
-                    f"regions=True needs a square token count whose side divides the {g}x{g} patch grid "
-                    f"(got tokens={self.tokens}); use e.g. tokens={(g // 2) ** 2} or regions=false"
-                )
+        if self.regions and not regions_fit(self.image_size, self.patch_size, self.tokens):
+            g = self.image_size // self.patch_size
+            raise ValueError(
+                f"regions=True needs a square token count whose side divides the {g}x{g} patch grid "
+                f"(got tokens={self.tokens}); use e.g. tokens={(g // 2) ** 2} or regions=false"
+            )
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
         if (self.dim // self.heads) % 2:
@@ -121,18 +126,14 @@ def tokenizer_config(preset: str | TokenizerConfig | dict = "cpu", **overrides: 
         base = {"preset": preset, **PRESETS[preset]}
     given = {k: v for k, v in overrides.items() if v is not None}
     base.update(given)
-    if base.get("regions", True) and "regions" not in given and not _regions_fit(base):
-        base["regions"] = False  # e.g. a preset at another frame size: keep the plain model rather than fail
+    if base.get("regions", True) and "regions" not in given:
+        try:
+            fits = regions_fit(int(base["image_size"]), int(base["patch_size"]), int(base["tokens"]))
+        except (KeyError, TypeError, ValueError):
+            fits = True  # let validation report it
+        if not fits:
+            base["regions"] = False  # e.g. a preset at another frame size: keep the plain model rather than fail
     return TokenizerConfig.from_dict(base)
-
-
-def _regions_fit(d: dict[str, Any]) -> bool:
-    try:
-        g = int(d.get("image_size", 64)) // int(d.get("patch_size", 8))
-        r = math.isqrt(int(d.get("tokens", 16)))
-        return r * r == int(d.get("tokens", 16)) and r > 0 and g % r == 0
-    except (TypeError, ValueError):
-        return True  # let validation report it
 
 
 def describe(cfg: TokenizerConfig, params: int | None = None) -> str:
