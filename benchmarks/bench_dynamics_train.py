@@ -33,7 +33,7 @@ def forward_flops(cfg: DynamicsConfig, batch: int, frames: int) -> float:
     """Multiply-adds x 2 of one forward pass over (batch, frames) frames: the linear layers, both
     attention matmuls (spatial: all L x L pairs of a frame; temporal: causal, T(T+1)/2 pairs per token
     position), the per-frame conditioning and modulation. Norms and elementwise ops are left out."""
-    D, N, R, C = cfg.dim, cfg.tokens, cfg.registers, cfg.channels
+    D, N, R, C = cfg.dim, cfg.model_tokens, cfg.registers, cfg.pack * cfg.channels
     L = N + R
     hd = D // cfg.heads
     kv = cfg.kv_heads or cfg.heads

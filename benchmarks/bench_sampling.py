@@ -1,7 +1,8 @@
 """Sampling speed: 64 vs 4 denoising steps, per-frame cost with and without the KV cache, eval/rollout frames/s.
 
 Everything runs the one sampler (``ahri_core.sampler``) on a dynamics model of the given preset with random
-weights (speed does not depend on the weights) and latents of the cpu tokenizer's shape (16 x 32).
+weights (speed does not depend on the weights) and latents of 16 x 32 values per frame
+(16 model tokens: the cpu tokenizer's 64 x 12 latents run packed as 16 x 48 under the cpu dynamics preset).
 
 1. Rollout wall time at 64 and at 4 steps per frame (KV cache on), same context and horizon: the ratio
    (ideal 16; each frame also pays one commit pass, so the cached ceiling is 65 / 5 = 13).

@@ -356,3 +356,39 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     save_weights(tmp_path / "tok.safetensors", model, kind="tokenizer", config=cfg)
     with pytest.raises(CheckpointError, match="tokenizer"):
         load_dynamics(tmp_path / "tok.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------- packing
+def test_presets_pack_many_latent_tokens_into_their_token_budget():
+    cpu = dynamics_config("cpu", tokens=64, channels=12)
+    assert (cpu.pack, cpu.model_tokens) == (4, 16)
+    assert dynamics_config("cpu", tokens=16, channels=32).pack == 1
+    assert dynamics_config("cpu", tokens=48, channels=8).model_tokens == 16  # smallest divisor that fits: 3
+    assert dynamics_config("cpu", tokens=64, channels=12, pack=1).pack == 1  # an explicit choice wins
+    assert dynamics_config("small", tokens=64, channels=12).pack == 1
+    with pytest.raises(ConfigError, match="pack"):
+        dynamics_config("cpu", tokens=10, channels=4, pack=4)
+    # a packed model costs what the unpacked 16-token model costs, apart from its input and output maps
+    assert param_count(dynamics_config("cpu", tokens=64, channels=12)) < 1.05 * param_count(
+        dynamics_config("cpu", tokens=16, channels=12)
+    )
+
+
+def test_packed_model_keeps_latent_layout_and_cache():
+    model = make(pack=5, active=True)  # N = 5 latent tokens -> 1 model token of 5 * C
+    assert model.config.model_tokens == 1 and model.latent_in.in_features == N * C
+    z, tau, step = inputs(2, 5)
+    full = model(z, tau, step)
+    assert full.shape == (2, 5, N, C)
+    # each latent token has its own output (not one value broadcast over the packed group)
+    assert (full[:, :, 0] - full[:, :, 1]).abs().amax() > 1e-4
+    # the output for token i moves when only token j of the same frame moves: they are one model token
+    z2 = z.clone()
+    z2[:, 2, 4] += 1.0
+    assert (model(z2, tau, step)[:, 2, 0] - full[:, 2, 0]).abs().amax() > 1e-5
+    # and frame t's output is unaffected by a later frame (block causality survives packing)
+    assert torch.allclose(model(z2, tau, step)[:, :2], full[:, :2], atol=1e-6)
+    cache = model.new_cache(2, 8)
+    for t in range(5):
+        got = model.step(z[:, t : t + 1], tau[:, t : t + 1], step[:, t : t + 1], None, cache, commit=True)
+        assert torch.allclose(got[:, 0], full[:, t], atol=1e-5)

@@ -1,7 +1,7 @@
 """Training windows of latents for the dynamics model, and the one batch sampler for alternating lengths.
 
 - A latent set (``<latents>/<tokenizer-id>/``, see docs/data-formats.md) is read into memory once: latents
-  are small (the cpu tokenizer turns a 64x64 frame into 16 x 32 fp16 values, 1 KiB), and indexing memory is
+  are small (the cpu tokenizer turns a 64x64 frame into 64 x 12 fp16 values, 1.5 KiB), and indexing memory is
   what keeps a 2-core machine busy with the model rather than with I/O (PITFALLS 17).
 - A window is ``(video, start, length)``: ``length`` consecutive frames of ONE video (never across videos),
   starting every ``stride`` frames (``seq_len 16, stride 8``: 50% overlap). Actions travel with their frames.

@@ -51,6 +51,7 @@ class DynamicsConfig(BaseModel):
 
     tokens: int = Field(..., ge=1, description="latent tokens per frame (N)")
     channels: int = Field(..., ge=1, description="channels per latent token (C)")
+    pack: int = Field(1, ge=1, description="latent tokens joined into one model token (N / pack tokens of pack * C)")
     dim: int = Field(128, ge=8, description="model width")
     depth: int = Field(8, ge=1, description="number of blocks (spatial + temporal)")
     heads: int = Field(4, ge=1)
@@ -73,6 +74,8 @@ class DynamicsConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> DynamicsConfig:
+        if self.tokens % self.pack:
+            raise ValueError(f"pack {self.pack} must divide the {self.tokens} latent tokens per frame")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
         if (self.dim // self.heads) % 2:
@@ -96,6 +99,11 @@ class DynamicsConfig(BaseModel):
         """The config as JSON-able dict without runtime-only fields (for checkpoint comparisons)."""
         return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.RUNTIME_FIELDS}
 
+    @property
+    def model_tokens(self) -> int:
+        """Tokens per frame inside the model (latent tokens after packing)."""
+        return self.tokens // self.pack
+
     def layer_kinds(self) -> list[str]:
         """'S' or 'T' per block; block i is temporal when (i + 1) % temporal_every == 0."""
         return ["T" if (i + 1) % self.temporal_every == 0 else "S" for i in range(self.depth)]
@@ -112,6 +120,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "medium": dict(dim=768, depth=16, heads=12, kv_heads=4, registers=8, temporal_every=4, mlp_ratio=4.0,
                    max_frames=64),
 }
+
+# Most model tokens per frame for each preset: a tokenizer with more latent tokens is packed (``pack``
+# consecutive latent tokens become one model token) so that spatial attention and the per-token MLPs cost
+# what the preset was sized for. A 64-token tokenizer under the cpu preset runs as 16 tokens of 4 x C.
+PRESET_MAX_TOKENS: dict[str, int] = {"tiny": 16, "cpu": 16, "small": 64, "medium": 256}
+
+
+def auto_pack(tokens: int, max_tokens: int | None) -> int:
+    """The smallest divisor p of ``tokens`` with tokens / p <= ``max_tokens`` (1 when there is no limit)."""
+    if not max_tokens or tokens <= max_tokens:
+        return 1
+    return next(p for p in range(1, tokens + 1) if tokens % p == 0 and tokens // p <= max_tokens)
 
 
 def _one_line(err: ValidationError) -> str:
@@ -146,6 +166,8 @@ def dynamics_config(
     if channels is not None:
         fields["channels"] = channels
     fields.update(overrides)
+    if isinstance(preset_or_config, str) and "pack" not in overrides and isinstance(fields.get("tokens"), int):
+        fields["pack"] = auto_pack(fields["tokens"], PRESET_MAX_TOKENS.get(preset_or_config))
     try:
         return DynamicsConfig(**fields)
     except ValidationError as e:
@@ -287,8 +309,8 @@ class DynamicsModel(nn.Module):
         self.config = cfg
         D = cfg.dim
         self.grad_checkpointing = cfg.grad_checkpointing
-        self.latent_in = nn.Linear(cfg.channels, D)
-        self.token_pos = nn.Parameter(torch.randn(cfg.tokens, D) * 0.02)
+        self.latent_in = nn.Linear(cfg.pack * cfg.channels, D)
+        self.token_pos = nn.Parameter(torch.randn(cfg.model_tokens, D) * 0.02)
         self.register_tokens = nn.Parameter(torch.randn(cfg.registers, D) * 0.02)
         # tau: sinusoidal features -> MLP. d: a learned row per power of two (PITFALLS 8).
         self.tau_mlp = nn.Sequential(nn.Linear(TAU_FREQS, D), nn.SiLU(), nn.Linear(D, D))
@@ -309,7 +331,7 @@ class DynamicsModel(nn.Module):
         self.mod_out = nn.Linear(D, 2 * D)
         nn.init.zeros_(self.mod_out.weight)
         nn.init.zeros_(self.mod_out.bias)
-        self.head = nn.Linear(D, cfg.channels)
+        self.head = nn.Linear(D, cfg.pack * cfg.channels)
         nn.init.normal_(self.head.weight, std=0.02 / math.sqrt(D / 128))
         nn.init.zeros_(self.head.bias)
 
@@ -377,6 +399,8 @@ class DynamicsModel(nn.Module):
     def embed(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Latent tokens + registers, conditioning added to every token: (B, T, N + R, D)."""
         B, T = z.shape[:2]
+        if self.config.pack > 1:
+            z = rearrange(z, "b t (n p) c -> b t n (p c)", p=self.config.pack)
         x = self.latent_in(z) + self.token_pos
         if self.config.registers:
             reg = self.register_tokens.to(x.dtype).expand(B, T, -1, -1)
@@ -385,8 +409,11 @@ class DynamicsModel(nn.Module):
 
     def readout(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         shift, scale = self.mod_out(F.silu(cond)).unsqueeze(2).chunk(2, dim=-1)
-        x = x[:, :, : self.config.tokens]
-        return self.head(self.norm_out(x) * (1 + scale) + shift).float()
+        x = x[:, :, : self.config.model_tokens]
+        out = self.head(self.norm_out(x) * (1 + scale) + shift).float()
+        if self.config.pack > 1:
+            out = rearrange(out, "b t n (p c) -> b t (n p) c", p=self.config.pack)
+        return out
 
     def trunk(self, z: torch.Tensor, cond: torch.Tensor, isolated: torch.Tensor | None = None) -> torch.Tensor:
         """Everything after the conditioning vector: (B, T, N, C) latents + (B, T, D) cond -> x_hat."""

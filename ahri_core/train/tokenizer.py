@@ -93,7 +93,7 @@ class TokenizerSettings(Section):
 # (flag, config file or environment). Tuned for 2 CPU cores (cpu) and single GPUs (the others).
 PRESET_TRAINING: dict[str, dict[str, Any]] = {
     "tiny": {"batch_size": 16, "lr": 3e-3, "warmup_steps": 10},
-    "cpu": {"batch_size": 32, "lr": 2e-3, "warmup_steps": 50},
+    "cpu": {"batch_size": 16, "lr": 4e-3, "warmup_steps": 50},
     "small": {"batch_size": 64, "lr": 1e-3, "warmup_steps": 500},
     "medium": {"batch_size": 64, "lr": 6e-4, "warmup_steps": 1000},
     "large": {"batch_size": 64, "lr": 4e-4, "warmup_steps": 2000},
