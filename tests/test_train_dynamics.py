@@ -239,3 +239,17 @@ def test_preset_training_defaults_fill_only_what_was_not_given():
                                           PRESET_TRAINING["cpu"]["ema"])
     t = with_preset_defaults(TrainSettings(preset="cpu", max_steps=5, lr=5e-4, ema=0.0))
     assert t.lr == 5e-4 and t.ema == 0.0
+
+
+def test_resume_keeps_the_runs_packing(tmp_path: Path):
+    """A run keeps its packing on --resume, also when the preset would now pack differently."""
+    many = make_latent_set([clip(i, 24, tokens=32, channels=2) for i in range(2)], [clip(9, 24, tokens=32, channels=2)],
+                           action_count=3)
+    train, dset, diff = tiny_settings(max_steps=2)
+    first = train_dynamics(many, tmp_path / "run", train, dset, diff, model_overrides={"pack": 1})
+    assert load_dynamics(first.weights)[0].config.pack == 1
+    resumed = train_dynamics(many, tmp_path / "run", train.model_copy(update={"resume": True, "max_steps": 4}), dset, diff)
+    assert resumed.step == 4 and load_dynamics(resumed.weights)[0].config.pack == 1
+    # a new run of the same preset packs the 32 tokens into its budget of 16
+    fresh = train_dynamics(many, tmp_path / "fresh", train, dset, diff)
+    assert load_dynamics(fresh.weights)[0].config.pack == 2

@@ -253,7 +253,11 @@ def train_dynamics(
         _check_resume_settings(meta.get("settings", {}), settings, run.path)
 
     seed_everything(train.seed)
-    cfg = model_config_for(lset, train, data, diffusion, **(model_overrides or {}))
+    overrides = dict(model_overrides or {})
+    if resuming and "pack" not in overrides and run.weights.is_file():
+        # a run keeps the packing it was made with (runs from before ``pack`` existed are unpacked)
+        overrides["pack"] = int(read_metadata(run.weights)[1].get("pack", 1))
+    cfg = model_config_for(lset, train, data, diffusion, **overrides)
     model = DynamicsModel(cfg).to(device)
     model.train()
     opt = make_adamw(model, train.lr, train.weight_decay)
