@@ -130,9 +130,10 @@ def tokenizer_config(preset: str | TokenizerConfig | dict = "cpu", **overrides: 
     given = {k: v for k, v in overrides.items() if v is not None}
     base.update(given)
     if base.get("regions", True) and "regions" not in given:
+        shape = [base.get(k, TokenizerConfig.model_fields[k].default) for k in ("image_size", "patch_size", "tokens")]
         try:
-            fits = regions_fit(int(base["image_size"]), int(base["patch_size"]), int(base["tokens"]))
-        except (KeyError, TypeError, ValueError):
+            fits = regions_fit(*map(int, shape))
+        except (TypeError, ValueError):
             fits = True  # let validation report it
         if not fits:
             base["regions"] = False  # e.g. a preset at another frame size: keep the plain model rather than fail
