@@ -117,7 +117,7 @@ def eval_(
     """
     from ahri_core.evaluation import evaluate
     from ahri_core.rollout import load_world_model
-    from ahri_core.train.common import resolve_device
+    from ahri_core.runtime import resolve_device
 
     flags = dict(
         context=context, horizon=horizon, steps=steps or None, tau_ctx=tau_ctx, clips=clips, seed=seed,

@@ -42,7 +42,7 @@ def rollout(
     Example:  ahri rollout clip.mp4 --steps 4 --horizon 32
     """
     from ahri_core.rollout import load_world_model, rollout_clip
-    from ahri_core.train.common import resolve_device
+    from ahri_core.runtime import resolve_device
 
     flags = dict(steps=[steps] if steps is not None else None, context=context, horizon=horizon, tau_ctx=tau_ctx, seed=seed)
     s = load(SamplingSettings, flags, STATE.config)

@@ -63,14 +63,14 @@ class WorldModel:
         The same encoder path (and bf16 autocast) as ``ahri tokenize``, so rollout context latents match
         the latents the dynamics model was trained on.
         """
-        from .tokenize import encode_frames
+        from .models.tokenizer import encode_frames
 
         out = [encode_frames(self.tokenizer, frames[i : i + batch], self.device) for i in range(0, len(frames), batch)]
         return torch.cat(out) if out else torch.zeros(0)
 
     def decode(self, latents: torch.Tensor, batch: int = 64) -> torch.Tensor:
         """Latents (..., N, C) -> frames (..., 3, H, W) in [0, 1], decoded in float32 for the metrics."""
-        from .tokenize import decode_latents
+        from .models.tokenizer import decode_latents
 
         lead = latents.shape[:-2]
         flat = latents.reshape(-1, *latents.shape[-2:]).float()
@@ -149,7 +149,7 @@ def _tokenizer_candidates(info: dict[str, Any], workspace: Workspace) -> list[Pa
 
 def _load_tokenizer_file(path: Path, device: torch.device) -> torch.nn.Module:
     """A tokenizer from a run directory (its inference weights: EMA when present) or a weights file."""
-    from .train.tokenizer import load_tokenizer, weights_for_inference
+    from .models.tokenizer import load_tokenizer, weights_for_inference
 
     w = weights_for_inference(path) if path.is_dir() else path
     tok, _ = load_tokenizer(w, device=device)
@@ -163,11 +163,11 @@ def load_world_model(
     device: str | torch.device = "cpu",
 ) -> WorldModel:
     """Load a dynamics run (path or name; None = the latest finished one) and the tokenizer it was trained on."""
-    from .train.dynamics import load_dynamics
+    from .models.dynamics import load_dynamics_run
 
     ws = workspace or Workspace.resolve()
     run_dir = resolve_run(run, ws)
-    model, info = load_dynamics(run_dir, device=device)
+    model, info = load_dynamics_run(run_dir, device=device)
     traits = traits_of(model, info)
     cands = [Path(tokenizer)] if tokenizer is not None else _tokenizer_candidates(info, ws)
     tok_path = next((c for c in cands if c.exists()), None)

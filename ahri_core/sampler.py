@@ -28,7 +28,6 @@ the cached and uncached paths see identical noise.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +37,7 @@ import torch
 from .diffusion import add_noise, euler_step
 from .errors import ConfigError
 from .progress import Progress, ensure
+from .runtime import autocast
 from .settings import is_power_of_two
 
 
@@ -135,7 +135,7 @@ class Sampler:
     """Autoregressive K-step sampler with context corruption, KV cache and a sliding window.
 
     ``precision``: "bf16" runs the model under bf16 autocast (the Euler update itself stays in float32),
-    "fp32" runs it in float32.
+    "fp32" runs it in float32; "auto" must be resolved first (``runtime.choose_precision``).
     """
 
     def __init__(
@@ -145,7 +145,7 @@ class Sampler:
         steps: int = 4,
         tau_ctx: float = 0.1,
         cache: bool = True,
-        precision: str = "bf16",
+        precision: str = "fp32",
     ) -> None:
         check_steps(steps, traits)
         if not 0.0 <= float(tau_ctx) < 1.0:
@@ -170,10 +170,7 @@ class Sampler:
             return torch.device("cpu")
 
     def _autocast(self):
-        dev = self.device
-        if self.precision == "bf16" and dev.type in ("cpu", "cuda"):
-            return torch.autocast(dev.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.precision)
 
     def _corrupt(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Context corruption in one place: the latents noised by tau_ctx and the labels (tau, step) they carry.
@@ -349,7 +346,7 @@ def rollout(
     seed: int | torch.Generator | None = 0,
     traits: ModelTraits | None = None,
     cache: bool = True,
-    precision: str = "bf16",
+    precision: str = "fp32",
     progress: Progress | None = None,
 ) -> RolloutResult:
     """One-call form of :class:`Sampler` (training previews use this)."""

@@ -172,7 +172,7 @@ class FetchSettings(Section):
         return self
 
 
-Precision = Literal["bf16", "fp32"]  # autocast dtype of training and sampling
+Precision = Literal["auto", "bf16", "fp32"]  # auto: measured per machine and model (ahri_core.runtime)
 
 
 class TrainSettings(Section):
@@ -194,7 +194,8 @@ class TrainSettings(Section):
     ema: float = Field(0.0, ge=0, lt=1, description="EMA decay of weights; 0 turns EMA off")
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    precision: Precision = "bf16"
+    precision: Precision = Field("auto", description="auto (measured per machine and model), bf16 or fp32")
+    threads: int | None = Field(None, ge=1, le=1024, description="CPU threads (default: the cores this process may use)")
     grad_checkpointing: bool = False
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
     val_every: int = Field(250, ge=1, description="steps between validations")

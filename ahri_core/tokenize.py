@@ -25,10 +25,9 @@ from .data.frames import Decoder, VideoRef, as_video_refs, default_decoder, spli
 from .data.latents import INDEX_FORMAT, read_latent_metadata, write_index, write_latent_file
 from .errors import AhriError, ConfigError
 from .fileio import sha256_file
-from .models.tokenizer import Tokenizer
+from .models.tokenizer import Tokenizer, decode_latents, encode_frames, load_tokenizer, weights_for_inference
 from .progress import Progress, ensure
-from .train.common import autocast, resolve_device
-from .train.tokenizer import load_tokenizer, weights_for_inference
+from .runtime import resolve_device
 
 
 # ---------------------------------------------------------------------------------------------- resolve
@@ -58,50 +57,6 @@ def resolve_tokenizer(ref: str | os.PathLike, runs_dir: str | os.PathLike | None
                 continue
     hint = f" (tokenizer runs here: {', '.join(known)})" if known else " (train one: ahri train --stage tokenizer)"
     raise ConfigError(f"--tokenizer {ref}: not a run name, run directory or weights file{hint}")
-
-
-# ---------------------------------------------------------------------------------------------- encode / decode
-@torch.no_grad()
-def encode_frames(
-    model: Tokenizer, frames: np.ndarray | torch.Tensor, device: torch.device | str | None = None, precision: str = "bf16"
-) -> torch.Tensor:
-    """uint8 (B, H, W, 3) or float (B, 3, H, W) in [0, 1] -> latents float32 (B, N, C) on CPU."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    x = to_tensor(frames, device) if isinstance(frames, np.ndarray) else frames.to(device).float()
-    with autocast(device, precision):
-        z = model.encode(x)
-    return z.float().cpu()
-
-
-@torch.no_grad()
-def decode_latents(
-    model: Tokenizer,
-    latents: torch.Tensor | np.ndarray,
-    batch_size: int = 64,
-    device: torch.device | str | None = None,
-    precision: str = "bf16",
-) -> torch.Tensor:
-    """Latents (T, N, C) or (B, T, N, C) -> frames float32 (T, 3, H, W) / (B, T, 3, H, W) in [0, 1], on CPU.
-
-    Used by eval and rollout to look at (predicted) latents in pixel space.
-    """
-    was = model.training
-    model.eval()
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    z = torch.as_tensor(latents)
-    lead = z.shape[:-2]
-    flat = z.reshape(-1, *z.shape[-2:])
-    outs = []
-    try:
-        for s in range(0, flat.shape[0], batch_size):
-            with autocast(device, precision):
-                r = model.decode(flat[s : s + batch_size].to(device).float())
-            outs.append(r.float().clamp(0, 1).cpu())
-    finally:
-        model.train(was)
-    s = model.cfg.image_size
-    out = torch.cat(outs) if outs else torch.zeros(0, 3, s, s)
-    return out.reshape(*lead, 3, s, s)
 
 
 def _batches(frames: Iterable[np.ndarray], n: int) -> Iterator[np.ndarray]:

@@ -25,7 +25,8 @@ import torch
 
 from ahri_core.diffusion import forcing_loss, sample_noise_levels
 from ahri_core.models.dynamics import DynamicsConfig, build_dynamics, param_count
-from ahri_core.train.common import RunningRMS, autocast, make_adamw
+from ahri_core.runtime import autocast
+from ahri_core.train.common import RunningRMS, make_adamw
 
 
 # ---------------------------------------------------------------------------------------------- FLOPs

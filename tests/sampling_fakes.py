@@ -157,7 +157,7 @@ def make_world(root, videos: int = 4, frames: int = 40, size: int = 32, train_st
     from ahri_core.sources import record_game
     from ahri_core.sources.store import list_videos
     from ahri_core.tokenize import tokenize_videos
-    from ahri_core.train.checkpoint import save_weights
+    from ahri_core.checkpoint import save_weights
     from ahri_core.train.dynamics import train_dynamics
     from ahri_core.workspace import Workspace
 

@@ -58,7 +58,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     ro = sm["rollout"]
     assert probe(ro["out"]).frames == 4 + 4
     assert set(sm["acceptance"]) == {"4_steps_beats_copy_last_by_1db", "4_within_0.5db_of_8", "within_budget"}
-    from ahri_core.train.checkpoint import read_metadata
+    from ahri_core.checkpoint import read_metadata
 
     d = DemoSettings()
     _, tcfg, _ = read_metadata(next((ws / "runs").glob("demo-tokenizer-*/model.safetensors")))

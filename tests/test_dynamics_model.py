@@ -17,7 +17,7 @@ from ahri_core.models.dynamics import (
     param_count,
     save_dynamics,
 )
-from ahri_core.train.checkpoint import load_weights, save_weights
+from ahri_core.checkpoint import load_weights, save_weights
 
 N, C = 5, 3  # tokens, channels
 

@@ -273,7 +273,8 @@ def test_more_steps_are_not_worse_than_fewer_on_a_trained_model(tmp_path):
     """
     from ahri_core.data.windows import LatentVideo, make_latent_set
     from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings
-    from ahri_core.train.dynamics import load_dynamics, train_dynamics
+    from ahri_core.models.dynamics import load_dynamics_run as load_dynamics
+    from ahri_core.train.dynamics import train_dynamics
 
     train = [LatentVideo(f"t{i}", _flipping_video(i).half()) for i in range(16)]
     val = torch.stack([_flipping_video(100 + i) for i in range(6)])

@@ -17,9 +17,9 @@ from ahri_core.data.latents import LatentStore, read_latent_file
 from ahri_core.errors import ConfigError, DataError
 from ahri_core.models.tokenizer import build_tokenizer
 from ahri_core.sources.store import list_videos
-from ahri_core.tokenize import decode_latents, resolve_tokenizer, tokenize_videos
-from ahri_core.train.checkpoint import save_weights
-from ahri_core.train.tokenizer import load_tokenizer
+from ahri_core.models.tokenizer import decode_latents, load_tokenizer
+from ahri_core.tokenize import resolve_tokenizer, tokenize_videos
+from ahri_core.checkpoint import save_weights
 from tests.tokenizer_fixtures import frames_of, make_store
 
 
@@ -184,7 +184,7 @@ def test_cli_train_then_tokenize_end_to_end(tmp_path):
 
 
 def test_cli_mask_max_reaches_the_model_config_and_is_tokenizer_only(tmp_path):
-    from ahri_core.train.checkpoint import read_metadata
+    from ahri_core.checkpoint import read_metadata
 
     make_store(tmp_path / "videos" / "game", n=2, frames=8)
     base = ["-w", str(tmp_path), "train", "--max-steps", "1", "--device", "cpu"]

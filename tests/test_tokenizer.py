@@ -26,8 +26,9 @@ from ahri_core.data.frames import (
 )
 from ahri_core.errors import CheckpointError, ConfigError, DataError
 from ahri_core.models.tokenizer import PRESETS, Tokenizer, build_tokenizer, describe, tokenizer_config
-from ahri_core.train.checkpoint import load_weights, save_weights
-from ahri_core.train.tokenizer import TokenizerSettings, load_tokenizer, psnr, train_tokenizer
+from ahri_core.checkpoint import load_weights, save_weights
+from ahri_core.models.tokenizer import load_tokenizer
+from ahri_core.train.tokenizer import TokenizerSettings, psnr, train_tokenizer
 from tests.tokenizer_fixtures import make_store, tiny_train
 
 

@@ -18,7 +18,8 @@ from ahri_core.errors import CheckpointError, ConfigError
 from ahri_core.fileio import read_jsonl
 from ahri_core.progress import RecordingProgress
 from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings
-from ahri_core.train.dynamics import load_dynamics, train_dynamics
+from ahri_core.models.dynamics import load_dynamics_run as load_dynamics
+from ahri_core.train.dynamics import train_dynamics
 
 
 def clip(

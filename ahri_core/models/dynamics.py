@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..checkpoint import config_mismatch, load_weights, read_metadata
 from ..errors import CheckpointError, ConfigError, DataError
 from .layers import Attention, RMSNorm, Rotary, SwiGLU
 
@@ -504,8 +505,8 @@ class DynamicsModel(nn.Module):
 
 # ---------------------------------------------------------------------------------------------- files
 def save_dynamics(path: str | os.PathLike, model: DynamicsModel, extra: dict[str, Any] | None = None) -> Path:
-    """Atomic safetensors with the model config inside (``ahri_core.train.checkpoint``)."""
-    from ..train.checkpoint import save_weights
+    """Atomic safetensors with the model config inside (``ahri_core.checkpoint``)."""
+    from ..checkpoint import save_weights
 
     return save_weights(path, model, kind=KIND, config=model.config.model_dump(mode="json"), extra=extra)
 
@@ -517,8 +518,6 @@ def load_dynamics(
 ) -> DynamicsModel:
     """Rebuild a model from its checkpoint alone, strictly. ``expect`` (optional) must match the stored
     config in every field that shapes the weights; a mismatch is refused naming the fields."""
-    from ..train.checkpoint import config_mismatch, load_weights, read_metadata
-
     kind, stored, _ = read_metadata(path)
     if kind != KIND:
         raise CheckpointError(f"checkpoint {path} holds a {kind} model, not a {KIND} model")
@@ -536,3 +535,52 @@ def load_dynamics(
     model = DynamicsModel(cfg)
     load_weights(path, model, kind=KIND, config=stored)
     return model
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def _weights_path(run_or_path: str | os.PathLike) -> Path:
+    p = Path(run_or_path)
+    if p.is_dir():
+        w = p / "model.safetensors"
+        if not w.is_file():
+            raise CheckpointError(f"run {p} has no model.safetensors (has it trained a step yet?)")
+        return w
+    if p.is_file():
+        return p
+    raise CheckpointError(f"{p} is neither a run directory nor a checkpoint file")
+
+
+def load_dynamics_run(
+    run_or_path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[DynamicsModel, dict[str, Any]]:
+    """Rebuild a trained dynamics model from a run directory or its ``model.safetensors``, strictly.
+
+    Returns ``(model, info)``, the model in eval mode on ``device``; ``info`` holds what samplers and
+    evaluators need: ``k_max``, ``shortcut``, ``max_frames``, ``tokenizer_id``, ``latents`` (the set's
+    path and shape), ``settings``, ``step``, ``weights`` ("ema" or "raw"), ``config``, ``run_dir``, ``path``.
+    """
+    path = _weights_path(run_or_path)
+    kind, stored, extra = read_metadata(path)
+    if kind != KIND:
+        raise CheckpointError(f"checkpoint {path} holds a {kind} model, not a {KIND} model")
+    try:
+        cfg = DynamicsConfig(**stored)
+    except Exception as e:  # noqa: BLE001 - pydantic error -> one line
+        raise CheckpointError(f"checkpoint {path} has an invalid dynamics config ({e})") from None
+    model = DynamicsModel(cfg)
+    load_weights(path, model, kind=KIND, config=stored)
+    model.to(device).eval()
+    info = {
+        "k_max": int(extra.get("k_max", cfg.k_max)),
+        "shortcut": bool(extra.get("shortcut", False)),
+        "max_frames": int(extra.get("max_frames", cfg.max_frames)),
+        "tokenizer_id": extra.get("tokenizer_id", ""),
+        "latents": extra.get("latents", {}),
+        "settings": extra.get("settings", {}),
+        "step": extra.get("step"),
+        "weights": extra.get("weights", "raw"),
+        "config": stored,
+        "path": str(path),
+        "run_dir": str(path.parent),
+    }
+    return model, info

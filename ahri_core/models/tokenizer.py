@@ -18,16 +18,22 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
+from ..runtime import autocast
 from .layers import Block, RMSNorm
+
+KIND = "tokenizer"  # the ``ahri_kind`` of tokenizer checkpoints
 
 
 def regions_fit(image_size: int, patch_size: int, tokens: int) -> bool:
@@ -286,3 +292,76 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 def config_json(cfg: TokenizerConfig) -> str:
     return json.dumps(cfg.to_dict(), sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_tokenizer(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[Tokenizer, dict[str, Any]]:
+    """Rebuild a tokenizer from a weights file (strict). Returns (model in eval mode, extra metadata)."""
+    from ..checkpoint import load_weights, read_metadata
+
+    path = Path(path)
+    kind, cfg_dict, extra = read_metadata(path)
+    if kind != KIND:
+        raise CheckpointError(f"checkpoint {path} holds a {kind} model, not a tokenizer")
+    cfg = TokenizerConfig.from_dict(cfg_dict)
+    model = Tokenizer(cfg)
+    load_weights(path, model, kind=KIND, config=cfg.to_dict())
+    return model.to(device).eval(), extra
+
+
+def weights_for_inference(run_dir: str | os.PathLike) -> Path:
+    """The weights file ``ahri tokenize`` uses from a run: EMA weights if present, else the model's."""
+    d = Path(run_dir)
+    for name in ("ema.safetensors", "model.safetensors"):
+        if (d / name).is_file():
+            return d / name
+    raise CheckpointError(f"run {d} has no tokenizer weights (model.safetensors); train one with `ahri train --stage tokenizer`")
+
+
+# ---------------------------------------------------------------------------------------------- encode / decode
+@torch.no_grad()
+def encode_frames(
+    model: Tokenizer, frames: np.ndarray | torch.Tensor, device: torch.device | str | None = None, precision: str = "fp32"
+) -> torch.Tensor:
+    """uint8 (B, H, W, 3) or float (B, 3, H, W) in [0, 1] -> latents float32 (B, N, C) on CPU."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if isinstance(frames, np.ndarray):
+        from ..data.frames import to_tensor
+
+        x = to_tensor(frames, device)
+    else:
+        x = frames.to(device).float()
+    with autocast(device, precision):
+        z = model.encode(x)
+    return z.float().cpu()
+
+
+@torch.no_grad()
+def decode_latents(
+    model: Tokenizer,
+    latents: torch.Tensor | np.ndarray,
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """Latents (T, N, C) or (B, T, N, C) -> frames float32 (T, 3, H, W) / (B, T, 3, H, W) in [0, 1], on CPU.
+
+    Used by eval and rollout to look at (predicted) latents in pixel space.
+    """
+    was = model.training
+    model.eval()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    z = torch.as_tensor(latents)
+    lead = z.shape[:-2]
+    flat = z.reshape(-1, *z.shape[-2:])
+    outs = []
+    try:
+        for s in range(0, flat.shape[0], batch_size):
+            with autocast(device, precision):
+                r = model.decode(flat[s : s + batch_size].to(device).float())
+            outs.append(r.float().clamp(0, 1).cpu())
+    finally:
+        model.train(was)
+    s = model.cfg.image_size
+    out = torch.cat(outs) if outs else torch.zeros(0, 3, s, s)
+    return out.reshape(*lead, 3, s, s)

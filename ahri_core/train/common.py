@@ -1,4 +1,4 @@
-"""Pieces every training loop shares: device and precision, LR schedule, EMA, loss normalisation,
+"""Pieces every training loop shares: LR schedule, EMA, loss normalisation,
 RNG capture for exact resume, stop signals, run directories and budgets."""
 
 from __future__ import annotations
@@ -20,23 +20,6 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..fileio import append_jsonl, write_json_atomic
-
-
-# ---------------------------------------------------------------------------------------------- device
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available (use --device cpu or auto)")
-    return dev
-
-
-def autocast(device: torch.device, precision: str = "bf16"):
-    """bf16 autocast on CPU and CUDA (no fp16, so no GradScaler); a no-op for fp32."""
-    if precision == "bf16" and device.type in ("cpu", "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------------------------------------- schedule

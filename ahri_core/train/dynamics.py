@@ -1,8 +1,8 @@
 """Training the dynamics model: diffusion forcing (+ shortcut forcing) on windows of latents.
 
 ``train_dynamics(latents, run_dir, train=..., data=..., diffusion=...)`` is the library entry point that
-``ahri train`` and ``ahri demo`` call; ``load_dynamics(run_or_path)`` rebuilds a trained model for eval
-and rollout. The objective lives in :mod:`ahri_core.diffusion`, the windows and the batch sampler in
+``ahri train`` and ``ahri demo`` call; ``models.dynamics.load_dynamics_run(run_or_path)`` rebuilds a trained
+model for eval and rollout. The objective lives in :mod:`ahri_core.diffusion`, the windows and the batch sampler in
 :mod:`ahri_core.data.windows`, the model in :mod:`ahri_core.models.dynamics`.
 
 Run directory (``runs/<name>/``):
@@ -34,17 +34,16 @@ from ..fileio import read_jsonl, write_text_atomic
 from ..models.dynamics import KIND, DynamicsConfig, DynamicsModel, dynamics_config
 from ..progress import Progress, ensure
 from ..settings import DataSettings, DiffusionSettings, TrainSettings
-from .checkpoint import config_mismatch, load_state, load_weights, read_metadata, save_state, save_weights
+from ..checkpoint import config_mismatch, load_state, load_weights, read_metadata, save_state, save_weights
+from ..runtime import autocast, choose_precision, resolve_device
 from .common import (
     EMA,
     Budget,
     RunDir,
     RunningRMS,
     StopRequest,
-    autocast,
     lr_factor,
     make_adamw,
-    resolve_device,
     rng_state,
     seed_everything,
     set_lr,
@@ -245,6 +244,7 @@ def train_dynamics(
     if not lset.train:
         raise DataError(f"latent set {lset.path or '<memory>'} has no training videos")
     device = resolve_device(train.device)
+    train = train.model_copy(update={"precision": choose_precision(train.precision, device).precision})
     settings = _settings_dict(train, data, diffusion)
     run = RunDir(run_dir)
     resuming = train.resume and run.state.is_file()
@@ -546,55 +546,6 @@ def _val_line(v: dict[str, Any]) -> str:
     return (
         f"val @ step {v['step']}: {taus}  next={v['val_next']:.4f} (copy-last {v['val_copy_last']:.4f})"
     )
-
-
-# ---------------------------------------------------------------------------------------------- loading
-def _weights_path(run_or_path: str | os.PathLike) -> Path:
-    p = Path(run_or_path)
-    if p.is_dir():
-        w = p / "model.safetensors"
-        if not w.is_file():
-            raise CheckpointError(f"run {p} has no model.safetensors (has it trained a step yet?)")
-        return w
-    if p.is_file():
-        return p
-    raise CheckpointError(f"{p} is neither a run directory nor a checkpoint file")
-
-
-def load_dynamics(
-    run_or_path: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[DynamicsModel, dict[str, Any]]:
-    """Rebuild a trained dynamics model from a run directory or its ``model.safetensors``, strictly.
-
-    Returns ``(model, info)``, the model in eval mode on ``device``; ``info`` holds what samplers and
-    evaluators need: ``k_max``, ``shortcut``, ``max_frames``, ``tokenizer_id``, ``latents`` (the set's
-    path and shape), ``settings``, ``step``, ``weights`` ("ema" or "raw"), ``config``, ``run_dir``, ``path``.
-    """
-    path = _weights_path(run_or_path)
-    kind, stored, extra = read_metadata(path)
-    if kind != KIND:
-        raise CheckpointError(f"checkpoint {path} holds a {kind} model, not a {KIND} model")
-    try:
-        cfg = DynamicsConfig(**stored)
-    except Exception as e:  # noqa: BLE001 - pydantic error -> one line
-        raise CheckpointError(f"checkpoint {path} has an invalid dynamics config ({e})") from None
-    model = DynamicsModel(cfg)
-    load_weights(path, model, kind=KIND, config=stored)
-    model.to(device).eval()
-    info = {
-        "k_max": int(extra.get("k_max", cfg.k_max)),
-        "shortcut": bool(extra.get("shortcut", False)),
-        "max_frames": int(extra.get("max_frames", cfg.max_frames)),
-        "tokenizer_id": extra.get("tokenizer_id", ""),
-        "latents": extra.get("latents", {}),
-        "settings": extra.get("settings", {}),
-        "step": extra.get("step"),
-        "weights": extra.get("weights", "raw"),
-        "config": stored,
-        "path": str(path),
-        "run_dir": str(path.parent),
-    }
-    return model, info
 
 
 def run_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:

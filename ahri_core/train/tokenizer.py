@@ -33,27 +33,25 @@ from pydantic import Field
 from ..data.frames import FrameSampler, FrameSet, load_frame_data, steps_per_epoch, to_tensor, to_uint8
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_path, read_jsonl, write_text_atomic
-from ..models.tokenizer import Tokenizer, TokenizerConfig, tokenizer_config
+from ..models.tokenizer import KIND, Tokenizer, TokenizerConfig, load_tokenizer, tokenizer_config, weights_for_inference
 from ..progress import Progress, ensure
 from ..settings import Section, TrainSettings
-from .checkpoint import load_state, read_metadata, save_state, save_weights
+from ..checkpoint import load_state, read_metadata, save_state, save_weights
+from ..runtime import autocast, choose_precision, resolve_device
 from .common import (
     EMA,
     Budget,
     RunDir,
     RunningRMS,
     StopRequest,
-    autocast,
     lr_factor,
     make_adamw,
-    resolve_device,
     rng_state,
     seed_everything,
     set_lr,
     set_rng_state,
 )
 
-KIND = "tokenizer"
 STATE_VERSION = 1
 
 
@@ -133,30 +131,6 @@ class PerceptualLoss:
 
     def __call__(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.net(recon, target).float().mean()
-
-
-# ---------------------------------------------------------------------------------------------- loading
-def load_tokenizer(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[Tokenizer, dict[str, Any]]:
-    """Rebuild a tokenizer from a weights file (strict). Returns (model in eval mode, extra metadata)."""
-    from .checkpoint import load_weights
-
-    path = Path(path)
-    kind, cfg_dict, extra = read_metadata(path)
-    if kind != KIND:
-        raise CheckpointError(f"checkpoint {path} holds a {kind} model, not a tokenizer")
-    cfg = TokenizerConfig.from_dict(cfg_dict)
-    model = Tokenizer(cfg)
-    load_weights(path, model, kind=KIND, config=cfg.to_dict())
-    return model.to(device).eval(), extra
-
-
-def weights_for_inference(run_dir: str | os.PathLike) -> Path:
-    """The weights file ``ahri tokenize`` uses from a run: EMA weights if present, else the model's."""
-    d = Path(run_dir)
-    for name in ("ema.safetensors", "model.safetensors"):
-        if (d / name).is_file():
-            return d / name
-    raise CheckpointError(f"run {d} has no tokenizer weights (model.safetensors); train one with `ahri train --stage tokenizer`")
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -241,6 +215,7 @@ def train_tokenizer(
     run = RunDir(run_dir)
     resuming = bool(train.resume and run.state.is_file())
     device = resolve_device(train.device)
+    train = train.model_copy(update={"precision": choose_precision(train.precision, device).precision})
 
     # ---- model config: from the checkpoint when resuming, else preset + overrides
     state: dict[str, Any] | None = None

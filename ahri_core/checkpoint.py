@@ -21,8 +21,8 @@ from torch import nn
 
 import ahri_core
 
-from ..errors import CheckpointError
-from ..fileio import atomic_path
+from .errors import CheckpointError
+from .fileio import atomic_path
 
 
 def _listing(names: list[str], n: int = 4) -> str:
