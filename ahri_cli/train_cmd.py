@@ -13,7 +13,27 @@ from rich.table import Table
 from ahri_core.errors import ConfigError
 from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings, load
 
-from .common import STATE, RichProgress, console, out
+from .common import (
+    STATE,
+    DeviceOption,
+    DynamicsPreset,
+    PrecisionChoice,
+    RichProgress,
+    ThreadsOption,
+    TokenizerPreset,
+    command_line,
+    info,
+    next_step,
+    out,
+    run_log,
+    setup_threads,
+)
+
+INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C or SIGTERM (after its checkpoint)
+Preset = Enum(  # type: ignore[misc]
+    "Preset", {n: n for n in dict.fromkeys([*TokenizerPreset.__members__, *DynamicsPreset.__members__])}, type=str,
+    module=__name__,
+)
 
 
 class Stage(str, Enum):
@@ -36,28 +56,51 @@ More examples:
 
   ahri train --shortcut --k-max 64 --step-sampling inverse --alternating --seq-len-short 32 --seq-len-long 64 --batch-size-short 2 --batch-size-long 1 --long-ratio 0.1
 
-  ahri train --run my-run --resume --max-steps 5000  (continue a run exactly where it stopped)
+  ahri train --run my-run --resume                 (continue a run exactly where it stopped, same budget)
+
+  ahri train --run my-run --resume --max-steps 5000  (continue it with a larger budget)
 
   ahri train --stage tokenizer --minutes 10
 """
 
 
-def _latest_run(stage: str, unfinished_only: bool = True) -> str | None:
+def _runs_of(stage: str) -> list[tuple[float, str, dict[str, Any]]]:
+    """(modified time, name, run.json) of the workspace's runs of ``stage``."""
     runs = STATE.workspace.runs
-    if not runs.is_dir():
-        return None
-    cands = []
-    for d in runs.iterdir():
-        meta = d / "run.json"
-        if not meta.is_file():
-            continue
-        try:
-            m = json.loads(meta.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if m.get("stage") == stage and (not unfinished_only or not m.get("finished")):
-            cands.append((meta.stat().st_mtime, d.name))
-    return max(cands)[1] if cands else None
+    found = []
+    if runs.is_dir():
+        for d in runs.iterdir():
+            meta = d / "run.json"
+            if not meta.is_file():
+                continue
+            try:
+                m = json.loads(meta.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if m.get("stage") == stage:
+                found.append((meta.stat().st_mtime, d.name, m))
+    return sorted(found)
+
+
+def _finished(meta: dict[str, Any]) -> bool:
+    return meta.get("status") == "finished" or (meta.get("status") is None and bool(meta.get("finished")))
+
+
+def _resume_target(stage: str, name: str | None) -> str:
+    """The run ``--resume`` continues: ``name`` (which must exist) or the newest unfinished run of ``stage``."""
+    runs = _runs_of(stage)
+    if name is None:
+        open_runs = [n for _, n, m in runs if not _finished(m)]
+        if not open_runs:
+            raise ConfigError(f"--resume: no unfinished {stage} run in {STATE.workspace.runs}; name one with --run NAME")
+        return open_runs[-1]
+    run_dir = STATE.workspace.run_dir(name)
+    if not (run_dir / "run.json").is_file():
+        known = ", ".join(n for _, n, _ in runs[-8:]) or "none"
+        raise ConfigError(f"--resume: there is no run {name!r} in {STATE.workspace.runs} ({stage} runs: {known})")
+    if not (run_dir / "model.state.pt").is_file():
+        raise ConfigError(f"--resume: run {run_dir} has no training state to resume from (it stopped before its first checkpoint)")
+    return name
 
 
 def _stored_settings(run_dir: Path) -> dict[str, Any]:
@@ -68,6 +111,36 @@ def _stored_settings(run_dir: Path) -> dict[str, Any]:
         return json.loads(meta.read_text()).get("settings", {}) or {}
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+def _merged(stored: dict[str, Any], section: str, flags: dict[str, Any]) -> dict[str, Any]:
+    """A resumed run keeps its own settings; flags given now override them (the library refuses changes
+    that would alter what is computed, and allows the budget, logging, device and threads to change)."""
+    base = dict(stored.get(section, {}))
+    base.update({k: v for k, v in flags.items() if v is not None})
+    return base
+
+
+BUDGET = ("max_steps", "minutes", "epochs")
+
+
+def _resume_budget(train_flags: dict[str, Any], stored: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Train settings of a resumed run: its own, with flags given now on top. A budget given now replaces the
+    run's whole budget; with none, the run's own budget continues (what is left of it); a finished run
+    needs a larger one."""
+    merged = _merged(stored, "train", train_flags)
+    if any(train_flags.get(k) is not None for k in BUDGET):
+        return {**merged, **{k: train_flags.get(k) for k in BUDGET}}
+    try:
+        meta = json.loads((run_dir / "run.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        meta = {}
+    if _finished(meta):
+        raise ConfigError(
+            f"--resume: run {run_dir.name} already finished its budget (step {meta.get('step')}); "
+            "give a larger one to train further, e.g. --max-steps N or --minutes M"
+        )
+    return merged
 
 
 def _summary(result: Any, elapsed_label: str = "seconds") -> Table:
@@ -109,7 +182,10 @@ def train(
     mask_max: Annotated[
         float | None, typer.Option("--mask-max", help="tokenizer stage: MAE drop rate drawn from U(0, X). \\[default: 0.9]")
     ] = None,
-    preset: Annotated[str | None, typer.Option("--preset", help="Model preset: tiny, cpu, small, medium. \\[default: cpu]")] = None,
+    preset: Annotated[
+        Preset | None,
+        typer.Option("--preset", help="Model preset (tokenizer: tiny..large; dynamics: tiny..medium). \\[default: cpu]"),
+    ] = None,
     run: Annotated[str | None, typer.Option("--run", help="Run name under <workspace>/runs. \\[default: stage-date-time]")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue --run (default: the newest unfinished run) exactly.")] = False,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many optimizer steps.")] = None,
@@ -120,8 +196,12 @@ def train(
     warmup_steps: Annotated[int | None, typer.Option("--warmup-steps", help="Linear warmup steps. \\[default: per stage and preset]")] = None,
     ema: Annotated[float | None, typer.Option("--ema", help="EMA decay of the weights (0 = off). \\[default: per stage and preset]")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of init, data order and noise. \\[default: 0]")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N. \\[default: auto]")] = None,
-    precision: Annotated[str | None, typer.Option("--precision", help="bf16 (autocast) or fp32. \\[default: bf16]")] = None,
+    device: DeviceOption = None,
+    precision: Annotated[
+        PrecisionChoice | None,
+        typer.Option("--precision", help="auto (measured on this machine for this model), bf16 or fp32. \\[default: auto]"),
+    ] = None,
+    threads: ThreadsOption = None,
     grad_checkpointing: Annotated[
         bool | None, typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="Recompute activations in backward.")
     ] = None,
@@ -139,7 +219,7 @@ def train(
     batch_size_long: Annotated[int | None, typer.Option("--batch-size-long", help="Long batch size. \\[default: 1]")] = None,
     long_ratio: Annotated[float | None, typer.Option("--long-ratio", help="Fraction of batches that are long. \\[default: 0.1]")] = None,
     shortcut: Annotated[
-        bool | None, typer.Option("--shortcut/--no-shortcut", help="Shortcut forcing (few-step sampling).")
+        bool | None, typer.Option("--shortcut/--no-shortcut", help="Shortcut forcing (few-step sampling). \\[default: on]")
     ] = None,
     k_max: Annotated[int | None, typer.Option("--k-max", help="Finest step count, a power of two. \\[default: 64]")] = None,
     step_sampling: Annotated[
@@ -163,14 +243,18 @@ def train(
 ) -> None:
     """Train the dynamics model on tokenized latents (or the tokenizer with --stage tokenizer).
 
+    Exit codes: 0 done, 1 failed (data, divergence), 2 usage or settings, 130 interrupted (Ctrl-C or SIGTERM,
+    after a checkpoint: continue with the printed --resume command).
+
     Example:  ahri train --alternating --long-ratio 0.1 --minutes 30
     """
     given = {k: v for k, v in locals().items() if v is not None and v != []}
     train_flags: dict[str, Any] = dict(
-        stage=stage.value, preset=preset, run=run, max_steps=max_steps, minutes=minutes, epochs=epochs,
-        batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, ema=ema, seed=seed, device=device,
-        precision=precision, grad_checkpointing=grad_checkpointing, checkpoint_every=checkpoint_every,
-        val_every=val_every, log_every=log_every, resume=resume or None,
+        stage=stage.value, preset=preset.value if preset is not None else None, run=run, max_steps=max_steps,
+        minutes=minutes, epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, ema=ema, seed=seed,
+        device=device, precision=precision.value if precision is not None else None, threads=threads,
+        grad_checkpointing=grad_checkpointing, checkpoint_every=checkpoint_every, val_every=val_every,
+        log_every=log_every, resume=resume or None,
     )
     data_flags: dict[str, Any] = dict(
         seq_len=seq_len, stride=stride, alternating=alternating, seq_len_short=seq_len_short, seq_len_long=seq_len_long,
@@ -190,31 +274,19 @@ def train(
 
     ws = STATE.workspace
     name = run
-    if resume and name is None:
-        name = _latest_run("dynamics")
-        if name is None:
-            raise ConfigError("--resume: no unfinished dynamics run in the workspace; name one with --run NAME")
-    if resume and name is not None and not (ws.run_dir(name) / "model.state.pt").is_file():
-        raise ConfigError(f"--resume: run {ws.run_dir(name)} has no training state to resume from")
+    stored: dict[str, Any] = {}
+    if resume:
+        name = _resume_target("dynamics", name)
+        stored = _stored_settings(ws.run_dir(name))
+        train_flags = _resume_budget({**train_flags, "run": name}, stored, ws.run_dir(name))
+        train_flags["resume"] = True
+        data_flags = _merged(stored, "data", data_flags)
+        diff_flags = _merged(stored, "diffusion", diff_flags)
     if name is None:
         from ahri_core.train.common import default_run_name
 
         name = default_run_name("dynamics")
     train_flags["run"] = name
-
-    stored = _stored_settings(ws.run_dir(name)) if resume else {}
-    if stored:
-        # a resumed run keeps its own settings; flags given now override them (the library refuses changes
-        # that would alter what is computed, and allows the budget and logging to change)
-        def merged(section: str, flags: dict[str, Any]) -> dict[str, Any]:
-            base = dict(stored.get(section, {}))
-            base.update({k: v for k, v in flags.items() if v is not None})
-            return base
-
-        train_flags = merged("train", {**train_flags})
-        train_flags["resume"] = True
-        data_flags = merged("data", data_flags)
-        diff_flags = merged("diffusion", diff_flags)
     tset = load(TrainSettings, train_flags, STATE.config)
     dset = load(DataSettings, data_flags, STATE.config)
     fset = load(DiffusionSettings, diff_flags, STATE.config)
@@ -244,12 +316,17 @@ def train(
 
     from ahri_core.train.dynamics import train_dynamics
 
-    console.print(f"[bold]dynamics[/] run [cyan]{name}[/] on latents {lat_path}", highlight=False)
-    with RichProgress(console) as progress:
-        result = train_dynamics(lat_path, ws.run_dir(name), tset, dset, fset, progress=progress)
-    out.print(_summary(result))
-    if result.stopped:
-        console.print(f"stopped by {result.stopped}; continue with: ahri train --run {name} --resume", highlight=False)
+    setup_threads(tset.threads)
+    run_dir = ws.run_dir(name)
+    with run_log(run_dir / "log.txt"):
+        info(f"[bold]dynamics[/] run [cyan]{name}[/] on latents {lat_path}")
+        with RichProgress() as progress:
+            result = train_dynamics(lat_path, run_dir, tset, dset, fset, progress=progress)
+        out.print(_summary(result))
+        if result.stopped:
+            info(f"stopped by {result.stopped}; continue with: {command_line('train', '--run', name, '--resume')}")
+            raise typer.Exit(INTERRUPTED)
+        next_step("eval", name)
 
 
 DYNAMICS_ONLY = (
@@ -261,30 +338,29 @@ TOKENIZER_ONLY = ("data", "videos", "size", "tokens", "channels", "mask_max")
 
 
 def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None:
-    try:
-        from ahri_core.train.tokenizer import TokenizerSettings, summary_lines, train_tokenizer
-    except ImportError:
-        raise ConfigError("tokenizer stage not available in this installation (ahri_core.train.tokenizer is missing)") from None
+    from ahri_core.train.tokenizer import TokenizerSettings, summary_lines, train_tokenizer
+
     wrong = [f"--{k.replace('_', '-')}" for k in DYNAMICS_ONLY if k in given]
     if wrong:
         raise ConfigError(f"{', '.join(wrong)}: only used by the dynamics stage (drop them with --stage tokenizer)")
     ws = STATE.workspace
     name = train_flags.get("run")
-    if train_flags.get("resume") and name is None:
-        name = _latest_run("tokenizer")
-        if name is None:
-            raise ConfigError("--resume: no unfinished tokenizer run in the workspace; name one with --run NAME")
+    stored: dict[str, Any] = {}
+    if train_flags.get("resume"):
+        name = _resume_target("tokenizer", name)
+        stored = _stored_settings(ws.run_dir(name))
+        train_flags = _resume_budget({**train_flags, "run": name}, stored, ws.run_dir(name))
+        train_flags["resume"] = True
     if name is None:
         from ahri_core.train.common import default_run_name
 
         name = default_run_name("tokenizer")
     train_flags = {**train_flags, "run": name}
     tset = load(TrainSettings, train_flags, STATE.config)
-    tok = load(
-        TokenizerSettings,
-        {k: given.get(k) for k in ("size", "tokens", "channels", "mask_max")},
-        STATE.config,
-    )
+    tok_flags = {k: given.get(k) for k in ("size", "tokens", "channels", "mask_max")}
+    if stored:
+        tok_flags = _merged(stored, "tokenizer", {k: v for k, v in tok_flags.items() if v is not None})
+    tok = load(TokenizerSettings, tok_flags, STATE.config)
     if tset.max_steps is None and tset.minutes is None and tset.epochs is None:
         raise ConfigError("give a training budget: --max-steps N, --minutes M or --epochs E")
     if given.get("videos"):
@@ -301,14 +377,19 @@ def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None
         videos = list_videos(src)
         if not videos:
             raise ConfigError(f"no videos under {src}; run `ahri fetch` first (e.g. ahri fetch --source game)")
-    console.print(f"[bold]tokenizer[/] run [cyan]{name}[/] on {len(videos)} videos", highlight=False)
-    with RichProgress(console) as progress:
-        summary = train_tokenizer(ws.run_dir(name), videos, tset, tok, progress, cache_dir=ws.cache)
-    for line in summary_lines(summary):
-        out.print(line, highlight=False)
-    if summary.get("stopped"):
-        console.print(f"stopped by {summary['stopped']}; continue with: ahri train --stage tokenizer --run {name} --resume",
-                      highlight=False)
+    setup_threads(tset.threads)
+    run_dir = ws.run_dir(name)
+    with run_log(run_dir / "log.txt"):
+        info(f"[bold]tokenizer[/] run [cyan]{name}[/] on {len(videos)} videos")
+        with RichProgress() as progress:
+            summary = train_tokenizer(run_dir, videos, tset, tok, progress, cache_dir=ws.cache)
+        for line in summary_lines(summary):
+            out.print(line, highlight=False)
+        if summary.get("stopped"):
+            info(f"stopped by {summary['stopped']}; continue with: "
+                 f"{command_line('train', '--stage', 'tokenizer', '--run', name, '--resume')}")
+            raise typer.Exit(INTERRUPTED)
+        next_step("tokenize", "--tokenizer", name)
 
 
 def register(app: typer.Typer) -> None:

@@ -4,7 +4,10 @@
   ``config`` (the full model config as JSON) and any extra JSON fields. A checkpoint alone rebuilds its model.
 - ``<name>.state.pt``: optimizer, step, RNG states, data position, EMA... saved with ``torch.save`` and read
   with ``torch.load(weights_only=True)`` so that loading never runs pickled code.
-Loading is strict: missing, unexpected or reshaped tensors and config mismatches are refused.
+Loading is strict: missing, unexpected or reshaped tensors and config mismatches are refused, and so are
+non-finite tensors. Where a weights file is written into a run, its sha256 is recorded in the run's
+``run.json`` (``weights_sha256``: file name -> the last two hashes, so a crash between the two writes never
+condemns a good file), and loading checks it: a damaged file is refused, naming it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from torch import nn
 import ahri_core
 
 from .errors import CheckpointError
-from .fileio import atomic_path
+from .fileio import atomic_path, sha256_file, write_json_atomic
 
 
 def _listing(names: list[str], n: int = 4) -> str:
@@ -35,14 +38,60 @@ def state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
+def _record_sha(registry: Path, name: str, sha: str) -> None:
+    try:
+        data = json.loads(registry.read_text()) if registry.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        data = {}
+    shas = data.setdefault("weights_sha256", {})
+    prev = shas.get(name) or []
+    if isinstance(prev, str):
+        prev = [prev]
+    shas[name] = [sha] + [x for x in prev if x != sha][:1]
+    write_json_atomic(registry, data)
+
+
+def recorded_shas(path: str | os.PathLike) -> list[str] | None:
+    """The sha256 values recorded for a weights file in the ``run.json`` beside it (None: nothing recorded)."""
+    path = Path(path)
+    registry = path.parent / "run.json"
+    if not registry.is_file():
+        return None
+    try:
+        entry = json.loads(registry.read_text()).get("weights_sha256", {}).get(path.name)
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    if not entry:
+        return None
+    return [entry] if isinstance(entry, str) else list(entry)
+
+
+def verify_sha(path: str | os.PathLike) -> None:
+    """Refuse a weights file whose sha256 differs from the one its run recorded when writing it."""
+    path = Path(path)
+    known = recorded_shas(path)
+    if known is None:
+        return
+    sha = sha256_file(path)
+    if sha not in known:
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: its sha256 ({sha[:12]}...) is not the one recorded in "
+            f"{path.parent / 'run.json'} when it was written ({known[0][:12]}...); restore the file or retrain"
+        )
+
+
 def save_weights(
     path: str | os.PathLike,
     tensors: dict[str, torch.Tensor] | nn.Module,
     kind: str,
     config: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    registry: str | os.PathLike | None = None,
 ) -> Path:
-    """Write weights + config atomically. ``extra`` values are stored as JSON strings."""
+    """Write weights + config atomically. ``extra`` values are stored as JSON strings.
+
+    ``registry``: a run's ``run.json``; the file's sha256 is recorded there before it takes its final name.
+    """
     if isinstance(tensors, nn.Module):
         tensors = state_dict_for_save(tensors)
     else:
@@ -53,6 +102,8 @@ def save_weights(
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
+        if registry is not None:
+            _record_sha(Path(registry), path.name, sha256_file(tmp))
     return path
 
 
@@ -107,10 +158,15 @@ def load_weights(
         if diff:
             d = ", ".join(f"{k}: checkpoint {found_config.get(k, '<missing>')!r} vs model {config.get(k, '<missing>')!r}" for k in diff[:4])
             raise CheckpointError(f"checkpoint {path} was made with another model config ({d})")
+    verify_sha(path)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"checkpoint {path} cannot be read ({e})") from None
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"checkpoint {path} is damaged: tensor {bad[0]} holds non-finite values"
+                              + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
     own = model.state_dict()
     missing = [k for k in own if k not in tensors]
     unexpected = [k for k in tensors if k not in own]

@@ -68,7 +68,7 @@ class DemoSettings(Section):
     tokenizer_mask_max: float = Field(
         0.0, ge=0, lt=1, description="MAE drop rate bound of the demo's tokenizer (the preset uses 0.9; see docs/tokenizer.md)"
     )
-    dynamics_precision: Precision = Field("fp32", description="fp32 is faster for the cpu preset on CPU")
+    precision: Precision = Field("auto", description="auto (measured on this machine per model), bf16 or fp32")
     # optional step caps (reproducible runs on a busy machine: the time budget still applies)
     tokenizer_max_steps: int | None = Field(None, ge=1)
     dynamics_max_steps: int | None = Field(None, ge=1)
@@ -122,7 +122,7 @@ def _sampling_calls(s: DemoSettings) -> tuple[int, int]:
     return eval_calls, rollout_calls
 
 
-def estimate_sampling_seconds(s: DemoSettings, config, trials: int = 5) -> float:
+def estimate_sampling_seconds(s: DemoSettings, config, trials: int = 5, cache_dir: Any = None) -> float:
     """Seconds the evaluation and the rollout will take with a model of ``config`` on this machine.
 
     Times a few KV-cached single-frame calls at the evaluation's batch size (and at batch 1 for the rollout)
@@ -131,9 +131,20 @@ def estimate_sampling_seconds(s: DemoSettings, config, trials: int = 5) -> float
     import torch
 
     from .models.dynamics import DynamicsModel
+    from .runtime import autocast, choose_precision
 
     model = DynamicsModel(config).eval()
     ctx_len = min(s.context, config.max_frames - 1)
+    cpu = torch.device("cpu")
+
+    @torch.inference_mode()
+    def one_call(precision: str) -> None:
+        z = torch.randn(s.eval_clips, 2, config.tokens, config.channels)
+        with autocast(cpu, precision):
+            model(z, torch.full((s.eval_clips, 2), 0.5), torch.full((s.eval_clips, 2), 1.0 / config.k_max))
+
+    precision = choose_precision(s.precision, cpu, step=one_call, key=f"demo sampling {config.weights_fields()}",
+                                 cache_dir=cache_dir).precision
 
     @torch.inference_mode()
     def per_call(batch: int) -> float:
@@ -141,7 +152,7 @@ def estimate_sampling_seconds(s: DemoSettings, config, trials: int = 5) -> float
         tau, step = torch.full((batch, 1), 0.5), torch.full((batch, 1), 1.0 / config.k_max)
         cache = model.new_cache(batch, config.max_frames)
         times = []
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast(cpu, precision):
             for _ in range(ctx_len):
                 model.step(z, tau, step, None, cache, True)
             for _ in range(trials):
@@ -155,11 +166,13 @@ def estimate_sampling_seconds(s: DemoSettings, config, trials: int = 5) -> float
     return 1.25 * seconds + 10.0  # decoding, metrics, plots and videos
 
 
-def _tokenize(tokenizer_run: Path, videos: list, out_root: Path, val_fraction: float, progress: Progress) -> Path:
+def _tokenize(tokenizer_run: Path, videos: list, out_root: Path, val_fraction: float, progress: Progress,
+              precision: str = "auto") -> Path:
     """Tokenize ``videos`` with the tokenizer stage's library function; returns the latent set directory."""
     from .tokenize import tokenize_videos
 
-    res = tokenize_videos(tokenizer_run, videos, out_root, val_fraction=val_fraction, progress=progress)
+    res = tokenize_videos(tokenizer_run, videos, out_root, val_fraction=val_fraction, progress=progress,
+                          precision=precision)
     if not res.ok:
         raise DataError(f"tokenizing the game clips failed: {res.failed[0][0]}: {res.failed[0][1]}")
     return Path(res.out_dir)
@@ -222,7 +235,7 @@ def run_demo(
     tcfg = tokenizer_config(s.tokenizer_preset, image_size=s.size)
     shape = dynamics_config(s.dynamics_preset, tokens=tcfg.tokens, channels=tcfg.channels, k_max=s.k_max,
                             max_frames=max(s.seq_len_short, s.seq_len_long))
-    reserve_eval = max(estimate_sampling_seconds(s, shape), s.eval_share * clock.budget)
+    reserve_eval = max(estimate_sampling_seconds(s, shape, cache_dir=ws.cache), s.eval_share * clock.budget)
 
     # 2. tokenizer: its share of what is left after the reserve and a tokenize allowance
     t = stage(STAGES[1])
@@ -236,7 +249,7 @@ def run_demo(
     tok_minutes = max(s.tokenizer_share * train_left, MIN_TRAIN_SECONDS) / 60
     ttrain = TrainSettings(stage="tokenizer", preset=s.tokenizer_preset, run=tok_name, minutes=tok_minutes,
                            max_steps=s.tokenizer_max_steps,
-                           seed=s.seed, val_every=10**9, checkpoint_every=10**9, log_every=20,
+                           seed=s.seed, val_every=10**9, checkpoint_every=10**9, log_every=20, precision=s.precision,
                            **({"batch_size": s.tokenizer_batch_size} if s.tokenizer_batch_size else {}))
     tok_summary = train_tokenizer(ws.run_dir(tok_name), videos, ttrain,
                                   TokenizerSettings(size=s.size, val_fraction=s.val_fraction, val_frames=64,
@@ -247,7 +260,7 @@ def run_demo(
 
     # 3. tokenize
     t = stage(STAGES[2])
-    lat_dir = _tokenize(ws.run_dir(tok_name), videos, ws.latents, s.val_fraction, prog)
+    lat_dir = _tokenize(ws.run_dir(tok_name), videos, ws.latents, s.val_fraction, prog, s.precision)
     done(STAGES[2], t)
 
     # 4. dynamics: everything left but what sampling will take
@@ -259,7 +272,7 @@ def run_demo(
     dtrain = TrainSettings(stage="dynamics", preset=s.dynamics_preset, run=dyn_name, minutes=1.0,
                            max_steps=s.dynamics_max_steps,
                            seed=s.seed, lr=s.dynamics_lr, ema=s.dynamics_ema, warmup_steps=50, val_every=10**9,
-                           precision=s.dynamics_precision,
+                           precision=s.precision,
                            checkpoint_every=10**9, log_every=20)
     lset = load_latent_set(lat_dir)
     dyn_minutes = max(clock.left() - reserve_eval - 0.02 * clock.budget, MIN_TRAIN_SECONDS) / 60
@@ -274,7 +287,7 @@ def run_demo(
     world = load_world_model(ws.run_dir(dyn_name), ws, tokenizer=ws.run_dir(tok_name))
     samp = SamplingSettings(steps=s.steps, context=s.context, horizon=s.horizon, tau_ctx=s.tau_ctx,
                             clips=s.eval_clips, seed=s.seed, batch_size=max(1, s.eval_clips))
-    report = evaluate(world, lat_dir, samp, workspace=ws, samples=s.samples, progress=prog)
+    report = evaluate(world, lat_dir, samp, workspace=ws, samples=s.samples, progress=prog, precision=s.precision)
     done(STAGES[4], t)
 
     # 6. roll out one held-out clip (the first evaluation clip's video)
@@ -286,7 +299,7 @@ def run_demo(
     if clip_path is not None:
         ctx = min(s.context, max(1, s.frames - 1))
         ro = rollout_clip(clip_path, world, steps=min(s.steps), context=ctx, horizon=s.rollout_horizon,
-                          tau_ctx=s.tau_ctx, seed=s.seed, progress=prog)
+                          tau_ctx=s.tau_ctx, seed=s.seed, progress=prog, precision=s.precision)
     done(STAGES[5], t)
     prog.finish("demo")
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import difflib
 import os
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -37,6 +39,8 @@ def read_toml(path: str | os.PathLike) -> dict:
         return tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}") from None
 
 
 class _TomlSection(PydanticBaseSettingsSource):
@@ -49,9 +53,11 @@ class _TomlSection(PydanticBaseSettingsSource):
         path = _CONFIG_FILE.get()
         if path is None:
             return {}
-        table = read_toml(path).get(self.settings_cls.section, {})
+        section = self.settings_cls.section
+        table = read_toml(path).get(section, {})
         if not isinstance(table, dict):
-            raise ConfigError(f"config file {path}: [{self.settings_cls.section}] must be a table")
+            line = _line_of(Path(path), [section])
+            raise ConfigError(f"{_where(path, line)}: {section} must be a table ([{section}] followed by its settings)")
         return table
 
 
@@ -88,17 +94,154 @@ def config_file(path: str | os.PathLike | None) -> Iterator[None]:
         _CONFIG_FILE.reset(token)
 
 
-def format_validation_error(err: ValidationError, section: str) -> str:
+def format_validation_error(
+    err: ValidationError, section: str, fields: Iterable[str] | None = None, config: str | os.PathLike | None = None
+) -> str:
+    """One line for the first error: the setting, the value given and what is allowed.
+
+    ``fields``: the section's field names, for "did you mean" on an unknown key; ``config``: the config
+    file, to name the line an unknown key is on.
+    """
     e = err.errors()[0]
     loc = ".".join(str(x) for x in e.get("loc", ()))
     name = f"{section}.{loc}" if loc else section
     value = e.get("input")
     msg = e.get("msg", "invalid value")
     if e.get("type") == "extra_forbidden":
-        return f"unknown setting {name} (not a field of [{section}])"
+        key = str(e.get("loc", ("",))[0])
+        where = ""
+        if config is not None:
+            line = _line_of(Path(config), [section, key])
+            if line is not None:
+                where = f" ({_where(config, line)})"
+        return f"unknown setting {name}{where}{_key_hint(key, section, sorted(fields or ()))}"
     if isinstance(value, dict):
         return f"invalid setting {name}: {msg}"
     return f"invalid setting {name}={value!r}: {msg}"
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole config file: every table and key must be known
+# ----------------------------------------------------------------------------------------------
+
+# Modules that define Section subclasses outside this file; imported by known_sections().
+SECTION_MODULES = ("ahri_core.train.tokenizer", "ahri_core.demo")
+
+
+def known_sections() -> dict[str, list[str]]:
+    """Every config table (a :class:`Section` subclass's ``section``) and its field names, sorted."""
+    import importlib
+
+    for mod in SECTION_MODULES:
+        importlib.import_module(mod)
+    found: dict[str, set[str]] = {}
+    stack: list[type[Section]] = list(Section.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if cls.section:
+            found.setdefault(cls.section, set()).update(cls.model_fields)
+    return {k: sorted(v) for k, v in sorted(found.items())}
+
+
+def _where(path: str | os.PathLike, line: int | None) -> str:
+    return f"config file {path}, line {line}" if line is not None else f"config file {path}"
+
+
+_KEY_PART = r"""(?:"[^"]*"|'[^']*'|[A-Za-z0-9_-]+)"""
+_HEADER = re.compile(rf"^\s*\[\[?\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*\]\]?\s*(?:#.*)?$")
+_KEY = re.compile(rf"^\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*=")
+
+
+def _parts(dotted: str) -> list[str]:
+    return [p.strip("\"'") for p in re.findall(_KEY_PART, dotted)]
+
+
+def _line_of(path: Path, target: list[str]) -> int | None:
+    """The first line (1-based) that defines the table or key ``target`` (e.g. ["train", "lr"]), if found."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    current: list[str] = []
+    for i, raw in enumerate(lines, 1):
+        m = _HEADER.match(raw)
+        if m:
+            current = _parts(m.group(1))
+            full = current
+        else:
+            k = _KEY.match(raw)
+            if not k:
+                continue
+            full = current + _parts(k.group(1))
+        if full[: len(target)] == target:
+            return i
+    return None
+
+
+def _close(word: str, choices: Iterable[str]) -> list[str]:
+    choices = list(choices)
+    # whole words first ("lr" for "lr_rate", "seq_len" for "seq"), then spelling ("max_height" for "max_heigth")
+    near = [c for c in choices if word.startswith(c + "_") or c.startswith(word + "_")]
+    near += [c for c in difflib.get_close_matches(word, choices, n=2, cutoff=0.6) if c not in near]
+    return near[:3]
+
+
+def _key_hint(key: str, section: str, fields: list[str], sections: dict[str, list[str]] | None = None) -> str:
+    hint = ""
+    near = _close(key, fields)
+    if near:
+        hint += f"; did you mean {' or '.join(near)}?"
+    if sections is not None:
+        elsewhere = [f"[{name}]" for name, fs in sections.items() if name != section and key in fs]
+        if elsewhere:
+            hint += f"; {key} is a setting of {', '.join(elsewhere)}"
+    if fields:
+        hint += f" (settings of [{section}]: {', '.join(fields)})"
+    return hint
+
+
+def config_problems(path: str | os.PathLike) -> list[str]:
+    """Every unknown table or key in the config file at ``path``, one message each (empty: the file is fine).
+
+    Values are not checked here; each component validates its own table when it loads its settings.
+    """
+    p = Path(path)
+    data = read_toml(p)
+    sections = known_sections()
+    tables = ", ".join(f"[{n}]" for n in sections)
+    problems: list[str] = []
+    for name, value in data.items():
+        line = _line_of(p, [name])
+        if name not in sections:
+            if isinstance(value, dict):
+                near = _close(name, sections)
+                hint = f"; did you mean {' or '.join(f'[{n}]' for n in near)}?" if near else ""
+                problems.append(f"{_where(p, line)}: unknown table [{name}]{hint} (tables: {tables})")
+            else:
+                owners = [f"[{n}]" for n, fs in sections.items() if name in fs]
+                hint = f"; put it under {' or '.join(owners)}" if owners else ""
+                problems.append(
+                    f"{_where(p, line)}: setting {name} is outside any table{hint} (every setting belongs to a table: {tables})"
+                )
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"{_where(p, line)}: {name} must be a table ([{name}] followed by its settings)")
+            continue
+        fields = sections[name]
+        for key in value:
+            if key not in fields:
+                kline = _line_of(p, [name, key])
+                problems.append(f"{_where(p, kline)}: unknown setting {name}.{key}{_key_hint(key, name, fields, sections)}")
+    return problems
+
+
+def check_config_file(path: str | os.PathLike) -> None:
+    """Raise :class:`ConfigError` naming the file, line and known names at the first unknown table or key."""
+    problems = config_problems(path)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConfigError(problems[0] + more)
 
 
 S = TypeVar("S", bound=Section)
@@ -113,7 +256,7 @@ def load(cls: type[S], flags: dict[str, Any] | None = None, config: str | os.Pat
                 return cls(**given)
         return cls(**given)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, cls.section)) from None
+        raise ConfigError(format_validation_error(e, cls.section, cls.model_fields, config)) from None
     except ValueError as e:  # malformed env values (e.g. bad JSON list)
         raise ConfigError(f"invalid setting in [{cls.section}]: {e}") from None
 
@@ -201,7 +344,7 @@ class TrainSettings(Section):
     val_every: int = Field(250, ge=1, description="steps between validations")
     log_every: int = Field(10, ge=1)
     resume: bool = False
-    compile: bool = False
+    max_bad_steps: int = Field(5, ge=1, le=1000, description="non-finite steps in a row that stop a run as diverged")
 
     @field_validator("device")
     @classmethod
@@ -237,7 +380,7 @@ class DiffusionSettings(Section):
     """Diffusion forcing and shortcut forcing (tau = 0 clean, tau = 1 noise)."""
 
     section: ClassVar[str] = "diffusion"
-    shortcut: bool = False
+    shortcut: bool = Field(True, description="shortcut forcing: few-step sampling (eval and rollout use 4 steps)")
     k_max: int = Field(64, ge=1, le=4096, description="finest step count; d_min = 1/k_max")
     step_sampling: Literal["inverse", "uniform"] = "inverse"
     bootstrap_fraction: float = Field(0.25, ge=0, le=1)

@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.frames import Decoder, VideoRef, as_video_refs, default_decoder, split_videos, to_tensor
+from .data.frames import Decoder, VideoRef, as_video_refs, default_decoder, split_videos
 from .data.latents import INDEX_FORMAT, read_latent_metadata, write_index, write_latent_file
-from .errors import AhriError, ConfigError
+from .errors import AhriError, CheckpointError, ConfigError
 from .fileio import sha256_file
-from .models.tokenizer import Tokenizer, decode_latents, encode_frames, load_tokenizer, weights_for_inference
+from .models.tokenizer import Tokenizer, encode_frames, load_tokenizer, weights_for_inference
 from .progress import Progress, ensure
-from .runtime import resolve_device
+from .runtime import autocast, choose_precision, resolve_device
 
 
 # ---------------------------------------------------------------------------------------------- resolve
@@ -75,17 +75,28 @@ def tokenize_video(
     video: VideoRef | Any,
     batch_size: int = 64,
     device: torch.device | str | None = None,
-    precision: str = "bf16",
+    precision: str = "fp32",
     decoder: Decoder | None = None,
     on_batch: Any = None,
+    weights: str | os.PathLike | None = None,
 ) -> torch.Tensor:
-    """All frames of one video at the tokenizer's fps and size -> latents fp16 (T, N, C)."""
+    """All frames of one video at the tokenizer's fps and size -> latents fp16 (T, N, C).
+
+    A batch whose latents are not finite (a damaged tokenizer) stops the video with an error naming
+    ``weights`` (the tokenizer file), before anything is written.
+    """
     ref = as_video_refs([video])[0]
     cfg = model.cfg
     frames = (decoder or default_decoder)(ref.path, cfg.fps, cfg.image_size)
     parts = []
     for batch in _batches(frames, batch_size):
-        parts.append(encode_frames(model, batch, device, precision).to(torch.float16))
+        z = encode_frames(model, batch, device, precision)
+        if not bool(torch.isfinite(z).all()):
+            raise CheckpointError(
+                f"tokenizer {weights or '(in memory)'} produced non-finite latents for {ref.path}; "
+                "the weights are damaged or the training diverged: retrain or restore the file"
+            )
+        parts.append(z.to(torch.float16))
         if on_batch is not None:
             on_batch(len(batch))
     if not parts:
@@ -128,6 +139,7 @@ class TokenizeResult:
     frames: int = 0  # frames encoded in this run
     seconds: float = 0.0
     index: dict[str, Any] = field(default_factory=dict)
+    precision: dict[str, Any] = field(default_factory=dict)  # the precision used and why
 
     @property
     def ok(self) -> bool:
@@ -159,17 +171,19 @@ def tokenize_videos(
     *,
     batch_size: int = 64,
     device: str = "auto",
-    precision: str = "bf16",
+    precision: str = "auto",
     val_fraction: float | None = None,
     runs_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
     decoder: Decoder | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> TokenizeResult:
     """Tokenize ``videos`` into ``<out_root>/<tokenizer-id>/``; see the module docstring.
 
     tokenizer: run name (under ``runs_dir``), run directory or weights file. videos: ``VideoRecord``s or
     paths. val_fraction: held-out share of videos; default: the value the tokenizer was trained with
-    (so the latent split matches the tokenizer's), else 0.1.
+    (so the latent split matches the tokenizer's; 0 stays 0), else 0.1. precision: auto (chosen on this
+    machine by timing the encoder, cached in ``cache_dir``, default ``<out_root>/../cache``), bf16 or fp32.
     """
     p = ensure(progress)
     if batch_size < 1:
@@ -180,12 +194,25 @@ def tokenize_videos(
     cfg = model.cfg
     wsha = sha256_file(weights)
     if val_fraction is None:
-        val_fraction = float(extra.get("val_fraction", 0.1) or 0.1)
+        stored = extra.get("val_fraction")
+        val_fraction = 0.1 if stored is None else float(stored)
+    if cache_dir is None:
+        cache_dir = Path(out_root).parent / "cache"
+
+    @torch.inference_mode()
+    def encode_once(p: str) -> None:
+        x = torch.rand(batch_size, 3, cfg.image_size, cfg.image_size, device=dev)
+        with autocast(dev, p):
+            model.encode(x)
+
+    choice = choose_precision(precision, dev, step=encode_once, key=f"tokenize {json.dumps(cfg.to_dict(), sort_keys=True)} "
+                              f"batch {batch_size}", cache_dir=cache_dir)
+    precision = choice.precision
     out_dir = Path(out_root) / tid
     out_dir.mkdir(parents=True, exist_ok=True)
     refs = as_video_refs(videos)
-    res = TokenizeResult(out_dir=out_dir, tokenizer_id=tid)
-    p.log(f"{model.summary()}; weights {weights}")
+    res = TokenizeResult(out_dir=out_dir, tokenizer_id=tid, precision=choice.to_dict())
+    p.log(f"{model.summary()}; weights {weights}; {choice.line()}")
 
     meta_of: dict[str, dict[str, str]] = {}
 
@@ -265,7 +292,7 @@ def tokenize_videos(
             p.advance("tokenize", n, video=vid, fps=res.frames / dt)
 
         try:
-            lat = tokenize_video(model, r, batch_size, dev, precision, decoder, on_batch=advanced)
+            lat = tokenize_video(model, r, batch_size, dev, precision, decoder, on_batch=advanced, weights=weights)
             actions, kind = _aligned_actions(r, lat.shape[0], cfg.fps, res.notes)
             meta = {
                 "format": INDEX_FORMAT,
@@ -293,6 +320,8 @@ def tokenize_videos(
             res.written.append(r.id)
             dt = time.perf_counter() - t_video
             p.log(f"{r.id}: {lat.shape[0]} frames in {dt:.1f}s ({(res.frames - n_before) / max(dt, 1e-9):.0f} frames/s)")
+        except CheckpointError:
+            raise  # the tokenizer itself is bad: no later video would fare better
         except (AhriError, OSError) as e:
             res.failed.append((r.id, str(e)))
             p.log(f"failed {r.id}: {e}")

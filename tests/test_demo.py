@@ -63,6 +63,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     d = DemoSettings()
     _, tcfg, _ = read_metadata(next((ws / "runs").glob("demo-tokenizer-*/model.safetensors")))
     assert tcfg["mask_max"] == d.tokenizer_mask_max  # the demo's own setting, not the preset's 0.9
-    run = json.loads(next((ws / "runs").glob("demo-dynamics-*/run.json")).read_text())["settings"]
+    meta = json.loads(next((ws / "runs").glob("demo-dynamics-*/run.json")).read_text())
+    run = meta["settings"]
     assert run["diffusion"]["single_image_fraction"] == d.single_image_fraction and run["diffusion"]["shortcut"]
-    assert run["train"]["precision"] == d.dynamics_precision and run["train"]["lr"] == d.dynamics_lr
+    assert run["train"]["precision"] == d.precision == "auto" and run["train"]["lr"] == d.dynamics_lr
+    # auto was resolved on this machine, and the run says to what and why
+    assert meta["precision"]["precision"] in ("bf16", "fp32") and meta["precision"]["reason"]

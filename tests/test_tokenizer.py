@@ -283,7 +283,7 @@ def test_train_writes_run_and_reaches_its_val_psnr(store, tmp_path):
     assert all("frames_per_s" in r and "psnr" in r for r in recs_log if r["kind"] == "train")
     assert summary["step"] == 30 and summary["val_heldout"] and summary["val_videos"] == 1
     assert summary["val_psnr"] > summary["first_val_psnr"] + 3
-    assert json.loads((run / "run.json").read_text())["finished"] is True
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
     # decode(encode(x)) of the held-out video reproduces its frames to the validation PSNR
     model, extra = load_tokenizer(run / "model.safetensors")
     assert extra["val_videos"] and extra["step"] == 30
@@ -314,7 +314,7 @@ KILLER = textwrap.dedent(
     from ahri_core.sources.store import list_videos
     from ahri_core.train.tokenizer import train_tokenizer
 
-    def on_step(step):
+    def on_step(step, rec):
         if step == {kill_at}:
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -367,7 +367,7 @@ def test_perceptual_term_hook(store, tmp_path):
     tok = TokenizerSettings(perceptual_weight=0.5, perceptual_model=tmp_path / "l1.pt2")
     out = train_tokenizer(tmp_path / "p1", recs, tiny_train(max_steps=2), tok, cache_dir=root / "cache")
     state = torch.load(tmp_path / "p1" / "model.state.pt", weights_only=True)
-    assert out["step"] == 2 and int(state["rms"]["perceptual"]["count"]) == 2
+    assert out["step"] == 2 and int(state["objective"]["rms"]["perceptual"]["count"]) == 2
     calls = []
     train_tokenizer(tmp_path / "p2", recs, tiny_train(max_steps=2), TokenizerSettings(perceptual_weight=0.5),
                     cache_dir=root / "cache", perceptual=lambda r, t: calls.append(1) or (r - t).abs().mean())

@@ -32,7 +32,7 @@ def make_store(directory: Path, n: int = 4, frames: int = 24, size: int = 32, fi
 
 def tiny_train(**kw) -> TrainSettings:
     base = dict(stage="tokenizer", preset="tiny", max_steps=8, batch_size=8, lr=3e-3, warmup_steps=2,
-                log_every=2, val_every=4, checkpoint_every=4, device="cpu", seed=0)
+                log_every=2, val_every=4, checkpoint_every=4, device="cpu", seed=0, precision="fp32")
     base.update(kw)
     return TrainSettings(**base)
 

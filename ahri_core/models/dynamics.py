@@ -539,12 +539,14 @@ def load_dynamics(
 
 # ---------------------------------------------------------------------------------------------- loading
 def _weights_path(run_or_path: str | os.PathLike) -> Path:
+    """A run directory's inference weights (``ema.safetensors`` when the run keeps an EMA, else
+    ``model.safetensors``), or the weights file itself."""
     p = Path(run_or_path)
     if p.is_dir():
-        w = p / "model.safetensors"
-        if not w.is_file():
-            raise CheckpointError(f"run {p} has no model.safetensors (has it trained a step yet?)")
-        return w
+        for name in ("ema.safetensors", "model.safetensors"):
+            if (p / name).is_file():
+                return p / name
+        raise CheckpointError(f"run {p} has no model.safetensors (has it trained a step yet?)")
     if p.is_file():
         return p
     raise CheckpointError(f"{p} is neither a run directory nor a checkpoint file")

@@ -21,6 +21,33 @@ from torch import nn
 from ..errors import ConfigError
 from ..fileio import append_jsonl, write_json_atomic
 
+# ---------------------------------------------------------------------------------------------- presets
+# Training defaults per stage and preset, used for any TrainSettings field that was not set explicitly
+# (flag, config file, environment or constructor argument). cpu: tuned for 2 CPU cores (the demo);
+# small / medium / large: single GPUs.
+PRESET_TRAINING: dict[str, dict[str, dict[str, Any]]] = {
+    "tokenizer": {
+        "tiny": {"batch_size": 16, "lr": 3e-3, "warmup_steps": 10},
+        "cpu": {"batch_size": 16, "lr": 4e-3, "warmup_steps": 50},
+        "small": {"batch_size": 64, "lr": 1e-3, "warmup_steps": 500},
+        "medium": {"batch_size": 64, "lr": 6e-4, "warmup_steps": 1000},
+        "large": {"batch_size": 64, "lr": 4e-4, "warmup_steps": 2000},
+    },
+    "dynamics": {
+        "tiny": {"batch_size": 8, "lr": 3e-3, "warmup_steps": 20},
+        "cpu": {"batch_size": 8, "lr": 1e-3, "warmup_steps": 50, "ema": 0.99},
+        "small": {"batch_size": 8, "lr": 3e-4, "warmup_steps": 1000, "ema": 0.999},
+        "medium": {"batch_size": 8, "lr": 2e-4, "warmup_steps": 2000, "ema": 0.999},
+    },
+}
+
+
+def with_preset_defaults(train: Any, stage: str | None = None) -> Any:
+    """``train`` (TrainSettings) with its stage's preset defaults where a field was not given."""
+    rec = PRESET_TRAINING.get(stage or train.stage, {}).get(train.preset, {})
+    upd = {k: v for k, v in rec.items() if k not in train.model_fields_set}
+    return train.model_copy(update=upd) if upd else train
+
 
 # ---------------------------------------------------------------------------------------------- schedule
 def lr_factor(step: int, warmup: int, progress: float, min_ratio: float = 0.1) -> float:
@@ -250,7 +277,8 @@ class RunDir:
             raise ConfigError(f"run {self.path} already exists: pass --resume to continue it or choose another --run name")
         self.path.mkdir(parents=True, exist_ok=True)
         if not meta.exists():
-            write_json_atomic(meta, {"stage": stage, "settings": settings, "created": datetime.now().isoformat(), "finished": False})
+            write_json_atomic(meta, {"stage": stage, "settings": settings, "created": datetime.now().isoformat(),
+                                     "status": "running", "reason": None, "step": 0})
         return self
 
     def update_meta(self, **fields: Any) -> None:
@@ -269,5 +297,21 @@ class RunDir:
         return self.path / "model.safetensors"
 
     @property
+    def ema_weights(self) -> Path:
+        return self.path / "ema.safetensors"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.safetensors"
+
+    @property
     def state(self) -> Path:
         return self.path / "model.state.pt"
+
+    def meta(self) -> dict[str, Any]:
+        import json
+
+        try:
+            return json.loads((self.path / "run.json").read_text())
+        except (OSError, ValueError):
+            return {}

@@ -8,18 +8,19 @@ model for eval and rollout. The objective lives in :mod:`ahri_core.diffusion`, t
 Run directory (``runs/<name>/``):
 - ``run.json``: stage, resolved settings, the latent set (path, tokenizer id), model config, status;
 - ``metrics.jsonl``: one record per log interval (``"kind": "train"``) and per validation (``"val"``);
-- ``model.safetensors``: weights (EMA weights when EMA is on) with the model config and the resolved
-  settings in the metadata; ``model.state.pt``: raw weights, optimizer, EMA, loss normaliser, RNG
-  states and the data position, from which ``resume`` continues bit for bit (fixed seed, same device).
+- ``model.safetensors`` (raw weights) and ``ema.safetensors`` (EMA weights, when EMA is on; what eval and
+  rollout load), ``best.safetensors`` (the lowest held-out next-frame error), each with the model config
+  and the resolved settings in the metadata; ``model.state.pt``: everything ``--resume`` needs to continue
+  bit for bit (fixed seed, same device).
+
+The stage is a :class:`DynamicsObjective` run by the one training loop (``train/loop.py``).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,44 +28,26 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import config_mismatch
 from ..data.windows import LatentSet, LatentVideo, load_latent_set, make_loader, validation_windows
 from ..diffusion import add_noise, forcing_loss, sample_noise_levels
 from ..errors import CheckpointError, ConfigError, DataError
-from ..fileio import read_jsonl, write_text_atomic
+from ..fileio import read_jsonl
 from ..models.dynamics import KIND, DynamicsConfig, DynamicsModel, dynamics_config
 from ..progress import Progress, ensure
+from ..runtime import autocast, resolve_device
 from ..settings import DataSettings, DiffusionSettings, TrainSettings
-from ..checkpoint import config_mismatch, load_state, load_weights, read_metadata, save_state, save_weights
-from ..runtime import autocast, choose_precision, resolve_device
-from .common import (
-    EMA,
-    Budget,
-    RunDir,
-    RunningRMS,
-    StopRequest,
-    lr_factor,
-    make_adamw,
-    rng_state,
-    seed_everything,
-    set_lr,
-    set_rng_state,
-)
+from .common import RunDir, RunningRMS, StopRequest, seed_everything, with_preset_defaults
+from .loop import Objective, StepOut, load_resume_state, run_loop
 
 STAGE = "dynamics"
 VAL_TAUS = (0.1, 0.5, 0.9)  # validation: every frame noised to each of these levels
 VAL_TAU_CTX = 0.1  # validation of next-frame prediction: context noised (and labelled) like the sampler does
 VAL_WINDOWS = 32
-# Training defaults per dynamics preset, used for TrainSettings fields not set explicitly (flag, config
-# file, environment or constructor argument). cpu: tuned for the demo (2 cores, minutes).
-PRESET_TRAINING: dict[str, dict[str, Any]] = {
-    "tiny": {"batch_size": 8, "lr": 3e-3, "warmup_steps": 20},
-    "cpu": {"batch_size": 8, "lr": 1e-3, "warmup_steps": 50, "ema": 0.99},
-    "small": {"batch_size": 8, "lr": 3e-4, "warmup_steps": 1000, "ema": 0.999},
-    "medium": {"batch_size": 8, "lr": 2e-4, "warmup_steps": 2000, "ema": 0.999},
-}
 # Settings that may differ when a run is resumed (they do not change what is computed).
 RESUMABLE = {
-    "train": {"max_steps", "minutes", "epochs", "device", "resume", "log_every", "val_every", "checkpoint_every", "run"},
+    "train": {"max_steps", "minutes", "epochs", "device", "resume", "log_every", "val_every", "checkpoint_every", "run",
+              "threads", "precision", "max_bad_steps"},
     "data": {"num_workers"},
     "diffusion": set(),
 }
@@ -83,24 +66,11 @@ class TrainResult:
     last: dict[str, Any] = field(default_factory=dict)  # the last train record
     val: dict[str, Any] = field(default_factory=dict)  # the last validation record
     first_val: dict[str, Any] = field(default_factory=dict)  # the validation at step 0 (or the first one)
+    best: dict[str, Any] | None = None  # {"metric", "value", "step"} of best.safetensors
+    precision: dict[str, Any] = field(default_factory=dict)  # the precision used and why
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def with_preset_defaults(train: TrainSettings) -> TrainSettings:
-    """``train`` with the dynamics preset's batch size / lr / warmup / EMA where they were not given."""
-    rec = PRESET_TRAINING.get(train.preset, {})
-    upd = {k: v for k, v in rec.items() if k not in train.model_fields_set}
-    return train.model_copy(update=upd) if upd else train
-
-
-def _trim_metrics(path: Path, step: int) -> None:
-    """Drop records written after the checkpoint that a resumed run continues from."""
-    if not path.exists():
-        return
-    keep = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= step]
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
-
-
 def _settings_dict(train: TrainSettings, data: DataSettings, diffusion: DiffusionSettings) -> dict[str, Any]:
     return {
         "train": train.model_dump(mode="json"),
@@ -158,7 +128,7 @@ def validate(
     videos: list[LatentVideo],
     keys: list[tuple[int, int, int]],
     device: torch.device,
-    precision: str = "bf16",
+    precision: str = "fp32",
     shortcut: bool = False,
     batch_size: int = 8,
     seed: int = 12345,
@@ -217,6 +187,159 @@ def validate(
     return out
 
 
+# ---------------------------------------------------------------------------------------------- the objective
+class _Windows:
+    """The loader's batches with an exact position: (epoch, batches consumed in it)."""
+
+    def __init__(self, loader: Any, sampler: Any) -> None:
+        self.loader, self.sampler = loader, sampler
+        self.per_epoch = len(sampler)
+        self.epoch, self.position = 0, 0
+        self._it: Any = None
+
+    def next(self) -> Any:
+        while True:
+            if self._it is None:
+                self.sampler.set_position(self.epoch, self.position)
+                self._it = iter(self.loader)
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self._it = None
+                self.epoch, self.position = self.epoch + 1, 0
+                continue
+            self.position += 1
+            if self.position >= self.per_epoch:  # the epoch's last batch: the next call starts a new epoch
+                self._it = None
+                self.epoch, self.position = self.epoch + 1, 0
+            return batch
+
+    @property
+    def epochs_done(self) -> float:
+        return self.epoch + self.position / self.per_epoch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position, self._it = int(state["epoch"]), int(state["position"]), None
+
+
+class DynamicsObjective(Objective):
+    stage = STAGE
+    kind = KIND
+    task = "train"
+    best_metric = "val_next"
+    best_mode = "min"
+    reduce = {"tau_min": "min", "tau_max": "max", "short_batches": "sum", "long_batches": "sum", "T": "last", "B": "last"}
+
+    def __init__(self, cfg: DynamicsConfig, lset: LatentSet, train: TrainSettings, data: DataSettings,
+                 diffusion: DiffusionSettings, settings: dict[str, Any], device: torch.device) -> None:
+        self.cfg, self.lset, self.train, self.data, self.diffusion = cfg, lset, train, data, diffusion
+        self.settings, self.device = settings, device
+        self.model = DynamicsModel(cfg).to(device)
+        self.model.train()
+        self.normalizer = RunningRMS().to(device)
+        self.gen = torch.Generator().manual_seed(train.seed + 1)  # tau, d, item flags (CPU)
+        self.noise_gen = torch.Generator(device=device).manual_seed(train.seed + 2)  # the noise tensors
+        short, long, ratio = _loader_shapes(train, data)
+        loader, sampler = make_loader(lset.train, short, long, ratio, data.stride, train.seed, lset.action_kind,
+                                      lset.action_dim, data.num_workers)
+        self.windows = _Windows(loader, sampler)
+        self.short = short
+        self.teacher = copy.deepcopy(self.model) if (diffusion.ema_teacher and diffusion.shortcut) else None
+        if self.teacher is not None and train.ema <= 0:
+            raise ConfigError("diffusion.ema_teacher needs EMA weights: set --ema (train.ema > 0)")
+        self.val_keys = validation_windows(lset.val, _val_length(data), data.stride, VAL_WINDOWS) if lset.val else []
+
+    def model_config(self) -> dict[str, Any]:
+        return self.cfg.model_dump(mode="json")
+
+    def weights_extra(self) -> dict[str, Any]:
+        return {"settings": self.settings, "latents": self.lset.describe(), "tokenizer_id": self.lset.tokenizer_id,
+                "shortcut": self.diffusion.shortcut, "k_max": self.diffusion.k_max, "max_frames": self.cfg.max_frames}
+
+    def steps_per_epoch(self) -> int:
+        return self.windows.per_epoch
+
+    def epochs_done(self) -> float:
+        return self.windows.epochs_done
+
+    def next_batch(self) -> Any:
+        return self.windows.next().to(self.device)
+
+    def compute(self, batch: Any, step: int, precision: str) -> StepOut:
+        d = self.diffusion
+        B, T = batch.size, batch.frames
+        levels = sample_noise_levels(
+            B, T, k_max=d.k_max, shortcut=d.shortcut, step_sampling=d.step_sampling,
+            bootstrap_fraction=d.bootstrap_fraction, single_image_fraction=d.single_image_fraction,
+            context_fraction=d.context_fraction, context_tau_max=d.context_tau_max,
+            bootstrap=step >= d.bootstrap_warmup, generator=self.gen,
+        ).to(self.device)
+        noise = torch.randn(batch.latents.shape, generator=self.noise_gen, device=self.device)
+        if self.teacher is not None and bool(levels.bootstrap.any()):
+            self.teacher.load_state_dict(self.ema.averaged(self.model))
+        with autocast(self.device, precision):
+            parts = forcing_loss(self.model, batch.latents, levels, noise, batch.actions, self.normalizer,
+                                 teacher=self.teacher)
+        logs = {"loss": parts.raw, "flow_loss": parts.flow, "bootstrap_loss": parts.bootstrap,
+                "tau_min": parts.tau_min, "tau_max": parts.tau_max, "short_batches": float(batch.kind == "S"),
+                "long_batches": float(batch.kind == "L"), "batch": batch.kind, "T": T, "B": B}
+        return StepOut(parts.loss, logs, B * T)
+
+    def timing_step(self, precision: str) -> None:
+        (T, B) = self.short
+        c = self.cfg
+        x = torch.randn(B, T, self.lset.tokens, self.lset.channels, device=self.device)
+        tau = torch.rand(B, T, device=self.device)
+        step = torch.full((B, T), 1.0 / c.k_max, device=self.device)
+        with autocast(self.device, precision):
+            out = self.model(x, tau, step)
+        out.float().pow(2).mean().backward()
+
+    def shape_key(self) -> str:
+        T, B = self.short
+        return f"{json.dumps(self.cfg.weights_fields(), sort_keys=True, default=str)} batch {B}x{T}"
+
+    def validate(self, step: int, precision: str) -> dict[str, float]:
+        if not self.val_keys:
+            return {}
+        v = validate(self.model, self.lset.val, self.val_keys, self.device, precision, self.diffusion.shortcut)
+        return {f"val_{k}": x for k, x in v.items()}
+
+    def val_line(self, v: dict[str, Any]) -> str:
+        taus = " ".join(f"tau{t:g}={v[f'val_tau={t:g}']:.4f}" for t in VAL_TAUS)
+        return f"val @ step {v['step']}: {taus}  next={v['val_next']:.4f} (copy-last {v['val_copy_last']:.4f})"
+
+    def interval(self, frames: int, seconds: float) -> dict[str, Any]:
+        return {"tokens_per_s": frames * self.lset.tokens / max(seconds, 1e-9)}
+
+    def display(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """The seed's log line: epoch [batch/of], batch kind and length, loss, tau range, batches/s."""
+        w = self.windows
+        out = {
+            "epoch": f"{w.epoch + 1} [{w.position}/{w.per_epoch}]",
+            "batch": f"{rec.get('batch', 'S')} T={rec.get('T', 0)}",
+            "loss": rec["loss"],
+            "tau": f"[{rec.get('tau_min', 0):.2f}-{rec.get('tau_max', 1):.2f}]",
+            "batch/s": round(rec["batches_per_s"], 2),
+        }
+        if rec.get("bootstrap_loss") is not None:
+            out["boot"] = rec["bootstrap_loss"]
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"normalizer": self.normalizer.state_dict(), "gen": self.gen.get_state(),
+                "noise_gen": self.noise_gen.get_state().cpu(), "windows": self.windows.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.normalizer.load_state_dict(state["normalizer"])
+        self.gen.set_state(state["gen"])
+        self.noise_gen.set_state(state["noise_gen"].to(self.noise_gen.get_state().device))
+        self.windows.load_state_dict(state["windows"])
+
+
 # ---------------------------------------------------------------------------------------------- training
 def train_dynamics(
     latents: str | os.PathLike | LatentSet,
@@ -227,6 +350,10 @@ def train_dynamics(
     progress: Progress | None = None,
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
     model_overrides: dict[str, Any] | None = None,
+    *,
+    stop: StopRequest | None = None,
+    after_backward: Callable[[int, torch.nn.Module], None] | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train (or, with ``train.resume``, continue) a dynamics model on a latent set.
 
@@ -234,318 +361,74 @@ def train_dynamics(
     lives (created; an existing run needs ``train.resume``). The budget is ``train.max_steps`` /
     ``train.minutes`` / ``train.epochs``, whichever ends first. ``on_step(step, record)`` is called after
     every optimizer step (record: the step's loss terms, batch shape, lr). SIGTERM and the first Ctrl-C
-    checkpoint and stop. Returns a :class:`TrainResult`.
+    checkpoint and stop. ``cache_dir``: where the precision choice is cached (default: the workspace's
+    ``cache/`` when the run is under ``<workspace>/runs``). Returns a :class:`TrainResult`.
     """
-    train = with_preset_defaults(train or TrainSettings())
+    train = with_preset_defaults(train or TrainSettings(), "dynamics")
     data = data or DataSettings()
     diffusion = diffusion or DiffusionSettings()
     prog = ensure(progress)
     lset = latents if isinstance(latents, LatentSet) else load_latent_set(latents)
     if not lset.train:
         raise DataError(f"latent set {lset.path or '<memory>'} has no training videos")
+    _check_finite(lset)
     device = resolve_device(train.device)
-    train = train.model_copy(update={"precision": choose_precision(train.precision, device).precision})
     settings = _settings_dict(train, data, diffusion)
     run = RunDir(run_dir)
     resuming = train.resume and run.state.is_file()
+    state = None
     if resuming:
-        meta = json.loads((run.path / "run.json").read_text()) if (run.path / "run.json").is_file() else {}
-        _check_resume_settings(meta.get("settings", {}), settings, run.path)
+        _check_resume_settings(run.meta().get("settings", {}), settings, run.path)
+        state = load_resume_state(run, STAGE)
 
     seed_everything(train.seed)
     overrides = dict(model_overrides or {})
-    if resuming and "pack" not in overrides and run.weights.is_file():
+    if resuming and "pack" not in overrides:
         # a run keeps the packing it was made with (runs from before ``pack`` existed are unpacked)
-        overrides["pack"] = int(read_metadata(run.weights)[1].get("pack", 1))
+        overrides["pack"] = int(state["config"].get("pack", 1))
     cfg = model_config_for(lset, train, data, diffusion, **overrides)
-    model = DynamicsModel(cfg).to(device)
-    model.train()
-    opt = make_adamw(model, train.lr, train.weight_decay)
-    ema = EMA(model, train.ema) if train.ema > 0 else None
-    normalizer = RunningRMS().to(device)
-    gen = torch.Generator().manual_seed(train.seed + 1)  # tau, d, item flags (CPU)
-    noise_gen = torch.Generator(device=device).manual_seed(train.seed + 2)  # the noise tensors
-    short, long, ratio = _loader_shapes(train, data)
-    loader, sampler = make_loader(
-        lset.train, short, long, ratio, data.stride, train.seed, lset.action_kind, lset.action_dim, data.num_workers
-    )
-    steps_per_epoch = len(sampler)
-    budget = Budget(train.max_steps, train.minutes, train.epochs, steps_per_epoch)
-    teacher = copy.deepcopy(model) if (diffusion.ema_teacher and diffusion.shortcut) else None
-    if teacher is not None and ema is None:
-        raise ConfigError("diffusion.ema_teacher needs EMA weights: set --ema (train.ema > 0)")
-
-    step, epoch, position = 0, 0, 0
-    first_val: dict[str, Any] = {}
     if resuming:
-        state = load_state(run.state)
         diff = config_mismatch(cfg.weights_fields(), DynamicsConfig(**state["config"]).weights_fields())
         if diff:
             raise CheckpointError(
                 f"--resume of {run.path}: the checkpoint was made with another model config ({', '.join(diff[:4])})"
             )
-        model.load_state_dict(state["model"], strict=True)
-        opt.load_state_dict(state["optimizer"])
-        normalizer.load_state_dict(state["normalizer"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        gen.set_state(state["gen"])
-        noise_gen.set_state(state["noise_gen"].to(noise_gen.get_state().device))
-        set_rng_state(state["rng"])
-        step, epoch, position = int(state["step"]), int(state["epoch"]), int(state["position"])
-        budget.elapsed_before = float(state["elapsed"])
-        first_val = dict(state.get("first_val", {}))
-        _trim_metrics(run.path / "metrics.jsonl", step)
-        prog.log(f"resuming {run.path.name} at step {step} (epoch {epoch + 1}, batch {position})")
     else:
         run.create(STAGE, settings, resume=train.resume)
-    run.update_meta(
-        stage=STAGE,
-        settings=settings,
-        latents=lset.describe(),
-        tokenizer_id=lset.tokenizer_id,
-        model=cfg.model_dump(mode="json"),
-        shortcut=diffusion.shortcut,
-        k_max=diffusion.k_max,
-        max_frames=cfg.max_frames,
-        finished=False,
-    )
-
-    val_keys = validation_windows(lset.val, _val_length(data), data.stride, VAL_WINDOWS) if lset.val else []
-    if not val_keys and not resuming:
+    obj = DynamicsObjective(cfg, lset, train, data, diffusion, settings, device)
+    run.update_meta(stage=STAGE, settings=settings, latents=lset.describe(), tokenizer_id=lset.tokenizer_id,
+                    model=cfg.model_dump(mode="json"), shortcut=diffusion.shortcut, k_max=diffusion.k_max,
+                    max_frames=cfg.max_frames)
+    if not obj.val_keys and not resuming:
         prog.log("no held-out video long enough for validation; validation is skipped")
-
-    def run_validation() -> dict[str, Any]:
-        if not val_keys:
-            return {}
-        if ema is not None:
-            with ema.applied(model):
-                v = validate(model, lset.val, val_keys, device, train.precision, diffusion.shortcut)
-        else:
-            v = validate(model, lset.val, val_keys, device, train.precision, diffusion.shortcut)
-        rec = {"kind": "val", "step": step, "epoch": epoch + position / steps_per_epoch, **{f"val_{k}": x for k, x in v.items()}}
-        run.log(rec)
-        return rec
-
-    def checkpoint(final: bool = False) -> Path:
-        extra = {
-            "settings": settings,
-            "latents": lset.describe(),
-            "tokenizer_id": lset.tokenizer_id,
-            "shortcut": diffusion.shortcut,
-            "k_max": diffusion.k_max,
-            "max_frames": cfg.max_frames,
-            "step": step,
-            "weights": "ema" if ema is not None else "raw",
-        }
-        tensors = ema.averaged(model) if ema is not None else model
-        save_weights(run.weights, tensors, kind=KIND, config=cfg.model_dump(mode="json"), extra=extra)
-        save_state(
-            run.state,
-            {
-                "config": cfg.model_dump(mode="json"),
-                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                "optimizer": opt.state_dict(),
-                "normalizer": normalizer.state_dict(),
-                "ema": ema.state_dict() if ema is not None else {},
-                "gen": gen.get_state(),
-                "noise_gen": noise_gen.get_state().cpu(),
-                "rng": rng_state(),
-                "step": step,
-                "epoch": epoch,
-                "position": position,
-                "elapsed": budget.elapsed(),
-                "first_val": first_val,
-            },
-        )
-        return run.weights
-
-    total = budget.total_steps
-    prog.start("train", total=total, step=step)
-    if not resuming and val_keys:
-        first_val = run_validation()
-    last_val: dict[str, Any] = first_val
-    last: dict[str, Any] = {}
-    acc = _Accumulator()
-    t_log = time.perf_counter()
-    stopped = ""
-    boot_on_at = diffusion.bootstrap_warmup
-    with StopRequest() as stop:
-        while not budget.done(step) and not stop.requested:
-            sampler.set_position(epoch, position)
-            finished_epoch = True
-            for batch in loader:
-                batch = batch.to(device)
-                B, T = batch.size, batch.frames
-                lr = train.lr * lr_factor(step, train.warmup_steps, budget.progress(step), train.min_lr_ratio)
-                set_lr(opt, lr)
-                levels = sample_noise_levels(
-                    B,
-                    T,
-                    k_max=diffusion.k_max,
-                    shortcut=diffusion.shortcut,
-                    step_sampling=diffusion.step_sampling,
-                    bootstrap_fraction=diffusion.bootstrap_fraction,
-                    single_image_fraction=diffusion.single_image_fraction,
-                    context_fraction=diffusion.context_fraction,
-                    context_tau_max=diffusion.context_tau_max,
-                    bootstrap=step >= boot_on_at,
-                    generator=gen,
-                ).to(device)
-                noise = torch.randn(batch.latents.shape, generator=noise_gen, device=device)
-                if teacher is not None and bool(levels.bootstrap.any()):
-                    teacher.load_state_dict(ema.averaged(model))
-                with autocast(device, train.precision):
-                    parts = forcing_loss(
-                        model, batch.latents, levels, noise, batch.actions, normalizer, teacher=teacher
-                    )
-                opt.zero_grad(set_to_none=True)
-                parts.loss.backward()
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip))
-                opt.step()
-                if ema is not None:
-                    # bias-corrected warm-up: early averages do not drag the random init along
-                    ema.decay = min(train.ema, (1 + step) / (10 + step))
-                    ema.update(model)
-                step += 1
-                position += 1
-                if not math.isfinite(parts.raw):
-                    checkpoint()
-                    raise DataError(f"training diverged at step {step} (loss {parts.raw}); try a lower --lr")
-                acc.add(parts, batch.kind, T, B, grad_norm)
-                rec_step = {"step": step, "loss": parts.raw, "flow": parts.flow, "bootstrap": parts.bootstrap,
-                            "kind": batch.kind, "T": T, "B": B, "lr": lr}
-                if step % train.log_every == 0 or budget.done(step):
-                    now = time.perf_counter()
-                    last = acc.record(step, epoch + position / steps_per_epoch, lr, now - t_log, lset.tokens)
-                    last["elapsed"] = budget.elapsed()
-                    run.log(last)
-                    t_log = now
-                    acc = _Accumulator()
-                    prog.advance(
-                        "train", 0, **_display(last, epoch, position, steps_per_epoch, batch.kind, T, last_val)
-                    )
-                prog.advance("train", 1)
-                if val_keys and (step % train.val_every == 0 or budget.done(step)):
-                    last_val = run_validation()
-                    if not first_val:
-                        first_val = last_val
-                    prog.log(_val_line(last_val))
-                if step % train.checkpoint_every == 0:
-                    checkpoint()
-                if on_step is not None:
-                    on_step(step, rec_step)
-                if budget.done(step) or stop.requested:
-                    finished_epoch = position >= steps_per_epoch
-                    break
-            if finished_epoch:
-                epoch += 1
-                position = 0
-        stopped = stop.reason if stop.requested else ""
-    weights = checkpoint(final=True)
-    run.update_meta(
-        finished=not stopped,
-        stopped=stopped or None,
-        step=step,
-        epoch=epoch + position / steps_per_epoch,
-        seconds=budget.elapsed(),
-        last=last,
-        val=last_val,
-        first_val=first_val,
-    )
-    prog.finish("train")
-    if stopped:
-        prog.log(f"stopped by {stopped} at step {step}; checkpoint written, continue with --resume")
+    if cache_dir is None and run.path.parent.name == "runs":
+        cache_dir = run.path.parent.parent / "cache"
+    res = run_loop(run, obj, train, resume_state=state, progress=prog, stop=stop, cache_dir=cache_dir,
+                   on_step=on_step, after_backward=after_backward)
+    if res.status == "interrupted":
+        prog.log(f"stopped by {res.reason} at step {res.step}; checkpoint written, continue with --resume")
     return TrainResult(
         run_dir=run.path,
-        weights=weights,
-        step=step,
-        epoch=epoch + position / steps_per_epoch,
-        seconds=budget.elapsed(),
-        stopped=stopped,
-        last=last,
-        val=last_val,
-        first_val=first_val,
+        weights=run.ema_weights if obj.ema is not None else run.weights,
+        step=res.step,
+        epoch=res.epochs,
+        seconds=res.seconds,
+        stopped=res.reason or "" if res.status == "interrupted" else "",
+        last=res.last,
+        val=res.val,
+        first_val=res.first_val,
+        best=res.best,
+        precision=res.precision.to_dict(),
     )
 
 
-class _Accumulator:
-    """Sums of one log interval."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.loss = 0.0
-        self.flow: list[float] = []
-        self.boot: list[float] = []
-        self.tau_min = math.inf
-        self.tau_max = -math.inf
-        self.frames = 0
-        self.short = self.long = 0
-        self.grad = 0.0
-        self.kind = "S"
-        self.T = 0
-        self.B = 0
-
-    def add(self, p: Any, kind: str, T: int, B: int, grad_norm: float) -> None:
-        self.n += 1
-        self.loss += p.raw
-        if not math.isnan(p.flow):
-            self.flow.append(p.flow)
-        if not math.isnan(p.bootstrap):
-            self.boot.append(p.bootstrap)
-        self.tau_min, self.tau_max = min(self.tau_min, p.tau_min), max(self.tau_max, p.tau_max)
-        self.frames += B * T
-        self.short += kind == "S"
-        self.long += kind == "L"
-        self.grad += grad_norm
-        self.kind, self.T, self.B = kind, T, B
-
-    def record(self, step: int, epoch: float, lr: float, seconds: float, tokens: int) -> dict[str, Any]:
-        n = max(self.n, 1)
-        secs = max(seconds, 1e-9)
-        return {
-            "kind": "train",
-            "step": step,
-            "epoch": epoch,
-            "batch": self.kind,
-            "T": self.T,
-            "B": self.B,
-            "loss": self.loss / n,
-            "flow_loss": sum(self.flow) / len(self.flow) if self.flow else None,
-            "bootstrap_loss": sum(self.boot) / len(self.boot) if self.boot else None,
-            "tau_min": self.tau_min,
-            "tau_max": self.tau_max,
-            "short_batches": self.short,
-            "long_batches": self.long,
-            "grad_norm": self.grad / n,
-            "lr": lr,
-            "batches_per_s": self.n / secs,
-            "frames_per_s": self.frames / secs,
-            "tokens_per_s": self.frames * tokens / secs,
-        }
-
-
-def _display(rec: dict[str, Any], epoch: int, position: int, per_epoch: int, kind: str, T: int, val: dict) -> dict:
-    """The fields the progress bar shows: the seed's log line, plus bootstrap and validation."""
-    out = {
-        "epoch": f"{epoch + 1} [{position}/{per_epoch}]",
-        "batch": f"{kind} T={T}",
-        "loss": rec["loss"],
-        "tau": f"[{rec['tau_min']:.2f}-{rec['tau_max']:.2f}]",
-        "batch/s": round(rec["batches_per_s"], 2),
-    }
-    if rec.get("bootstrap_loss") is not None:
-        out["boot"] = rec["bootstrap_loss"]
-    if val.get("val_next") is not None:
-        out["val_next"] = val["val_next"]
-    return out
-
-
-def _val_line(v: dict[str, Any]) -> str:
-    taus = " ".join(f"tau{t:g}={v[f'val_tau={t:g}']:.4f}" for t in VAL_TAUS)
-    return (
-        f"val @ step {v['step']}: {taus}  next={v['val_next']:.4f} (copy-last {v['val_copy_last']:.4f})"
-    )
+def _check_finite(lset: LatentSet) -> None:
+    """Latents from a damaged tokenizer are refused before training, naming the video."""
+    for v in [*lset.train, *lset.val]:
+        if not bool(torch.isfinite(v.latents).all()):
+            where = f" in {lset.path}" if lset.path else ""
+            raise DataError(f"latents of video {v.id}{where} hold non-finite values; re-run `ahri tokenize` "
+                            "with a sound tokenizer")
 
 
 def run_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:

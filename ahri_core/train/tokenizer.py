@@ -1,19 +1,15 @@
 """Tokenizer training: ``ahri train --stage tokenizer`` calls :func:`train_tokenizer`.
 
-One step: a batch of random frames from the training videos (uint8 cache, see ``data/frames.py``),
-MAE-masked reconstruction, MSE divided by its running RMS (plus an optional perceptual term, also
-normalised), AdamW with warmup + cosine, gradient clipping, optional EMA, bf16 autocast on CPU/CUDA.
+The stage is a :class:`TokenizerObjective` run by the one training loop (``train/loop.py``: budget, precision,
+EMA, divergence guard, checkpoints, exact resume). One step: a batch of random frames from the training
+videos (uint8 cache, see ``data/frames.py``), MAE-masked reconstruction, MSE divided by its running RMS
+(plus an optional perceptual term, also normalised). Validation: PSNR/MSE of held-out frames at mask 0,
+and ``reconstructions.png`` (held-out originals over their reconstructions); the best checkpoint is the
+highest validation PSNR.
 
-Run directory (``runs/<name>/``): ``run.json``, ``metrics.jsonl`` (train records every ``log_every`` steps,
-validation records every ``val_every``), ``model.safetensors`` (weights + the full model config),
-``ema.safetensors`` (when EMA is on; preferred by ``ahri tokenize``), ``model.state.pt`` (everything needed
-to continue: model, optimizer, step, RNG states, sampler position, loss statistics, EMA) and
-``reconstructions.png`` (held-out originals over their reconstructions).
-
-Exact resume: the state file is the single source of truth for continuing, and every random draw comes
-from state that it saves (the mask generator, the sampler's (epoch, position), the global RNGs), so a run
-killed at any point and resumed with ``--resume`` ends with the same weights as one never interrupted
-(given a step budget; a minutes budget depends on wall time by nature).
+Exact resume: every random draw comes from state the checkpoint saves (the mask generator, the frame
+sampler's (epoch, position), the global RNGs), so a run killed at any point and resumed with ``--resume``
+ends with the same weights as one never interrupted (given a step budget).
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,29 +25,16 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from ..checkpoint import read_metadata
 from ..data.frames import FrameSampler, FrameSet, load_frame_data, steps_per_epoch, to_tensor, to_uint8
-from ..errors import CheckpointError, ConfigError
-from ..fileio import atomic_path, read_jsonl, write_text_atomic
-from ..models.tokenizer import KIND, Tokenizer, TokenizerConfig, load_tokenizer, tokenizer_config, weights_for_inference
+from ..errors import ConfigError
+from ..fileio import atomic_path
+from ..models.tokenizer import KIND, Tokenizer, TokenizerConfig, tokenizer_config, weights_for_inference
 from ..progress import Progress, ensure
+from ..runtime import autocast, resolve_device
 from ..settings import Section, TrainSettings
-from ..checkpoint import load_state, read_metadata, save_state, save_weights
-from ..runtime import autocast, choose_precision, resolve_device
-from .common import (
-    EMA,
-    Budget,
-    RunDir,
-    RunningRMS,
-    StopRequest,
-    lr_factor,
-    make_adamw,
-    rng_state,
-    seed_everything,
-    set_lr,
-    set_rng_state,
-)
-
-STATE_VERSION = 1
+from .common import RunDir, RunningRMS, StopRequest, seed_everything, with_preset_defaults
+from .loop import Objective, StepOut, load_resume_state, run_loop
 
 
 class TokenizerSettings(Section):
@@ -85,24 +67,6 @@ class TokenizerSettings(Section):
             "channels": self.channels,
             "mask_max": self.mask_max,
         }
-
-
-# Training defaults per preset, used for any TrainSettings field that was not set explicitly
-# (flag, config file or environment). Tuned for 2 CPU cores (cpu) and single GPUs (the others).
-PRESET_TRAINING: dict[str, dict[str, Any]] = {
-    "tiny": {"batch_size": 16, "lr": 3e-3, "warmup_steps": 10},
-    "cpu": {"batch_size": 16, "lr": 4e-3, "warmup_steps": 50},
-    "small": {"batch_size": 64, "lr": 1e-3, "warmup_steps": 500},
-    "medium": {"batch_size": 64, "lr": 6e-4, "warmup_steps": 1000},
-    "large": {"batch_size": 64, "lr": 4e-4, "warmup_steps": 2000},
-}
-
-
-def with_preset_defaults(train: TrainSettings) -> TrainSettings:
-    """``train`` with the tokenizer preset's batch size / lr / warmup where they were not given."""
-    rec = PRESET_TRAINING.get(train.preset, {})
-    upd = {k: v for k, v in rec.items() if k not in train.model_fields_set}
-    return train.model_copy(update=upd) if upd else train
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -153,7 +117,7 @@ def evaluate(
     frames: FrameSet,
     indices: np.ndarray,
     device: torch.device,
-    precision: str = "bf16",
+    precision: str = "fp32",
     batch_size: int = 64,
 ) -> dict[str, float]:
     """Mean per-frame PSNR and MSE of reconstructions at mask 0 (eval mode) on the given frames."""
@@ -174,15 +138,100 @@ def evaluate(
     return {"psnr": float(p.mean()), "mse": float(m.mean()), "frames": int(len(p))}
 
 
+# ---------------------------------------------------------------------------------------------- the objective
+class TokenizerObjective(Objective):
+    stage = "tokenizer"
+    kind = KIND
+    task = "train tokenizer"
+    best_metric = "val_psnr"
+    best_mode = "max"
+
+    def __init__(self, cfg: TokenizerConfig, data: Any, train: TrainSettings, tok: TokenizerSettings, run: RunDir,
+                 device: torch.device, perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None) -> None:
+        self.cfg, self.data, self.train, self.tok, self.run, self.device = cfg, data, train, tok, run, device
+        self.model = Tokenizer(cfg).to(device)
+        self.rms = {"mse": RunningRMS().to(device)}
+        self.perceptual = perceptual
+        if perceptual is not None:
+            self.rms["perceptual"] = RunningRMS().to(device)
+        self.sampler = FrameSampler(len(data.train), train.batch_size, seed=train.seed)
+        self.mask_gen = torch.Generator().manual_seed(train.seed + 1)
+        self.val_idx = data.val.evenly_spaced(tok.val_frames)
+        self.preview_idx = data.val.evenly_spaced(8)
+        self.frames_seen = 0
+
+    def model_config(self) -> dict[str, Any]:
+        return self.cfg.to_dict()
+
+    def weights_extra(self) -> dict[str, Any]:
+        d = self.data
+        return {"val_videos": d.val.ids if d.val_is_heldout else [], "train_videos": d.train.ids,
+                "val_fraction": self.tok.val_fraction, "preset": self.cfg.preset}
+
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(len(self.data.train), self.train.batch_size)
+
+    def epochs_done(self) -> float:
+        return self.sampler.epochs_done
+
+    def next_batch(self) -> torch.Tensor:
+        return to_tensor(self.data.train.get(self.sampler.next()), self.device)
+
+    def compute(self, x: torch.Tensor, step: int, precision: str) -> StepOut:
+        with autocast(self.device, precision):
+            recon, _ = self.model(x, generator=self.mask_gen)
+        recon = recon.float()
+        mse = torch.nn.functional.mse_loss(recon, x)
+        loss = self.rms["mse"](mse)
+        if self.perceptual is not None:
+            loss = loss + self.tok.perceptual_weight * self.rms["perceptual"](self.perceptual(recon, x))
+        self.frames_seen += x.shape[0]
+        return StepOut(loss, {"loss": float(mse.detach()), "psnr": float(psnr(recon.detach(), x).mean())}, x.shape[0])
+
+    def timing_step(self, precision: str) -> None:
+        x = torch.rand(self.train.batch_size, 3, self.cfg.image_size, self.cfg.image_size, device=self.device)
+        with autocast(self.device, precision):
+            recon, _ = self.model(x, generator=torch.Generator().manual_seed(0))
+        torch.nn.functional.mse_loss(recon.float(), x).backward()
+
+    def shape_key(self) -> str:
+        return f"{json.dumps(self.cfg.to_dict(), sort_keys=True)} batch {self.train.batch_size}"
+
+    def validate(self, step: int, precision: str) -> dict[str, float]:
+        res = evaluate(self.model, self.data.val, self.val_idx, self.device, precision)
+        if len(self.preview_idx):
+            x = to_tensor(self.data.val.get(self.preview_idx), self.device)
+            was = self.model.training
+            self.model.eval()
+            with torch.no_grad(), autocast(self.device, precision):
+                r = self.model.decode(self.model.encode(x)).float()
+            self.model.train(was)
+            save_comparison(self.run.path / "reconstructions.png", x, r)
+        return {"val_psnr": res["psnr"], "val_mse": res["mse"], "heldout": self.data.val_is_heldout}
+
+    def val_line(self, v: dict[str, Any]) -> str:
+        return f"val @ step {v['step']}: PSNR {v['val_psnr']:.2f} dB (held-out frames, mask 0)"
+
+    def interval(self, frames: int, seconds: float) -> dict[str, Any]:
+        return {"frames_seen": self.frames_seen}
+
+    def display(self, rec: dict[str, Any]) -> dict[str, Any]:
+        return {"loss": rec.get("loss"), "psnr": rec.get("psnr")}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rms": {k: m.state_dict() for k, m in self.rms.items()}, "sampler": self.sampler.state_dict(),
+                "mask_generator": self.mask_gen.get_state(), "frames_seen": self.frames_seen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, m in self.rms.items():
+            if k in state["rms"]:
+                m.load_state_dict(state["rms"][k])
+        self.sampler.load_state_dict(state["sampler"])
+        self.mask_gen.set_state(state["mask_generator"])
+        self.frames_seen = int(state.get("frames_seen", 0))
+
+
 # ---------------------------------------------------------------------------------------------- training
-def _trim_metrics(path: Path, step: int) -> None:
-    """Drop records past ``step`` (written after the checkpoint a resumed run continues from)."""
-    if not path.exists():
-        return
-    keep = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= step]
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
-
-
 def train_tokenizer(
     run_dir: str | os.PathLike,
     videos: Sequence[Any],
@@ -192,7 +241,8 @@ def train_tokenizer(
     *,
     cache_dir: str | os.PathLike | None = None,
     stop: StopRequest | None = None,
-    on_step: Callable[[int], None] | None = None,
+    on_step: Callable[[int, dict[str, Any]], None] | None = None,
+    after_backward: Callable[[int, torch.nn.Module], None] | None = None,
     perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Train (or with ``train.resume`` continue) a tokenizer; returns a summary dict.
@@ -200,31 +250,29 @@ def train_tokenizer(
     run_dir: ``runs/<name>``. videos: ``VideoRecord``s from ``sources.store.list_videos`` or paths.
     train: the loop settings (preset = a tokenizer preset: tiny, cpu, small, medium, large; a budget:
     max_steps / minutes / epochs). tok: model overrides and validation settings. cache_dir: where
-    decoded frames are cached (default: ``<run_dir>/../../cache``, the workspace cache).
-    ``stop`` (default: a fresh :class:`StopRequest`) turns SIGTERM / Ctrl-C into a checkpoint and a clean
-    return. ``on_step(step)`` is called after every optimizer step (tests use it to interrupt).
+    decoded frames are cached, and the precision choice (default: ``<run_dir>/../../cache``, the
+    workspace cache). ``stop`` (default: a fresh :class:`StopRequest`) turns SIGTERM / Ctrl-C into a
+    checkpoint and a clean return. ``on_step(step, record)`` runs after every optimizer step.
     ``perceptual(recon, target) -> scalar``: an optional perceptual distance, weighted by
     ``tok.perceptual_weight`` (default: loaded from ``tok.perceptual_model`` when the weight is > 0).
 
-    Summary keys: run_dir, weights, step, epochs, seconds, stopped (reason or None), train_frames,
-    val_frames, val_videos, val_heldout, val_psnr, val_mse, first_val_psnr, compression, params, config.
+    Summary keys: run_dir, weights, step, epochs, seconds, status, stopped (reason or None), train_frames,
+    val_frames, val_videos, val_heldout, val_psnr, val_mse, first_val_psnr, best, compression, params,
+    config, precision.
     """
     tok = tok or TokenizerSettings()
     p = ensure(progress)
-    train = with_preset_defaults(train)
+    train = with_preset_defaults(train, "tokenizer")
     run = RunDir(run_dir)
     resuming = bool(train.resume and run.state.is_file())
     device = resolve_device(train.device)
-    train = train.model_copy(update={"precision": choose_precision(train.precision, device).precision})
 
     # ---- model config: from the checkpoint when resuming, else preset + overrides
     state: dict[str, Any] | None = None
     if resuming:
         _, cfg_dict, _ = read_metadata(run.weights)
         cfg = TokenizerConfig.from_dict(cfg_dict)
-        state = load_state(run.state)
-        if state.get("version") != STATE_VERSION or "model" not in state:
-            raise CheckpointError(f"training state {run.state} is not a tokenizer state (version {state.get('version')})")
+        state = load_resume_state(run, "tokenizer")
         given = {k: v for k, v in tok.overrides().items() if v is not None}
         differs = {k: v for k, v in given.items() if cfg.to_dict().get(k) != v}
         if differs:
@@ -240,232 +288,56 @@ def train_tokenizer(
     else:
         cfg = tokenizer_config(train.preset, **tok.overrides())
     settings_record = {"train": train.model_dump(mode="json"), "tokenizer": tok.model_dump(mode="json"), "model": cfg.to_dict()}
-    run.create(KIND, settings_record, resume=bool(train.resume))
+    run.create("tokenizer", settings_record, resume=bool(train.resume))
 
     # ---- data
     cache = Path(cache_dir) if cache_dir is not None else run.path.parent.parent / "cache"
     data = load_frame_data(videos, cfg.fps, cfg.image_size, cache, tok.val_fraction, p)
     if not data.val_is_heldout:
         p.log("only one usable video: validation uses its frames (not held out); add videos for an honest score")
-    val_idx = data.val.evenly_spaced(tok.val_frames)
-    preview_idx = data.val.evenly_spaced(8)
 
-    # ---- model, optimiser, statistics
-    seed_everything(train.seed)
-    model = Tokenizer(cfg).to(device)
-    opt = make_adamw(model, train.lr, train.weight_decay)
-    rms = {"mse": RunningRMS().to(device)}
     if tok.perceptual_weight > 0:
         if perceptual is None:
             if tok.perceptual_model is None:
                 raise ConfigError("tokenizer.perceptual_weight > 0 needs tokenizer.perceptual_model (a local torch.export file)")
             perceptual = PerceptualLoss(tok.perceptual_model, device)
-        rms["perceptual"] = RunningRMS().to(device)
     else:
         perceptual = None
-    ema = EMA(model, train.ema) if train.ema > 0 else None
-    sampler = FrameSampler(len(data.train), train.batch_size, seed=train.seed)
-    mask_gen = torch.Generator().manual_seed(train.seed + 1)
-    step, frames_seen, elapsed_before, first_val = 0, 0, 0.0, None
-    if state is not None:
-        model.load_state_dict(state["model"], strict=True)
-        opt.load_state_dict(state["optimizer"])
-        for k, m in rms.items():
-            if k in state["rms"]:
-                m.load_state_dict(state["rms"][k])
-        if ema is not None:
-            if state.get("ema") is None:
-                raise CheckpointError(f"--resume: run {run.path} was trained without EMA; it cannot be switched on now")
-            ema.load_state_dict(state["ema"])
-        sampler.load_state_dict(state["sampler"])
-        mask_gen.set_state(state["mask_generator"])
-        set_rng_state(state["rng"])
-        step, frames_seen = int(state["step"]), int(state["frames_seen"])
-        elapsed_before = float(state["elapsed"])
-        first_val = state.get("first_val_psnr")
-        _trim_metrics(run.path / "metrics.jsonl", step)
-        p.log(f"resumed {run.path.name} at step {step}")
-    else:
-        _trim_metrics(run.path / "metrics.jsonl", -1)  # a run restarted before its first checkpoint
-    budget = Budget(
-        max_steps=train.max_steps,
-        minutes=train.minutes,
-        epochs=train.epochs,
-        steps_per_epoch=steps_per_epoch(len(data.train), train.batch_size),
-        elapsed_before=elapsed_before,
-    )
-    p.log(model.summary())
+    seed_everything(train.seed)
+    obj = TokenizerObjective(cfg, data, train, tok, run, device, perceptual)
+    p.log(obj.model.summary())
     p.log(
         f"data: {len(data.train)} training frames from {len(data.train.ids)} videos, "
-        f"{len(val_idx)} validation frames from {len(data.val.ids)} held-out videos"
+        f"{len(obj.val_idx)} validation frames from {len(data.val.ids)} held-out videos"
         + (f", {len(data.failed)} video(s) skipped" if data.failed else "")
     )
-
-    extra_meta = {
-        "val_videos": data.val.ids if data.val_is_heldout else [],
-        "train_videos": data.train.ids,
-        "val_fraction": tok.val_fraction,
-        "preset": cfg.preset,
-    }
-    last_val: dict[str, float] = {}
-    last_val_step = -1
-
-    def validate() -> dict[str, float]:
-        nonlocal last_val, first_val, last_val_step
-        ctx = ema.applied(model) if ema is not None else _null()
-        with ctx:
-            res = evaluate(model, data.val, val_idx, device, train.precision)
-            if len(preview_idx):
-                x = to_tensor(data.val.get(preview_idx), device)
-                was = model.training
-                model.eval()
-                with torch.no_grad(), autocast(device, train.precision):
-                    r = model.decode(model.encode(x)).float()
-                model.train(was)
-                save_comparison(run.path / "reconstructions.png", x, r)
-        last_val, last_val_step = res, step
-        if first_val is None:
-            first_val = res["psnr"]
-        run.log({"step": step, "kind": "val", "val_psnr": res["psnr"], "val_mse": res["mse"], "heldout": data.val_is_heldout,
-                 "elapsed": budget.elapsed()})
-        return res
-
-    def checkpoint() -> None:
-        extra = {**extra_meta, "step": step, "val_psnr": last_val.get("psnr")}
-        save_weights(run.weights, model, KIND, cfg.to_dict(), extra)
-        if ema is not None:
-            save_weights(run.path / "ema.safetensors", ema.averaged(model), KIND, cfg.to_dict(), {**extra, "ema": train.ema})
-        save_state(
-            run.state,
-            {
-                "version": STATE_VERSION,
-                "step": step,
-                "frames_seen": frames_seen,
-                "elapsed": budget.elapsed(),
-                "batch_size": train.batch_size,
-                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                "optimizer": opt.state_dict(),
-                "rms": {k: m.state_dict() for k, m in rms.items()},
-                "ema": ema.state_dict() if ema is not None else None,
-                "sampler": sampler.state_dict(),
-                "mask_generator": mask_gen.get_state(),
-                "rng": rng_state(),
-                "first_val_psnr": first_val,
-            },
-        )
-
-    # ---- loop
-    own_stop = stop is None
-    stop = stop or StopRequest()
-    total = budget.total_steps
-    model.train()
-    t_log, n_log, loss_acc, psnr_acc = time.perf_counter(), 0, 0.0, 0.0
-    stopped: str | None = None
-    shown = step
-    p.start("train tokenizer", total=total)
-    if total:
-        p.advance("train tokenizer", step)
-    try:
-        if own_stop:
-            stop.__enter__()
-        if step == 0:
-            validate()
-        while not budget.done(step):
-            if stop.requested:
-                stopped = stop.reason or "signal"
-                break
-            set_lr(opt, train.lr * lr_factor(step, train.warmup_steps, budget.progress(step), train.min_lr_ratio))
-            x = to_tensor(data.train.get(sampler.next()), device)
-            with autocast(device, train.precision):
-                recon, _ = model(x, generator=mask_gen)
-            recon = recon.float()
-            mse = torch.nn.functional.mse_loss(recon, x)
-            loss = rms["mse"](mse)
-            if perceptual is not None:
-                loss = loss + tok.perceptual_weight * rms["perceptual"](perceptual(recon, x))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-            if not torch.isfinite(grad_norm):
-                raise ConfigError(f"tokenizer training diverged at step {step} (gradient norm {float(grad_norm)}); lower --lr")
-            opt.step()
-            if ema is not None:
-                ema.update(model)
-            step += 1
-            frames_seen += x.shape[0]
-            n_log += x.shape[0]
-            loss_acc += float(mse.detach())
-            psnr_acc += float(psnr(recon.detach(), x).mean())
-            if on_step is not None:
-                on_step(step)
-            if step % train.log_every == 0 or budget.done(step):
-                dt = max(time.perf_counter() - t_log, 1e-9)
-                k = max(1, n_log // x.shape[0])
-                rec = {
-                    "step": step,
-                    "kind": "train",
-                    "loss": loss_acc / k,
-                    "psnr": psnr_acc / k,
-                    "lr": opt.param_groups[0]["lr"],
-                    "grad_norm": float(grad_norm),
-                    "frames_per_s": n_log / dt,
-                    "epoch": sampler.epochs_done,
-                    "elapsed": budget.elapsed(),
-                }
-                run.log(rec)
-                p.advance(
-                    "train tokenizer", step - shown, loss=rec["loss"], psnr=rec["psnr"],
-                    fps=rec["frames_per_s"], val_psnr=last_val.get("psnr", float("nan")),
-                )
-                shown = step
-                t_log, n_log, loss_acc, psnr_acc = time.perf_counter(), 0, 0.0, 0.0
-            if step % train.val_every == 0:
-                validate()
-            if step % train.checkpoint_every == 0:
-                checkpoint()
-        if stopped is None and stop.requested:
-            stopped = stop.reason or "signal"
-        if last_val_step != step:
-            validate()
-        checkpoint()
-        p.log(f"checkpoint at step {step}: {run.weights}")
-    finally:
-        if own_stop:
-            stop.__exit__(None, None, None)
-        p.finish("train tokenizer", step=step, val_psnr=last_val.get("psnr", float("nan")))
-    if stopped is None:
-        run.update_meta(finished=True, step=step, val_psnr=last_val.get("psnr"))
-    else:
-        run.update_meta(step=step, val_psnr=last_val.get("psnr"), stopped=stopped)
+    res = run_loop(run, obj, train, resume_state=state, progress=p, stop=stop, cache_dir=cache, on_step=on_step,
+                   after_backward=after_backward)
+    val = res.val or {}
     return {
         "run_dir": str(run.path),
         "weights": str(weights_for_inference(run.path)),
-        "step": step,
-        "epochs": sampler.epochs_done,
-        "seconds": budget.elapsed(),
-        "stopped": stopped,
+        "step": res.step,
+        "epochs": res.epochs,
+        "seconds": res.seconds,
+        "status": res.status,
+        "stopped": res.reason if res.status == "interrupted" else None,
         "train_frames": len(data.train),
         "train_videos": len(data.train.ids),
-        "val_frames": len(val_idx),
+        "val_frames": len(obj.val_idx),
         "val_videos": len(data.val.ids) if data.val_is_heldout else 0,
         "val_heldout": data.val_is_heldout,
-        "val_psnr": last_val.get("psnr"),
-        "val_mse": last_val.get("mse"),
-        "first_val_psnr": first_val,
+        "val_psnr": val.get("val_psnr"),
+        "val_mse": val.get("val_mse"),
+        "first_val_psnr": (res.first_val or {}).get("val_psnr"),
+        "best": res.best,
         "compression": cfg.compression,
-        "params": model.num_params(),
+        "params": obj.model.num_params(),
         "config": cfg.to_dict(),
         "skipped_videos": dict(data.failed),
-        "frames_per_s": frames_seen / max(budget.elapsed(), 1e-9),
+        "frames_per_s": obj.frames_seen / max(res.seconds, 1e-9),
+        "precision": res.precision.to_dict(),
     }
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
