@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+from datetime import datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -9,7 +13,20 @@ from rich.table import Table
 
 from ahri_core.settings import load
 
-from .common import STATE, RichProgress, console, out
+from .common import (
+    STATE,
+    DynamicsPreset,
+    PrecisionChoice,
+    RichProgress,
+    ThreadsOption,
+    TokenizerPreset,
+    console,
+    escape,
+    info,
+    out,
+    run_log,
+    setup_threads,
+)
 
 
 def demo(
@@ -18,9 +35,14 @@ def demo(
     ] = None,
     clips: Annotated[int | None, typer.Option("--clips", help="Built-in game clips to render. \\[default: 96]")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of clips, training and sampling. \\[default: 0]")] = None,
+    precision: Annotated[
+        PrecisionChoice | None,
+        typer.Option("--precision", help="Precision of every model: auto (chosen per machine and model), bf16 or fp32. \\[default: auto]"),
+    ] = None,
+    threads: ThreadsOption = None,
     # Smaller models and data for quick end-to-end checks; hidden from --help.
-    tokenizer_preset: Annotated[str | None, typer.Option("--tokenizer-preset", hidden=True)] = None,
-    dynamics_preset: Annotated[str | None, typer.Option("--dynamics-preset", hidden=True)] = None,
+    tokenizer_preset: Annotated[TokenizerPreset | None, typer.Option("--tokenizer-preset", hidden=True)] = None,
+    dynamics_preset: Annotated[DynamicsPreset | None, typer.Option("--dynamics-preset", hidden=True)] = None,
     frames: Annotated[int | None, typer.Option("--frames", hidden=True)] = None,
     size: Annotated[int | None, typer.Option("--size", hidden=True)] = None,
     context: Annotated[int | None, typer.Option("--context", hidden=True)] = None,
@@ -35,17 +57,50 @@ def demo(
     from ahri_core.demo import STAGES, DemoSettings, run_demo
 
     flags = dict(
-        minutes=minutes, clips=clips, seed=seed, tokenizer_preset=tokenizer_preset, dynamics_preset=dynamics_preset,
+        minutes=minutes, clips=clips, seed=seed,
+        tokenizer_preset=tokenizer_preset.value if tokenizer_preset else None,
+        dynamics_preset=dynamics_preset.value if dynamics_preset else None,
+        precision=precision.value if precision else None,
         frames=frames, size=size, context=context, horizon=horizon, eval_clips=eval_clips,
         rollout_horizon=rollout_horizon,
     )
     s = load(DemoSettings, flags, STATE.config)
-    console.print(
-        f"ahri demo: {s.clips} game clips, budget {s.minutes:g} min, workspace {STATE.workspace.root}", highlight=False
-    )
-    console.print("stages: " + " -> ".join(STAGES), highlight=False)
-    with RichProgress(console) as progress:
-        res = run_demo(s, STATE.workspace, progress)
+    ws = STATE.workspace
+    n_threads = setup_threads(threads)
+    log_path = ws.root / "logs" / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}.txt"
+    before = _run_names(ws.runs)
+    try:
+        with run_log(log_path):
+            info(
+                f"ahri demo: {s.clips} game clips, budget {s.minutes:g} min, {n_threads} CPU threads, "
+                f"workspace {escape(str(ws.root))}"
+            )
+            info("stages: " + " -> ".join(STAGES))
+            with RichProgress(console) as progress:
+                res = run_demo(s, ws, progress)
+            _report(res)
+            out.print(f"log:      {log_path}", highlight=False, markup=False)
+    finally:
+        _copy_log(log_path, ws.runs, before)
+
+
+def _run_names(runs: Path) -> set[str]:
+    return {d.name for d in runs.iterdir() if d.is_dir()} if runs.is_dir() else set()
+
+
+def _copy_log(log_path: Path, runs: Path, before: set[str]) -> None:
+    """Each run the demo created gets the demo's log as its log.txt."""
+    if not log_path.is_file():
+        return
+    from ahri_core.fileio import atomic_path
+
+    for name in sorted(_run_names(runs) - before):
+        dest = runs / name / "log.txt"
+        with contextlib.suppress(OSError), atomic_path(dest) as tmp:
+            shutil.copyfile(log_path, tmp)
+
+
+def _report(res) -> None:  # noqa: ANN001 - ahri_core.demo.DemoResult
     sm = res.summary
     ev = sm["eval"]
     t = Table(title=f"ahri demo: {sm['minutes_used']:.1f} of {sm['minutes_budget']:g} minutes")
@@ -70,12 +125,12 @@ def demo(
         out.print(f"tokenizer held-out reconstruction: {tok['val_psnr']:.2f} dB", highlight=False)
     for k, ok in sm["acceptance"].items():
         out.print(f"{'[green]ok[/]' if ok else '[red]no[/]'}  {k.replace('_', ' ')}")
-    out.print(f"eval:     {ev['dir']}  (plot {ev['plot']})", highlight=False)
+    out.print(f"eval:     {ev['dir']}  (plot {ev['plot']})", highlight=False, markup=False)
     for v in ev["videos"]:
-        out.print(f"sample:   {v}", highlight=False)
+        out.print(f"sample:   {v}", highlight=False, markup=False)
     if sm.get("rollout"):
-        out.print(f"rollout:  {sm['rollout']['out']}", highlight=False)
-    out.print(f"summary:  {res.path}", highlight=False)
+        out.print(f"rollout:  {sm['rollout']['out']}", highlight=False, markup=False)
+    out.print(f"summary:  {res.path}", highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,9 +8,24 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from ahri_core.errors import ConfigError
 from ahri_core.settings import SamplingSettings, load
 
-from .common import STATE, RichProgress, console, out
+from .common import (
+    STATE,
+    DeviceOption,
+    PrecisionChoice,
+    PrecisionOption,
+    RichProgress,
+    ThreadsOption,
+    console,
+    escape,
+    existing_path,
+    info,
+    out,
+    run_or_path,
+    setup_threads,
+)
 
 
 def _pm(block: dict[str, Any], i: int, fmt: str = "{:.2f}") -> str:
@@ -104,19 +119,21 @@ def eval_(
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of clip choice and sampling. \\[default: 0]")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Clips per rollout batch. \\[default: 8]")] = None,
     tokenizer: Annotated[
-        Path | None, typer.Option("--tokenizer", help="Tokenizer run or checkpoint (default: the run's).")
+        str | None,
+        typer.Option("--tokenizer", help="Tokenizer: a run name, run directory or weights file. \\[default: the run's]"),
     ] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: <run>/eval/<id>.")] = None,
-    samples: Annotated[int, typer.Option("--samples", help="Side-by-side mp4s to write.")] = 2,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="bf16 or fp32 for the model.")] = "bf16",
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder. \\[default: <run>/eval/<id>]")] = None,
+    samples: Annotated[int, typer.Option("--samples", help="Side-by-side mp4s to write.", min=0)] = 2,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = PrecisionChoice.auto,
+    threads: ThreadsOption = None,
 ) -> None:
     """Evaluate a dynamics run on held-out videos: PSNR/SSIM/MSE per horizon step against baselines.
 
     Example:  ahri eval dynamics-20250101-120000 --steps 4 --steps 64 --clips 16
     """
     from ahri_core.evaluation import evaluate
-    from ahri_core.rollout import load_world_model
+    from ahri_core.rollout import latest_dynamics_run, load_world_model
     from ahri_core.runtime import resolve_device
 
     flags = dict(
@@ -124,28 +141,41 @@ def eval_(
         batch_size=batch_size,
     )
     settings = load(SamplingSettings, flags, STATE.config)
-    dev = resolve_device(device)
-    world = load_world_model(run, STATE.workspace, tokenizer=tokenizer, device=dev)
-    console.print(
-        f"evaluating [bold]{world.name}[/] (k_max {world.traits.k_max}, shortcut {world.traits.shortcut}) "
+    data = existing_path(data, "--data", "latent set folder")
+    tok = run_or_path(tokenizer, "--tokenizer")
+    ws = STATE.workspace
+    if run is None:
+        try:
+            latest_dynamics_run(ws)
+        except ConfigError:
+            raise ConfigError(
+                f"no finished dynamics run in {ws.runs}; train one (ahri train) or name one: ahri eval RUN"
+            ) from None
+    setup_threads(threads)
+    dev = resolve_device(device or "auto")
+    world = load_world_model(run, ws, tokenizer=tok, device=dev)
+    info(
+        f"evaluating [bold]{escape(world.name)}[/] (k_max {world.traits.k_max}, shortcut {world.traits.shortcut}) "
         f"with steps {settings.steps}, context {settings.context}, horizon {settings.horizon}, "
-        f"tau_ctx {settings.tau_ctx:g}",
-        highlight=False,
+        f"tau_ctx {settings.tau_ctx:g}"
     )
     with RichProgress(console) as progress:
         report = evaluate(
-            world, data, settings, out_dir=out_dir, workspace=STATE.workspace, samples=samples,
-            precision=precision, progress=progress,
+            world, data, settings, out_dir=out_dir, workspace=ws, samples=samples,
+            precision=precision.value, progress=progress,
         )
     m = report.metrics
+    chosen = m.get("precision")
+    if isinstance(chosen, dict) and chosen.get("precision"):
+        info(escape(f"precision {chosen['precision']} ({chosen.get('reason', '')})"))
     out.print(horizon_table(m, "psnr"))
     out.print(summary_table(m))
     if m["truth"] != "video frames":
-        console.print(f"[yellow]note:[/] compared against {m['truth']}", highlight=False)
-    out.print(f"metrics: {report.metrics_path}", highlight=False)
-    out.print(f"plot:    {m['files']['plot']}", highlight=False)
+        console.print(f"[yellow]note:[/] compared against {escape(str(m['truth']))}", highlight=False)
+    out.print(f"metrics: {report.metrics_path}", highlight=False, markup=False)
+    out.print(f"plot:    {m['files']['plot']}", highlight=False, markup=False)
     for v in m["files"]["videos"]:
-        out.print(f"video:   {v}", highlight=False)
+        out.print(f"video:   {v}", highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,12 @@ from rich.table import Table
 from ahri_core.errors import ConfigError, FetchError
 from ahri_core.settings import FetchSettings, load
 
-from .common import STATE, RichProgress, console, out
+from .common import STATE, RichProgress, console, escape, existing_path, next_step, out
+
+
+class Verify(str, Enum):
+    full = "full"
+    quick = "quick"
 
 
 class Source(str, Enum):
@@ -42,7 +47,7 @@ def _choose_source(source: Source | None, channel: list[str], url: list[str], pa
 
 
 def _summary(result) -> Table:
-    t = Table(title=f"fetch: {result.source} -> {result.dest}")
+    t = Table(title=escape(f"fetch: {result.source} -> {result.dest}"))
     for col, justify in (
         ("id", "left"),
         ("title", "left"),
@@ -59,8 +64,8 @@ def _summary(result) -> Table:
         acts = f"{m.get('action_kind')} x{m.get('action_count')}" if m.get("actions_file") else "-"
         title = str(m.get("title") or "")
         t.add_row(
-            r.id,
-            title[:48],
+            escape(str(r.id)),
+            escape(title[:48]),
             str(m.get("frames")),
             f"{float(m.get('fps') or 0):.4g}",
             f"{m.get('width')}x{m.get('height')}",
@@ -69,7 +74,7 @@ def _summary(result) -> Table:
             "[green]stored[/]",
         )
     for vid in dict.fromkeys(result.skipped):
-        t.add_row(vid, "", "", "", "", "", "", "[dim]already stored[/]")
+        t.add_row(escape(str(vid)), "", "", "", "", "", "", "[dim]already stored[/]")
     return t
 
 
@@ -146,7 +151,7 @@ def fetch(
         typer.Option("--connect-timeout", help="Seconds for the first reachability check. \\[default: 5]"),
     ] = None,
     verify: Annotated[
-        str | None,
+        Verify | None,
         typer.Option(
             "--verify", help="full: decode every frame of each new video; quick: keyframes. \\[default: full]"
         ),
@@ -167,7 +172,7 @@ def fetch(
         retries=retries,
         socket_timeout=socket_timeout,
         connect_timeout=connect_timeout,
-        verify=verify,
+        verify=verify.value if verify is not None else None,
         count=count,
         frames=frames,
         size=size,
@@ -176,6 +181,7 @@ def fetch(
     )
     settings = load(FetchSettings, flags, STATE.config)
     kind = _choose_source(source, channel, url, path)
+    path = existing_path(path, "--path", "folder or video file")
     dest = out_dir.expanduser() if out_dir is not None else STATE.workspace.source_dir(kind)
 
     if kind == "youtube":
@@ -205,9 +211,10 @@ def fetch(
     if result.stored or result.skipped:
         out.print(_summary(result))
     for note in result.notes:
-        console.print(f"[dim]note:[/] {note}", highlight=False, soft_wrap=True)
+        console.print(f"[dim]note:[/] {escape(str(note))}", highlight=False, soft_wrap=True)
     for what, why in result.failed:
-        console.print(f"[red]failed:[/] {what + ': ' if what else ''}{why}", highlight=False, soft_wrap=True)
+        failed = f"{what + ': ' if what else ''}{why}"
+        console.print(f"[red]failed:[/] {escape(failed)}", highlight=False, soft_wrap=True)
     frames_total = sum(r.frames for r in result.stored)
     line = (
         f"{len(result.stored)} stored ({frames_total} frames), {len(set(result.skipped))} already stored, "
@@ -215,7 +222,12 @@ def fetch(
     )
     if result.failed:
         raise FetchError(line)
-    console.print(f"[green]done:[/] {line}", highlight=False, soft_wrap=True)
+    console.print(f"[green]done:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    if result.stored or result.skipped:
+        hint = ["train", "--stage", "tokenizer", "--minutes", "10"]
+        if out_dir is not None:
+            hint += ["--data", str(dest)]
+        next_step(*hint)
 
 
 def register(app: typer.Typer) -> None:

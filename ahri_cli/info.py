@@ -7,7 +7,7 @@ import platform
 import typer
 from rich.table import Table
 
-from .common import STATE, out
+from .common import STATE, escape, out
 
 
 def info() -> None:
@@ -25,17 +25,23 @@ def info() -> None:
     t.add_row("python", platform.python_version())
     t.add_row("torch", torch.__version__)
     t.add_row("av (ffmpeg)", av.__version__)
+    from ahri_core.runtime import describe
+
+    facts = describe()
     if torch.cuda.is_available():
         dev = f"cuda ({torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} device(s))"
     else:
-        dev = f"cpu ({torch.get_num_threads()} threads)"
-    t.add_row("device", dev)
+        dev = f"cpu ({facts['cores_available']} cores available, {torch.get_num_threads()} threads)"
+    t.add_row("device", escape(dev))
+    bf16 = "native" if facts["native_bf16"] else "emulated"
+    t.add_row("cpu", escape(f"{facts['cpu']}; bf16 {bf16} ({facts['native_bf16_why']})"))
     ws = STATE.workspace
     summary = ws.summary()
-    t.add_row("workspace", summary["root"])
-    t.add_row("videos", ", ".join(f"{k}: {v}" for k, v in summary["videos"].items()) or "none")
-    t.add_row("latent sets", ", ".join(f"{k}: {v} files" for k, v in summary["latents"].items()) or "none")
-    t.add_row("runs", ", ".join(f"{k} ({v})" for k, v in summary["runs"].items()) or "none")
+    t.add_row("workspace", escape(summary["root"]))
+    t.add_row("videos", escape(", ".join(f"{k}: {v}" for k, v in summary["videos"].items()) or "none"))
+    t.add_row("latent sets", escape(", ".join(f"{k}: {v} files" for k, v in summary["latents"].items()) or "none"))
+    runs = ", ".join(f"{k} ({v})" for k, v in summary["runs"].items())
+    t.add_row("runs", escape(runs) + " (details: ahri runs)" if runs else "none")
     out.print(t)
 
 

@@ -1,18 +1,34 @@
-"""Entry point: ``ahri [GLOBAL OPTIONS] COMMAND [ARGS]``."""
+"""Entry point: ``ahri [GLOBAL OPTIONS] COMMAND [ARGS]``.
+
+Exit codes (the same for every command): 0 done; 1 failed (data or runtime); 2 usage or settings
+(a bad flag, a bad value, a missing file or folder); 130 interrupted (Ctrl-C or SIGTERM; training first
+writes a checkpoint).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+import ahri_core
 from ahri_core.errors import AhriError, ConfigError
 from ahri_core.workspace import Workspace
 
 from . import common
-from .common import STATE, console
+from .common import STATE, console, error_line
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES = (
+    "Exit codes: 0 done; 1 failed (data or runtime); 2 usage or settings (bad flag or value, missing "
+    "file); 130 interrupted (Ctrl-C or SIGTERM, after a clean checkpoint)."
+)
 
 app = typer.Typer(
     name="ahri",
@@ -23,29 +39,84 @@ app = typer.Typer(
         "ahri tokenize --tokenizer RUN;  ahri train --alternating --long-ratio 0.1;  ahri eval RUN;  "
         "ahri rollout clip.mp4 --steps 4"
     ),
-    no_args_is_help=True,
-    add_completion=False,
+    epilog=EXIT_CODES + "  More: ahri help COMMAND, docs/cli.md.",
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
-@app.callback()
+def _version(value: bool) -> None:
+    if value:
+        common.out.print(f"ahri {ahri_core.__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
 def _global(
+    ctx: typer.Context,
     workspace: Annotated[
         Path | None,
-        typer.Option("--workspace", "-w", help="Workspace directory (default: $AHRI_HOME or the user data dir)."),
+        typer.Option("--workspace", "-w", help="Workspace directory. \\[default: $AHRI_HOME or the user data dir]"),
     ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="TOML file with one table per component (\\[train], \\[data], ...).")
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="TOML file with one table per component (\\[train], \\[data], ...); see docs/cli.md."
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks and debug details.")] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="For scripts: no progress display; only warnings, errors and results."),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", help="Show the version and exit.", is_eager=True, callback=_version),
+    ] = False,
 ) -> None:
+    if ctx.invoked_subcommand is None:  # bare "ahri": the help, as a usage error (the same in every typer)
+        text = ctx.get_help()
+        if text:
+            typer.echo(text)
+        raise typer.Exit(EXIT_USAGE)
     STATE.workspace = Workspace.resolve(workspace)
+    STATE.workspace_given = workspace is not None
     STATE.config = config
     STATE.verbose = verbose
-    if config is not None and not config.is_file():
-        raise ConfigError(f"config file {config} does not exist")
+    STATE.quiet = quiet
+    if config is not None:
+        from ahri_core.settings import check_config_file
+
+        if not config.is_file():
+            raise ConfigError(f"config file {config} does not exist (--config)")
+        check_config_file(config)
+
+
+def help_(
+    ctx: typer.Context,
+    command: Annotated[
+        str | None, typer.Argument(help="The command to explain (default: all of them).", metavar="COMMAND")
+    ] = None,
+) -> None:
+    """Show the help of ahri or of one command (the same as ahri COMMAND --help).
+
+    Example:  ahri help train
+    """
+    root = ctx.find_root()
+    group = root.command
+    if command is None:
+        text = root.get_help()  # typer's rich help prints itself and returns ""
+        if text:
+            typer.echo(text)
+        return
+    sub = group.get_command(root, command)  # type: ignore[attr-defined]
+    if sub is None:
+        names = ", ".join(group.list_commands(root))  # type: ignore[attr-defined]
+        raise typer.BadParameter(f"no command {command!r}; the commands are: {names}", param_hint="COMMAND")
+    with sub.make_context(command, ["--help"], parent=root):  # prints the help and exits 0
+        pass
 
 
 def _register() -> None:
@@ -53,7 +124,7 @@ def _register() -> None:
     from . import info
 
     info.register(app)
-    for name in ("fetch", "train", "tokenize", "eval", "rollout", "demo"):
+    for name in ("fetch", "train", "tokenize", "eval", "rollout", "demo", "runs"):
         try:
             mod = __import__(f"ahri_cli.{name}_cmd", fromlist=["register"])
         except ModuleNotFoundError as e:
@@ -61,40 +132,90 @@ def _register() -> None:
                 continue
             raise
         mod.register(app)
+    app.command("help")(help_)
+    for cmd in app.registered_commands:
+        cmd.callback = _catch_interrupt(cmd.callback)
+
+
+class _Interrupted(Exception):
+    """Ctrl-C or SIGTERM inside a command, carried past typer (whose handling differs between versions)."""
+
+
+def _catch_interrupt(fn):  # noqa: ANN001, ANN202
+    if fn is None or getattr(fn, "_ahri_guarded", False):
+        return fn
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise _Interrupted() from None
+
+    run._ahri_guarded = True  # type: ignore[attr-defined]
+    return run
 
 
 _register()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the app, mapping project errors to one-line messages and exit codes (2: settings, 1: others)."""
-    try:
-        rc = app(args=argv, standalone_mode=False)
-        if isinstance(rc, int):
-            return rc
-    except AhriError as e:
-        if STATE.verbose:
-            console.print_exception()
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        return e.exit_code
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        return 130
-    except SystemExit as e:  # typer.Exit inside commands
-        return int(e.code or 0)
-    except Exception as e:  # click usage errors arrive here in non-standalone mode
-        import click
+def _interrupted(e: BaseException) -> bool:
+    """Whether an exit came from Ctrl-C (typer turns KeyboardInterrupt into exit code 130)."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
+
+def _sigterm(signum, frame) -> None:  # noqa: ANN001
+    raise KeyboardInterrupt  # the same clean stop as Ctrl-C (training installs its own handler meanwhile)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (see :data:`EXIT_CODES`). Errors are one line on stderr."""
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(ValueError, OSError):
+            old_term = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        try:
+            app(args=argv, prog_name="ahri", standalone_mode=True)
+            return EXIT_OK
+        except SystemExit as e:  # typer ends every run with one, usage errors included (already shown)
+            code = e.code
+            if code is None:
+                return EXIT_OK
+            if not isinstance(code, int):
+                error_line(str(code))
+                return EXIT_FAILED
+            if code == EXIT_INTERRUPTED and _interrupted(e):
+                console.print("[yellow]interrupted[/]", highlight=False)
+            return code
+        except AhriError as e:
+            if STATE.verbose:
+                console.print_exception()
+            error_line(str(e))
             return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
-            console.print("[yellow]aborted[/]")
-            return 1
-        if isinstance(e, click.exceptions.Exit):
-            return e.exit_code
-        raise
-    return 0
+        except (KeyboardInterrupt, _Interrupted):
+            console.print("[yellow]interrupted[/]", highlight=False)
+            return EXIT_INTERRUPTED
+        except OSError as e:  # disk full, permission denied...: the operating system's own words
+            if STATE.verbose:
+                console.print_exception()
+            where = f": {e.filename}" if getattr(e, "filename", None) else ""
+            error_line(f"{e.strerror or e}{where}")
+            return EXIT_FAILED
+    finally:
+        if old_term is not None:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signal.SIGTERM, old_term)
+        with contextlib.suppress(Exception):
+            common.console.file.flush()
+            common.out.file.flush()
 
 
 def entry() -> None:
@@ -104,4 +225,4 @@ def entry() -> None:
 if __name__ == "__main__":
     entry()
 
-__all__ = ["app", "main", "entry", "common"]
+__all__ = ["app", "main", "entry", "common", "EXIT_CODES"]

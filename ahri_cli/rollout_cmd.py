@@ -10,7 +10,21 @@ import typer
 from ahri_core.errors import ConfigError
 from ahri_core.settings import SamplingSettings, load
 
-from .common import STATE, RichProgress, console, out
+from .common import (
+    STATE,
+    DeviceOption,
+    PrecisionChoice,
+    PrecisionOption,
+    RichProgress,
+    ThreadsOption,
+    console,
+    escape,
+    existing_path,
+    info,
+    out,
+    run_or_path,
+    setup_threads,
+)
 
 DEFAULT_HORIZON = 32
 
@@ -27,15 +41,17 @@ def rollout(
         float | None, typer.Option("--tau-ctx", help="Context corruption noise level (0 = off). \\[default: 0.1]")
     ] = None,
     out_path: Annotated[
-        Path | None, typer.Option("--out", help="Output mp4. Default: <run>/rollouts/<clip>-steps<K>.mp4.")
+        Path | None, typer.Option("--out", help="Output mp4. \\[default: <run>/rollouts/<clip>-steps<K>.mp4]")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed. \\[default: 0]")] = None,
     tokenizer: Annotated[
-        Path | None, typer.Option("--tokenizer", help="Tokenizer run or checkpoint (default: the run's).")
+        str | None,
+        typer.Option("--tokenizer", help="Tokenizer: a run name, run directory or weights file. \\[default: the run's]"),
     ] = None,
     scale: Annotated[int, typer.Option("--scale", help="Upscale factor of the written video.", min=1, max=16)] = 4,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="bf16 or fp32 for the model.")] = "bf16",
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = PrecisionChoice.auto,
+    threads: ThreadsOption = None,
 ) -> None:
     """Predict what happens after the first --context frames of a clip; predicted frames have a red border.
 
@@ -49,17 +65,25 @@ def rollout(
     if len(s.steps) != 1:
         raise ConfigError(f"rollout takes one step count, got sampling.steps={s.steps}; pass --steps K")
     h = s.horizon if (horizon is not None or "horizon" in s.model_fields_set) else DEFAULT_HORIZON
-    world = load_world_model(model, STATE.workspace, tokenizer=tokenizer, device=resolve_device(device))
+    clip = existing_path(clip, "CLIP", "video file")
+    if clip.is_dir():
+        raise ConfigError(f"CLIP {clip}: a folder; give one video file")
+    tok = run_or_path(tokenizer, "--tokenizer")
+    setup_threads(threads)
+    dev = resolve_device(device or "auto")
+    world = load_world_model(model, STATE.workspace, tokenizer=tok, device=dev)
     with RichProgress(console, transient=True) as progress:
         rep = rollout_clip(
             clip, world, steps=s.steps[0], context=s.context, horizon=h, tau_ctx=s.tau_ctx, out=out_path,
-            seed=s.seed, scale=scale, precision=precision, progress=progress,
+            seed=s.seed, scale=scale, precision=precision.value, progress=progress,
         )
+    if getattr(rep, "precision", ""):
+        info(escape(f"precision {rep.precision} ({getattr(rep, 'precision_reason', '')})"))
     line = (
         f"{rep.horizon} frames predicted with {rep.steps} steps by {rep.run}: "
         f"{rep.frames_per_s:.1f} frames/s sampling, {rep.end_to_end_frames_per_s:.1f} frames/s end to end"
     )
-    out.print(line, highlight=False)
+    out.print(line, highlight=False, markup=False)
     if rep.compared:
         k = min(8, rep.compared)
         p = sum(rep.psnr[:k]) / k
@@ -69,6 +93,7 @@ def rollout(
         f"wrote {rep.out} ({rep.frames_written} frames, {rep.size[1]}x{rep.size[0]}, {rep.fps:g} fps"
         f"{', truth on the left' if rep.compared else ''})",
         highlight=False,
+        markup=False,
     )
 
 

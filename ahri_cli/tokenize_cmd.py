@@ -10,7 +10,22 @@ from rich.table import Table
 
 from ahri_core.errors import ConfigError
 
-from .common import STATE, RichProgress, console, out
+from .common import (
+    STATE,
+    DeviceOption,
+    PrecisionChoice,
+    PrecisionOption,
+    RichProgress,
+    ThreadsOption,
+    console,
+    escape,
+    existing_path,
+    info,
+    next_step,
+    out,
+    resolve_precision,
+    setup_threads,
+)
 
 
 def tokenize(
@@ -20,8 +35,9 @@ def tokenize(
     data: Annotated[Path | None, typer.Option("--data", help="Folder of videos (searched recursively). \\[default: <workspace>/videos]")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Latent root; files go to OUT/<tokenizer-id>/. \\[default: <workspace>/latents]")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Frames encoded per batch.", min=1)] = 64,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="bf16 (autocast) or fp32.")] = "bf16",
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = PrecisionChoice.auto,
+    threads: ThreadsOption = None,
     val_fraction: Annotated[
         float | None, typer.Option("--val-fraction", help="Share of videos held out. \\[default: the tokenizer's own split setting]")
     ] = None,
@@ -37,29 +53,30 @@ def tokenize(
 
     Example:  ahri tokenize --tokenizer tokenizer-20250101-120000
     """
-    if precision not in ("bf16", "fp32"):
-        raise ConfigError(f"--precision {precision}: allowed bf16, fp32")
     if val_fraction is not None and not 0 <= val_fraction < 1:
         raise ConfigError(f"--val-fraction {val_fraction}: must be in [0, 1)")
     ws = STATE.workspace
+    setup_threads(threads)
     if decode is not None:
-        _decode(tokenizer, decode, output, batch_size, device, precision)
+        _decode(tokenizer, decode, output, batch_size, device or "auto", precision)
         return
 
     from ahri_core.data.frames import find_videos
     from ahri_core.tokenize import tokenize_videos
 
-    root = data if data is not None else ws.videos
+    root = existing_path(data, "--data", "video folder") if data is not None else ws.videos
+    if not root.exists():
+        raise ConfigError(f"no videos: {root} does not exist (fetch some first: ahri fetch --source game)")
     videos = find_videos(root)
     if not videos:
         raise ConfigError(f"no videos under {root} (fetch some first: ahri fetch --source game)")
     dest = out_dir if out_dir is not None else ws.latents
     with RichProgress(console) as progress:
         res = tokenize_videos(
-            tokenizer, videos, dest, batch_size=batch_size, device=device, precision=precision,
+            tokenizer, videos, dest, batch_size=batch_size, device=device or "auto", precision=precision.value,
             val_fraction=val_fraction, runs_dir=ws.runs, progress=progress,
         )
-    t = Table(title=f"latents {res.out_dir}", show_header=False)
+    t = Table(title=f"latents {escape(str(res.out_dir))}", show_header=False)
     t.add_row("tokenized now", f"{len(res.written)} videos, {res.frames} frames, {res.frames_per_s:.0f} frames/s")
     t.add_row("already done", str(len(res.skipped)))
     t.add_row("failed", str(len(res.failed)))
@@ -69,16 +86,28 @@ def tokenize(
         t.add_row("index", f"{len(idx['videos'])} videos ({n_val} val), {idx['frames']} frames, "
                   f"{idx['tokens']} tokens x {idx['channels']} channels at {idx['fps']:g} fps")
     out.print(t)
+    chosen = getattr(res, "precision", None)
+    if isinstance(chosen, dict) and chosen.get("precision"):
+        info(escape(f"precision {chosen['precision']} ({chosen.get('reason', '')})"))
+    for note in getattr(res, "notes", []):
+        info(f"[dim]note:[/] {escape(str(note))}")
     for vid, why in res.failed:
-        console.print(f"[red]failed[/] {vid}: {why}", highlight=False, soft_wrap=True)
+        console.print(f"[red]failed[/] {escape(str(vid))}: {escape(str(why))}", highlight=False, soft_wrap=True)
     if not res.ok:
         raise typer.Exit(1)
+    hint = ["train", "--shortcut", "--alternating", "--long-ratio", "0.1", "--minutes", "30"]
+    if out_dir is not None:
+        hint += ["--latents", str(res.out_dir)]
+    next_step(*hint)
 
 
-def _decode(tokenizer: str, path: Path, output: Path | None, batch_size: int, device: str, precision: str) -> None:
+def _decode(
+    tokenizer: str, path: Path, output: Path | None, batch_size: int, device: str, precision: PrecisionChoice
+) -> None:
     from ahri_core.data.frames import to_uint8
     from ahri_core.data.latents import read_latent_file
-    from ahri_core.tokenize import decode_latents, load_decoder
+    from ahri_core.models.tokenizer import decode_latents
+    from ahri_core.tokenize import load_decoder
     from ahri_core.video import write_video
 
     if not path.is_file():
@@ -89,11 +118,12 @@ def _decode(tokenizer: str, path: Path, output: Path | None, batch_size: int, de
         raise ConfigError(
             f"--decode {path}: latents {tuple(lat.shape[1:])} do not fit tokenizer ({model.cfg.tokens}, {model.cfg.channels})"
         )
-    frames = decode_latents(model, lat.float(), batch_size=batch_size, precision=precision)
+    prec = resolve_precision(precision, next(model.parameters()).device)
+    frames = decode_latents(model, lat.float(), batch_size=batch_size, precision=prec)
     dest = output if output is not None else Path(f"{path.stem}.decoded.mp4")
     fps = float(meta.get("fps") or model.cfg.fps)
     write_video(dest, to_uint8(frames), fps)
-    out.print(f"wrote {dest} ({len(frames)} frames at {fps:g} fps)")
+    out.print(f"wrote {dest} ({len(frames)} frames at {fps:g} fps)", highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:

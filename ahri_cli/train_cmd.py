@@ -22,6 +22,7 @@ from .common import (
     ThreadsOption,
     TokenizerPreset,
     command_line,
+    escape,
     info,
     next_step,
     out,
@@ -182,6 +183,11 @@ def train(
     mask_max: Annotated[
         float | None, typer.Option("--mask-max", help="tokenizer stage: MAE drop rate drawn from U(0, X). \\[default: 0.9]")
     ] = None,
+    val_fraction: Annotated[
+        float | None,
+        typer.Option("--val-fraction", help="Share of videos held out, by whole video. \\[default: tokenizer 0.1; "
+                     "dynamics: the latent set's own split]"),
+    ] = None,
     preset: Annotated[
         Preset | None,
         typer.Option("--preset", help="Model preset (tokenizer: tiny..large; dynamics: tiny..medium). \\[default: cpu]"),
@@ -259,6 +265,7 @@ def train(
     data_flags: dict[str, Any] = dict(
         seq_len=seq_len, stride=stride, alternating=alternating, seq_len_short=seq_len_short, seq_len_long=seq_len_long,
         batch_size_short=batch_size_short, batch_size_long=batch_size_long, long_ratio=long_ratio,
+        val_fraction=val_fraction,
     )
     diff_flags: dict[str, Any] = dict(
         shortcut=shortcut, k_max=k_max, step_sampling=step_sampling.value if step_sampling else None,
@@ -319,12 +326,12 @@ def train(
     setup_threads(tset.threads)
     run_dir = ws.run_dir(name)
     with run_log(run_dir / "log.txt"):
-        info(f"[bold]dynamics[/] run [cyan]{name}[/] on latents {lat_path}")
+        info(f"[bold]dynamics[/] run [cyan]{escape(name)}[/] on latents {escape(str(lat_path))}")
         with RichProgress() as progress:
             result = train_dynamics(lat_path, run_dir, tset, dset, fset, progress=progress)
         out.print(_summary(result))
         if result.stopped:
-            info(f"stopped by {result.stopped}; continue with: {command_line('train', '--run', name, '--resume')}")
+            info(f"stopped by {result.stopped}; continue with: {escape(command_line('train', '--run', name, '--resume'))}")
             raise typer.Exit(INTERRUPTED)
         next_step("eval", name)
 
@@ -357,7 +364,7 @@ def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None
         name = default_run_name("tokenizer")
     train_flags = {**train_flags, "run": name}
     tset = load(TrainSettings, train_flags, STATE.config)
-    tok_flags = {k: given.get(k) for k in ("size", "tokens", "channels", "mask_max")}
+    tok_flags = {k: given.get(k) for k in ("size", "tokens", "channels", "mask_max", "val_fraction")}
     if stored:
         tok_flags = _merged(stored, "tokenizer", {k: v for k, v in tok_flags.items() if v is not None})
     tok = load(TokenizerSettings, tok_flags, STATE.config)
@@ -380,14 +387,14 @@ def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None
     setup_threads(tset.threads)
     run_dir = ws.run_dir(name)
     with run_log(run_dir / "log.txt"):
-        info(f"[bold]tokenizer[/] run [cyan]{name}[/] on {len(videos)} videos")
+        info(f"[bold]tokenizer[/] run [cyan]{escape(name)}[/] on {len(videos)} videos")
         with RichProgress() as progress:
             summary = train_tokenizer(run_dir, videos, tset, tok, progress, cache_dir=ws.cache)
         for line in summary_lines(summary):
             out.print(line, highlight=False)
         if summary.get("stopped"):
             info(f"stopped by {summary['stopped']}; continue with: "
-                 f"{command_line('train', '--stage', 'tokenizer', '--run', name, '--resume')}")
+                 f"{escape(command_line('train', '--stage', 'tokenizer', '--run', name, '--resume'))}")
             raise typer.Exit(INTERRUPTED)
         next_step("tokenize", "--tokenizer", name)
 

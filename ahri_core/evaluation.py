@@ -13,12 +13,16 @@ store, PITFALLS 14) and every horizon step h = 1..H:
 All three are measured on the very same real frames ([0, 1] RGB, PITFALLS 15): PSNR, SSIM and MSE, each as a
 mean over clips with a 95% interval (Student t). Latent MSE (prediction vs true latents) is reported too.
 "Real frames" are the video decoded at the tokenizer's fps and size, the frames that were tokenized; if the
-video file is gone the decoded true latents stand in and the report says so.
+video file is gone the decoded true latents stand in and the report says so. Only the clips' frames are
+decoded and kept (:func:`read_clip_frames`), so memory does not grow with the length of the videos.
+
+The metrics come from :mod:`ahri_core.metrics`, the plot and the sample videos from :mod:`ahri_core.visual`
+(shared with :mod:`ahri_core.rollout`; this module does not import that one). The dynamics model samples in
+the precision ``auto`` resolves to (the world model's ``choose_precision``), recorded in ``metrics.json``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -28,194 +32,35 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from .metrics import (
+    average_over,
+    image_metrics,
+    mse_per_image,
+    psnr_per_image,
+    ssim_per_image,
+    summarize,
+    t95,
+)
 from .progress import Progress
+from .visual import Column, error_frames, grid_video, plot_curves, to_float, to_uint8
 
-# ---------------------------------------------------------------------------------------------- metrics
-
-
-def mse_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(..., 3, H, W) in [0, 1] -> (...,). The prediction is clipped to [0, 1] first."""
-    return (pred.float().clamp(0, 1) - target.float()).pow(2).mean(dim=(-3, -2, -1))
-
-
-def psnr_per_image(pred: torch.Tensor, target: torch.Tensor, max_db: float = 100.0) -> torch.Tensor:
-    """PSNR in dB of [0, 1] images (peak 1), (..., 3, H, W) -> (...,); identical images give ``max_db``."""
-    m = mse_per_image(pred, target)
-    return torch.where(m > 0, -10.0 * torch.log10(m.clamp_min(1e-30)), torch.full_like(m, max_db)).clamp(max=max_db)
-
-
-def _gauss_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
-
-
-def ssim_per_image(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Structural similarity (Wang et al. 2004: Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, peak 1),
-    averaged over the valid window positions and the three channels. (..., 3, H, W) -> (...,)."""
-    lead = pred.shape[:-3]
-    c, h, w = pred.shape[-3:]
-    x = pred.float().clamp(0, 1).reshape(-1, c, h, w)
-    y = target.float().reshape(-1, c, h, w)
-    k = min(window, h, w)
-    win = _gauss_window(k, sigma).to(x.device).expand(c, 1, k, k)
-
-    def filt(t):
-        return F.conv2d(t, win, groups=c)
-
-    mu_x, mu_y = filt(x), filt(y)
-    sxx = filt(x * x) - mu_x**2
-    syy = filt(y * y) - mu_y**2
-    sxy = filt(x * y) - mu_x * mu_y
-    c1, c2 = 0.01**2, 0.03**2
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
-    return s.mean(dim=(-3, -2, -1)).reshape(lead)
-
-
-def image_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-    """psnr, ssim, mse per image: (..., 3, H, W) -> dict of (...,)."""
-    return {"psnr": psnr_per_image(pred, target), "ssim": ssim_per_image(pred, target), "mse": mse_per_image(pred, target)}
-
-
-# Two-sided 95% Student-t quantiles for 1..30 degrees of freedom; 1.96 beyond.
-_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
-
-
-def t95(n: int) -> float:
-    """The factor for a 95% interval of a mean of n values (n - 1 degrees of freedom)."""
-    df = n - 1
-    if df < 1:
-        return float("nan")
-    return _T95[df - 1] if df <= len(_T95) else 1.96
-
-
-def summarize(values: np.ndarray) -> dict[str, list[float]]:
-    """(clips, horizon) -> per horizon step: mean and the half-width of its 95% interval over clips."""
-    v = np.asarray(values, dtype=np.float64)
-    n = v.shape[0]
-    mean = v.mean(axis=0)
-    if n > 1:
-        half = t95(n) * v.std(axis=0, ddof=1) / math.sqrt(n)
-    else:
-        half = np.full_like(mean, float("nan"))
-    return {"mean": [float(x) for x in mean], "ci95": [float(x) for x in half]}
-
-
-def average_over(values: np.ndarray, first: int, last: int) -> float:
-    """Mean over clips and over horizon steps first..last (1-based, inclusive, clipped to the horizon)."""
-    v = np.asarray(values, dtype=np.float64)
-    last = min(last, v.shape[1])
-    return float(v[:, first - 1 : last].mean())
-
-
-# ---------------------------------------------------------------------------------------------- plot
-
-
-def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    if hi <= lo:
-        hi = lo + 1
-    raw = (hi - lo) / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=raw)
-    start = math.ceil(lo / step) * step
-    ticks, t = [], start
-    while t <= hi + 1e-9:
-        ticks.append(round(t, 6))
-        t += step
-    return ticks
-
-
-PALETTE = [(220, 50, 47), (38, 139, 210), (133, 153, 0), (211, 54, 130), (42, 161, 152), (181, 137, 0)]
-
-
-def plot_curves(
-    path: str | Path,
-    curves: dict[str, tuple[list[float], list[float] | None]],
-    title: str,
-    ylabel: str = "PSNR (dB)",
-    styles: dict[str, str] | None = None,
-) -> Path:
-    """A small line plot drawn with Pillow: x = horizon step 1..H; one line (and 95% band) per curve.
-
-    ``curves``: label -> (mean per step, ci95 half-width per step or None). ``styles``: label -> "dash" for
-    baselines. Written atomically as PNG.
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    from .fileio import atomic_path
-
-    W, H = 760, 460
-    left, right, top, bottom = 70, 200, 40, 50
-    img = Image.new("RGB", (W, H), "white")
-    d = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    ys = []
-    for mean, ci in curves.values():
-        for i, m in enumerate(mean):
-            if math.isfinite(m):
-                c = ci[i] if ci is not None and i < len(ci) and math.isfinite(ci[i]) else 0.0
-                ys += [m - c, m + c]
-    if not ys:
-        ys = [0.0, 1.0]
-    y_lo, y_hi = min(ys), max(ys)
-    pad = max(0.5, 0.05 * (y_hi - y_lo))
-    y_lo, y_hi = y_lo - pad, y_hi + pad
-    n = max(len(m) for m, _ in curves.values())
-    x_lo, x_hi = 1, max(n, 2)
-
-    def px(x: float, y: float) -> tuple[float, float]:
-        fx = (x - x_lo) / (x_hi - x_lo)
-        fy = (y - y_lo) / (y_hi - y_lo)
-        return left + fx * (W - left - right), H - bottom - fy * (H - top - bottom)
-
-    for t in _nice_ticks(y_lo, y_hi):
-        _, yy = px(x_lo, t)
-        d.line([(left, yy), (W - right, yy)], fill=(230, 230, 230))
-        d.text((left - 8, yy), f"{t:g}", fill="black", font=font, anchor="rm")
-    for t in _nice_ticks(x_lo, x_hi, n=min(8, x_hi - x_lo)):
-        if float(t).is_integer():
-            xx, _ = px(t, y_lo)
-            d.line([(xx, H - bottom), (xx, H - bottom + 4)], fill="black")
-            d.text((xx, H - bottom + 8), f"{int(t)}", fill="black", font=font, anchor="mt")
-    d.rectangle([left, top, W - right, H - bottom], outline="black")
-    d.text(((left + W - right) / 2, H - 18), "horizon (frames ahead)", fill="black", font=font, anchor="mm")
-    d.text((10, top - 20), ylabel, fill="black", font=font)
-    d.text(((left + W - right) / 2, 14), title, fill="black", font=font, anchor="mm")
-
-    styles = styles or {}
-    for i, (label, (mean, ci)) in enumerate(curves.items()):
-        color = PALETTE[i % len(PALETTE)]
-        pts = [px(j + 1, m) for j, m in enumerate(mean) if math.isfinite(m)]
-        if ci is not None and len(pts) > 1:
-            band = [px(j + 1, m + c) for j, (m, c) in enumerate(zip(mean, ci, strict=False)) if math.isfinite(c)]
-            band += [px(j + 1, m - c) for j, (m, c) in reversed(list(enumerate(zip(mean, ci, strict=False)))) if math.isfinite(c)]
-            if len(band) > 2:
-                overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
-                ImageDraw.Draw(overlay).polygon(band, fill=(*color, 40))
-                img.paste(Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB"))
-                d = ImageDraw.Draw(img)
-        if styles.get(label) == "dash":
-            for a, b in zip(pts, pts[1:], strict=False):
-                for s in range(0, 10, 2):
-                    f0, f1 = s / 10, (s + 1) / 10
-                    d.line([(a[0] + (b[0] - a[0]) * f0, a[1] + (b[1] - a[1]) * f0),
-                            (a[0] + (b[0] - a[0]) * f1, a[1] + (b[1] - a[1]) * f1)], fill=color, width=2)
-        else:
-            if len(pts) > 1:
-                d.line(pts, fill=color, width=2)
-            for p in pts:
-                d.ellipse([p[0] - 2.5, p[1] - 2.5, p[0] + 2.5, p[1] + 2.5], fill=color)
-        ly = top + 10 + 18 * i
-        d.line([(W - right + 12, ly), (W - right + 36, ly)], fill=color, width=3)
-        d.text((W - right + 42, ly), label, fill="black", font=font, anchor="lm")
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
-    return path
+__all__ = [
+    "ClipRef",
+    "EvalReport",
+    "evaluate",
+    "select_clips",
+    "read_clip_frames",
+    # metrics live in ahri_core.metrics and the plot in ahri_core.visual; the names stay importable here
+    "average_over",
+    "image_metrics",
+    "mse_per_image",
+    "plot_curves",
+    "psnr_per_image",
+    "ssim_per_image",
+    "summarize",
+    "t95",
+]
 
 
 # ---------------------------------------------------------------------------------------------- clips
@@ -329,6 +174,45 @@ def _stack_actions(acts: list[torch.Tensor | None], span: int) -> torch.Tensor |
     return torch.stack(out)
 
 
+def read_clip_frames(
+    refs: list[ClipRef],
+    span: int,
+    latent_dir: Path,
+    workspace,
+    fps: float,
+    size,
+    fit: str = "crop",
+    progress: Progress | None = None,
+) -> list[torch.Tensor | None]:
+    """The real frames (float (span, 3, H, W) in [0, 1]) of every clip, or None where they cannot be had.
+
+    Each video is decoded once, streaming, at the tokenizer's fps and size (the frames that were tokenized),
+    and only the frames of its clips are kept (:func:`ahri_core.video.read_ranges`): memory holds the
+    scored frames, never a whole video, and decoding stops after the last clip of the video. None: the
+    video file is not found, or it has fewer frames than the clip needs.
+    """
+    from .progress import ensure
+    from .video import read_ranges
+
+    prog = ensure(progress)
+    by_video: dict[str, list[int]] = {}
+    for i, r in enumerate(refs):
+        by_video.setdefault(r.video_id, []).append(i)
+    out: list[torch.Tensor | None] = [None] * len(refs)
+    prog.start("eval: frames", total=len(refs))
+    for vid, idx in by_video.items():
+        path = _video_file(latent_dir, vid, workspace)
+        if path is None:
+            prog.log(f"video of {vid} not found: its decoded true latents stand in for the real frames")
+        else:
+            parts = read_ranges(path, [(refs[i].start, refs[i].start + span) for i in idx], fps=fps, size=size, fit=fit)
+            for i, fr in zip(idx, parts, strict=True):
+                out[i] = to_float(fr) if len(fr) == span else None
+        prog.advance("eval: frames", len(idx))
+    prog.finish("eval: frames")
+    return out
+
+
 def evaluate(
     world,
     latents: str | os.PathLike | None = None,
@@ -336,24 +220,26 @@ def evaluate(
     out_dir: str | os.PathLike | None = None,
     workspace=None,
     samples: int = 2,
-    precision: str = "bf16",
+    precision: str = "auto",
     progress: Progress | None = None,
 ) -> EvalReport:
     """Evaluate a :class:`~ahri_core.rollout.WorldModel` on held-out videos; see the module docstring.
 
     ``latents``: the latent set (default: the one the run was trained on); only its validation split is
     used. ``settings``: :class:`~ahri_core.settings.SamplingSettings` (steps, context, horizon, tau_ctx,
-    clips, seed, batch_size). Writes ``metrics.json``, ``psnr.png`` and ``sample-<i>.mp4`` into ``out_dir``
-    (default ``<run>/eval/<id>``).
+    clips, seed, batch_size). ``precision``: of the dynamics model while sampling, "auto" (default: resolved
+    by :func:`ahri_core.runtime.choose_precision` for this model and batch shape, measured once per machine
+    and cached in the workspace's cache), "bf16" or "fp32"; the tokenizer decodes in fp32 for the metrics.
+    Writes ``metrics.json`` (with the precision used and why), ``psnr.png`` and ``sample-<i>.mp4`` into
+    ``out_dir`` (default ``<run>/eval/<id>``).
     """
     from .data.windows import load_latent_set
     from .errors import DataError
     from .fileio import write_json_atomic
     from .progress import ensure
-    from .rollout import Column, error_frames, grid_video, to_float, to_uint8
     from .sampler import check_steps
     from .settings import SamplingSettings
-    from .video import read_frames, write_video
+    from .video import write_video
 
     s = settings or SamplingSettings()
     prog = ensure(progress)
@@ -382,27 +268,21 @@ def evaluate(
         )
     n = len(refs)
     span = C + H
+    ws = workspace if workspace is not None else getattr(world, "workspace", None)
+    choice = world.choose_precision(
+        precision, batch=min(s.batch_size, n), frames=C + 1, cache_dir=ws.cache if ws is not None else None
+    )
+    prog.log(f"eval: dynamics model in {choice.line()}")
 
-    # Real frames (the video at the tokenizer's fps and size) and true latents of every clip.
-    prog.start("eval: frames", total=n)
-    true_lat, acts, real, truth_kind = [], [], [], "video frames"
-    cache: dict[str, np.ndarray | None] = {}
+    # True latents of every clip, and the real frames (the video at the tokenizer's fps and size) of the
+    # clips only: each video is streamed once and only the clips' frames are kept.
+    true_lat, acts = [], []
     for r in refs:
         v = videos[r.video_id]
         true_lat.append(v.latents[r.start : r.start + span].float())
         acts.append(None if v.actions is None else v.actions[r.start : r.start + span])
-        if r.video_id not in cache:
-            path = _video_file(lat_path, r.video_id, workspace)
-            cache[r.video_id] = None if path is None else read_frames(path, fps=world.fps, size=world.size, fit=world.fit)
-            if path is None:
-                prog.log(f"video of {r.video_id} not found: its decoded true latents stand in for the real frames")
-        fr = cache[r.video_id]
-        if fr is not None and len(fr) >= r.start + span:
-            real.append(to_float(fr[r.start : r.start + span]))
-        else:
-            real.append(None)
-        prog.advance("eval: frames")
-    prog.finish("eval: frames")
+    real = read_clip_frames(refs, span, lat_path, ws, world.fps, world.size, world.fit, prog)
+    truth_kind = "video frames"
     z_true = torch.stack(true_lat)  # (clips, C + H, N, Ch)
     actions = _stack_actions(acts, span) if world.actions_usable() else None
     t0 = time.perf_counter()
@@ -411,6 +291,7 @@ def evaluate(
     if any(r is None for r in real):
         truth_kind = "decoded true latents (some videos not found)" if any(r is not None for r in real) else "decoded true latents"
     frames_true = torch.stack([r if r is not None else d for r, d in zip(real, decoded_true, strict=True)])
+    del real
     target = frames_true[:, C:]  # (clips, H, 3, h, w): the real frames every curve is compared with
 
     curves: dict[str, dict[str, np.ndarray]] = {}
@@ -421,7 +302,7 @@ def evaluate(
     per_steps: dict[str, Any] = {}
     preds: dict[int, torch.Tensor] = {}
     for k in s.steps:
-        sampler = world.sampler(k, s.tau_ctx, precision=precision)
+        sampler = world.sampler(k, s.tau_ctx, precision=choice.precision)
         prog.start(f"eval: {k} steps", total=n)
         out, secs = [], 0.0
         for i in range(0, n, s.batch_size):
@@ -507,7 +388,7 @@ def evaluate(
             "clips_requested": s.clips,
             "seed": s.seed,
             "batch_size": s.batch_size,
-            "precision": precision,
+            "precision": choice.precision,
             "k_max": world.traits.k_max,
             "shortcut": world.traits.shortcut,
             "max_frames": world.traits.max_frames,
@@ -522,6 +403,7 @@ def evaluate(
         },
         "steps": per_steps,
         "summary": summary,
+        "precision": choice.to_dict(),
         "decode_true_seconds": decode_s,
         "files": {"plot": str(plot), "videos": vids},
     }

@@ -12,12 +12,27 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process umask: from /proc on Linux, else by setting it and setting it straight back."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
 
     The temporary name keeps the final extension (some writers pick the format from it)
-    and starts with ``.`` so that directory scans skip it. On any exception it is removed.
+    and starts with ``.`` so that directory scans skip it. On any exception it is removed. The final
+    file has the permissions a plain ``open()`` would give it (``0o666`` less the umask).
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -27,6 +42,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():  # mkstemp makes 0600; the final file gets what open() would give (umask)
+            os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

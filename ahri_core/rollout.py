@@ -7,7 +7,12 @@
   predicts ``horizon`` frames with the sampler, decodes them and writes an mp4 in which predicted frames
   carry a red border and a label; where the clip has real frames for the predicted span, the truth is shown
   beside the prediction.
-- :func:`grid_video` lays out labelled columns of frames (eval's truth | prediction | error videos use it).
+- the dynamics model samples in the precision ``auto`` resolves to for this machine, model and batch
+  shape (:meth:`WorldModel.choose_precision`, measured once and cached in the workspace); the report says
+  which and why. The tokenizer encodes and decodes in fp32.
+
+Frame pictures (grids, error frames, conversions) live in :mod:`ahri_core.visual`, the metrics in
+:mod:`ahri_core.metrics`; this module and :mod:`ahri_core.evaluation` both use them and never each other.
 """
 
 from __future__ import annotations
@@ -23,13 +28,31 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError, ConfigError, DataError
+from .metrics import psnr_per_image
 from .progress import Progress, ensure
+from .runtime import PrecisionChoice
 from .sampler import ModelTraits, Sampler, traits_of
+from .visual import CTX_COLOR, HEADER, PRED_COLOR, Column, error_frames, grid_video, to_float, to_uint8
 from .workspace import Workspace
 
-PRED_COLOR = (235, 45, 45)  # border of predicted frames
-CTX_COLOR = (60, 190, 90)  # border of real (context) frames
-HEADER = 14  # pixels of the label band above each column
+__all__ = [
+    "RolloutReport",
+    "WorldModel",
+    "latest_dynamics_run",
+    "load_clip_actions",
+    "load_world_model",
+    "resolve_run",
+    "rollout_clip",
+    # frame pictures live in ahri_core.visual; the names stay importable here
+    "CTX_COLOR",
+    "HEADER",
+    "PRED_COLOR",
+    "Column",
+    "error_frames",
+    "grid_video",
+    "to_float",
+    "to_uint8",
+]
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -48,6 +71,7 @@ class WorldModel:
     info: dict[str, Any] = field(default_factory=dict)
     tokenizer_path: Path | None = None
     fit: str = "crop"
+    workspace: Workspace | None = None  # where the run was found (its cache holds precision measurements)
 
     @property
     def name(self) -> str:
@@ -60,8 +84,9 @@ class WorldModel:
     def encode(self, frames: torch.Tensor | np.ndarray, batch: int = 64) -> torch.Tensor:
         """Frames (T, 3, H, W) float in [0, 1] or (T, H, W, 3) uint8 -> latents (T, N, C) float32.
 
-        The same encoder path (and bf16 autocast) as ``ahri tokenize``, so rollout context latents match
-        the latents the dynamics model was trained on.
+        The same encoder path as ``ahri tokenize`` (:func:`~ahri_core.models.tokenizer.encode_frames`), so
+        rollout context latents match the latents the dynamics model was trained on; here in fp32 (tokenize
+        may have run in bf16, which changes the latents by bf16 rounding only).
         """
         from .models.tokenizer import encode_frames
 
@@ -77,8 +102,52 @@ class WorldModel:
         x = decode_latents(self.tokenizer, flat, batch_size=batch, device=self.device, precision="fp32")
         return x.reshape(*lead, *x.shape[1:])
 
-    def sampler(self, steps: int, tau_ctx: float, cache: bool = True, precision: str = "bf16") -> Sampler:
+    def sampler(self, steps: int, tau_ctx: float, cache: bool = True, precision: str = "fp32") -> Sampler:
+        """A :class:`~ahri_core.sampler.Sampler` of this model in a resolved precision ("bf16" or "fp32")."""
+        if precision == "auto":
+            raise ConfigError("precision 'auto' must be resolved first (WorldModel.choose_precision)")
         return Sampler(self.dynamics, self.traits, steps=steps, tau_ctx=tau_ctx, cache=cache, precision=precision)
+
+    def precision_key(self, batch: int, frames: int) -> str:
+        """The model and the batch shape in a few words: what a cached precision measurement is valid for."""
+        import hashlib
+
+        cfg = self.dynamics.config
+        fields = cfg.weights_fields() if hasattr(cfg, "weights_fields") else dict(getattr(cfg, "__dict__", {}))
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        shape = f"{getattr(cfg, 'tokens', '?')}x{getattr(cfg, 'channels', '?')}"
+        return f"dynamics {type(self.dynamics).__name__} {digest} latents {shape} batch {batch}x{frames}"
+
+    def choose_precision(
+        self, requested: str, batch: int, frames: int, cache_dir: str | os.PathLike | None = None
+    ) -> PrecisionChoice:
+        """Resolve ``requested`` ("auto", "bf16", "fp32") for sampling this model on its device.
+
+        ``auto`` goes through :func:`ahri_core.runtime.choose_precision`; where it must measure (a CPU with
+        native bf16), the step it times is one forward call of the dynamics model on ``batch`` clips of
+        ``frames`` frames (the sampler's shape: the context window plus the new frame) under
+        ``runtime.autocast``, inside ``torch.inference_mode()``. The result is cached in
+        ``<cache_dir>/precision.json`` per machine and per :meth:`precision_key`.
+        """
+        from . import runtime
+
+        dev = self.device
+        cfg = self.dynamics.config
+        if self.traits.max_frames is not None:
+            frames = min(frames, self.traits.max_frames)
+        batch, frames = max(1, int(batch)), max(1, int(frames))
+
+        def step(p: str) -> None:
+            g = torch.Generator().manual_seed(0)
+            z = torch.randn((batch, frames, cfg.tokens, cfg.channels), generator=g).to(dev)
+            tau = torch.full((batch, frames), 0.5, device=dev)
+            d = torch.full((batch, frames), self.traits.d_min, device=dev)
+            with torch.inference_mode(), runtime.autocast(dev, p):
+                self.dynamics(z, tau, d)
+
+        return runtime.choose_precision(
+            requested, dev, step=step, key=self.precision_key(batch, frames), cache_dir=cache_dir
+        )
 
     def actions_usable(self) -> bool:
         return getattr(self.dynamics.config, "action_kind", "none") != "none"
@@ -94,6 +163,11 @@ def _run_meta(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+def _finished(meta: dict[str, Any]) -> bool:
+    """A run that ended normally: run.json ``status`` "finished" (or ``finished`` set, as older runs wrote)."""
+    return meta.get("status") == "finished" or (meta.get("status") is None and bool(meta.get("finished")))
+
+
 def latest_dynamics_run(workspace: Workspace) -> Path:
     """The most recently finished dynamics run in the workspace (by its weights' modification time)."""
     best: tuple[float, Path] | None = None
@@ -101,13 +175,13 @@ def latest_dynamics_run(workspace: Workspace) -> Path:
         for d in workspace.runs.iterdir():
             meta = _run_meta(d)
             w = d / "model.safetensors"
-            if meta.get("stage") == "dynamics" and meta.get("finished") and w.is_file():
+            if meta.get("stage") == "dynamics" and _finished(meta) and w.is_file():
                 t = w.stat().st_mtime
                 if best is None or t > best[0]:
                     best = (t, d)
     if best is None:
         raise ConfigError(
-            f"no finished dynamics run in {workspace.runs}; train one (ahri train) or pass --model RUN"
+            f"no finished dynamics run in {workspace.runs}; train one (ahri train) or name a run (ahri eval RUN, ahri rollout CLIP --model RUN)"
         )
     return best[1]
 
@@ -189,96 +263,8 @@ def load_world_model(
         )
     return WorldModel(
         dynamics=model, traits=traits, tokenizer=tok, fps=fps, size=size, run_dir=Path(run_dir), info=info,
-        tokenizer_path=tok_path,
+        tokenizer_path=tok_path, workspace=ws,
     )
-
-
-# ---------------------------------------------------------------------------------------------- pictures
-
-
-def to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
-    """float (..., 3, H, W) in [0, 1] -> uint8 (..., H, W, 3)."""
-    x = frames.detach().cpu().float().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames, np.float32)
-    x = np.moveaxis(x, -3, -1)
-    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-
-
-def to_float(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.moveaxis(np.asarray(frames, np.float32) / 255.0, -1, -3).copy())
-
-
-def error_frames(pred: torch.Tensor, truth: torch.Tensor, gain: float = 4.0) -> torch.Tensor:
-    """|pred - truth| per pixel, amplified by ``gain`` and shown grey-scale (brighter = worse)."""
-    e = (pred.float() - truth.float()).abs().mean(dim=-3, keepdim=True) * gain
-    return e.clamp(0, 1).expand_as(pred).contiguous()
-
-
-@dataclass
-class Column:
-    """One column of a :func:`grid_video`: a title, uint8 frames (T, H, W, 3), and which frames are predicted."""
-
-    title: str
-    frames: np.ndarray
-    predicted: np.ndarray | None = None  # (T,) bool; None = none
-    marked: bool = True  # draw borders (green real, red predicted)
-
-
-def _font():
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=10)
-    except TypeError:  # older Pillow
-        return ImageFont.load_default()
-
-
-def grid_video(columns: list[Column], scale: int = 4, border: int = 2, status: list[str] | None = None) -> np.ndarray:
-    """Side-by-side columns, each upscaled ``scale`` times (nearest), predicted frames framed in red.
-
-    Returns uint8 (T, HEADER + h*scale, sum(w*scale), 3) with even height and width (mp4 needs it).
-    ``status``: an optional line per frame written in the header after the titles.
-    """
-    from PIL import Image, ImageDraw
-
-    if not columns:
-        raise ValueError("grid_video needs at least one column")
-    T = len(columns[0].frames)
-    h, w = columns[0].frames.shape[1:3]
-    for c in columns:
-        if c.frames.shape != (T, h, w, 3):
-            raise ValueError(f"column {c.title!r}: frames {c.frames.shape} differ from {(T, h, w, 3)}")
-    hh, ww = h * scale, w * scale
-    b = max(1, border * scale // 2)
-    H = HEADER + hh
-    W = ww * len(columns)
-    H += H % 2
-    W += W % 2
-    font = _font()
-    # The header text is the same for every frame except the status: draw the titles once.
-    base = Image.new("RGB", (W, H), (24, 24, 24))
-    d = ImageDraw.Draw(base)
-    for i, c in enumerate(columns):
-        d.text((i * ww + 3, 2), c.title, fill=(235, 235, 235), font=font)
-    base_arr = np.asarray(base).copy()
-    out = np.empty((T, H, W, 3), np.uint8)
-    for t in range(T):
-        frame = base_arr.copy()
-        for i, c in enumerate(columns):
-            tile = np.repeat(np.repeat(c.frames[t], scale, axis=0), scale, axis=1)
-            if c.marked:
-                pred = bool(c.predicted[t]) if c.predicted is not None else False
-                color = np.array(PRED_COLOR if pred else CTX_COLOR, np.uint8)
-                thick = b if pred else max(1, b // 2)
-                tile = tile.copy()
-                tile[:thick], tile[-thick:], tile[:, :thick], tile[:, -thick:] = color, color, color, color
-            frame[HEADER : HEADER + hh, i * ww : (i + 1) * ww] = tile
-        out[t] = frame
-        if status is not None and status[t]:
-            img = Image.fromarray(out[t])
-            ImageDraw.Draw(img).text((W - 3, 2), status[t], fill=(255, 210, 80), font=font, anchor="ra")
-            out[t] = np.asarray(img)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- rollout
@@ -300,6 +286,8 @@ class RolloutReport:
     psnr: list[float] = field(default_factory=list)  # per predicted frame with truth
     copy_last_psnr: list[float] = field(default_factory=list)
     run: str = ""
+    precision: str = ""  # of the dynamics model while sampling: "bf16" or "fp32"
+    precision_reason: str = ""  # why (forced, the device, or a measurement on this machine)
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -334,16 +322,18 @@ def rollout_clip(
     seed: int = 0,
     actions: np.ndarray | None = None,
     scale: int = 4,
-    precision: str = "bf16",
+    precision: str = "auto",
     progress: Progress | None = None,
+    workspace: Workspace | None = None,
 ) -> RolloutReport:
     """Predict ``horizon`` frames after the first ``context`` frames of ``clip`` and write them as an mp4.
 
     ``actions``: per frame of the clip (the project convention, ``actions[t]`` produced frame t; may extend
     beyond the clip to steer the dreamed future); by default the clip's sidecar actions when present, else
-    "no action" everywhere.
+    "no action" everywhere. ``precision``: of the dynamics model, "auto" (default; see
+    :meth:`WorldModel.choose_precision`, cached in the cache of ``workspace`` or of the world's workspace),
+    "bf16" or "fp32"; the report records the precision used and why.
     """
-    from .evaluation import psnr_per_image
     from .video import read_frames, write_video
 
     prog = ensure(progress)
@@ -352,7 +342,7 @@ def rollout_clip(
         raise ConfigError(f"--context ({context}) and --horizon ({horizon}) must be at least 1")
     if not clip.is_file():
         raise DataError(f"clip {clip} does not exist")
-    sampler = world.sampler(steps, tau_ctx, precision=precision)  # checks steps before any decoding
+    world.sampler(steps, tau_ctx)  # refuses impossible steps or tau_ctx before any timing or decoding
     t_all = time.perf_counter()
     frames = read_frames(clip, fps=world.fps, size=world.size, fit=world.fit, max_frames=context + horizon)
     if len(frames) < context:
@@ -360,6 +350,12 @@ def rollout_clip(
             f"{clip} has {len(frames)} frames at {world.fps:g} fps, fewer than --context {context}; "
             f"use a longer clip or a smaller --context"
         )
+    ws = workspace if workspace is not None else world.workspace
+    t_choice = time.perf_counter()
+    choice = world.choose_precision(precision, batch=1, frames=context + 1, cache_dir=ws.cache if ws is not None else None)
+    t_choice = time.perf_counter() - t_choice  # a first measurement is not part of the rollout's speed
+    prog.log(f"rollout: dynamics model in {choice.line()}")
+    sampler = world.sampler(steps, tau_ctx, precision=choice.precision)
     real = to_float(frames)  # (T, 3, H, W)
     prog.log(f"encoding {context} context frames of {clip.name}")
     ctx_lat = world.encode(frames[:context])  # (C, N, Ch), the tokenize path
@@ -393,7 +389,7 @@ def rollout_clip(
         out = world.run_dir / "rollouts" / f"{clip.stem}-steps{steps}.mp4"
     out = Path(out)
     n = write_video(out, video, world.fps)
-    total = time.perf_counter() - t_all
+    total = time.perf_counter() - t_all - t_choice
     return RolloutReport(
         out=out,
         frames_written=n,
@@ -409,4 +405,6 @@ def rollout_clip(
         psnr=psnr,
         copy_last_psnr=copy_last,
         run=world.name,
+        precision=choice.precision,
+        precision_reason=choice.reason,
     )

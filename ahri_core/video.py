@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -307,9 +307,14 @@ def _one_frame_per_packet(container, stream) -> bool:
     return stream.codec_context.name in ("h264", "hevc", "vp9", "av1") and ("mp4" in fmt or "matroska" in fmt)
 
 
-def _iter_frames(path, fps, resize: _Resizer, max_frames: int | None) -> Iterator[np.ndarray]:
+def _iter_frames(
+    path, fps, resize: _Resizer, max_frames: int | None, want: Container[int] | None = None
+) -> Iterator[np.ndarray]:
+    """Output frames 0 .. ``max_frames`` - 1 in order; with ``want``, only those whose index is in it.
+    Unwanted frames are still decoded (resampling needs every timestamp) but never converted or kept."""
     if max_frames is not None and max_frames <= 0:
         return
+    stop = max_frames
     container = _open(path)
     try:
         stream = container.streams.video[0]
@@ -340,9 +345,10 @@ def _iter_frames(path, fps, resize: _Resizer, max_frames: int | None) -> Iterato
 
         if fps is None:
             for frame in frames():
-                yield resize(frame)
+                if want is None or emitted in want:
+                    yield resize(frame)
                 emitted += 1
-                if max_frames is not None and emitted >= max_frames:
+                if stop is not None and emitted >= stop:
                     return
             if decoded == 0:
                 raise VideoError(path, "contains no decodable frame", 0)
@@ -366,10 +372,11 @@ def _iter_frames(path, fps, resize: _Resizer, max_frames: int | None) -> Iterato
             if pending is not None:
                 img = None
                 while k * step < t - _TIME_TOLERANCE:
-                    img = resize(pending) if img is None else img.copy()
-                    yield img
+                    if want is None or k in want:
+                        img = resize(pending) if img is None else img.copy()
+                        yield img
                     k += 1
-                    if max_frames is not None and k >= max_frames:
+                    if stop is not None and k >= stop:
                         return
             pending, pending_t = frame, t
             dur = getattr(frame, "duration", None)
@@ -381,10 +388,11 @@ def _iter_frames(path, fps, resize: _Resizer, max_frames: int | None) -> Iterato
         img = None
         end = pending_t + pending_dur
         while k * step < end - _TIME_TOLERANCE:
-            img = resize(pending) if img is None else img.copy()
-            yield img
+            if want is None or k in want:
+                img = resize(pending) if img is None else img.copy()
+                yield img
             k += 1
-            if max_frames is not None and k >= max_frames:
+            if stop is not None and k >= stop:
                 return
     finally:
         container.close()
@@ -403,6 +411,58 @@ def read_frames(
         h, w = _target_size(size) or (0, 0)
         return np.zeros((0, h, w, 3), np.uint8)
     return np.stack(frames)
+
+
+def read_ranges(
+    path: str | os.PathLike,
+    ranges: Sequence[tuple[int, int]],
+    fps: float | None = None,
+    size: int | tuple[int, int] | None = None,
+    fit: Fit = "crop",
+) -> list[np.ndarray]:
+    """The frames ``start <= i < stop`` of each ``(start, stop)`` range, in one streaming pass.
+
+    Frame indices are those of :func:`iter_frames` with the same ``fps``, ``size`` and ``fit`` (so
+    ``read_ranges(p, [(a, b)])[0]`` equals ``read_frames(p)[a:b]``), but only the frames inside a range
+    are converted and kept, and decoding stops after the last range: memory grows with the ranges, never
+    with the video. Ranges may overlap and come in any order; one that runs past the end of the video
+    comes back shorter (empty when it starts past the end). Frames between ranges are decoded but not
+    converted. Returns one uint8 (n, H, W, 3) array per range.
+    """
+    spans = []
+    for r in ranges:
+        a, b = (int(x) for x in r)
+        if a < 0 or b < a:
+            raise ValueError(f"frame range {tuple(r)!r} must satisfy 0 <= start <= stop")
+        spans.append((a, b))
+    resize = _Resizer(_target_size(size), fit)
+    if fps is not None and not (isinstance(fps, numbers.Real) and fps > 0):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    parts: list[list[np.ndarray]] = [[] for _ in spans]
+    wanted = sorted({i for a, b in spans for i in range(a, b)})
+    if wanted:
+        # frames come out in index order, exactly the wanted ones until the video ends
+        for i, img in zip(wanted, _iter_frames(path, fps, resize, wanted[-1] + 1, set(wanted)), strict=False):
+            for j, (a, b) in enumerate(spans):
+                if a <= i < b:
+                    parts[j].append(img)
+    if not any(parts):
+        h, w = _target_size(size) or (0, 0)
+    else:
+        h, w = next(p for p in parts if p)[0].shape[:2]
+    return [np.stack(p) if p else np.zeros((0, h, w, 3), np.uint8) for p in parts]
+
+
+def read_range(
+    path: str | os.PathLike,
+    start: int,
+    stop: int,
+    fps: float | None = None,
+    size: int | tuple[int, int] | None = None,
+    fit: Fit = "crop",
+) -> np.ndarray:
+    """Frames ``start <= i < stop`` as one uint8 array (n, H, W, 3); see :func:`read_ranges`."""
+    return read_ranges(path, [(start, stop)], fps=fps, size=size, fit=fit)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -550,6 +610,8 @@ __all__ = [
     "check_video",
     "iter_frames",
     "read_frames",
+    "read_range",
+    "read_ranges",
     "resize_frames",
     "write_video",
     "to_mp4",

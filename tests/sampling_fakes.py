@@ -151,13 +151,13 @@ def make_world(root, videos: int = 4, frames: int = 40, size: int = 32, train_st
     dynamics run (k_max 8, windows of 8) trained for a few steps. Returns (workspace, latent_dir, run_dir)."""
     from pathlib import Path
 
+    from ahri_core.checkpoint import save_weights
     from ahri_core.fileio import write_json_atomic
     from ahri_core.models.tokenizer import build_tokenizer
     from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings
     from ahri_core.sources import record_game
     from ahri_core.sources.store import list_videos
     from ahri_core.tokenize import tokenize_videos
-    from ahri_core.checkpoint import save_weights
     from ahri_core.train.dynamics import train_dynamics
     from ahri_core.workspace import Workspace
 
@@ -175,7 +175,8 @@ def make_world(root, videos: int = 4, frames: int = 40, size: int = 32, train_st
     train_dynamics(
         res.out_dir, run,
         train=TrainSettings(preset="tiny", max_steps=train_steps, batch_size=2, warmup_steps=1, seed=seed,
-                            val_every=1000, checkpoint_every=1000, log_every=1000, device="cpu"),
+                            val_every=1000, checkpoint_every=1000, log_every=1000, device="cpu",
+                            precision="fp32"),
         data=DataSettings(seq_len=8, stride=4),
         diffusion=DiffusionSettings(shortcut=True, k_max=8),
     )

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from ahri_core.checkpoint import load_state, load_weights, read_metadata, save_state, save_weights
 from ahri_core.errors import CheckpointError, ConfigError
 from ahri_core.fileio import append_jsonl, atomic_path, read_jsonl, sha256_file, write_json_atomic
 from ahri_core.models.layers import Attention, Block, Rotary
-from ahri_core.checkpoint import load_state, load_weights, read_metadata, save_state, save_weights
 from ahri_core.train.common import (
     EMA,
     Budget,

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from ahri_core.checkpoint import load_weights, save_weights
 from ahri_core.errors import CheckpointError, ConfigError, DataError
 from ahri_core.models.dynamics import (
     PRESETS,
@@ -17,7 +18,6 @@ from ahri_core.models.dynamics import (
     param_count,
     save_dynamics,
 )
-from ahri_core.checkpoint import load_weights, save_weights
 
 N, C = 5, 3  # tokens, channels
 

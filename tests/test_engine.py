@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train_dynamics import lset, tiny_settings
+from tokenizer_fixtures import make_store, tiny_train
 
 from ahri_core import runtime
 from ahri_core.checkpoint import CheckpointError, load_weights, save_weights
@@ -15,9 +17,6 @@ from ahri_core.errors import ConfigError, DataError
 from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings
 from ahri_core.train.loop import DivergedError
 from ahri_core.train.tokenizer import TokenizerSettings, train_tokenizer
-
-from test_train_dynamics import lset, tiny_settings
-from tokenizer_fixtures import make_store, tiny_train
 
 
 # ---------------------------------------------------------------------------------------------- precision

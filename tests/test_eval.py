@@ -11,18 +11,12 @@ import torch
 from sampling_fakes import held_out, make_world
 
 from ahri_cli.main import main
-from ahri_core.evaluation import (
-    evaluate,
-    image_metrics,
-    psnr_per_image,
-    select_clips,
-    ssim_per_image,
-    summarize,
-    t95,
-)
-from ahri_core.rollout import load_world_model, to_float
+from ahri_core.evaluation import evaluate, select_clips
+from ahri_core.metrics import image_metrics, psnr_per_image, ssim_per_image, summarize, t95
+from ahri_core.rollout import load_world_model
 from ahri_core.settings import SamplingSettings
 from ahri_core.video import probe, read_frames
+from ahri_core.visual import to_float
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +116,62 @@ def test_eval_cli_writes_report_and_refuses_bad_steps(world, tmp_path, capsys):
     rc = main(["-w", str(ws.root), "eval", run.name, "--context", "30", "--horizon", "30", "--out", str(tmp_path / "y")])
     assert rc == 1
     assert "no held-out video" in capsys.readouterr().err
+
+
+def test_eval_resolves_auto_precision_and_records_it(world, tmp_path, monkeypatch):
+    import ahri_core.runtime as runtime
+    from ahri_core.workspace import Workspace
+
+    ws, _, run = world
+    wm = load_world_model(run, ws)
+    s = SamplingSettings(steps=[4], context=3, horizon=2, clips=3, seed=0, batch_size=2)
+    shapes = []
+
+    def fake_time_step(step, precisions=("fp32", "bf16"), budget_s=2.0):
+        hook = wm.dynamics.register_forward_hook(lambda mod, args, out: shapes.append(tuple(args[0].shape[:2])))
+        try:
+            step("fp32")
+        finally:
+            hook.remove()
+        return {"fp32": 0.02, "bf16": 0.01}
+
+    monkeypatch.setattr(runtime, "native_bf16", lambda: (True, "test CPU with bf16"))
+    monkeypatch.setattr(runtime, "time_step", fake_time_step)
+    cache_ws = Workspace(tmp_path / "cachews")
+    rep = evaluate(wm, settings=s, out_dir=tmp_path / "a", workspace=cache_ws, samples=0)
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert m["settings"]["precision"] == "bf16"
+    assert m["precision"]["precision"] == "bf16" and m["precision"]["requested"] == "auto"
+    assert "2.00x faster" in m["precision"]["reason"] and m["precision"]["cached"] is False
+    assert shapes == [(2, 4)]  # timed at the sampler's batch (2 clips) and window (context 3 + the new frame)
+    assert (cache_ws.cache / "precision.json").is_file()
+    # without native bf16: fp32 at once, nothing timed
+    monkeypatch.setattr(runtime, "native_bf16", lambda: (False, "test CPU without bf16"))
+    monkeypatch.setattr(runtime, "time_step", lambda *a, **k: pytest.fail("must not time"))
+    rep = evaluate(wm, settings=s, out_dir=tmp_path / "b", workspace=cache_ws, samples=0)
+    assert rep.metrics["precision"]["precision"] == "fp32" and rep.metrics["precision"]["reason"] == "test CPU without bf16"
+    assert rep.metrics["settings"]["precision"] == "fp32"
+
+
+def test_eval_reads_only_the_scored_frames(world, tmp_path, monkeypatch):
+    """The truth of each clip comes from a range read of its video (one pass per video), never a whole video."""
+    import ahri_core.video as video
+
+    ws, _, run = world
+    wm = load_world_model(run, ws)
+    calls = []
+    real_ranges = video.read_ranges
+
+    def spy(path, ranges, **kw):
+        calls.append((str(path), list(ranges)))
+        return real_ranges(path, ranges, **kw)
+
+    monkeypatch.setattr(video, "read_ranges", spy)
+    monkeypatch.setattr(video, "read_frames", lambda *a, **k: pytest.fail("eval must not decode whole videos"))
+    s = SamplingSettings(steps=[4], context=3, horizon=2, clips=4, seed=2, batch_size=4)
+    rep = evaluate(wm, settings=s, out_dir=tmp_path / "r", workspace=ws, samples=0, precision="fp32")
+    clips = rep.metrics["clips"]
+    assert rep.metrics["truth"] == "video frames"
+    assert len(calls) == len({c["video"] for c in clips})  # one pass per video
+    asked = sorted(r for _, rs in calls for r in rs)
+    assert asked == sorted((c["start"], c["start"] + 5) for c in clips)

@@ -10,15 +10,10 @@ from sampling_fakes import held_out, make_world
 
 from ahri_cli.main import main
 from ahri_core.errors import ConfigError, DataError
-from ahri_core.rollout import (
-    HEADER,
-    Column,
-    grid_video,
-    latest_dynamics_run,
-    load_world_model,
-    rollout_clip,
-)
+from ahri_core.rollout import latest_dynamics_run, load_world_model, rollout_clip
 from ahri_core.video import probe, read_frames, write_video
+from ahri_core.visual import HEADER, Column, grid_video
+from ahri_core.workspace import Workspace
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +65,18 @@ def test_latest_finished_dynamics_run_is_the_default(world, tmp_path):
     ws, _, run = world
     assert latest_dynamics_run(ws) == run
     meta = json.loads((run / "run.json").read_text())
-    assert meta["stage"] == "dynamics" and meta["finished"] is True
+    assert meta["stage"] == "dynamics" and (meta.get("status") == "finished" or meta.get("finished") is True)
+    # a run that did not finish is never the default
+    other = ws.run_dir("dyn-stopped")
+    other.mkdir()
+    (other / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes())
+    (other / "run.json").write_text(json.dumps({"stage": "dynamics", "status": "interrupted"}))
+    try:
+        assert latest_dynamics_run(ws) == run
+    finally:
+        import shutil
+
+        shutil.rmtree(other)
 
 
 def test_rollout_cli(world, tmp_path, capsys):
@@ -98,3 +104,82 @@ def test_grid_video_layout():
     assert tuple(v[1, HEADER + 12, 0]) == (235, 45, 45)  # predicted: red border
     assert tuple(v[0, HEADER + 12, 0]) == (60, 190, 90)  # real: green border
     assert tuple(v[1, HEADER + 12, 24]) == (0, 0, 0)  # unmarked column
+
+
+# ---------------------------------------------------------------------------------------------- precision
+def _no_timing(*a, **k):
+    raise AssertionError("precision must not be measured here")
+
+
+def test_auto_precision_without_native_bf16_is_fp32_at_once(world, tmp_path, monkeypatch):
+    import ahri_core.runtime as runtime
+
+    ws, _, run = world
+    wm = load_world_model(run, ws)
+    monkeypatch.setattr(runtime, "native_bf16", lambda: (False, "test CPU without bf16"))
+    monkeypatch.setattr(runtime, "time_step", _no_timing)
+    clip = ws.videos / "game" / f"{held_out(world[1])[0]}.mp4"
+    rep = rollout_clip(clip, wm, steps=2, context=4, horizon=2, out=tmp_path / "a.mp4", scale=1,
+                       workspace=Workspace(tmp_path / "ws"))
+    assert (rep.precision, rep.precision_reason) == ("fp32", "test CPU without bf16")
+    assert rep.to_dict()["precision"] == "fp32"
+    assert not (tmp_path / "ws" / "cache" / "precision.json").exists()  # nothing measured, nothing cached
+
+
+def test_auto_precision_measures_the_model_step_caches_and_reuses_it(world, tmp_path, monkeypatch):
+    import torch
+
+    import ahri_core.runtime as runtime
+
+    ws, _, run = world
+    wm = load_world_model(run, ws)
+    seen = []
+    hook = wm.dynamics.register_forward_hook(
+        lambda mod, args, out: seen.append((tuple(args[0].shape), torch.is_inference_mode_enabled(),
+                                            torch.is_autocast_enabled("cpu")))
+    )
+
+    def fake_time_step(step, precisions=("fp32", "bf16"), budget_s=2.0):
+        for p in precisions:
+            step(p)  # the real step: one forward of the dynamics model
+        return {"fp32": 0.010, "bf16": 0.004}
+
+    monkeypatch.setattr(runtime, "native_bf16", lambda: (True, "test CPU with bf16"))
+    monkeypatch.setattr(runtime, "time_step", fake_time_step)
+    clip = ws.videos / "game" / f"{held_out(world[1])[0]}.mp4"
+    other = Workspace(tmp_path / "ws")
+    try:
+        rep = rollout_clip(clip, wm, steps=2, context=4, horizon=2, out=tmp_path / "a.mp4", scale=1, workspace=other)
+    finally:
+        hook.remove()
+    assert rep.precision == "bf16" and "2.50x faster" in rep.precision_reason
+    dcfg = wm.dynamics.config
+    # one forward per precision at the sampler's shape (batch 1, context + the new frame), fp32 then bf16
+    assert seen[:2] == [((1, 5, dcfg.tokens, dcfg.channels), True, False), ((1, 5, dcfg.tokens, dcfg.channels), True, True)]
+    cache = json.loads((other.cache / "precision.json").read_text())
+    (key, entry), = cache.items()
+    assert entry["precision"] == "bf16" and entry["timings"] == {"fp32": 0.010, "bf16": 0.004}
+    assert "batch 1x5" in json.loads(key)["model"]
+
+    # the cached answer is used on the next call: no measurement
+    monkeypatch.setattr(runtime, "time_step", _no_timing)
+    again = rollout_clip(clip, wm, steps=2, context=4, horizon=2, out=tmp_path / "b.mp4", scale=1, workspace=other)
+    assert again.precision == "bf16" and again.precision_reason == rep.precision_reason
+    # another batch shape is another measurement (here: slower bf16, so fp32)
+    monkeypatch.setattr(runtime, "time_step", lambda step, **k: {"fp32": 0.010, "bf16": 0.0095})
+    longer = rollout_clip(clip, wm, steps=2, context=6, horizon=2, out=tmp_path / "c.mp4", scale=1, workspace=other)
+    assert longer.precision == "fp32" and "1.05x the fp32 speed" in longer.precision_reason
+    assert len(json.loads((other.cache / "precision.json").read_text())) == 2
+    # a forced precision is taken as given
+    forced = rollout_clip(clip, wm, steps=2, context=4, horizon=2, out=tmp_path / "d.mp4", scale=1, precision="fp32",
+                          workspace=other)
+    assert (forced.precision, forced.precision_reason) == ("fp32", "forced by --precision")
+
+
+def test_world_model_sampler_refuses_unresolved_auto(world):
+    ws, _, run = world
+    wm = load_world_model(run, ws)
+    assert wm.workspace == ws
+    with pytest.raises(ConfigError, match="auto"):
+        wm.sampler(2, 0.1, precision="auto")
+    assert wm.sampler(2, 0.1, precision="bf16").precision == "bf16"

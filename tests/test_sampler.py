@@ -272,8 +272,8 @@ def test_more_steps_are_not_worse_than_fewer_on_a_trained_model(tmp_path):
     of the implied noise (PITFALLS 3) makes 8 steps about twice as bad as 2 on this model and fails here.
     """
     from ahri_core.data.windows import LatentVideo, make_latent_set
-    from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings
     from ahri_core.models.dynamics import load_dynamics_run as load_dynamics
+    from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings
     from ahri_core.train.dynamics import train_dynamics
 
     train = [LatentVideo(f"t{i}", _flipping_video(i).half()) for i in range(16)]
@@ -297,3 +297,117 @@ def test_more_steps_are_not_worse_than_fewer_on_a_trained_model(tmp_path):
         mse[k] = float((res.latents - val[:, ctx : ctx + horizon]).pow(2).mean())
     assert all(v < 0.4 * copy for v in mse.values()), (mse, copy)  # the model has learned the motion
     assert mse[4] <= 1.5 * mse[2] and mse[8] <= 1.5 * mse[2], mse
+
+
+# ---------------------------------------------------------------------------------------------- the real model
+# What the cached path keeps when old frames leave the window (docs/evaluation.md, "KV cache"): each committed
+# frame's temporal keys/values are computed once, when the frame is committed, and kept until the frame leaves
+# the window. At the first temporal layer a key depends on its own frame only; at deeper temporal layers it
+# carries what the frame saw when it was committed: up to max_frames - 1 earlier frames, some of which have left
+# the window since. So the cached rollout equals running the model over the whole history with every temporal
+# layer restricted to a band of max_frames frames (sliding-window attention), while the uncached path re-runs
+# the window from scratch (its oldest frame sees nothing earlier). The two agree until the window slides, and
+# always with a single temporal layer.
+def _real_model(depth: int, temporal_every: int, max_frames: int, seed: int = 0):
+    from ahri_core.models.dynamics import build_dynamics
+
+    torch.manual_seed(seed)
+    model = build_dynamics(
+        dict(dim=32, depth=depth, heads=4, kv_heads=2, registers=2, temporal_every=temporal_every, mlp_ratio=2.0,
+             max_frames=max_frames, k_max=2),
+        tokens=4, channels=3,
+    ).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # a new model's blocks are the identity (AdaLN-zero): make every block act
+        for blk in model.blocks:
+            blk.mod.weight.normal_(0, 0.2, generator=g)
+            blk.mod.bias.normal_(0, 0.2, generator=g)
+        model.mod_out.weight.normal_(0, 0.2, generator=g)
+    return model
+
+
+def _banded(model, band: int):
+    """The same model with every temporal layer's causal attention limited to the ``band`` latest frames."""
+    for blk in model.blocks:
+        if not blk.temporal:
+            continue
+        orig = blk.attn.forward
+
+        def forward(x, rope_q=None, rope_k=None, mask=None, is_causal=False, past=None, orig=orig):
+            if is_causal and past is None and mask is None:
+                i = torch.arange(x.shape[1], device=x.device)
+                mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < band)
+                is_causal = False
+            return orig(x, rope_q=rope_q, rope_k=rope_k, mask=mask, is_causal=is_causal, past=past)
+
+        blk.attn.forward = forward
+    return model
+
+
+LAYOUTS = {"S,T,S,T": (4, 2), "T,T,T": (3, 1), "S,T,S,T,S,T": (6, 2)}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_real_model_cached_steps_are_sliding_window_attention_over_the_history(layout):
+    depth, every = LAYOUTS[layout]
+    M, T = 4, 11
+    model = _real_model(depth, every, M)
+    assert ",".join(model.config.layer_kinds()) == layout and len(model.temporal_index) >= 2
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(2, T, 4, 3, generator=g)
+    tau = torch.rand(2, T, generator=g)
+    step = torch.full((2, T), 0.5)
+    cache = model.new_cache(2, M)
+    got = torch.cat([model.step(z[:, t : t + 1], tau[:, t : t + 1], step[:, t : t + 1], None, cache, commit=True)
+                     for t in range(T)], dim=1)
+    with torch.no_grad():
+        banded = _banded(_real_model(depth, every, M), M)(z, tau, step)
+    torch.testing.assert_close(got, banded, rtol=1e-5, atol=1e-5)  # every frame, before and after the slide
+    # a fresh window (what the uncached path computes) agrees only until the window slides
+    for t in range(T):
+        w = slice(max(0, t - M + 1), t + 1)
+        with torch.no_grad():
+            window = model(z[:, w], tau[:, w], step[:, w])
+        diff = float((window[:, -1] - got[:, t]).abs().max())
+        if t < M:
+            assert diff < 1e-5, (t, diff)
+        else:
+            assert diff > 1e-4, (t, diff)  # deeper temporal layers kept what left the window
+
+
+@pytest.mark.parametrize("layout", ["S,T,S,T", "T,T,T"])
+def test_real_model_cached_rollout_past_max_frames(layout):
+    """Sampler level: context 3, horizon 8, window 6 frames, so the window slides at the 4th predicted frame."""
+    from dataclasses import replace
+
+    depth, every = LAYOUTS[layout]
+    M, c, H = 6, 3, 8
+    model = _real_model(depth, every, M)
+    traits = traits_of(model)
+    assert traits.max_frames == M and c + H > M
+    ctx = torch.randn(2, c, 4, 3, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    kw = dict(steps=2, tau_ctx=0.1, precision="fp32")
+    cached = Sampler(model, traits, cache=True, **kw).rollout(ctx, H, generator=4).latents
+    uncached = Sampler(model, traits, cache=False, **kw).rollout(ctx, H, generator=4).latents
+    slide = M - c  # predicted frame index h whose frame (c + h) is the first the window no longer holds whole
+    # before the slide: the same numbers up to float rounding
+    torch.testing.assert_close(cached[:, :slide], uncached[:, :slide], rtol=1e-5, atol=1e-5)
+    # after: they differ, by design (see above), but stay close; the output scale of this model is ~0.15
+    diff = (cached[:, slide:] - uncached[:, slide:]).abs()
+    assert float(diff.max()) > 1e-4
+    assert float(diff.max()) < 0.05 and float(diff.mean()) < 0.1 * float(cached.abs().mean())
+    # the cached path is exactly the uncached path of the banded model over the whole history
+    ref = _banded(_real_model(depth, every, M), M)
+    full = Sampler(ref, replace(traits, max_frames=None), cache=False, **kw).rollout(ctx, H, generator=4).latents
+    torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
+
+
+def test_real_model_with_one_temporal_layer_slides_without_any_difference():
+    """With a single temporal layer every kept key depends on its own frame only: nothing to diverge."""
+    model = _real_model(4, 4, 5)
+    assert model.config.layer_kinds() == ["S", "S", "S", "T"]
+    ctx = torch.randn(2, 2, 4, 3, generator=torch.Generator().manual_seed(1)).clamp(-1, 1)
+    kw = dict(steps=2, tau_ctx=0.1, precision="fp32")
+    a = Sampler(model, traits_of(model), cache=True, **kw).rollout(ctx, 9, generator=2).latents
+    b = Sampler(model, traits_of(model), cache=False, **kw).rollout(ctx, 9, generator=2).latents
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -12,14 +12,13 @@ import torch
 from safetensors import safe_open
 
 from ahri_cli.main import main
+from ahri_core.checkpoint import save_weights
 from ahri_core.data.frames import split_videos
 from ahri_core.data.latents import LatentStore, read_latent_file
 from ahri_core.errors import ConfigError, DataError
-from ahri_core.models.tokenizer import build_tokenizer
+from ahri_core.models.tokenizer import build_tokenizer, decode_latents, load_tokenizer
 from ahri_core.sources.store import list_videos
-from ahri_core.models.tokenizer import decode_latents, load_tokenizer
 from ahri_core.tokenize import resolve_tokenizer, tokenize_videos
-from ahri_core.checkpoint import save_weights
 from tests.tokenizer_fixtures import frames_of, make_store
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ahri_core.checkpoint import load_weights, save_weights
 from ahri_core.data.frames import (
     FrameSampler,
     FrameSet,
@@ -25,9 +26,14 @@ from ahri_core.data.frames import (
     to_tensor,
 )
 from ahri_core.errors import CheckpointError, ConfigError, DataError
-from ahri_core.models.tokenizer import PRESETS, Tokenizer, build_tokenizer, describe, tokenizer_config
-from ahri_core.checkpoint import load_weights, save_weights
-from ahri_core.models.tokenizer import load_tokenizer
+from ahri_core.models.tokenizer import (
+    PRESETS,
+    Tokenizer,
+    build_tokenizer,
+    describe,
+    load_tokenizer,
+    tokenizer_config,
+)
 from ahri_core.train.tokenizer import TokenizerSettings, psnr, train_tokenizer
 from tests.tokenizer_fixtures import make_store, tiny_train
 

@@ -16,9 +16,9 @@ from safetensors.torch import load_file, save_file
 from ahri_core.data.windows import LatentVideo, make_latent_set
 from ahri_core.errors import CheckpointError, ConfigError
 from ahri_core.fileio import read_jsonl
+from ahri_core.models.dynamics import load_dynamics_run as load_dynamics
 from ahri_core.progress import RecordingProgress
 from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings
-from ahri_core.models.dynamics import load_dynamics_run as load_dynamics
 from ahri_core.train.dynamics import train_dynamics
 
 

@@ -156,3 +156,42 @@ def test_load_latent_set_from_store_split_by_video(tmp_path: Path):
     assert resolve_latents(None, tmp_path / "latents") == d
     with pytest.raises(ConfigError, match="tokenize"):
         resolve_latents(None, tmp_path / "nothing")
+
+
+def test_load_latent_set_val_fraction_resplits_with_the_tokenize_rule(tmp_path: Path):
+    from ahri_core.data.frames import split_videos
+
+    d = _write_store(tmp_path / "latents", n=6)
+    ids = [f"g{i}" for i in range(6)]
+    index_before = (d / "index.json").read_text()
+    # None keeps the index's split (g5 held out there)
+    kept = load_latent_set(d, val_fraction=None)
+    assert [v.id for v in kept.val] == ["g5"]
+    for frac in (0.3, 0.5, 0.9):
+        want = split_videos(ids, frac)
+        ls = load_latent_set(d, val_fraction=frac)
+        assert [v.id for v in ls.val] == [i for i in ids if want[i] == "val"]
+        assert [v.id for v in ls.train] == [i for i in ids if want[i] == "train"]
+        assert ls.train and ls.val  # two or more videos: both splits hold one
+    # the re-split differs from the index's for some fraction (otherwise this test shows nothing)
+    assert any([v.id for v in load_latent_set(d, val_fraction=f).val] != ["g5"] for f in (0.3, 0.5, 0.9))
+    # 0 holds nothing out; the latents and actions travel with their video whatever its split
+    zero = load_latent_set(d, val_fraction=0.0)
+    assert [v.id for v in zero.train] == ids and zero.val == []
+    assert zero.train[5].latents.shape == (35, 4, 2) and zero.train[5].actions.shape == (35,)
+    assert (d / "index.json").read_text() == index_before  # the index is not rewritten
+    with pytest.raises(ConfigError, match="val_fraction"):
+        load_latent_set(d, val_fraction=1.0)
+
+
+def test_load_latent_set_resplit_of_a_lone_video_trains_on_it(tmp_path: Path):
+    from ahri_core.data.frames import _unit_hash
+
+    d = _write_store(tmp_path / "latents", n=1)
+    index = json.loads((d / "index.json").read_text())
+    assert index["videos"][0]["split"] == "val"  # the helper holds out its last (here only) video
+    with pytest.raises(DataError, match="no training videos"):
+        load_latent_set(d)
+    assert _unit_hash("g0") < 0.99  # by its hash alone g0 would be held out at this fraction
+    ls = load_latent_set(d, val_fraction=0.99)
+    assert [v.id for v in ls.train] == ["g0"] and ls.val == []

@@ -110,19 +110,19 @@ def split_videos(ids: Sequence[str], val_fraction: float) -> dict[str, str]:
     """Assign each video id to "train" or "val", by whole video.
 
     A video is held out when a hash of its id falls below ``val_fraction``, so the split of a video does
-    not depend on which other videos exist. With two or more videos and val_fraction > 0, at least one
-    (the lowest hash) is held out and at least one is kept for training.
+    not depend on which other videos exist. The train split is never empty: a lone video always trains
+    (there is nothing to hold out), and when every hash falls below ``val_fraction`` the highest one
+    trains. With two or more videos and val_fraction > 0, at least one (the lowest hash) is held out.
     """
-    ids = list(ids)
+    ids = list(dict.fromkeys(ids))  # an id given twice is one video
     if not 0 <= val_fraction < 1:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     out = {i: ("val" if _unit_hash(i) < val_fraction else "train") for i in ids}
-    if len(ids) >= 2 and val_fraction > 0:
-        ranked = sorted(ids, key=_unit_hash)
-        if not any(s == "val" for s in out.values()):
-            out[ranked[0]] = "val"
-        if not any(s == "train" for s in out.values()):
-            out[ranked[-1]] = "train"
+    ranked = sorted(ids, key=_unit_hash)
+    if ids and not any(s == "train" for s in out.values()):
+        out[ranked[-1]] = "train"
+    if len(ids) >= 2 and val_fraction > 0 and not any(s == "val" for s in out.values()):
+        out[ranked[0]] = "val"
     return out
 
 

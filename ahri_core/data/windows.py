@@ -164,17 +164,31 @@ def resolve_latents(path: str | os.PathLike | None, workspace_latents: str | os.
     return sets[0]
 
 
-def load_latent_set(path: str | os.PathLike) -> LatentSet:
-    """All videos of a latent set in memory (fp16), split by the index's per-video split (PITFALLS 14)."""
+def load_latent_set(path: str | os.PathLike, val_fraction: float | None = None) -> LatentSet:
+    """All videos of a latent set in memory (fp16), split by whole video (PITFALLS 14).
+
+    ``val_fraction``: None keeps the split written in the set's index by ``ahri tokenize``; a number
+    re-splits the set's videos with :func:`ahri_core.data.frames.split_videos` (the same hash of the video
+    id, so a video's split does not depend on the others), which lets the held-out fraction change after
+    tokenizing. Either way the index file is left as it is.
+    """
+    from .frames import split_videos
     from .latents import LatentStore
 
     store = LatentStore(path)
+    recs = store.videos()
+    if val_fraction is not None:
+        if not 0 <= float(val_fraction) < 1:
+            raise ConfigError(f"val_fraction {val_fraction} for latent set {store.path} is outside [0, 1)")
+        split = split_videos([str(r["id"]) for r in recs], float(val_fraction))
+    else:
+        split = {str(r["id"]): r.get("split") for r in recs}
     train, val = [], []
     count = 0
-    for rec in store.videos():
+    for rec in recs:
         lat, act = store.load(rec["id"])
         item = LatentVideo(str(rec["id"]), lat.to(torch.float16), act)
-        (val if rec.get("split") == "val" else train).append(item)
+        (val if split[str(rec["id"])] == "val" else train).append(item)
         count = max(count, int(rec.get("action_count") or 0))
     meta = store.metadata()
     count = max(count, int(meta.get("action_count") or 0))

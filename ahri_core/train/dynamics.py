@@ -368,7 +368,11 @@ def train_dynamics(
     data = data or DataSettings()
     diffusion = diffusion or DiffusionSettings()
     prog = ensure(progress)
-    lset = latents if isinstance(latents, LatentSet) else load_latent_set(latents)
+    if isinstance(latents, LatentSet):
+        lset = latents
+    else:  # a val_fraction given now re-splits the set's videos (same hash rule); else the index's split
+        given = "val_fraction" in data.model_fields_set
+        lset = load_latent_set(latents, val_fraction=data.val_fraction if given else None)
     if not lset.train:
         raise DataError(f"latent set {lset.path or '<memory>'} has no training videos")
     _check_finite(lset)

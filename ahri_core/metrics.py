@@ -1,0 +1,94 @@
+"""Image metrics of [0, 1] RGB frames in pixel space (PITFALLS 15), and their summaries over clips.
+
+- per image: :func:`mse_per_image`, :func:`psnr_per_image` (peak 1), :func:`ssim_per_image` (Wang et al.
+  2004), all three at once with :func:`image_metrics`; shapes (..., 3, H, W) -> (...,);
+- over clips: :func:`summarize` (mean and the half-width of a 95% Student-t interval per horizon step,
+  :func:`t95`) and :func:`average_over` (one number for a range of horizon steps).
+
+Eval and rollout both score with these functions, so their numbers are comparable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def mse_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) in [0, 1] -> (...,). The prediction is clipped to [0, 1] first."""
+    return (pred.float().clamp(0, 1) - target.float()).pow(2).mean(dim=(-3, -2, -1))
+
+
+def psnr_per_image(pred: torch.Tensor, target: torch.Tensor, max_db: float = 100.0) -> torch.Tensor:
+    """PSNR in dB of [0, 1] images (peak 1), (..., 3, H, W) -> (...,); identical images give ``max_db``."""
+    m = mse_per_image(pred, target)
+    return torch.where(m > 0, -10.0 * torch.log10(m.clamp_min(1e-30)), torch.full_like(m, max_db)).clamp(max=max_db)
+
+
+def _gauss_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def ssim_per_image(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Structural similarity (Wang et al. 2004: Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, peak 1),
+    averaged over the valid window positions and the three channels. (..., 3, H, W) -> (...,)."""
+    lead = pred.shape[:-3]
+    c, h, w = pred.shape[-3:]
+    x = pred.float().clamp(0, 1).reshape(-1, c, h, w)
+    y = target.float().reshape(-1, c, h, w)
+    k = min(window, h, w)
+    win = _gauss_window(k, sigma).to(x.device).expand(c, 1, k, k)
+
+    def filt(t):
+        return F.conv2d(t, win, groups=c)
+
+    mu_x, mu_y = filt(x), filt(y)
+    sxx = filt(x * x) - mu_x**2
+    syy = filt(y * y) - mu_y**2
+    sxy = filt(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+    return s.mean(dim=(-3, -2, -1)).reshape(lead)
+
+
+def image_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """psnr, ssim, mse per image: (..., 3, H, W) -> dict of (...,)."""
+    return {"psnr": psnr_per_image(pred, target), "ssim": ssim_per_image(pred, target), "mse": mse_per_image(pred, target)}
+
+
+# Two-sided 95% Student-t quantiles for 1..30 degrees of freedom; 1.96 beyond.
+_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def t95(n: int) -> float:
+    """The factor for a 95% interval of a mean of n values (n - 1 degrees of freedom)."""
+    df = n - 1
+    if df < 1:
+        return float("nan")
+    return _T95[df - 1] if df <= len(_T95) else 1.96
+
+
+def summarize(values: np.ndarray) -> dict[str, list[float]]:
+    """(clips, horizon) -> per horizon step: mean and the half-width of its 95% interval over clips."""
+    v = np.asarray(values, dtype=np.float64)
+    n = v.shape[0]
+    mean = v.mean(axis=0)
+    if n > 1:
+        half = t95(n) * v.std(axis=0, ddof=1) / math.sqrt(n)
+    else:
+        half = np.full_like(mean, float("nan"))
+    return {"mean": [float(x) for x in mean], "ci95": [float(x) for x in half]}
+
+
+def average_over(values: np.ndarray, first: int, last: int) -> float:
+    """Mean over clips and over horizon steps first..last (1-based, inclusive, clipped to the horizon)."""
+    v = np.asarray(values, dtype=np.float64)
+    last = min(last, v.shape[1])
+    return float(v[:, first - 1 : last].mean())
