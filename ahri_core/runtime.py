@@ -130,13 +130,51 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_threads() -> int:
-    """Intra-op threads when none are given: every core this process may use.
+def _cpu_times(cpus: set[int]) -> tuple[float, float] | None:
+    """(busy, total) jiffies summed over ``cpus`` from /proc/stat, or None where there is no /proc/stat."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    busy = total = 0.0
+    for line in lines:
+        name, *vals = line.split()
+        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+            continue
+        v = [float(x) for x in vals]
+        idle = v[3] + (v[4] if len(v) > 4 else 0.0)  # idle + iowait
+        busy += sum(v[:8]) - idle
+        total += sum(v[:8])
+    return busy, total
 
-    Measured (docs/benchmarks.md, "Threads"): on an idle machine all cores are fastest; with another
-    process busy on one core, all cores still kept well over 40% of the idle throughput.
+
+def busy_cores(seconds: float = 0.3) -> float:
+    """How many of this process's cores other work keeps busy right now (0 on an idle machine)."""
+    try:
+        cpus = set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return 0.0
+    a = _cpu_times(cpus)
+    if a is None:
+        return 0.0
+    time.sleep(seconds)
+    b = _cpu_times(cpus)
+    if b is None or b[1] <= a[1]:
+        return 0.0
+    return len(cpus) * (b[0] - a[0]) / (b[1] - a[1])
+
+
+def default_threads() -> int:
+    """Intra-op threads when none are given: the cores this process may use, less those other work keeps
+    busy at start (measured over 0.3 s).
+
+    Why (docs/benchmarks.md, "Threads"): on a 2-core machine with one core taken by another process, two
+    threads fell to 25-36% of their idle training throughput (every small op waits at a barrier for the
+    thread that lost its core), while one thread kept 61-65% of it; on an idle machine two threads are
+    1.5-1.8x faster than one.
     """
-    return available_cores()
+    cores = available_cores()
+    return max(1, min(cores, cores - int(round(busy_cores())))) if cores > 1 else 1
 
 
 _applied: int | None = None

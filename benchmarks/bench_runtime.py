@@ -4,7 +4,8 @@ the ``--threads`` default.
 Prints, for this CPU (named in the output): fp32 vs bf16 matmul GFLOP/s; the training-step time of the
 ``cpu`` tokenizer and ``cpu`` dynamics presets in both precisions; what ``--precision auto`` picks for
 each; and training throughput with 1, 2, ... threads on an idle machine and with one core kept busy by
-another process (a busy loop), for each thread count tried.
+another process (a busy loop), for each thread count tried and for the default policy ("auto": the
+cores this process may use, less those found busy at start; shown as threads idle/busy).
 
     python benchmarks/bench_runtime.py                      # ~2-3 minutes on 2 cores
     python benchmarks/bench_runtime.py --seconds 5 --out benchmarks/results/runtime.json
@@ -122,24 +123,31 @@ def main() -> None:
               f"(bf16 {times['fp32'] / times['bf16']:.2f}x) -> auto: {choice.precision}")
 
     result["threads"] = []
-    print(f"{'model':>14} {'threads':>7} {'idle f/s':>9} {'busy f/s':>9} {'busy/idle':>9}")
+    print(f"{'model':>14} {'threads':>12} {'idle f/s':>9} {'busy f/s':>9} {'busy/idle':>9} {'busy/best':>10}")
     for name, make in models.items():
         step, frames = make()
         precision = result["steps"][name]["auto"]
-        for n in counts:
-            runtime.apply_threads(n)
+        best_idle = 0.0
+        for n in [*counts, "auto"]:
+            runtime.apply_threads(runtime.default_threads() if n == "auto" else n)
+            n_idle = runtime.threads_in_use()
             idle = throughput(step, frames, precision, args.seconds)
             hog = busy_core()
             try:
                 time.sleep(0.5)
+                runtime.apply_threads(runtime.default_threads() if n == "auto" else n)  # the policy sees the busy core
+                n_busy = runtime.threads_in_use()
                 busy = throughput(step, frames, precision, args.seconds)
             finally:
                 hog.kill()
                 hog.wait()
-            row = {"model": name, "threads": n, "precision": precision, "idle_frames_per_s": idle,
-                   "busy_frames_per_s": busy, "busy_over_idle": busy / idle}
+            best_idle = max(best_idle, idle)
+            row = {"model": name, "threads": n, "threads_idle": n_idle, "threads_busy": n_busy, "precision": precision,
+                   "idle_frames_per_s": idle, "busy_frames_per_s": busy, "busy_over_idle": busy / idle,
+                   "busy_over_best_idle": busy / best_idle}
             result["threads"].append(row)
-            print(f"{name:>14} {n:>7} {idle:>9.1f} {busy:>9.1f} {busy / idle:>9.2f}")
+            label = f"auto ({n_idle}/{n_busy})" if n == "auto" else str(n)
+            print(f"{name:>14} {label:>12} {idle:>9.1f} {busy:>9.1f} {busy / idle:>9.2f} {busy / best_idle:>10.2f}")
     runtime.apply_threads(cores)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -90,15 +90,38 @@ def test_native_bf16_uses_the_capability_as_a_first_filter(monkeypatch):
     assert runtime.native_bf16()[0] is False
 
 
-def test_threads_default_to_the_affinity_and_are_applied():
+def test_threads_default_to_the_affinity_and_are_applied(monkeypatch):
     before = torch.get_num_threads()
     try:
         assert runtime.apply_threads(1) == 1 and torch.get_num_threads() == 1
-        assert runtime.apply_threads(None) == runtime.available_cores() == torch.get_num_threads()
+        n = runtime.apply_threads(None)
+        assert 1 <= n <= runtime.available_cores() and torch.get_num_threads() == n
         with pytest.raises(ConfigError, match="threads"):
             runtime.apply_threads(0)
     finally:
         torch.set_num_threads(before)
+    # the policy: every core this process may use, less those other work keeps busy at start
+    monkeypatch.setattr(runtime, "available_cores", lambda: 4)
+    for busy, expected in ((0.0, 4), (0.4, 4), (1.0, 3), (2.6, 1), (3.9, 1), (7.0, 1)):
+        monkeypatch.setattr(runtime, "busy_cores", lambda busy=busy: busy)
+        assert runtime.default_threads() == expected, busy
+
+
+def test_busy_cores_sees_another_process():
+    import subprocess
+    import sys
+
+    if runtime.available_cores() < 2 or runtime._cpu_times({0}) is None:
+        pytest.skip("needs /proc/stat and two cores")
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        assert runtime.busy_cores(0.5) > 0.6
+    finally:
+        hog.kill()
+        hog.wait()
 
 
 def test_training_records_its_precision_choice(tmp_path, monkeypatch):
