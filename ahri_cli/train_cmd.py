@@ -241,7 +241,7 @@ def train(
         bool | None, typer.Option("--ema-teacher/--no-ema-teacher", help="Bootstrap targets from the EMA weights.")
     ] = None,
     single_image_fraction: Annotated[
-        float | None, typer.Option("--single-image-fraction", help="Items trained as single images. \\[default: 0.3]")
+        float | None, typer.Option("--single-image-fraction", help="Items trained as single images. \\[default: 0.1]")
     ] = None,
     context_fraction: Annotated[
         float | None, typer.Option("--context-fraction", help="Frames drawn as nearly-clean context. \\[default: 0.3]")

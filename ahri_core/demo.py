@@ -59,9 +59,9 @@ class DemoSettings(Section):
     long_ratio: float = Field(0.1, ge=0, le=1)
     stride: int = Field(4, ge=1)
     k_max: int = Field(64, ge=1)
-    dynamics_lr: float = Field(3e-3, gt=0)
+    dynamics_lr: float = Field(3e-3, gt=0, description="the cpu preset's default too")
     single_image_fraction: float = Field(
-        0.1, ge=0, le=1, description="dynamics items trained as single images (the library default is 0.3)"
+        0.1, ge=0, le=1, description="dynamics items trained as single images (the library default too)"
     )
     dynamics_ema: float = Field(0.99, ge=0, lt=1, description="EMA decay of the dynamics weights (0 = off)")
     tokenizer_batch_size: int | None = Field(None, ge=1)

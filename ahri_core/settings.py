@@ -384,7 +384,7 @@ class DiffusionSettings(Section):
     k_max: int = Field(64, ge=1, le=4096, description="finest step count; d_min = 1/k_max")
     step_sampling: Literal["inverse", "uniform"] = "inverse"
     bootstrap_fraction: float = Field(0.25, ge=0, le=1)
-    single_image_fraction: float = Field(0.3, ge=0, le=1)
+    single_image_fraction: float = Field(0.1, ge=0, le=1, description="items trained as single images (0.1: +0.6 dB over 0.3 in the demo)")
     bootstrap_warmup: int = Field(0, ge=0, description="steps of plain flow loss before bootstrap starts")
     ema_teacher: bool = False
     context_fraction: float = Field(0.3, ge=0, le=1, description="fraction of frames drawn as nearly-clean context")
