@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from enum import Enum
 from pathlib import Path
@@ -188,6 +189,21 @@ def train(
         typer.Option("--val-fraction", help="Share of videos held out, by whole video. \\[default: tokenizer 0.1; "
                      "dynamics: the latent set's own split]"),
     ] = None,
+    val_videos: Annotated[
+        list[str] | None,
+        typer.Option("--val-videos", help="tokenizer stage: hold out these video ids (repeatable; commas also "
+                     "separate ids) instead of the hash split."),
+    ] = None,
+    split: Annotated[
+        Path | None,
+        typer.Option("--split", help='tokenizer stage: file naming the held-out videos: a JSON object with "val" '
+                     '(and optionally "train") lists of ids, or text lines "val ID ..." / "train ID ...".'),
+    ] = None,
+    fps: Annotated[
+        float | None,
+        typer.Option("--fps", help="tokenizer stage: highest frame rate videos are read at; a slower video keeps "
+                     "its own. \\[default: the preset's, 20]"),
+    ] = None,
     preset: Annotated[
         Preset | None,
         typer.Option("--preset", help="Model preset (tokenizer: tiny..large; dynamics: tiny..medium). \\[default: cpu]"),
@@ -249,8 +265,7 @@ def train(
 ) -> None:
     """Train the dynamics model on tokenized latents (or the tokenizer with --stage tokenizer).
 
-    Exit codes: 0 done, 1 failed (data, divergence), 2 usage or settings, 130 interrupted (Ctrl-C or SIGTERM,
-    after a checkpoint: continue with the printed --resume command).
+    Exit codes: 0 done, 1 failed (data, divergence), 2 usage or settings, 130 interrupted (Ctrl-C or SIGTERM, after a checkpoint: continue with the printed --resume command).
 
     Example:  ahri train --alternating --long-ratio 0.1 --minutes 30
     """
@@ -341,7 +356,7 @@ DYNAMICS_ONLY = (
     "batch_size_long", "long_ratio", "shortcut", "k_max", "step_sampling", "bootstrap_fraction", "bootstrap_warmup",
     "ema_teacher", "single_image_fraction", "context_fraction", "grad_checkpointing",
 )
-TOKENIZER_ONLY = ("data", "videos", "size", "tokens", "channels", "mask_max")
+TOKENIZER_ONLY = ("data", "videos", "size", "tokens", "channels", "mask_max", "val_videos", "split", "fps")
 
 
 def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None:
@@ -364,9 +379,15 @@ def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None
         name = default_run_name("tokenizer")
     train_flags = {**train_flags, "run": name}
     tset = load(TrainSettings, train_flags, STATE.config)
-    tok_flags = {k: given.get(k) for k in ("size", "tokens", "channels", "mask_max", "val_fraction")}
+    tok_flags = {k: given.get(k) for k in ("size", "tokens", "channels", "mask_max", "val_fraction", "fps")}
+    from .tokenize_cmd import chosen_split
+
+    rule = chosen_split(given.get("val_videos"), given.get("split"), given.get("val_fraction"))
     if stored:
         tok_flags = _merged(stored, "tokenizer", {k: v for k, v in tok_flags.items() if v is not None})
+    if rule is not None:  # a split given now replaces any other (a resumed run then refuses a change)
+        tok_flags["split_file"] = rule.source if given.get("split") is not None else None
+        tok_flags["val_videos"] = list(rule.val_videos) if given.get("split") is None else None
     tok = load(TokenizerSettings, tok_flags, STATE.config)
     if tset.max_steps is None and tset.minutes is None and tset.epochs is None:
         raise ConfigError("give a training budget: --max-steps N, --minutes M or --epochs E")
@@ -402,6 +423,6 @@ def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None
 def register(app: typer.Typer) -> None:
     app.command(
         "train",
-        help=(train.__doc__ or "") + EXAMPLES,
+        help=inspect.cleandoc(train.__doc__ or "") + "\n" + EXAMPLES,
         no_args_is_help=False,
     )(train)

@@ -238,7 +238,8 @@ def run_loop(
         choice = choose_precision(train.precision, device, step=timed, key=f"{obj.stage}: {obj.shape_key()}",
                                   cache_dir=cache_dir)
     precision = choice.precision
-    p.log(f"{choice.line()}; {threads_in_use()} CPU threads; device {device}")
+    n = threads_in_use()
+    p.log(f"{choice.line()}; {n} CPU thread{'s' if n != 1 else ''}; device {device}")
 
     opt = make_adamw(model, train.lr, train.weight_decay)
     ema = EMA(model, train.ema) if train.ema > 0 else None
