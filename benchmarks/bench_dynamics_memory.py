@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--lengths", type=int, nargs="+", default=[32, 64, 128, 256])
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                    help="auto: bf16 on a GPU that supports it, else fp32 (memory is not timed)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in each run (0 = torch's default)")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -116,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.precision == "auto":
+        from ahri_core.runtime import choose_precision
+
+        args.precision = choose_precision("auto", torch.device(device)).precision
     from ahri_core.models.dynamics import param_count
 
     params = param_count(args.preset, tokens=args.tokens, channels=args.channels)

@@ -25,7 +25,7 @@ import torch
 
 from ahri_core.diffusion import forcing_loss, sample_noise_levels
 from ahri_core.models.dynamics import DynamicsConfig, build_dynamics, param_count
-from ahri_core.runtime import autocast
+from ahri_core.runtime import autocast, choose_precision
 from ahri_core.train.common import RunningRMS, make_adamw
 
 
@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--channels", type=int, default=32, help="latent channels (cpu tokenizer: 32)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                    help="auto: what ahri train would pick here for each preset and shape (ahri_core.runtime)")
     ap.add_argument("--no-shortcut", action="store_true", help="plain diffusion forcing (no bootstrap teacher)")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "dynamics_train.json")
     args = ap.parse_args(argv)
@@ -140,8 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     for preset in args.presets:
         for shape in args.shapes:
             b, t = (int(v) for v in shape.lower().split("x"))
+            precision = choose_precision(
+                args.precision, torch.device("cpu"),
+                step=lambda p, preset=preset, b=b, t=t: bench_config(preset, b, t, args.tokens, args.channels,
+                                                                     not args.no_shortcut, 1, 0, p),
+            ).precision
             r = bench_config(preset, b, t, args.tokens, args.channels, not args.no_shortcut, args.steps,
-                             args.warmup, args.precision)
+                             args.warmup, precision)
             r["fraction_of_bf16_peak"] = r["model_gflop_per_s"] / peak_bf16
             r["fraction_of_fp32_peak"] = r["model_gflop_per_s"] / peak_fp32
             rows.append(r)

@@ -33,10 +33,12 @@ from pathlib import Path
 import torch
 
 from ahri_core.models.dynamics import build_dynamics
-from ahri_core.models.tokenizer import build_tokenizer
+from ahri_core.models.tokenizer import build_tokenizer, tokenizer_config
+from ahri_core.runtime import choose_precision
 from ahri_core.sampler import ModelTraits, Sampler
 
-TOKENS, CHANNELS = 16, 32
+_TOK = tokenizer_config("cpu")
+TOKENS, CHANNELS = _TOK.tokens, _TOK.channels  # the cpu tokenizer's latents
 
 
 def _model(preset: str, max_frames: int):
@@ -96,12 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--context", type=int, default=16)
     ap.add_argument("--horizon", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                    help="auto: what ahri eval would pick here (ahri_core.runtime)")
     ap.add_argument("--quick", action="store_true", help="shorter runs (horizon 8, frame 32 instead of 64)")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here as well as printing it")
     args = ap.parse_args(argv)
     far = 32 if args.quick else 64
     horizon = 8 if args.quick else args.horizon
+    if args.precision == "auto":
+        m, tr = _model(args.preset, max_frames=args.context + 1)
+        args.precision = choose_precision(
+            "auto", torch.device("cpu"), step=lambda p: rollout_seconds(m, tr, 4, 1, args.context, 2, True, p, 1),
+        ).precision
     results: dict = {
         "benchmark": "sampling",
         "date": datetime.now().isoformat(timespec="seconds"),

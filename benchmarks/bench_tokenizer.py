@@ -159,7 +159,7 @@ def main() -> None:
         save_weights(run / "model.safetensors", model, "tokenizer", cfg.to_dict())
         decode_fps = time_decode(video, cfg.fps, cfg.image_size, args.repeats)
         tok_fps, n = {}, 0
-        for prec in ("bf16", "fp32"):
+        for prec in ("bf16", "fp32", "auto"):  # auto: what `ahri tokenize` picks on this machine
             tok_fps[prec], n = time_tokenize(video, run, tmp / "lat", args.batch_size, args.device, prec, args.repeats)
         frames = cached_frames(video, cfg.fps, cfg.image_size, tmp / "cache")
         enc = {p: time_encode(model, np.asarray(frames), args.batch_size, device, p) for p in ("bf16", "fp32")}
