@@ -41,12 +41,25 @@ def tokenize(
     val_fraction: Annotated[
         float | None, typer.Option("--val-fraction", help="Share of videos held out. \\[default: the tokenizer's own split setting]")
     ] = None,
+    val_videos: Annotated[
+        list[str] | None,
+        typer.Option("--val-videos", metavar="ID", help="Hold out these video ids (repeatable; commas also separate ids) "
+                     "instead of the hash split."),
+    ] = None,
+    split: Annotated[
+        Path | None,
+        typer.Option("--split", metavar="FILE", help='File naming the held-out videos: a JSON object with "val" (and optionally "train") '
+                     'lists of ids, or text lines "val ID ..." / "train ID ...".'),
+    ] = None,
     decode: Annotated[
         Path | None, typer.Option("--decode", help="Instead: decode this latent file back into an mp4 (see --output).")
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="--decode: the mp4 to write. \\[default: <file>.decoded.mp4]")] = None,
 ) -> None:
     """Encode every video at the tokenizer's fps and size into one latent file per video, plus an index.
+
+    A video slower than the tokenizer's fps keeps its own rate (frames are never repeated).
+    Held out: the tokenizer's own split, or --val-fraction, --val-videos ID or --split FILE.
 
     Resumable: videos already done with the same tokenizer are skipped. A video that cannot be decoded is
     reported and skipped, and the command then exits with code 1.
@@ -55,6 +68,7 @@ def tokenize(
     """
     if val_fraction is not None and not 0 <= val_fraction < 1:
         raise ConfigError(f"--val-fraction {val_fraction}: must be in [0, 1)")
+    rule = chosen_split(val_videos, split, val_fraction)
     ws = STATE.workspace
     setup_threads(threads)
     if decode is not None:
@@ -74,7 +88,7 @@ def tokenize(
     with RichProgress(console) as progress:
         res = tokenize_videos(
             tokenizer, videos, dest, batch_size=batch_size, device=device or "auto", precision=precision.value,
-            val_fraction=val_fraction, runs_dir=ws.runs, progress=progress,
+            val_fraction=val_fraction, runs_dir=ws.runs, progress=progress, split=rule,
         )
     t = Table(title=f"latents {escape(str(res.out_dir))}", show_header=False)
     t.add_row("tokenized now", f"{len(res.written)} videos, {res.frames} frames, {res.frames_per_s:.0f} frames/s")
@@ -83,8 +97,11 @@ def tokenize(
     idx = res.index
     if idx:
         n_val = sum(1 for v in idx["videos"] if v["split"] == "val")
-        t.add_row("index", f"{len(idx['videos'])} videos ({n_val} val), {idx['frames']} frames, "
-                  f"{idx['tokens']} tokens x {idx['channels']} channels at {idx['fps']:g} fps")
+        rates = sorted({float(v.get("fps") or 0) for v in idx["videos"]}, reverse=True)
+        at = f"{idx['fps']:g} fps" if idx.get("fps") else "mixed rates " + ", ".join(f"{r:g}" for r in rates) + " fps"
+        how = "chosen" if idx.get("split_rule") == "chosen" else f"hash {idx.get('val_fraction')}"
+        t.add_row("index", f"{len(idx['videos'])} videos ({n_val} val, {how}), {idx['frames']} frames, "
+                  f"{idx['tokens']} tokens x {idx['channels']} channels at {at}")
     out.print(t)
     chosen = getattr(res, "precision", None)
     if isinstance(chosen, dict) and chosen.get("precision"):
@@ -99,6 +116,22 @@ def tokenize(
     if out_dir is not None:
         hint += ["--latents", str(res.out_dir)]
     next_step(*hint)
+
+
+def chosen_split(val_videos: list[str] | None, split: Path | None, val_fraction: float | None = None):
+    """The ``SplitRule`` of ``--val-videos`` / ``--split`` (None when neither is given); conflicts refused."""
+    from ahri_core.data.frames import SplitRule
+
+    ids = [i.strip() for v in (val_videos or []) for i in v.split(",") if i.strip()]
+    if val_videos is not None and not ids:
+        raise ConfigError("--val-videos: give at least one video id")
+    if ids and split is not None:
+        raise ConfigError("--split and --val-videos both choose the held-out videos; give one of them")
+    if (ids or split is not None) and val_fraction is not None:
+        raise ConfigError("--val-fraction and --val-videos/--split both decide the split; give one of them")
+    if split is not None:
+        return SplitRule.from_file(split.expanduser().resolve())
+    return SplitRule.chosen(ids) if ids else None
 
 
 def _decode(

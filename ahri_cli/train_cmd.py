@@ -191,12 +191,12 @@ def train(
     ] = None,
     val_videos: Annotated[
         list[str] | None,
-        typer.Option("--val-videos", help="tokenizer stage: hold out these video ids (repeatable; commas also "
+        typer.Option("--val-videos", metavar="ID", help="tokenizer stage: hold out these video ids (repeatable; commas also "
                      "separate ids) instead of the hash split."),
     ] = None,
     split: Annotated[
         Path | None,
-        typer.Option("--split", help='tokenizer stage: file naming the held-out videos: a JSON object with "val" '
+        typer.Option("--split", metavar="FILE", help='tokenizer stage: file naming the held-out videos: a JSON object with "val" '
                      '(and optionally "train") lists of ids, or text lines "val ID ..." / "train ID ...".'),
     ] = None,
     fps: Annotated[

@@ -253,7 +253,9 @@ def load_world_model(
     tok = _load_tokenizer_file(tok_path, torch.device(device))
     cfg = getattr(tok, "cfg", None) or getattr(tok, "config", None)
     size = int(getattr(cfg, "image_size", 64))
-    fps = float(getattr(cfg, "fps", 0) or (info.get("latents") or {}).get("fps") or 20.0)
+    # the rate the dynamics model was trained at: its latent set's (videos slower than the tokenizer's rate
+    # keep their own), else the tokenizer's
+    fps = float((info.get("latents") or {}).get("fps") or getattr(cfg, "fps", 0) or 20.0)
     tok_tokens, tok_channels = int(getattr(cfg, "tokens", 0)), int(getattr(cfg, "channels", 0))
     dcfg = model.config
     if (tok_tokens, tok_channels) != (dcfg.tokens, dcfg.channels):
@@ -295,8 +297,10 @@ class RolloutReport:
         return d
 
 
-def load_clip_actions(video: Path, fps: float) -> np.ndarray | None:
-    """Actions from the clip's sidecar (``<clip>.json``) when it has some at the model's frame rate."""
+def load_clip_actions(video: Path, fps: float, count: int | None = None) -> np.ndarray | None:
+    """Actions from the clip's sidecar (``<clip>.json``), carried over to frames read at ``fps``
+    (``data.frames.resample_actions``: discrete, the action in force; continuous, the mean since the
+    previous kept frame). ``count``: frames read (default: as many as the actions cover)."""
     side = video.with_suffix(".json")
     if not side.is_file():
         return None
@@ -306,9 +310,16 @@ def load_clip_actions(video: Path, fps: float) -> np.ndarray | None:
         rec = load_record(side)
     except Exception:  # noqa: BLE001 - a foreign or damaged sidecar simply means "no actions"
         return None
-    if rec.actions is None or abs(rec.fps - fps) > 1e-3:
+    if rec.actions is None:
         return None
-    return np.asarray(rec.actions)
+    acts = np.asarray(rec.actions)
+    if not rec.fps or abs(rec.fps - fps) <= 1e-3 * fps:
+        return acts
+    from .data.frames import resample_actions
+    from .video import resampled_count
+
+    n = count if count is not None else resampled_count(len(acts), rec.fps, fps)
+    return resample_actions(acts, rec.fps, fps, n)
 
 
 def rollout_clip(
@@ -344,10 +355,19 @@ def rollout_clip(
         raise DataError(f"clip {clip} does not exist")
     world.sampler(steps, tau_ctx)  # refuses impossible steps or tau_ctx before any timing or decoding
     t_all = time.perf_counter()
-    frames = read_frames(clip, fps=world.fps, size=world.size, fit=world.fit, max_frames=context + horizon)
+    from .video import capped_fps, probe
+
+    try:
+        clip_fps = float(probe(clip, count=False).fps or 0) or None
+    except Exception:  # noqa: BLE001 - read_frames below names a bad file clearly
+        clip_fps = None
+    rate = capped_fps(world.fps, clip_fps)  # never above the clip's own rate (no repeated frames)
+    if rate < world.fps - 1e-6:
+        prog.log(f"{clip.name} runs at {rate:g} fps, below the model's {world.fps:g} fps: read at its own rate")
+    frames = read_frames(clip, fps=rate, size=world.size, fit=world.fit, max_frames=context + horizon)
     if len(frames) < context:
         raise DataError(
-            f"{clip} has {len(frames)} frames at {world.fps:g} fps, fewer than --context {context}; "
+            f"{clip} has {len(frames)} frames at {rate:g} fps, fewer than --context {context}; "
             f"use a longer clip or a smaller --context"
         )
     ws = workspace if workspace is not None else world.workspace
@@ -360,7 +380,7 @@ def rollout_clip(
     prog.log(f"encoding {context} context frames of {clip.name}")
     ctx_lat = world.encode(frames[:context])  # (C, N, Ch), the tokenize path
     if actions is None:
-        actions = load_clip_actions(clip, world.fps)
+        actions = load_clip_actions(clip, rate, count=len(frames))
     act = None
     if actions is not None and world.actions_usable():
         a = torch.as_tensor(np.asarray(actions))
@@ -388,12 +408,12 @@ def rollout_clip(
     if out is None:
         out = world.run_dir / "rollouts" / f"{clip.stem}-steps{steps}.mp4"
     out = Path(out)
-    n = write_video(out, video, world.fps)
+    n = write_video(out, video, rate)
     total = time.perf_counter() - t_all - t_choice
     return RolloutReport(
         out=out,
         frames_written=n,
-        fps=world.fps,
+        fps=rate,
         size=(int(video.shape[1]), int(video.shape[2])),
         context=context,
         horizon=horizon,

@@ -1,7 +1,9 @@
 """Turn videos into a latent store with a trained tokenizer (``ahri tokenize``), and latents back into frames.
 
-Each video is streamed at the tokenizer's fps and frame size, encoded in batches, and written as one
-safetensors file (see ``data/latents.py`` for the format). Resumable: a video whose file exists with the
+Each video is streamed at the tokenizer's fps (or at its own rate when that is lower: frames are never
+repeated) and the tokenizer's frame size, encoded in batches, and written as one safetensors file (see
+``data/latents.py`` for the format) with the rate it was read at; its actions are carried over to the frames
+kept (``data.frames.resample_actions``). Resumable: a video whose file exists with the
 same video sha256 and the same tokenizer weights (sha256) is skipped; files are written under a temporary
 name and renamed, so an interrupted run never leaves a half-written file under a final name. A video that
 fails to decode is reported and skipped; the result lists it and the CLI exits non-zero.
@@ -13,7 +15,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,13 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.frames import Decoder, VideoRef, as_video_refs, default_decoder, split_videos
+from .data.frames import Decoder, SplitRule, VideoRef, as_video_refs, default_decoder, resample_actions
 from .data.latents import INDEX_FORMAT, read_latent_metadata, write_index, write_latent_file
 from .errors import AhriError, CheckpointError, ConfigError
 from .fileio import sha256_file
 from .models.tokenizer import Tokenizer, encode_frames, load_tokenizer, weights_for_inference
 from .progress import Progress, ensure
 from .runtime import autocast, choose_precision, resolve_device
+from .video import resampled_count, same_rate
 
 
 # ---------------------------------------------------------------------------------------------- resolve
@@ -79,15 +82,17 @@ def tokenize_video(
     decoder: Decoder | None = None,
     on_batch: Any = None,
     weights: str | os.PathLike | None = None,
+    fps: float | None = None,
 ) -> torch.Tensor:
-    """All frames of one video at the tokenizer's fps and size -> latents fp16 (T, N, C).
+    """All frames of one video at ``fps`` and the tokenizer's size -> latents fp16 (T, N, C).
 
-    A batch whose latents are not finite (a damaged tokenizer) stops the video with an error naming
-    ``weights`` (the tokenizer file), before anything is written.
+    ``fps`` (default: the tokenizer's fps, or the video's own rate when that is lower) is the rate the
+    video is read at. A batch whose latents are not finite (a damaged tokenizer) stops the video with an
+    error naming ``weights`` (the tokenizer file), before anything is written.
     """
     ref = as_video_refs([video])[0]
     cfg = model.cfg
-    frames = (decoder or default_decoder)(ref.path, cfg.fps, cfg.image_size)
+    frames = (decoder or default_decoder)(ref.path, fps or ref.rate(cfg.fps), cfg.image_size)
     parts = []
     for batch in _batches(frames, batch_size):
         z = encode_frames(model, batch, device, precision)
@@ -106,25 +111,25 @@ def tokenize_video(
 
 # ---------------------------------------------------------------------------------------------- actions
 def _aligned_actions(ref: VideoRef, frames: int, fps: float, notes: list[str]) -> tuple[np.ndarray | None, str]:
-    """The video's actions matched to ``frames`` latents, or None (with a note) when they cannot be."""
+    """The video's actions carried over to ``frames`` latents read at ``fps`` (``resample_actions``).
+
+    Discrete: the action that produced each kept frame; continuous: the mean since the previous kept
+    frame. At the video's own rate they pass through unchanged.
+    """
     if ref.actions is None:
         return None, "none"
     a = np.asarray(ref.actions)
     kind = "discrete" if a.ndim == 1 and np.issubdtype(a.dtype, np.integer) else "continuous"
-    src_fps = float(ref.meta.get("fps") or 0.0)
-    if src_fps and abs(src_fps - fps) > 1e-3 * fps:
-        notes.append(f"{ref.id}: actions dropped (video at {src_fps:g} fps, tokenizer at {fps:g} fps)")
-        return None, "none"
-    if len(a) != frames:
-        if abs(len(a) - frames) > 1:
-            notes.append(f"{ref.id}: {len(a)} actions for {frames} frames; padded/truncated with 'no action'")
-        if len(a) > frames:
-            a = a[:frames]
-        else:
-            pad_shape = (frames - len(a), *a.shape[1:])
-            pad = np.full(pad_shape, -1, np.int64) if kind == "discrete" else np.full(pad_shape, np.nan, np.float32)
-            a = np.concatenate([a, pad])
-    return a, kind
+    src_fps = ref.source_fps or fps
+    expected = resampled_count(len(a), src_fps, fps)
+    if abs(expected - frames) > 1:
+        notes.append(f"{ref.id}: {len(a)} actions at {src_fps:g} fps for {frames} frames at {fps:g} fps; "
+                     "frames without an action get 'no action'")
+    return resample_actions(a, src_fps, fps, frames), kind
+
+
+def _fps_text(fps: float) -> str:
+    return f"{fps:.10g}"
 
 
 # ---------------------------------------------------------------------------------------------- the command
@@ -150,12 +155,13 @@ class TokenizeResult:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def _entry(vid: str, file: str, meta: dict[str, str]) -> dict[str, Any]:
+def _entry(vid: str, file: str, meta: dict[str, str], default_fps: float) -> dict[str, Any]:
     kind = meta.get("action_kind", "none")
     return {
         "id": vid,
         "file": file,
         "frames": int(meta.get("frames", 0)),
+        "fps": float(meta.get("fps") or default_fps),
         "has_actions": kind != "none",
         "action_kind": kind,
         "action_count": int(meta.get("action_count") or 0),
@@ -177,25 +183,35 @@ def tokenize_videos(
     progress: Progress | None = None,
     decoder: Decoder | None = None,
     cache_dir: str | os.PathLike | None = None,
+    split: SplitRule | None = None,
 ) -> TokenizeResult:
     """Tokenize ``videos`` into ``<out_root>/<tokenizer-id>/``; see the module docstring.
 
     tokenizer: run name (under ``runs_dir``), run directory or weights file. videos: ``VideoRecord``s or
-    paths. val_fraction: held-out share of videos; default: the value the tokenizer was trained with
-    (so the latent split matches the tokenizer's; 0 stays 0), else 0.1. precision: auto (chosen on this
-    machine by timing the encoder, cached in ``cache_dir``, default ``<out_root>/../cache``), bf16 or fp32.
+    paths. Each video is read at the tokenizer's fps, or at its own rate when that is lower (the rate is
+    written in its latent file and index entry). split: the held-out videos chosen by the user
+    (``SplitRule.chosen`` / ``SplitRule.from_file``; an unknown id or a split with no training video is
+    refused before anything is encoded); else val_fraction: the hash split with that share; default: the
+    tokenizer's own split (its chosen videos, or its val_fraction; 0 stays 0), else 0.1. precision: auto
+    (chosen on this machine by timing the encoder, cached in ``cache_dir``, default ``<out_root>/../cache``),
+    bf16 or fp32.
     """
     p = ensure(progress)
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if split is not None and val_fraction is not None:
+        raise ConfigError("--val-fraction and a chosen split (--val-videos / --split) both decide the split; give one")
     weights, tid = resolve_tokenizer(tokenizer, runs_dir)
     dev = resolve_device(device)
     model, extra = load_tokenizer(weights, dev)
     cfg = model.cfg
     wsha = sha256_file(weights)
-    if val_fraction is None:
-        stored = extra.get("val_fraction")
-        val_fraction = 0.1 if stored is None else float(stored)
+    if split is not None:
+        rule = split
+    elif val_fraction is not None:
+        rule = SplitRule.by_hash(val_fraction)
+    else:
+        rule = SplitRule.from_record(extra.get("split") or extra)
     if cache_dir is None:
         cache_dir = Path(out_root).parent / "cache"
 
@@ -209,8 +225,19 @@ def tokenize_videos(
                               f"batch {batch_size}", cache_dir=cache_dir)
     precision = choice.precision
     out_dir = Path(out_root) / tid
-    out_dir.mkdir(parents=True, exist_ok=True)
     refs = as_video_refs(videos)
+    prev_index: dict[str, Any] = {}
+    if (out_dir / "index.json").is_file():
+        try:
+            prev_index = json.loads((out_dir / "index.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            prev_index = {}
+    given = {r.id for r in refs}
+    kept = [e for e in prev_index.get("videos", []) if isinstance(e, dict) and e.get("id") not in given
+            and (out_dir / str(e.get("file", ""))).is_file()]  # earlier videos of the set, not given this time
+    rule.assign([*(r.id for r in refs), *(str(e["id"]) for e in kept)])  # refuses unknown ids, no training video
+    rule = replace(rule, strict=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
     res = TokenizeResult(out_dir=out_dir, tokenizer_id=tid, precision=choice.to_dict())
     p.log(f"{model.summary()}; weights {weights}; {choice.line()}")
 
@@ -218,7 +245,8 @@ def tokenize_videos(
 
     def up_to_date(ref: VideoRef) -> dict[str, str] | None:
         meta = read_latent_metadata(out_dir / f"{ref.id}.safetensors")
-        if meta and meta.get("sha256") == ref.sha256 and meta.get("tokenizer_sha256") == wsha:
+        if (meta and meta.get("sha256") == ref.sha256 and meta.get("tokenizer_sha256") == wsha
+                and meta.get("fps") == _fps_text(ref.rate(cfg.fps))):  # older files may repeat frames
             return meta
         return None
 
@@ -234,26 +262,22 @@ def tokenize_videos(
             meta_of[r.id] = m
         else:
             todo.append(r)
-    est = sum(int(round(float(r.meta.get("duration") or 0) * cfg.fps)) for r in todo)
+    est = sum(int(round(float(r.meta.get("duration") or 0) * r.rate(cfg.fps))) for r in todo)
     p.start("tokenize", total=est or None)
     t0 = time.perf_counter()
 
     def write_index_now() -> None:
         # entries of this run, plus earlier entries of videos not given this time whose files still exist
-        entries = {vid: _entry(vid, f"{vid}.safetensors", m) for vid, m in meta_of.items()}
-        old = out_dir / "index.json"
-        if old.is_file():
-            try:
-                prev = json.loads(old.read_text()).get("videos", [])
-            except (OSError, json.JSONDecodeError):
-                prev = []
-            given = {r.id for r in refs}
-            for e in prev:
-                if e.get("id") not in entries and e.get("id") not in given and (out_dir / e.get("file", "")).is_file():
-                    entries[e["id"]] = {k: v for k, v in e.items() if k != "split"}
-        split = split_videos(sorted(entries), val_fraction)
+        entries = {vid: _entry(vid, f"{vid}.safetensors", m, cfg.fps) for vid, m in meta_of.items()}
+        old_fps = prev_index.get("fps") or prev_index.get("tokenizer_fps") or cfg.fps
+        for e in kept:
+            if e["id"] not in entries:
+                entries[e["id"]] = {"fps": float(old_fps), **{k: v for k, v in e.items() if k != "split"}}
+        split = rule.assign(sorted(entries))
         vids = [{**entries[k], "split": split[k]} for k in sorted(entries)]
         kinds = {e["action_kind"] for e in vids if e["has_actions"]}
+        rates = sorted({e["fps"] for e in vids}, reverse=True)
+        common = rates[0] if rates and all(same_rate(r, rates[0]) for r in rates) else None
         meanings = None
         for vid in sorted(meta_of):
             if meta_of[vid].get("action_meanings"):
@@ -270,9 +294,10 @@ def tokenize_videos(
             "tokenizer_config": cfg.to_dict(),
             "tokens": cfg.tokens,
             "channels": cfg.channels,
-            "fps": cfg.fps,
+            "fps": common if rates else cfg.fps,  # null when the videos have different rates (see videos[].fps)
+            "tokenizer_fps": cfg.fps,
             "frame_size": cfg.image_size,
-            "val_fraction": val_fraction,
+            **rule.record(),
             "action_kind": kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "none"),
             "action_count": max((e["action_count"] for e in vids if e["has_actions"]), default=0),
             "action_meanings": meanings,
@@ -292,11 +317,13 @@ def tokenize_videos(
             p.advance("tokenize", n, video=vid, fps=res.frames / dt)
 
         try:
-            lat = tokenize_video(model, r, batch_size, dev, precision, decoder, on_batch=advanced, weights=weights)
-            actions, kind = _aligned_actions(r, lat.shape[0], cfg.fps, res.notes)
+            rate = r.rate(cfg.fps)
+            lat = tokenize_video(model, r, batch_size, dev, precision, decoder, on_batch=advanced, weights=weights,
+                                 fps=rate)
+            actions, kind = _aligned_actions(r, lat.shape[0], rate, res.notes)
             meta = {
                 "format": INDEX_FORMAT,
-                "fps": f"{cfg.fps:g}",
+                "fps": _fps_text(rate),
                 "video_id": r.id,
                 "source": str(r.meta.get("source") or r.path.parent.name),
                 "source_path": str(r.path),
@@ -318,6 +345,8 @@ def tokenize_videos(
             write_latent_file(out_dir / f"{r.id}.safetensors", lat, actions, meta)
             meta_of[r.id] = meta
             res.written.append(r.id)
+            if rate < cfg.fps:
+                res.notes.append(f"{r.id}: read at its own {rate:g} fps (the tokenizer's rate is {cfg.fps:g})")
             dt = time.perf_counter() - t_video
             p.log(f"{r.id}: {lat.shape[0]} frames in {dt:.1f}s ({(res.frames - n_before) / max(dt, 1e-9):.0f} frames/s)")
         except CheckpointError:

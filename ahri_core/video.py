@@ -16,6 +16,7 @@ and the index of the source frame that was being decoded.
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from collections.abc import Container, Iterable, Iterator, Sequence
@@ -277,6 +278,52 @@ def _as_rate(fps: float | Fraction | int) -> Fraction:
     if isinstance(fps, (int, np.integer)):
         return Fraction(int(fps))
     return Fraction(str(float(fps))).limit_denominator(1_000_000)
+
+
+# Two frame rates closer than this (relative) count as the same rate: 29.97 and 30 fps, 59.94 and 60.
+RATE_TOLERANCE = 0.002
+
+
+def same_rate(a: float, b: float) -> bool:
+    """Whether two frame rates count as one (within :data:`RATE_TOLERANCE`)."""
+    return abs(float(a) - float(b)) <= RATE_TOLERANCE * max(abs(float(a)), abs(float(b)))
+
+
+def capped_fps(target: float, source: float | None) -> float:
+    """The rate to read a video at: ``target``, but never above the video's own rate ``source``.
+
+    Reading a video faster than it was recorded would repeat frames, so a slower video keeps its own rate
+    (a 29.97 fps video read for a 30 fps target stays at 29.97). An unknown source rate (None or 0) gives
+    ``target``.
+    """
+    target = float(target)
+    if not source or source <= 0:
+        return target
+    return min(target, float(source))
+
+
+def resampled_count(source_frames: int, source_fps: float, fps: float) -> int:
+    """How many frames :func:`iter_frames` gives at ``fps`` for a constant-rate video of ``source_frames``
+    frames at ``source_fps``: output frame k (at time k / fps) exists while k / fps < duration."""
+    if source_frames <= 0:
+        return 0
+    if same_rate(source_fps, fps):
+        return int(source_frames)
+    duration = source_frames / float(source_fps)
+    return max(1, math.ceil((duration - _TIME_TOLERANCE) * float(fps)))
+
+
+def source_indices(count: int, source_fps: float, fps: float) -> np.ndarray:
+    """Which source frame each of the first ``count`` output frames shows, int64 (count,).
+
+    The rule of :func:`iter_frames` for a constant-rate source: output frame k is at time k / fps and shows
+    the last source frame that started at or before it, i.e. source frame floor(k * source_fps / fps)
+    (with the same timestamp tolerance). Equal rates (within :data:`RATE_TOLERANCE`) map k to k.
+    """
+    k = np.arange(int(count), dtype=np.int64)
+    if same_rate(source_fps, fps):
+        return k
+    return np.floor((k / float(fps) + _TIME_TOLERANCE) * float(source_fps)).astype(np.int64)
 
 
 def iter_frames(
@@ -606,6 +653,11 @@ def float_to_frames(x: np.ndarray) -> np.ndarray:
 __all__ = [
     "VideoInfo",
     "VIDEO_EXTENSIONS",
+    "RATE_TOLERANCE",
+    "same_rate",
+    "capped_fps",
+    "resampled_count",
+    "source_indices",
     "probe",
     "check_video",
     "iter_frames",

@@ -3,8 +3,12 @@
 - ``cached_frames``: a video resampled to (fps, size) is decoded once into
   ``<cache>/frames/<sha256[:16]>-<fps>fps-<size>.npy`` (uint8 (T, H, W, 3), written atomically) and
   memory-mapped on every later read, so training never waits for the video decoder.
-- ``split_videos``: the train/validation split, by whole video (PITFALLS 14), deterministic from the ids.
-  ``ahri tokenize`` uses the same function, so the latent index agrees with the tokenizer's split.
+- ``split_videos``: the train/validation split, by whole video (PITFALLS 14), deterministic from the ids;
+  ``SplitRule``: that hash rule or videos chosen by the user (``--val-videos``, ``--split FILE``), with the
+  record of how the split was made. ``ahri tokenize`` applies the tokenizer's own rule by default, so the
+  latent index agrees with the tokenizer's split.
+- Frame rates: a video is read at the requested rate or its own, whichever is lower (never repeating
+  frames); ``resample_actions`` carries its actions over to the frames kept.
 - ``FrameSampler``: shuffled epochs over all frames of a ``FrameSet``; its state is two integers
   (epoch, position) plus the seed, so a resumed run draws exactly the batches it would have drawn.
 """
@@ -25,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import AhriError, DataError
+from ..errors import AhriError, ConfigError, DataError
 from ..fileio import atomic_path, sha256_file
 from ..progress import Progress, ensure
 
@@ -41,12 +45,39 @@ class VideoRef:
     actions: Any = None  # np.ndarray: int64 (T,) or float32 (T, A); None when the video has none
     _sha: str | None = None
 
+    _fps: float | None = None
+
     @property
     def sha256(self) -> str:
         if self._sha is None:
             s = self.meta.get("sha256") if isinstance(self.meta, dict) else None
             self._sha = s if isinstance(s, str) and len(s) == 64 else sha256_file(self.path)
         return self._sha
+
+    @property
+    def source_fps(self) -> float:
+        """The video's own frame rate: the sidecar's ``fps``, else probed from the file; 0.0 when unknown
+        (a file that cannot be opened: decoding it will report why)."""
+        if self._fps is None:
+            try:
+                f = float(self.meta.get("fps") or 0.0) if isinstance(self.meta, dict) else 0.0
+            except (TypeError, ValueError):
+                f = 0.0
+            if f <= 0:
+                from ..video import probe
+
+                try:
+                    f = float(probe(self.path, count=False).fps)
+                except (AhriError, OSError):
+                    f = 0.0
+            self._fps = f
+        return self._fps
+
+    def rate(self, target: float) -> float:
+        """The rate this video is read at for a ``target`` rate: the target, never above the video's own."""
+        from ..video import capped_fps
+
+        return capped_fps(target, self.source_fps)
 
 
 def _read_sidecar(path: Path) -> dict[str, Any]:
@@ -124,6 +155,168 @@ def split_videos(ids: Sequence[str], val_fraction: float) -> dict[str, str]:
     if len(ids) >= 2 and val_fraction > 0 and not any(s == "val" for s in out.values()):
         out[ranked[0]] = "val"
     return out
+
+
+SPLIT_RULES = ("hash", "chosen")
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """How videos are split into train and validation: by a hash of the id, or chosen by the user.
+
+    ``hash``: :func:`split_videos` with ``val_fraction``. ``chosen``: the ids in ``val_videos`` are held out
+    and every other video trains (``train_videos``, when a split file lists them, are checked but change
+    nothing). ``source`` says where a chosen split came from (``--val-videos`` or the split file), for
+    messages and the record. ``strict``: every chosen id must be one of the videos being split, and at
+    least one video must train; a split inherited from a tokenizer is applied without these checks (the
+    videos tokenized may be a subset of those it was trained on).
+    """
+
+    rule: str = "hash"
+    val_fraction: float = 0.1
+    val_videos: tuple[str, ...] = ()
+    train_videos: tuple[str, ...] = ()
+    source: str | None = None
+    strict: bool = True
+
+    @classmethod
+    def by_hash(cls, val_fraction: float) -> SplitRule:
+        if not 0 <= float(val_fraction) < 1:
+            raise ConfigError(f"val_fraction {val_fraction}: must be in [0, 1)")
+        return cls("hash", float(val_fraction))
+
+    @classmethod
+    def chosen(
+        cls, val_videos: Iterable[str], train_videos: Iterable[str] = (), source: str = "--val-videos", strict: bool = True
+    ) -> SplitRule:
+        val = tuple(dict.fromkeys(str(v) for v in val_videos))
+        train = tuple(dict.fromkeys(str(v) for v in train_videos))
+        both = [v for v in val if v in set(train)]
+        if both:
+            raise ConfigError(f"{source}: video {both[0]!r} is listed both for training and for validation")
+        return cls("chosen", 0.0, val, train, source, strict)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> SplitRule:
+        """A split file: JSON ``{"val": [ids], "train": [ids]}`` or text lines ``val ID [ID ...]`` /
+        ``train ID [ID ...]`` (``#`` starts a comment). Videos it does not name train."""
+        p = Path(path).expanduser()
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--split {p}: cannot read the split file ({getattr(e, 'strerror', None) or e})") from None
+        lists: dict[str, list[str]] = {"train": [], "val": []}
+        shape = 'a JSON object {"val": [ids], "train": [ids]} or text lines "val ID ..." / "train ID ..."'
+        if p.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+            try:
+                d = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"--split {p}: not valid JSON (line {e.lineno}: {e.msg}); expected {shape}") from None
+            if not isinstance(d, dict) or set(d) - set(lists) or not all(
+                isinstance(v, list) and all(isinstance(i, str) for i in v) for v in d.values()
+            ):
+                raise ConfigError(f"--split {p}: expected {shape}")
+            for k, v in d.items():
+                lists[k] = list(v)
+        else:
+            for n, line in enumerate(text.splitlines(), 1):
+                words = line.split("#", 1)[0].split()
+                if not words:
+                    continue
+                key = words[0].rstrip(":").lower()
+                if key not in lists:
+                    raise ConfigError(f"--split {p}, line {n}: starts with {words[0]!r}; expected {shape}")
+                lists[key] += words[1:]
+        if not lists["val"]:
+            raise ConfigError(f"--split {p}: names no validation video; expected {shape}")
+        return cls.chosen(lists["val"], lists["train"], source=str(p))
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], default_fraction: float = 0.1) -> SplitRule:
+        """The rule written by :meth:`record` (a tokenizer's weights metadata, a latent index), not strict."""
+        if record.get("split_rule") == "chosen":
+            return cls.chosen(record.get("val_videos") or (), (), record.get("split_file") or "the recorded split",
+                              strict=False)
+        f = record.get("val_fraction")
+        return cls.by_hash(default_fraction if f is None else float(f))
+
+    def assign(self, ids: Sequence[str]) -> dict[str, str]:
+        """{id: "train" | "val"} for every id."""
+        ids = list(dict.fromkeys(ids))
+        if self.rule == "hash":
+            return split_videos(ids, self.val_fraction)
+        if self.strict:
+            known = set(ids)
+            for vid in (*self.val_videos, *self.train_videos):
+                if vid not in known:
+                    raise ConfigError(f"{self.source}: no video with the id {vid!r}{_close_matches(vid, ids)}")
+        val = set(self.val_videos)
+        out = {i: ("val" if i in val else "train") for i in ids}
+        if self.strict and ids and "train" not in out.values():
+            raise ConfigError(
+                f"{self.source} holds out all {len(ids)} videos; leave at least one for training"
+            )
+        return out
+
+    def record(self) -> dict[str, Any]:
+        """How the split was made, for run.json, weights metadata and the latent index."""
+        if self.rule == "hash":
+            return {"split_rule": "hash", "val_fraction": self.val_fraction}
+        rec: dict[str, Any] = {"split_rule": "chosen", "val_fraction": None,
+                               "split_file": self.source if self.source and self.source != "--val-videos" else None,
+                               "val_videos": list(self.val_videos)}
+        if self.train_videos:
+            rec["train_videos"] = list(self.train_videos)
+        return rec
+
+
+def _close_matches(vid: str, ids: Sequence[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(vid, list(ids), n=3, cutoff=0.6)
+    if close:
+        return f" (close: {', '.join(close)})"
+    if not ids:
+        return " (there are no videos)"
+    shown = sorted(ids)[:5]
+    return f" (the {len(ids)} videos include {', '.join(shown)}{', ...' if len(ids) > 5 else ''})"
+
+
+# ---------------------------------------------------------------------------------------------- actions
+def resample_actions(actions: np.ndarray, source_fps: float, fps: float, count: int) -> np.ndarray:
+    """A video's actions carried over to ``count`` frames read at ``fps`` (see ``video.source_indices``).
+
+    ``actions[t]`` produced frame t. Kept frame k shows source frame j = s[k]:
+    - discrete (int (T,)): ``actions[j]``, the action in force when the kept frame was produced; inputs
+      on dropped frames in between are not carried over;
+    - continuous (float (T, A)): the mean of ``actions[s[k-1]+1 .. j]``, every action since the previous
+      kept frame (NaN rows, "no action", left out of the mean; a row of NaN when all of them are).
+    Frame 0 keeps ``actions[0]`` (no action). A kept frame that repeats the previous one (no source frame
+    since) gets "no action" (-1 or NaN). Equal rates leave the actions as they are; frames past the end
+    of the actions get "no action".
+    """
+    from ..video import source_indices
+
+    a = np.asarray(actions)
+    discrete = a.ndim == 1 and np.issubdtype(a.dtype, np.integer)
+    src = source_indices(count, source_fps, fps)
+    prev = np.concatenate([[-1], src[:-1]]) if count else src  # the source frame of the previous kept frame
+    keep = (src < len(a)) & (src > prev)
+    if discrete:
+        out = np.full((count,), -1, np.int64)
+        out[keep] = a[src[keep]]
+        return out
+    rows = np.asarray(a, np.float32).reshape(len(a), -1)
+    has = ~np.isnan(rows).all(axis=1)
+    csum = np.concatenate([np.zeros((1, rows.shape[1])), np.cumsum(np.where(has[:, None], np.nan_to_num(rows), 0.0), 0)])
+    cnt = np.concatenate([[0], np.cumsum(has)])
+    end = np.minimum(src, len(a) - 1) + 1
+    start = np.minimum(prev + 1, end)
+    n = cnt[end] - cnt[start]
+    out = np.full((count, rows.shape[1]), np.nan, np.float32)
+    ok = keep & (n > 0)
+    out[ok] = ((csum[end] - csum[start])[ok] / n[ok, None]).astype(np.float32)
+    return out.reshape(count, *a.shape[1:])
 
 
 # ---------------------------------------------------------------------------------------------- cache
@@ -313,6 +506,8 @@ class FrameData:
     split: dict[str, str]
     failed: dict[str, str]
     val_is_heldout: bool
+    rates: dict[str, float] = field(default_factory=dict)  # the rate each video was read at
+    rule: SplitRule = field(default_factory=SplitRule)
 
 
 def load_frame_data(
@@ -323,9 +518,13 @@ def load_frame_data(
     val_fraction: float = 0.1,
     progress: Progress | None = None,
     decoder: Decoder | None = None,
+    split: SplitRule | None = None,
 ) -> FrameData:
     """Decode (or map from the cache) every video and split them into train and validation by video.
 
+    ``fps`` is the highest rate: each video is read at ``fps`` or its own rate, whichever is lower (never
+    repeating frames). ``split``: the rule (default: the hash rule with ``val_fraction``); a chosen split
+    naming an unknown video, or holding out every video, is refused before anything is decoded.
     Videos that fail to decode are reported through ``progress.log`` and skipped. With a single usable
     video there is nothing to hold out: validation then uses that training video (``val_is_heldout`` False).
     """
@@ -333,12 +532,16 @@ def load_frame_data(
     refs = as_video_refs(videos)
     if not refs:
         raise DataError("no videos to train on (fetch some first, e.g. `ahri fetch --source game`)")
+    rule = split if split is not None else SplitRule.by_hash(val_fraction)
+    rule.assign([r.id for r in refs])  # unknown ids and an empty training split fail here, before decoding
     arrays: dict[str, np.ndarray] = {}
+    rates: dict[str, float] = {}
     failed: dict[str, str] = {}
     p.start("cache frames", total=len(refs))
     for r in refs:
         try:
-            arrays[r.id] = cached_frames(r, fps, size, cache_dir, decoder)
+            rates[r.id] = r.rate(fps)
+            arrays[r.id] = cached_frames(r, rates[r.id], size, cache_dir, decoder)
         except (AhriError, OSError) as e:
             failed[r.id] = str(e)
             p.log(f"skipped video {r.id}: {e}")
@@ -347,9 +550,15 @@ def load_frame_data(
     ok = [r.id for r in refs if r.id in arrays]
     if not ok:
         raise DataError(f"none of the {len(refs)} videos could be decoded")
-    split = split_videos(ok, val_fraction)
+    split = {i: s for i, s in rule.assign([r.id for r in refs]).items() if i in arrays}
+    if rule.rule == "hash":
+        split = split_videos(ok, rule.val_fraction)  # the hash rule's fix-ups apply to the usable videos
     tr = [i for i in ok if split[i] == "train"]
     va = [i for i in ok if split[i] == "val"]
+    if not tr:
+        raise DataError(
+            f"no training video could be decoded ({len(failed)} failed); the held-out ones were {', '.join(va)}"
+        )
     heldout = bool(va)
     if not va:
         va = tr
@@ -359,6 +568,8 @@ def load_frame_data(
         split=split,
         failed=failed,
         val_is_heldout=heldout,
+        rates={i: rates[i] for i in ok},
+        rule=rule,
     )
 
 

@@ -3,12 +3,14 @@
 Layout: ``<latents>/<tokenizer-id>/<video-id>.safetensors`` holds
 - ``latents``: fp16 (frames, tokens, channels), values in (-1, 1);
 - ``actions``: int64 (T,) or float32 (T, A), only when the video has actions;
-- metadata (strings): fps, video_id, source, sha256 (of the video file), tokenizer_id, tokenizer_sha256,
-  frames, frame_size, action_kind ("discrete" | "continuous" | "none"), action_count, action_meanings (JSON).
+- metadata (strings): fps (the rate this video's latents were read at: the tokenizer's, or the video's own
+  when lower), video_id, source, sha256 (of the video file), tokenizer_id, tokenizer_sha256, frames,
+  frame_size, action_kind ("discrete" | "continuous" | "none"), action_count, action_meanings (JSON).
 
-``<latents>/<tokenizer-id>/index.json``: {tokenizer_id, tokens, channels, fps, frame_size, videos: [{id, file,
-frames, split: "train" | "val", has_actions, action_kind, action_count}], ...}. The split is by whole video,
-computed with :func:`ahri_core.data.frames.split_videos` (the rule tokenizer training uses).
+``<latents>/<tokenizer-id>/index.json``: {tokenizer_id, tokens, channels, fps (null when the videos' rates
+differ), tokenizer_fps, frame_size, split_rule, videos: [{id, file, frames, fps, split: "train" | "val",
+has_actions, action_kind, action_count}], ...}. The split is by whole video, made by a
+:class:`ahri_core.data.frames.SplitRule` (the hash rule of tokenizer training, or videos chosen by the user).
 
 One file per video, never one per frame (PITFALLS 17); every write is atomic.
 """
@@ -87,6 +89,32 @@ def write_index(directory: str | os.PathLike, index: dict[str, Any]) -> Path:
     return path
 
 
+def one_rate(rates: dict[str, float], where: str) -> float:
+    """The one frame rate of a latent set's videos ({id: fps}); rates within ``video.RATE_TOLERANCE`` count as
+    one (the highest is returned). Several rates raise :class:`DataError` naming the videos of each rate."""
+    from ..video import same_rate
+
+    groups: dict[float, list[str]] = {}
+    for vid, r in sorted(rates.items(), key=lambda kv: (-kv[1], kv[0])):
+        key = next((g for g in groups if same_rate(g, r)), r)
+        groups.setdefault(key, []).append(vid)
+    if not groups:
+        raise DataError(f"latent set {where} has no videos; run `ahri tokenize` first")
+    if len(groups) == 1:
+        return next(iter(groups))
+
+    def names(ids: list[str]) -> str:
+        return ", ".join(ids[:4]) + (f" and {len(ids) - 4} more" if len(ids) > 4 else "")
+
+    desc = "; ".join(f"{r:g} fps: {names(ids)}" for r, ids in groups.items())
+    low = min(groups)
+    raise DataError(
+        f"latent set {where} holds videos at {len(groups)} frame rates ({desc}); one dynamics model learns one "
+        f"rate: tokenize the videos of one rate into their own set (ahri tokenize --data DIR --out DIR), or "
+        f"train a tokenizer with --fps {low:g} so every video is read at {low:g} fps"
+    )
+
+
 class LatentStore:
     """Reader of one latent set (a directory with ``index.json``)."""
 
@@ -119,7 +147,22 @@ class LatentStore:
 
     @property
     def fps(self) -> float:
-        return float(self.index["fps"])
+        """The set's frame rate; a set whose videos have different rates raises :class:`DataError` naming them."""
+        rates = self.rates()
+        if not rates and self.index.get("fps") is not None:
+            return float(self.index["fps"])
+        return one_rate(rates, str(self.path))
+
+    def rates(self) -> dict[str, float]:
+        """{video id: frame rate of its latents}; entries without their own rate have the set's."""
+        default = self.index.get("fps")
+        out = {}
+        for v in self.index["videos"]:
+            r = v.get("fps", default)
+            if r is None:
+                raise DataError(f"latent index {self.path / INDEX} gives no frame rate for video {v.get('id')!r}")
+            out[str(v["id"])] = float(r)
+        return out
 
     @property
     def frame_size(self) -> int:
@@ -160,7 +203,7 @@ class LatentStore:
             return read_latent_file(self.file(video_id))[2]
         return {
             "tokenizer_id": self.tokenizer_id,
-            "fps": str(self.fps),
+            "fps": str(self.index.get("fps")),
             "action_kind": str(self.index.get("action_kind", "none")),
             "action_count": str(self.index.get("action_count") or 0),
             "action_meanings": json.dumps(self.index.get("action_meanings") or []),

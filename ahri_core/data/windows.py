@@ -171,11 +171,16 @@ def load_latent_set(path: str | os.PathLike, val_fraction: float | None = None) 
     re-splits the set's videos with :func:`ahri_core.data.frames.split_videos` (the same hash of the video
     id, so a video's split does not depend on the others), which lets the held-out fraction change after
     tokenizing. Either way the index file is left as it is.
+
+    One dynamics model learns one frame rate: a set whose videos were tokenized at different rates (a video
+    slower than the tokenizer keeps its own rate) is refused with a :class:`DataError` naming the videos of
+    each rate, before any latent is read.
     """
     from .frames import split_videos
     from .latents import LatentStore
 
     store = LatentStore(path)
+    fps = store.fps  # raises when the videos' rates differ
     recs = store.videos()
     if val_fraction is not None:
         if not 0 <= float(val_fraction) < 1:
@@ -199,7 +204,7 @@ def load_latent_set(path: str | os.PathLike, val_fraction: float | None = None) 
     if not train:
         raise DataError(f"latent set {store.path} has no training videos (every video is in the 'val' split)")
     return make_latent_set(
-        train, val, fps=store.fps, tokenizer_id=store.tokenizer_id, path=str(store.path),
+        train, val, fps=fps, tokenizer_id=store.tokenizer_id, path=str(store.path),
         action_count=count or None, action_meanings=meanings,
     )
 

@@ -26,7 +26,16 @@ import torch
 from pydantic import Field
 
 from ..checkpoint import read_metadata
-from ..data.frames import FrameSampler, FrameSet, load_frame_data, steps_per_epoch, to_tensor, to_uint8
+from ..data.frames import (
+    FrameSampler,
+    FrameSet,
+    SplitRule,
+    as_video_refs,
+    load_frame_data,
+    steps_per_epoch,
+    to_tensor,
+    to_uint8,
+)
 from ..errors import ConfigError
 from ..fileio import atomic_path
 from ..models.tokenizer import KIND, Tokenizer, TokenizerConfig, tokenizer_config, weights_for_inference
@@ -46,17 +55,35 @@ class TokenizerSettings(Section):
 
     section: ClassVar[str] = "tokenizer"
     size: int | None = Field(None, ge=8, le=1024, description="frame size (square), overrides the preset")
-    fps: float | None = Field(None, gt=0, le=240, description="frame rate videos are resampled to")
+    fps: float | None = Field(
+        None, gt=0, le=240, description="highest frame rate videos are read at (a slower video keeps its own)"
+    )
     patch_size: int | None = Field(None, ge=1, le=64)
     tokens: int | None = Field(None, ge=1, le=4096, description="latent tokens per frame")
     channels: int | None = Field(None, ge=1, le=1024, description="bottleneck width per token")
     mask_max: float | None = Field(None, ge=0, lt=1, description="MAE drop rate drawn from U(0, mask_max)")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="fraction of videos held out for validation")
+    val_videos: list[str] | None = Field(
+        None, description="ids of the videos held out (instead of the hash split with val_fraction)"
+    )
+    split_file: Path | None = Field(
+        None, description='file naming the held-out videos: JSON {"val": [...], "train": [...]} or lines "val ID ..."'
+    )
     val_frames: int = Field(256, ge=1, description="held-out frames scored at each validation")
     perceptual_weight: float = Field(0.0, ge=0, description="weight of the perceptual term (needs perceptual_model)")
     perceptual_model: Path | None = Field(
         None, description="local torch.export file (.pt2) f(recon, target) -> per-item distance; nothing is downloaded"
     )
+
+    def split_rule(self) -> SplitRule:
+        """The train/validation split: chosen videos (``split_file`` or ``val_videos``) or the hash rule."""
+        if self.split_file is not None and self.val_videos:
+            raise ConfigError("--split and --val-videos both choose the held-out videos; give one of them")
+        if self.split_file is not None:
+            return SplitRule.from_file(self.split_file)
+        if self.val_videos:
+            return SplitRule.chosen(self.val_videos)
+        return SplitRule.by_hash(self.val_fraction)
 
     def overrides(self) -> dict[str, Any]:
         return {
@@ -166,7 +193,8 @@ class TokenizerObjective(Objective):
     def weights_extra(self) -> dict[str, Any]:
         d = self.data
         return {"val_videos": d.val.ids if d.val_is_heldout else [], "train_videos": d.train.ids,
-                "val_fraction": self.tok.val_fraction, "preset": self.cfg.preset}
+                **{k: v for k, v in d.rule.record().items() if k not in ("val_videos", "train_videos")},
+                "split": d.rule.record(), "video_fps": d.rates, "preset": self.cfg.preset}
 
     def steps_per_epoch(self) -> int:
         return steps_per_epoch(len(self.data.train), self.train.batch_size)
@@ -287,12 +315,28 @@ def train_tokenizer(
             train = train.model_copy(update={"batch_size": saved_batch})
     else:
         cfg = tokenizer_config(train.preset, **tok.overrides())
-    settings_record = {"train": train.model_dump(mode="json"), "tokenizer": tok.model_dump(mode="json"), "model": cfg.to_dict()}
+    rule = tok.split_rule()
+    rule.assign([r.id for r in as_video_refs(videos)])  # an unknown id or no training video: refused before the run exists
+    if resuming:
+        _, _, extra = read_metadata(run.weights)
+        f = extra.get("val_fraction")
+        before = extra.get("split") or SplitRule.by_hash(0.1 if f is None else float(f)).record()
+        if before != rule.record():
+            raise ConfigError(
+                f"--resume: run {run.path} was split by {json.dumps(before)}, not {json.dumps(rule.record())}; "
+                "the held-out videos cannot change on resume"
+            )
+    settings_record = {"train": train.model_dump(mode="json"), "tokenizer": tok.model_dump(mode="json"),
+                       "model": cfg.to_dict(), "split": rule.record()}
     run.create("tokenizer", settings_record, resume=bool(train.resume))
 
     # ---- data
     cache = Path(cache_dir) if cache_dir is not None else run.path.parent.parent / "cache"
-    data = load_frame_data(videos, cfg.fps, cfg.image_size, cache, tok.val_fraction, p)
+    data = load_frame_data(videos, cfg.fps, cfg.image_size, cache, tok.val_fraction, p, split=rule)
+    slow = {i: r for i, r in data.rates.items() if r < cfg.fps}
+    if slow:
+        shown = ", ".join(f"{i} ({r:g} fps)" for i, r in list(slow.items())[:5]) + (", ..." if len(slow) > 5 else "")
+        p.log(f"{len(slow)} video(s) slower than {cfg.fps:g} fps are read at their own rate: {shown}")
     if not data.val_is_heldout:
         p.log("only one usable video: validation uses its frames (not held out); add videos for an honest score")
 
