@@ -38,7 +38,8 @@ def horizon_table(metrics: dict[str, Any], metric: str = "psnr") -> Table:
     """One row per horizon step: each step count, copy-last-frame and the tokenizer ceiling."""
     steps = list(metrics["steps"])
     unit = " (dB)" if metric == "psnr" else ""
-    t = Table(title=f"{metric.upper()}{unit} per horizon step: mean ± 95% interval over {metrics['clip_count']} held-out clips")
+    where = "held-out" if metrics.get("split", "val") == "val" else "TRAINING"
+    t = Table(title=f"{metric.upper()}{unit} per horizon step: mean ± 95% interval over {metrics['clip_count']} {where} clips")
     t.add_column("h", justify="right")
     for k in steps:
         t.add_column(f"{k} steps", justify="right")
@@ -84,7 +85,7 @@ def summary_table(metrics: dict[str, Any]) -> Table:
             f"{lat:.4f}",
             f"{fps:.1f}" if fps else "-",
         )
-    for name, label in (("copy_last", "copy last frame"), ("tokenizer_ceiling", "tokenizer ceiling")):
+    for name, label in (("copy_last", "copy last"), ("tokenizer_ceiling", "ceiling")):
         t.add_row(
             f"[dim]{label}[/]",
             f"{s[f'psnr_h1_{near}'][name]:.2f}",
@@ -94,6 +95,33 @@ def summary_table(metrics: dict[str, Any]) -> Table:
             "",
             "",
         )
+    return t
+
+
+def probe_table(metrics: dict[str, Any]) -> Table | None:
+    """Does the model use its context? Context sensitivity and teacher-forced next-frame latent MSE."""
+    p = metrics.get("probes")
+    if not p:
+        return None
+    t = Table(title="does the model use its context? (latent space)")
+    t.add_column("probe")
+    t.add_column("value", justify="right")
+    t.add_column("reads", style="dim")
+    c = p.get("context") or {}
+    if "sensitivity" in c:
+        t.add_row(f"context sensitivity ({c['steps']} steps)", f"{c['sensitivity']:.2f}", "0 ignores, 1 follows")
+        t.add_row("  share from frames before last", f"{c['history_share']:.2f}", "0: last frame only")
+        t.add_row("PSNR h1 drop, other clip's context", f"{c['psnr_drop_db']:+.2f} dB", "large: context used")
+    elif c.get("skipped"):
+        t.add_row("context sensitivity", "-", "needs 2+ clips")
+    tf = p["teacher_forced"]
+    a = tf["all_h"]
+    t.add_row("next-frame MSE, teacher-forced", f"{a['model']:.4f}", "1 step, true context")
+    for k, block in metrics.get("steps", {}).items():
+        t.add_row(f"  rollout h1, {k} steps (sampled)", f"{block['latent_mse']['mean'][0]:.4f}", "")
+    t.add_row("  copy last frame", f"{a['copy_last']:.4f}", "")
+    t.add_row("  mean latent", f"{a['mean_latent']:.4f}", tf["mean_latent_from"].split(" (")[0])
+    t.add_row("  skill vs copy last", f"{tf['skill_vs_copy_last']:+.2f}", "1 - model / copy")
     return t
 
 
@@ -124,6 +152,12 @@ def eval_(
     ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder. \\[default: <run>/eval/<id>]")] = None,
     samples: Annotated[int, typer.Option("--samples", help="Side-by-side mp4s to write.", min=0)] = 2,
+    split: Annotated[
+        str, typer.Option("--split", help="val (held-out videos) or train (to measure the train/val gap).")
+    ] = "val",
+    probes: Annotated[
+        bool, typer.Option("--probes/--no-probes", help="Context sensitivity and teacher-forced next-frame MSE.")
+    ] = True,
     device: DeviceOption = "auto",
     precision: PrecisionOption = PrecisionChoice.auto,
     threads: ThreadsOption = None,
@@ -141,6 +175,8 @@ def eval_(
         batch_size=batch_size,
     )
     settings = load(SamplingSettings, flags, STATE.config)
+    if split not in ("val", "train"):
+        raise ConfigError(f"--split {split!r}: allowed val, train")
     data = existing_path(data, "--data", "latent set folder")
     tok = run_or_path(tokenizer, "--tokenizer")
     ws = STATE.workspace
@@ -162,7 +198,7 @@ def eval_(
     with RichProgress(console) as progress:
         report = evaluate(
             world, data, settings, out_dir=out_dir, workspace=ws, samples=samples,
-            precision=precision.value, progress=progress,
+            precision=precision.value, progress=progress, split=split, probes=probes,
         )
     m = report.metrics
     chosen = m.get("precision")
@@ -170,6 +206,9 @@ def eval_(
         info(escape(f"precision {chosen['precision']} ({chosen.get('reason', '')})"))
     out.print(horizon_table(m, "psnr"))
     out.print(summary_table(m))
+    pt = probe_table(m)
+    if pt is not None:
+        out.print(pt)
     if m["truth"] != "video frames":
         console.print(f"[yellow]note:[/] compared against {escape(str(m['truth']))}", highlight=False)
     out.print(f"metrics: {report.metrics_path}", highlight=False, markup=False)

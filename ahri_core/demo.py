@@ -287,7 +287,8 @@ def run_demo(
     world = load_world_model(ws.run_dir(dyn_name), ws, tokenizer=ws.run_dir(tok_name))
     samp = SamplingSettings(steps=s.steps, context=s.context, horizon=s.horizon, tau_ctx=s.tau_ctx,
                             clips=s.eval_clips, seed=s.seed, batch_size=max(1, s.eval_clips))
-    report = evaluate(world, lat_dir, samp, workspace=ws, samples=s.samples, progress=prog, precision=s.precision)
+    report = evaluate(world, lat_dir, samp, workspace=ws, samples=s.samples, progress=prog, precision=s.precision,
+                      probes=False)  # the probes are not in the eval-time reserve
     done(STAGES[4], t)
 
     # 6. roll out one held-out clip (the first evaluation clip's video)

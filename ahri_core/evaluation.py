@@ -48,6 +48,11 @@ from .visual import Column, error_frames, grid_video, plot_curves, to_float, to_
 __all__ = [
     "ClipRef",
     "EvalReport",
+    "context_probe",
+    "mean_latent",
+    "other_clip",
+    "sensitivity",
+    "teacher_forced_next",
     "evaluate",
     "select_clips",
     "read_clip_frames",
@@ -144,6 +149,182 @@ def _video_file(latent_dir: Path, video_id: str, workspace) -> Path | None:
     return next((c for c in cands if c.is_file()), None)
 
 
+# ---------------------------------------------------------------------------------------------- context probes
+#
+# Two measurements that say whether a model predicts from its context or only paints a typical frame.
+# Both work on latents and take any model in the dynamics interface (the tests use stand-ins).
+
+
+def other_clip(n: int) -> list[int]:
+    """The clip whose context replaces clip i's in the context-sensitivity probe: i + 1 (mod n), never i itself."""
+    if n < 2:
+        raise ValueError("the context-sensitivity probe needs at least two clips")
+    return [(i + 1) % n for i in range(n)]
+
+
+def _swap_context(context: torch.Tensor, donor: list[int], keep_last: bool) -> torch.Tensor:
+    """Each clip's context replaced by the donor clip's; ``keep_last`` keeps the clip's own last frame."""
+    out = context[donor].clone()
+    if keep_last:
+        out[:, -1] = context[:, -1]
+    return out
+
+
+def _swap_actions(actions: torch.Tensor | None, donor: list[int], context: int, keep_last: bool) -> torch.Tensor | None:
+    """Actions that go with :func:`_swap_context`: the donor's for the replaced frames, the clip's own after."""
+    if actions is None:
+        return None
+    out = actions.clone()
+    upto = context - 1 if keep_last else context
+    out[:, :upto] = actions[donor, :upto]
+    return out
+
+
+@torch.no_grad()
+def context_probe(
+    sampler,
+    context: torch.Tensor,
+    actions: torch.Tensor | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> dict[str, Any]:
+    """The h = 1 prediction of every clip with its true context and with two corrupted ones, same noise.
+
+    ``context`` (n, C, N, Ch): the clips' clean context latents, n >= 2. ``actions``: (n, >= C + 1) or None.
+    Variants (donor = :func:`other_clip`, the next clip):
+
+    * ``true``: the clip's own context;
+    * ``swap``: the donor's whole context (its C frames, and its actions for them);
+    * ``history``: the donor's frames except the last one, which stays the clip's own.
+
+    Every variant of a batch is sampled from the same generator seed, so the noise (context corruption and
+    the new frame's initial noise) is identical and only the context differs. Returns the three predictions
+    (n, N, Ch) and per-clip latent MSEs (numpy (n,)): ``pred_change_swap`` = mse(true, swap),
+    ``pred_change_history`` = mse(true, history), ``context_change`` = mse of the two contexts' last frames.
+    """
+    n, c = context.shape[:2]
+    donor = other_clip(n)
+    variants = {
+        "true": (context, actions),
+        "swap": (_swap_context(context, donor, False), _swap_actions(actions, donor, c, False)),
+        "history": (_swap_context(context, donor, True), _swap_actions(actions, donor, c, True)),
+    }
+    preds: dict[str, torch.Tensor] = {}
+    for name, (ctx, act) in variants.items():
+        out = []
+        for i in range(0, n, batch_size):
+            g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+            a = None if act is None else act[i : i + batch_size, : c + 1]
+            out.append(sampler.rollout(ctx[i : i + batch_size], 1, actions=a, generator=g).latents[:, 0].cpu())
+        preds[name] = torch.cat(out)
+
+    def mse(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+        return (a.float() - b.float()).pow(2).mean(dim=(-2, -1)).numpy()
+
+    return {
+        "donor": donor,
+        "pred": preds["true"],
+        "pred_swap": preds["swap"],
+        "pred_history": preds["history"],
+        "pred_change_swap": mse(preds["true"], preds["swap"]),
+        "pred_change_history": mse(preds["true"], preds["history"]),
+        "context_change": mse(context[:, -1], context[donor, -1]),
+    }
+
+
+def sensitivity(probe: dict[str, Any]) -> dict[str, float]:
+    """Context sensitivity from :func:`context_probe`: ratios of means over clips.
+
+    ``sensitivity`` = mean mse(pred_true, pred_swap) / mean mse(last_true, last_donor): 0 when the prediction
+    ignores the context, 1 when it moves exactly as much as the last context frame does (copy-last scores 1).
+    ``history_share`` = mean mse(pred_true, pred_history) / mean mse(pred_true, pred_swap): the part of that
+    change caused by the frames before the last one (0: only the last frame matters).
+    """
+    swap = float(np.mean(probe["pred_change_swap"]))
+    hist = float(np.mean(probe["pred_change_history"]))
+    ctx = float(np.mean(probe["context_change"]))
+    return {
+        "sensitivity": swap / ctx if ctx > 0 else float("nan"),
+        "history_share": hist / swap if swap > 0 else float("nan"),
+        "pred_change_mse": swap,
+        "pred_change_history_mse": hist,
+        "context_change_mse": ctx,
+    }
+
+
+def mean_latent(videos: list, max_frames: int = 20_000) -> torch.Tensor:
+    """The mean latent (N, Ch) over the frames of ``videos`` (LatentVideo), from at most ``max_frames`` of them,
+    taken evenly from every video."""
+    total = sum(v.frames for v in videos)
+    if total == 0:
+        raise ValueError("no frames to average")
+    every = max(1, -(-total // max_frames))
+    acc, count = None, 0
+    for v in videos:
+        x = v.latents[::every].double()
+        acc = x.sum(0) if acc is None else acc + x.sum(0)
+        count += len(x)
+    return (acc / count).float()
+
+
+@torch.no_grad()
+def teacher_forced_next(
+    model,
+    traits,
+    latents: torch.Tensor,
+    context: int,
+    tau_ctx: float,
+    actions: torch.Tensor | None = None,
+    mean: torch.Tensor | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    precision: str = "fp32",
+) -> dict[str, np.ndarray]:
+    """One-step next-frame prediction from true frames, for every frame after the context (no compounding).
+
+    ``latents`` (n, C + H, N, Ch) clean. Frame t (t = C .. C + H - 1) is predicted from the true frames before
+    it (the last ``max_frames - 1`` of them), noised to ``tau_ctx`` and labelled so with step d_min, as the
+    sampler does; frame t itself is pure noise (tau = 1) with step 1 for a shortcut model (d_min otherwise):
+    the prediction a 1-step sampler makes, and the training validation's ``val_next``. Returns per-clip,
+    per-horizon latent MSEs (numpy (n, H)): ``model``, ``copy_last`` (frame t - 1 as the guess) and, with
+    ``mean`` (N, Ch), ``mean_latent`` (that one latent as the guess for every frame).
+    """
+    from .diffusion import add_noise
+    from .runtime import autocast
+
+    x_all = latents.float()
+    n, total = x_all.shape[:2]
+    window = traits.max_frames - 1 if traits.max_frames else total
+    dev = next(model.parameters()).device
+    d_min = 1.0 / traits.k_max
+    g = torch.Generator().manual_seed(seed)
+    errs, copy = [], []
+    for t in range(context, total):
+        lo = max(0, t - window)
+        x = x_all[:, lo : t + 1]
+        noise = torch.randn(x.shape, generator=g)
+        T = x.shape[1]
+        tau = torch.full((n, T), float(tau_ctx))
+        tau[:, -1] = 1.0
+        step = torch.full((n, T), d_min)
+        step[:, -1] = 1.0 if traits.shortcut else d_min
+        z = add_noise(x, noise, tau) if tau_ctx > 0 else torch.cat([x[:, :-1], noise[:, -1:]], 1)
+        out = []
+        for i in range(0, n, batch_size):
+            a = None if actions is None else actions[i : i + batch_size, lo : t + 1].to(dev)
+            with autocast(dev, precision):
+                xh = model(z[i : i + batch_size].to(dev), tau[i : i + batch_size].to(dev),
+                           step[i : i + batch_size].to(dev), actions=a)
+            out.append(xh[:, -1].float().cpu())
+        pred = torch.cat(out)
+        errs.append((pred - x_all[:, t]).pow(2).mean(dim=(-2, -1)))
+        copy.append((x_all[:, t - 1] - x_all[:, t]).pow(2).mean(dim=(-2, -1)))
+    res = {"model": torch.stack(errs, 1).numpy(), "copy_last": torch.stack(copy, 1).numpy()}
+    if mean is not None:
+        res["mean_latent"] = (x_all[:, context:] - mean.float()).pow(2).mean(dim=(-2, -1)).numpy()
+    return res
+
+
 # ---------------------------------------------------------------------------------------------- evaluate
 
 
@@ -222,6 +403,8 @@ def evaluate(
     samples: int = 2,
     precision: str = "auto",
     progress: Progress | None = None,
+    split: str = "val",
+    probes: bool = True,
 ) -> EvalReport:
     """Evaluate a :class:`~ahri_core.rollout.WorldModel` on held-out videos; see the module docstring.
 
@@ -232,6 +415,9 @@ def evaluate(
     and cached in the workspace's cache), "bf16" or "fp32"; the tokenizer decodes in fp32 for the metrics.
     Writes ``metrics.json`` (with the precision used and why), ``psnr.png`` and ``sample-<i>.mp4`` into
     ``out_dir`` (default ``<run>/eval/<id>``).
+    ``split``: "val" (default, held-out videos) or "train" (the training videos, to measure the gap between
+    the two; never a substitute for held-out numbers). ``probes``: also run the context probes
+    (:func:`context_probe` with the first step count, :func:`teacher_forced_next`), stored under ``probes``.
     """
     from .data.windows import load_latent_set
     from .errors import DataError
@@ -256,15 +442,19 @@ def evaluate(
         raise DataError(
             f"latent set {lat_path} holds {lset.tokens}x{lset.channels} latents, the model takes {dcfg.tokens}x{dcfg.channels}"
         )
-    if not lset.val:
-        raise DataError(f"latent set {lat_path} has no held-out (val) videos to evaluate on")
+    if split not in ("val", "train"):
+        raise DataError(f"split {split!r}: allowed val, train")
+    pool = lset.val if split == "val" else lset.train
+    if not pool:
+        raise DataError(f"latent set {lat_path} has no {'held-out (val)' if split == 'val' else 'training'} videos to evaluate on")
     C, H = s.context, s.horizon
-    videos = {v.id: v for v in lset.val}
-    refs = select_clips({v.id: v.frames for v in lset.val}, C, H, s.clips, s.seed)
+    videos = {v.id: v for v in pool}
+    refs = select_clips({v.id: v.frames for v in pool}, C, H, s.clips, s.seed)
     if not refs:
-        longest = max(v.frames for v in lset.val)
+        longest = max(v.frames for v in pool)
+        what = "held-out" if split == "val" else "training"
         raise DataError(
-            f"no held-out video has context + horizon = {C + H} frames (longest: {longest}); lower --context/--horizon"
+            f"no {what} video has context + horizon = {C + H} frames (longest: {longest}); lower --context/--horizon"
         )
     n = len(refs)
     span = C + H
@@ -329,6 +519,8 @@ def evaluate(
         }
         prog.finish(f"eval: {k} steps", frames_per_s=n * H / secs if secs > 0 else 0.0)
 
+    probe_block = _run_probes(world, s, z_true, actions, target, choice.precision, lset, prog) if probes else None
+
     near = min(8, H)
     summary = {
         f"psnr_h1_{near}": {name: average_over(c["psnr"], 1, near) for name, c in curves.items()},
@@ -354,7 +546,7 @@ def evaluate(
             "copy last frame": (summarize(curves["copy_last"]["psnr"])["mean"], None),
             "tokenizer ceiling": (summarize(curves["tokenizer_ceiling"]["psnr"])["mean"], None),
         },
-        title=f"{world.name}: PSNR vs horizon on {n} held-out clips (context {C}, tau_ctx {s.tau_ctx:g})",
+        title=f"{world.name}: PSNR vs horizon on {n} {'held-out' if split == 'val' else 'training'} clips (context {C}, tau_ctx {s.tau_ctx:g})",
         styles={"copy last frame": "dash", "tokenizer ceiling": "dash"},
     )
     vids = []
@@ -378,7 +570,7 @@ def evaluate(
         "created": datetime.now().isoformat(timespec="seconds"),
         "latents": str(lat_path),
         "tokenizer": str(world.tokenizer_path) if world.tokenizer_path else None,
-        "split": "val",
+        "split": split,
         "truth": truth_kind,
         "settings": {
             "steps": list(s.steps),
@@ -403,9 +595,63 @@ def evaluate(
         },
         "steps": per_steps,
         "summary": summary,
+        "probes": probe_block,
         "precision": choice.to_dict(),
         "decode_true_seconds": decode_s,
         "files": {"plot": str(plot), "videos": vids},
     }
     write_json_atomic(out / "metrics.json", metrics)
     return EvalReport(out_dir=out, metrics=metrics)
+
+
+def _run_probes(world, s, z_true, actions, target, precision, lset, prog) -> dict[str, Any]:
+    """The context probes of :func:`evaluate` on its clips: context sensitivity and teacher-forced next-frame MSE."""
+    C = s.context
+    n = len(z_true)
+    k = s.steps[0]
+    out: dict[str, Any] = {}
+    prog.start("eval: context probes", total=2)
+    if n >= 2:
+        pr = context_probe(world.sampler(k, s.tau_ctx, precision=precision), z_true[:, :C], actions, s.seed,
+                           s.batch_size)
+        sens = sensitivity(pr)
+        first = target[:, 0]
+        p_true = psnr_per_image(world.decode(pr["pred"]), first).numpy()
+        p_swap = psnr_per_image(world.decode(pr["pred_swap"]), first).numpy()
+        p_hist = psnr_per_image(world.decode(pr["pred_history"]), first).numpy()
+        out["context"] = {
+            "steps": k,
+            "donor": "the next clip in the list (i + 1 mod n)",
+            **sens,
+            "psnr_h1": float(p_true.mean()),
+            "psnr_h1_swapped": float(p_swap.mean()),
+            "psnr_h1_history_swapped": float(p_hist.mean()),
+            "psnr_drop_db": float((p_true - p_swap).mean()),
+            "psnr_drop_history_db": float((p_true - p_hist).mean()),
+            "per_clip": {
+                "pred_change_mse": pr["pred_change_swap"].tolist(),
+                "pred_change_history_mse": pr["pred_change_history"].tolist(),
+                "context_change_mse": pr["context_change"].tolist(),
+            },
+        }
+    else:
+        out["context"] = {"skipped": "the context-sensitivity probe needs at least two clips"}
+    prog.advance("eval: context probes", 1)
+    src = lset.train if lset.train else lset.val
+    mean = mean_latent(src)
+    tf = teacher_forced_next(world.dynamics, world.traits, z_true, C, s.tau_ctx, actions, mean=mean, seed=s.seed,
+                             batch_size=s.batch_size, precision=precision)
+    avg = {name: float(v.mean()) for name, v in tf.items()}
+    out["teacher_forced"] = {
+        "tau_ctx": s.tau_ctx,
+        "mean_latent_from": f"{'train' if lset.train else 'val'} split ({sum(v.frames for v in src)} frames, "
+        f"{len(src)} videos)",
+        "h1": {name: float(v[:, 0].mean()) for name, v in tf.items()},
+        "all_h": avg,
+        "skill_vs_copy_last": 1.0 - avg["model"] / avg["copy_last"] if avg["copy_last"] > 0 else float("nan"),
+        "skill_vs_mean_latent": 1.0 - avg["model"] / avg["mean_latent"] if avg["mean_latent"] > 0 else float("nan"),
+        "per_h": {name: summarize(v) for name, v in tf.items()},
+    }
+    prog.advance("eval: context probes", 1)
+    prog.finish("eval: context probes")
+    return out

@@ -190,3 +190,49 @@ def held_out(lat_dir) -> list[str]:
 
     index = json.loads((Path(lat_dir) / "index.json").read_text())
     return [v["id"] for v in index["videos"] if v["split"] == "val"]
+
+
+class CopyLastModel(nn.Module):
+    """Predicts the last frame of its context, whatever the noise level of the new frame.
+
+    ``step`` returns the latest committed frame (the new frame itself when nothing is committed yet); the full
+    forward returns, for every frame, the frame before it. With ``tau_ctx = 0`` a rollout repeats the last
+    context frame exactly: the copy-last-frame baseline as a model.
+    """
+
+    def __init__(self, **cfg) -> None:
+        super().__init__()
+        self.config = FakeConfig(**cfg)
+        self._p = nn.Parameter(torch.zeros(()))
+
+    def forward(self, z, tau, step, actions=None, isolated=None):
+        return torch.cat([z[:, :1], z[:, :-1]], 1)
+
+    def new_cache(self, batch: int, max_frames: int) -> dict:
+        return {"last": None}
+
+    def step(self, z, tau, step, actions, cache, commit):
+        out = z if cache["last"] is None else cache["last"]
+        if commit:
+            cache["last"] = z.clone()
+        return out
+
+
+class ContextMeanModel(CopyLastModel):
+    """Predicts the mean of every committed context frame: it uses the whole history, not only the last frame."""
+
+    def forward(self, z, tau, step, actions=None, isolated=None):
+        csum = z.cumsum(1)
+        count = torch.arange(1, z.shape[1] + 1, dtype=z.dtype, device=z.device).view(1, -1, 1, 1)
+        prev = csum / count
+        return torch.cat([z[:, :1], prev[:, :-1]], 1)
+
+    def new_cache(self, batch: int, max_frames: int) -> dict:
+        return {"sum": None, "count": 0}
+
+    def step(self, z, tau, step, actions, cache, commit):
+        out = z if cache["sum"] is None else cache["sum"] / cache["count"]
+        if commit:
+            cache["sum"] = z.clone() if cache["sum"] is None else cache["sum"] + z
+            cache["count"] += 1
+        return out

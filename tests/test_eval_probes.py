@@ -1,0 +1,144 @@
+"""The context probes of ahri eval: context sensitivity and teacher-forced next-frame latent MSE."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sampling_fakes import ContextMeanModel, CopyLastModel, GaussianDenoiser, make_world
+
+from ahri_cli.main import main
+from ahri_core.evaluation import (
+    context_probe,
+    evaluate,
+    mean_latent,
+    other_clip,
+    sensitivity,
+    teacher_forced_next,
+)
+from ahri_core.rollout import load_world_model
+from ahri_core.sampler import Sampler, traits_of
+from ahri_core.settings import SamplingSettings
+
+
+def _clips(n=6, frames=7, tokens=3, ch=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # clips differ a lot from one another, frames of a clip drift slowly
+    base = torch.randn(n, 1, tokens, ch, generator=g)
+    drift = 0.1 * torch.randn(n, frames, tokens, ch, generator=g).cumsum(1)
+    return base + drift
+
+
+def _sampler(model, steps=4, tau_ctx=0.0):
+    return Sampler(model, traits_of(model), steps=steps, tau_ctx=tau_ctx)
+
+
+def test_donor_is_always_another_clip():
+    assert other_clip(2) == [1, 0]
+    d = other_clip(5)
+    assert all(d[i] != i for i in range(5)) and sorted(d) == list(range(5))
+    with pytest.raises(ValueError):
+        other_clip(1)
+
+
+def test_a_model_that_ignores_its_context_has_sensitivity_zero():
+    ctx = _clips()[:, :5]
+    s = sensitivity(context_probe(_sampler(GaussianDenoiser(mu=0.2, sigma=0.5, k_max=4)), ctx, seed=3, batch_size=4))
+    assert s["context_change_mse"] > 0.5
+    assert s["sensitivity"] == pytest.approx(0.0, abs=1e-6)  # same noise, context unused: the same prediction
+
+
+def test_a_model_that_copies_the_last_frame_has_sensitivity_one():
+    ctx = _clips()[:, :5]
+    pr = context_probe(_sampler(CopyLastModel(k_max=4)), ctx, seed=1, batch_size=4)
+    torch.testing.assert_close(pr["pred"], ctx[:, -1])
+    torch.testing.assert_close(pr["pred_swap"], ctx[other_clip(6), -1])
+    s = sensitivity(pr)
+    assert s["sensitivity"] == pytest.approx(1.0, rel=1e-5)
+    assert s["history_share"] == pytest.approx(0.0, abs=1e-9)  # the frames before the last do not matter
+
+
+def test_history_share_sees_a_model_that_uses_earlier_frames():
+    ctx = _clips()[:, :5]
+    s = sensitivity(context_probe(_sampler(ContextMeanModel(k_max=4)), ctx, seed=0, batch_size=4))
+    assert 0.3 < s["history_share"] <= 1.0  # four of the five averaged frames come from the other clip
+    assert 0.3 < s["sensitivity"] < 1.5
+
+
+def test_context_probe_uses_the_same_noise_for_every_variant():
+    """With context corruption on, a context-blind model still gets identical predictions (same seed)."""
+    ctx = _clips()[:, :5]
+    pr = context_probe(_sampler(GaussianDenoiser(k_max=4), tau_ctx=0.1), ctx, seed=7, batch_size=4)
+    torch.testing.assert_close(pr["pred"], pr["pred_swap"])
+    torch.testing.assert_close(pr["pred"], pr["pred_history"])
+
+
+def test_teacher_forced_next_against_copy_last_and_the_mean():
+    x = _clips(n=4, frames=8)
+    copy = CopyLastModel(k_max=4)
+    r = teacher_forced_next(copy, traits_of(copy), x, context=5, tau_ctx=0.0, mean=x.mean(dim=(0, 1)))
+    assert r["model"].shape == (4, 3) == r["copy_last"].shape == r["mean_latent"].shape
+    np.testing.assert_allclose(r["model"], r["copy_last"], rtol=1e-6)  # the copy model is the baseline
+    want = (x[:, 4:7] - x[:, 5:8]).pow(2).mean(dim=(-2, -1)).numpy()
+    np.testing.assert_allclose(r["copy_last"], want, rtol=1e-6)
+    # a model that predicts mu at tau = 1 scores exactly the MSE of the mean guess mu
+    gd = GaussianDenoiser(mu=0.3, sigma=0.5, k_max=4)
+    r = teacher_forced_next(gd, traits_of(gd), x, context=5, tau_ctx=0.1, mean=torch.full((3, 4), 0.3))
+    np.testing.assert_allclose(r["model"], r["mean_latent"], rtol=1e-5)
+
+
+def test_teacher_forced_respects_the_window():
+    seen = []
+
+    class Spy(CopyLastModel):
+        def forward(self, z, tau, step, actions=None, isolated=None):
+            seen.append((z.shape[1], float(tau[0, -1]), float(tau[0, 0]), float(step[0, -1])))
+            return super().forward(z, tau, step)
+
+    m = Spy(k_max=8, max_frames=4, shortcut=True)
+    teacher_forced_next(m, traits_of(m), _clips(n=2, frames=9), context=6, tau_ctx=0.1)
+    assert [s[0] for s in seen] == [4, 4, 4]  # 3 context frames + the new one
+    assert all(s[1] == 1.0 and abs(s[2] - 0.1) < 1e-7 and s[3] == 1.0 for s in seen)
+
+
+def test_mean_latent_over_videos():
+    from ahri_core.data.windows import LatentVideo
+
+    vids = [LatentVideo("a", torch.zeros(10, 2, 3, dtype=torch.float16)),
+            LatentVideo("b", torch.ones(30, 2, 3, dtype=torch.float16))]
+    torch.testing.assert_close(mean_latent(vids), torch.full((2, 3), 0.75))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("probews"))
+
+
+def test_eval_reports_probes_and_the_train_split(world, tmp_path, capsys):
+    ws, lat_dir, run = world
+    wm = load_world_model(run, ws)
+    s = SamplingSettings(steps=[4], context=3, horizon=2, clips=3, seed=0, batch_size=2)
+    rep = evaluate(wm, settings=s, out_dir=tmp_path / "v", workspace=ws, samples=0, precision="fp32")
+    p = rep.metrics["probes"]
+    c = p["context"]
+    assert c["steps"] == 4 and c["sensitivity"] >= 0 and len(c["per_clip"]["context_change_mse"]) == 3
+    assert c["psnr_drop_db"] == pytest.approx(c["psnr_h1"] - c["psnr_h1_swapped"], abs=1e-4)
+    # the probe's h = 1 prediction with the true context is the rollout's first frame (same seed, same noise)
+    assert c["psnr_h1"] == pytest.approx(rep.metrics["steps"]["4"]["psnr"]["mean"][0], abs=1e-3)
+    tf = p["teacher_forced"]
+    assert set(tf["all_h"]) == {"model", "copy_last", "mean_latent"} and tf["mean_latent_from"].startswith("train")
+    assert len(tf["per_h"]["model"]["mean"]) == 2
+    index = json.loads((lat_dir / "index.json").read_text())
+    train_ids = {v["id"] for v in index["videos"] if v["split"] == "train"}
+    rep = evaluate(wm, settings=s, out_dir=tmp_path / "t", workspace=ws, samples=0, precision="fp32",
+                   split="train", probes=False)
+    assert rep.metrics["split"] == "train" and rep.metrics["probes"] is None
+    assert {c["video"] for c in rep.metrics["clips"]} <= train_ids
+    rc = main(["-w", str(ws.root), "eval", run.name, "--steps", "4", "--context", "3", "--horizon", "2",
+               "--clips", "2", "--samples", "0", "--out", str(tmp_path / "cli")])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "context sensitivity" in text and "teacher-forced" in text
+    assert max(len(line) for line in text.splitlines()) <= 100
