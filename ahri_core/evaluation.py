@@ -499,7 +499,7 @@ def evaluate(
             g = torch.Generator().manual_seed(s.seed * 1_000_003 + i)
             a = None if actions is None else actions[i : i + s.batch_size]
             res = sampler.rollout(z_true[i : i + s.batch_size, :C], H, actions=a, generator=g)
-            out.append(res.latents)
+            out.append(world.check_finite(res.latents))
             secs += res.seconds
             prog.advance(f"eval: {k} steps", len(res.latents), frames_per_s=res.frames_per_s)
         z_pred = torch.cat(out)

@@ -81,6 +81,17 @@ class WorldModel:
     def device(self) -> torch.device:
         return next(self.dynamics.parameters()).device
 
+    def check_finite(self, latents: torch.Tensor) -> torch.Tensor:
+        """Predicted latents, or an error naming the weights file when they hold NaN or inf (damaged or
+        diverged weights that still load) -- before anything is decoded or written."""
+        if not bool(torch.isfinite(latents).all()):
+            path = self.info.get("path") or self.run_dir
+            raise CheckpointError(
+                f"dynamics model {path} produced non-finite latents; the weights are damaged or the training "
+                "diverged: retrain, or evaluate another checkpoint (best.safetensors)"
+            )
+        return latents
+
     def encode(self, frames: torch.Tensor | np.ndarray, batch: int = 64) -> torch.Tensor:
         """Frames (T, 3, H, W) float in [0, 1] or (T, H, W, 3) uint8 -> latents (T, N, C) float32.
 
@@ -388,7 +399,7 @@ def rollout_clip(
             raise DataError(f"actions for {clip} are of the wrong kind for this model ({world.dynamics.config.action_kind})")
         act = a[None].long() if not a.dtype.is_floating_point else a[None].float()
     res = sampler.rollout(ctx_lat[None], horizon, actions=act, generator=seed, progress=prog)
-    pred = world.decode(res.latents[0])  # (H, 3, h, w)
+    pred = world.decode(world.check_finite(res.latents)[0])  # (H, 3, h, w)
     n_truth = max(0, len(frames) - context)
     psnr, copy_last = [], []
     if n_truth:

@@ -183,3 +183,26 @@ def test_world_model_sampler_refuses_unresolved_auto(world):
     with pytest.raises(ConfigError, match="auto"):
         wm.sampler(2, 0.1, precision="auto")
     assert wm.sampler(2, 0.1, precision="bf16").precision == "bf16"
+
+
+def test_a_dynamics_model_with_non_finite_output_is_refused_naming_its_file(world, tmp_path):
+    """Weights that load (all finite) but overflow to inf/NaN: rollout and eval stop with the file's name,
+    before anything is decoded or written."""
+    import torch
+
+    from ahri_core.errors import CheckpointError
+    from ahri_core.evaluation import evaluate
+    from ahri_core.settings import SamplingSettings
+
+    ws, lat_dir, run = world
+    wm = load_world_model(run, ws)
+    with torch.no_grad():
+        for p in wm.dynamics.parameters():
+            p.mul_(1e30)
+    clip = ws.videos / "game" / f"{held_out(world[1])[0]}.mp4"
+    with pytest.raises(CheckpointError, match="produced non-finite latents"):
+        rollout_clip(clip, wm, steps=2, context=5, horizon=3, out=tmp_path / "r.mp4", precision="fp32")
+    assert not (tmp_path / "r.mp4").exists()
+    with pytest.raises(CheckpointError, match=str(wm.info.get("path") or run)):
+        evaluate(wm, lat_dir, SamplingSettings(steps=[2], context=4, horizon=2, clips=2), out_dir=tmp_path / "ev",
+                 workspace=ws, samples=0, precision="fp32", probes=False)
