@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from ahri_cli.main import main
-from ahri_core.checkpoint import read_metadata, save_weights
+from ahri_core.checkpoint import read_metadata
 from ahri_core.data.frames import SplitRule, split_videos
 from ahri_core.errors import ConfigError
-from ahri_core.models.tokenizer import build_tokenizer
 from ahri_core.sources.store import list_videos
 from ahri_core.tokenize import tokenize_videos
-from tests.tokenizer_fixtures import make_store
+from tests.tokenizer_fixtures import make_store, tokenizer_workspace
 
 IDS = ["match-0412", "match-0419", "match-0501", "scrim-01"]
 
@@ -74,14 +72,7 @@ def test_split_files_json_and_text(tmp_path):
 # ---------------------------------------------------------------------------------------------- ahri tokenize
 @pytest.fixture()
 def ws(tmp_path):
-    make_store(tmp_path / "videos" / "game", n=4, frames=8)
-    torch.manual_seed(0)
-    m = build_tokenizer("tiny")
-    run = tmp_path / "runs" / "tok1"
-    run.mkdir(parents=True)
-    (run / "run.json").write_text(json.dumps({"stage": "tokenizer"}))
-    save_weights(run / "model.safetensors", m, "tokenizer", m.cfg.to_dict(), {"val_fraction": 0.2})
-    return tmp_path
+    return tokenizer_workspace(tmp_path, n=4, frames=8)
 
 
 def _index(ws):

@@ -18,20 +18,13 @@ from ahri_core.errors import ConfigError, DataError
 from ahri_core.models.tokenizer import build_tokenizer, decode_latents, load_tokenizer
 from ahri_core.sources.store import list_videos
 from ahri_core.tokenize import resolve_tokenizer, tokenize_videos
-from tests.tokenizer_fixtures import frames_of, make_store
+from tests.tokenizer_fixtures import frames_of, make_store, tokenizer_workspace
 
 
 @pytest.fixture()
 def ws(tmp_path):
     """A workspace with 5 game clips (with actions) and an (untrained) tiny tokenizer run."""
-    make_store(tmp_path / "videos" / "game", n=5, frames=16)
-    torch.manual_seed(0)
-    m = build_tokenizer("tiny")
-    run = tmp_path / "runs" / "tok1"
-    run.mkdir(parents=True)
-    (run / "run.json").write_text(json.dumps({"stage": "tokenizer"}))
-    save_weights(run / "model.safetensors", m, "tokenizer", m.cfg.to_dict(), {"val_fraction": 0.2})
-    return tmp_path
+    return tokenizer_workspace(tmp_path, n=5, frames=16)
 
 
 def test_tokenize_writes_the_documented_format(ws):

@@ -41,3 +41,22 @@ def frames_of(path: Path, size: int = 32) -> np.ndarray:
     from ahri_core.video import read_frames
 
     return read_frames(path, fps=GAME_FPS, size=size, fit="crop")
+
+
+def tokenizer_workspace(root: Path, n: int, frames: int) -> Path:
+    """A workspace with ``n`` game clips (with actions) and an untrained tiny tokenizer run ``tok1``."""
+    import json
+
+    import torch
+
+    from ahri_core.checkpoint import save_weights
+    from ahri_core.models.tokenizer import build_tokenizer
+
+    make_store(root / "videos" / "game", n=n, frames=frames)
+    torch.manual_seed(0)
+    m = build_tokenizer("tiny")
+    run = root / "runs" / "tok1"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"stage": "tokenizer"}))
+    save_weights(run / "model.safetensors", m, "tokenizer", m.cfg.to_dict(), {"val_fraction": 0.2})
+    return root
