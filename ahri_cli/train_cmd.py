@@ -92,7 +92,8 @@ def _resume_target(stage: str, name: str | None) -> str:
     """The run ``--resume`` continues: ``name`` (which must exist) or the newest unfinished run of ``stage``."""
     runs = _runs_of(stage)
     if name is None:
-        open_runs = [n for _, n, m in runs if not _finished(m)]
+        open_runs = [n for _, n, m in runs
+                     if not _finished(m) and (STATE.workspace.run_dir(n) / "model.state.pt").is_file()]
         if not open_runs:
             raise ConfigError(f"--resume: no unfinished {stage} run in {STATE.workspace.runs}; name one with --run NAME")
         return open_runs[-1]
@@ -103,6 +104,13 @@ def _resume_target(stage: str, name: str | None) -> str:
     if not (run_dir / "model.state.pt").is_file():
         raise ConfigError(f"--resume: run {run_dir} has no training state to resume from (it stopped before its first checkpoint)")
     return name
+
+
+def _meta(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "run.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def _stored_settings(run_dir: Path) -> dict[str, Any]:
@@ -137,6 +145,9 @@ def _resume_budget(train_flags: dict[str, Any], stored: dict[str, Any], run_dir:
         meta = json.loads((run_dir / "run.json").read_text())
     except (OSError, json.JSONDecodeError):
         meta = {}
+    budget = meta.get("budget")  # the budget of the run's latest session (kept by the training loop)
+    if isinstance(budget, dict) and any(budget.get(k) is not None for k in BUDGET):
+        merged.update({k: budget.get(k) for k in BUDGET})
     if _finished(meta):
         raise ConfigError(
             f"--resume: run {run_dir.name} already finished its budget (step {meta.get('step')}); "
@@ -303,6 +314,8 @@ def train(
         train_flags = _resume_budget({**train_flags, "run": name}, stored, ws.run_dir(name))
         train_flags["resume"] = True
         data_flags = _merged(stored, "data", data_flags)
+        if val_fraction is None and not _meta(ws.run_dir(name)).get("val_fraction_given"):
+            data_flags.pop("val_fraction", None)  # the run used the latent set's own split: keep using it
         diff_flags = _merged(stored, "diffusion", diff_flags)
     if name is None:
         from ahri_core.train.common import default_run_name

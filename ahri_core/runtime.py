@@ -177,23 +177,18 @@ def default_threads() -> int:
     return max(1, min(cores, cores - int(round(busy_cores())))) if cores > 1 else 1
 
 
-_applied: int | None = None
-
-
 def apply_threads(threads: int | None = None) -> int:
     """Set torch's intra-op (and, once per process, inter-op) threads. Returns the count in use.
 
     ``None`` uses :func:`default_threads`. Values above the available cores are allowed (the user may
     know better) but values below 1 are refused.
     """
-    global _applied
     n = default_threads() if threads is None else int(threads)
     if n < 1:
         raise ConfigError(f"--threads {threads}: must be >= 1 (this process may use {available_cores()} cores)")
     torch.set_num_threads(n)
     with contextlib.suppress(RuntimeError):  # inter-op threads can only be set before parallel work starts
         torch.set_num_interop_threads(max(1, min(n, 4)))
-    _applied = n
     return n
 
 
@@ -211,6 +206,7 @@ class PrecisionChoice:
     requested: str = "auto"
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step, when measured
     cached: bool = False
+    device: str = ""  # the device type the choice was made for
 
     def line(self) -> str:
         return f"precision {self.precision} ({self.reason})"
@@ -274,6 +270,13 @@ def choose_precision(
     inference: a forward pass), used only on a CPU with native bf16. ``key``: the model's shape in
     words (part of the cache key). ``cache_dir``: where ``precision.json`` lives (None: no cache).
     """
+    choice = _choose(requested, device, step, key, cache_dir, budget_s)
+    choice.device = device.type
+    return choice
+
+
+def _choose(requested: str, device: torch.device, step: Callable[[str], Any] | None, key: str,
+            cache_dir: str | os.PathLike | None, budget_s: float) -> PrecisionChoice:
     if requested not in PRECISIONS:
         raise ConfigError(f"precision {requested!r}: allowed {', '.join(PRECISIONS)}")
     if requested != "auto":

@@ -370,3 +370,70 @@ def test_default_dynamics_training_uses_shortcut_forcing():
     assert not hasattr(TrainSettings(), "compile")
     assert DataSettings().val_fraction == 0.1
     assert TokenizerSettings().val_fraction == 0.1
+
+
+# ---------------------------------------------------------------------------------------------- review fixes
+def test_one_non_finite_loss_does_not_poison_the_loss_normaliser(tmp_path):
+    """A single NaN or inf loss is skipped; the running RMS keeps its value and the run finishes."""
+    from ahri_core.train import dynamics as dyn
+    from ahri_core.train.common import RunningRMS
+
+    rms = RunningRMS().train()
+    rms(torch.tensor(2.0))
+    for bad in (float("nan"), float("inf")):
+        rms(torch.tensor(bad))
+        assert float(rms.mean_sq) == 4.0 and int(rms.count) == 1
+    orig = dyn.forcing_loss
+    calls = {"n": 0}
+
+    def once_bad(model, x, levels, noise, actions=None, normalizer=None, teacher=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            x = x * float("nan")  # the raw loss (and the normaliser's input) is NaN for this one step
+        return orig(model, x, levels, noise, actions, normalizer, teacher=teacher)
+
+    train, _, _ = tiny_settings(max_steps=6, checkpoint_every=100, max_bad_steps=2)
+    dyn.forcing_loss = once_bad
+    try:
+        r = _dyn(tmp_path / "run", train)
+    finally:
+        dyn.forcing_loss = orig
+    state = torch.load(tmp_path / "run" / "model.state.pt", weights_only=True)
+    assert r.step == 6 and torch.isfinite(state["objective"]["normalizer"]["mean_sq"])
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "finished"
+
+
+def test_resume_refuses_a_changed_split(tmp_path):
+    from ahri_core.train.dynamics import train_dynamics
+    from test_train_dynamics import clip
+
+    train, dset, diff = tiny_settings(max_steps=2)
+    train_dynamics(lset(), tmp_path / "run", train, dset, diff)
+    other = make_latent_set([clip(0, 40), clip(100, 40)], [clip(1, 40)], action_count=3)
+    with pytest.raises(ConfigError, match="train/val videos differ"):
+        train_dynamics(other, tmp_path / "run", train.model_copy(update={"resume": True, "max_steps": 4}), dset, diff)
+
+
+def test_a_failure_before_the_loop_is_recorded(tmp_path):
+    from ahri_core.train.dynamics import train_dynamics
+
+    train, _, diff = tiny_settings(max_steps=2)
+    with pytest.raises(DataError):
+        train_dynamics(lset(), tmp_path / "run", train, DataSettings(seq_len=64, stride=4), diff)  # clips have 40 frames
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["status"] == "failed" and "DataError" in meta["reason"]
+
+
+def test_resume_without_a_budget_uses_the_runs_latest_budget(tmp_path, monkeypatch):
+    from ahri_cli import train_cmd
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"status": "interrupted", "settings": {"train": {"max_steps": 1000, "lr": 0.5}},
+                                             "budget": {"max_steps": 3000, "minutes": None, "epochs": None}}))
+    stored = json.loads((run / "run.json").read_text())["settings"]
+    flags = {"max_steps": None, "minutes": None, "epochs": None, "lr": None}
+    got = train_cmd._resume_budget(flags, stored, run)
+    assert got["max_steps"] == 3000 and got["lr"] == 0.5
+    got = train_cmd._resume_budget({**flags, "minutes": 5.0}, stored, run)
+    assert got["max_steps"] is None and got["minutes"] == 5.0  # a budget given now replaces the run's

@@ -49,6 +49,25 @@ def with_preset_defaults(train: Any, stage: str | None = None) -> Any:
     return train.model_copy(update=upd) if upd else train
 
 
+def check_resume_settings(stored: dict[str, Any], now: dict[str, Any], run: Path, resumable: dict[str, set[str]]) -> None:
+    """Refuse a resume whose settings differ from the run's in a field not listed in ``resumable``."""
+    diffs = []
+    for sec, fields in now.items():
+        old = stored.get(sec, {})
+        if not isinstance(fields, dict) or not isinstance(old, dict):
+            continue
+        for k, v in fields.items():
+            if k in resumable.get(sec, set()):
+                continue
+            if k in old and old[k] != v:
+                diffs.append(f"{sec}.{k}: run {old[k]!r} vs now {v!r}")
+    if diffs:
+        raise ConfigError(
+            f"--resume of {run}: settings differ from the run's ({'; '.join(diffs[:3])}); "
+            "resume with the run's settings (only the budget, logging, device, precision and threads may change)"
+        )
+
+
 # ---------------------------------------------------------------------------------------------- schedule
 def lr_factor(step: int, warmup: int, progress: float, min_ratio: float = 0.1) -> float:
     """Linear warmup over ``warmup`` steps, then cosine from 1 to ``min_ratio`` as progress goes 0 -> 1.
@@ -120,7 +139,8 @@ class EMA:
 class RunningRMS(nn.Module):
     """Divides a loss term by a running RMS of its own value (loss normalisation).
 
-    The statistic is updated from the detached loss, so it rescales gradients without being trained.
+    The statistic is updated from the detached loss, so it rescales gradients without being trained; a
+    non-finite loss (a step the training loop will skip) leaves it unchanged.
     It is a module with buffers so that it is saved and restored with the training state.
     """
 
@@ -131,7 +151,7 @@ class RunningRMS(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
     def forward(self, loss: torch.Tensor) -> torch.Tensor:
-        if self.training:
+        if self.training and bool(torch.isfinite(loss.detach()).all()):  # a bad step must not poison the statistic
             v = loss.detach().float().pow(2)
             if self.count.item() == 0:
                 self.mean_sq.copy_(v)
@@ -291,6 +311,20 @@ class RunDir:
 
     def log(self, record: dict[str, Any]) -> None:
         append_jsonl(self.path / "metrics.jsonl", record)
+
+    @contextlib.contextmanager
+    def failing_before_loop(self):
+        """Around the work between creating a run and its training loop: a failure or Ctrl-C there must not
+        leave ``status: running`` behind (the loop records its own outcome; this only fills the gap)."""
+        try:
+            yield
+        except BaseException as e:
+            if self.meta().get("status") == "running":
+                if isinstance(e, KeyboardInterrupt):
+                    self.update_meta(status="interrupted", reason="Ctrl-C before training started")
+                else:
+                    self.update_meta(status="failed", reason=f"{type(e).__name__}: {e}")
+            raise
 
     @property
     def weights(self) -> Path:

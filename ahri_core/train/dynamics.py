@@ -37,14 +37,23 @@ from ..models.dynamics import KIND, DynamicsConfig, DynamicsModel, dynamics_conf
 from ..progress import Progress, ensure
 from ..runtime import autocast, resolve_device
 from ..settings import DataSettings, DiffusionSettings, TrainSettings
-from .common import RunDir, RunningRMS, StopRequest, seed_everything, with_preset_defaults
+from .common import (
+    RunDir,
+    RunningRMS,
+    StopRequest,
+    check_resume_settings,
+    seed_everything,
+    with_preset_defaults,
+)
 from .loop import Objective, StepOut, load_resume_state, run_loop
 
 STAGE = "dynamics"
 VAL_TAUS = (0.1, 0.5, 0.9)  # validation: every frame noised to each of these levels
 VAL_TAU_CTX = 0.1  # validation of next-frame prediction: context noised (and labelled) like the sampler does
 VAL_WINDOWS = 32
-# Settings that may differ when a run is resumed (they do not change what is computed).
+# Settings that may differ when a run is resumed: the budget and logging (they do not change what is
+# computed), and where and how fast it runs (device, precision, threads: a resume then stays bit-exact only
+# on the same device and precision).
 RESUMABLE = {
     "train": {"max_steps", "minutes", "epochs", "device", "resume", "log_every", "val_every", "checkpoint_every", "run",
               "threads", "precision", "max_bad_steps"},
@@ -77,22 +86,6 @@ def _settings_dict(train: TrainSettings, data: DataSettings, diffusion: Diffusio
         "data": data.model_dump(mode="json"),
         "diffusion": diffusion.model_dump(mode="json"),
     }
-
-
-def _check_resume_settings(stored: dict[str, Any], now: dict[str, Any], run: Path) -> None:
-    diffs = []
-    for sec, fields in now.items():
-        old = stored.get(sec, {})
-        for k, v in fields.items():
-            if k in RESUMABLE.get(sec, set()):
-                continue
-            if k in old and old[k] != v:
-                diffs.append(f"{sec}.{k}: run {old[k]!r} vs now {v!r}")
-    if diffs:
-        raise ConfigError(
-            f"--resume of {run}: settings differ from the run's ({'; '.join(diffs[:3])}); "
-            "resume with the run's settings (only the budget and logging may change)"
-        )
 
 
 def model_config_for(
@@ -248,8 +241,6 @@ class DynamicsObjective(Objective):
         self.windows = _Windows(loader, sampler)
         self.short = short
         self.teacher = copy.deepcopy(self.model) if (diffusion.ema_teacher and diffusion.shortcut) else None
-        if self.teacher is not None and train.ema <= 0:
-            raise ConfigError("diffusion.ema_teacher needs EMA weights: set --ema (train.ema > 0)")
         self.val_keys = validation_windows(lset.val, _val_length(data), data.stride, VAL_WINDOWS) if lset.val else []
 
     def model_config(self) -> dict[str, Any]:
@@ -382,7 +373,7 @@ def train_dynamics(
     resuming = train.resume and run.state.is_file()
     state = None
     if resuming:
-        _check_resume_settings(run.meta().get("settings", {}), settings, run.path)
+        check_resume_settings(run.meta().get("settings", {}), settings, run.path, RESUMABLE)
         state = load_resume_state(run, STAGE)
 
     seed_everything(train.seed)
@@ -397,18 +388,31 @@ def train_dynamics(
             raise CheckpointError(
                 f"--resume of {run.path}: the checkpoint was made with another model config ({', '.join(diff[:4])})"
             )
+    if diffusion.ema_teacher and diffusion.shortcut and train.ema <= 0:
+        raise ConfigError("diffusion.ema_teacher needs EMA weights: set --ema (train.ema > 0)")
+    split = {"train": sorted(v.id for v in lset.train), "val": sorted(v.id for v in lset.val)}
+    if resuming:
+        before = run.meta().get("split_videos")
+        if before and before != split:
+            raise ConfigError(
+                f"--resume of {run.path}: the latent set's train/val videos differ from the run's "
+                f"({len(before['train'])}/{len(before['val'])} then, {len(split['train'])}/{len(split['val'])} now); "
+                "resume on the same latent set and split"
+            )
     else:
         run.create(STAGE, settings, resume=train.resume)
-    obj = DynamicsObjective(cfg, lset, train, data, diffusion, settings, device)
-    run.update_meta(stage=STAGE, settings=settings, latents=lset.describe(), tokenizer_id=lset.tokenizer_id,
-                    model=cfg.model_dump(mode="json"), shortcut=diffusion.shortcut, k_max=diffusion.k_max,
-                    max_frames=cfg.max_frames)
-    if not obj.val_keys and not resuming:
-        prog.log("no held-out video long enough for validation; validation is skipped")
-    if cache_dir is None and run.path.parent.name == "runs":
-        cache_dir = run.path.parent.parent / "cache"
-    res = run_loop(run, obj, train, resume_state=state, progress=prog, stop=stop, cache_dir=cache_dir,
-                   on_step=on_step, after_backward=after_backward)
+    with run.failing_before_loop():
+        obj = DynamicsObjective(cfg, lset, train, data, diffusion, settings, device)
+        run.update_meta(stage=STAGE, settings=settings, latents=lset.describe(), tokenizer_id=lset.tokenizer_id,
+                        model=cfg.model_dump(mode="json"), shortcut=diffusion.shortcut, k_max=diffusion.k_max,
+                        max_frames=cfg.max_frames, split_videos=split,
+                        val_fraction_given="val_fraction" in data.model_fields_set)
+        if not obj.val_keys and not resuming:
+            prog.log("no held-out video long enough for validation; validation is skipped")
+        if cache_dir is None and run.path.parent.name == "runs":
+            cache_dir = run.path.parent.parent / "cache"
+        res = run_loop(run, obj, train, resume_state=state, progress=prog, stop=stop, cache_dir=cache_dir,
+                       on_step=on_step, after_backward=after_backward)
     if res.status == "interrupted":
         prog.log(f"stopped by {res.reason} at step {res.step}; checkpoint written, continue with --resume")
     return TrainResult(

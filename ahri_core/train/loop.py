@@ -224,8 +224,8 @@ def run_loop(
     model, device = obj.model, obj.device
     # ---- precision: a resumed run keeps what it chose (unless forced now)
     kept = (resume_state or {}).get("loop", {}).get("precision")
-    if train.precision == "auto" and kept:
-        choice = PrecisionChoice(kept["precision"], f"kept from the run ({kept.get('reason', '')})", cached=True)
+    if train.precision == "auto" and kept and kept.get("device", device.type) == device.type:
+        choice = PrecisionChoice(kept["precision"], kept.get("reason", ""), device=device.type, cached=True)
     else:
         def timed(precision: str) -> None:
             saved = rng_state()
@@ -264,10 +264,18 @@ def run_loop(
         best = loop_state.get("best")
         skipped_total = int(loop_state.get("skipped_steps", 0))
         trim_metrics(run, step)
+        shown_best = run.meta().get("best")
+        if shown_best and int(shown_best.get("step", 0)) > step:  # written after the checkpoint, then lost
+            run.best.unlink(missing_ok=True)
+            if best is not None and int(best["step"]) <= step:
+                best = None  # its file was overwritten by the lost one; the next validation writes a new one
         p.log(f"resumed {run.path.name} at step {step} (epoch {obj.epochs_done():.2f})")
     else:
         trim_metrics(run, -1)  # a run restarted before its first checkpoint
     budget = Budget(train.max_steps, train.minutes, train.epochs, obj.steps_per_epoch(), elapsed_before=elapsed_before)
+    if resume_state is not None and budget.done(step):
+        p.log(f"the budget is already spent at step {step} ({budget.elapsed() / 60:.1f} minutes in all): nothing to "
+              "train; give a larger --max-steps, --minutes or --epochs")
     run.update_meta(
         status="running", reason=None, step=step, precision=choice.to_dict(), threads=threads_in_use(),
         device=str(device), budget={"max_steps": train.max_steps, "minutes": train.minutes, "epochs": train.epochs},
@@ -329,6 +337,15 @@ def run_loop(
                 run.update_meta(best=best)
         return rec
 
+    def safe_validate() -> dict[str, Any]:
+        """A validation that fails (out of memory, a full disk) first saves the steps trained since the last
+        checkpoint, then fails the run."""
+        try:
+            return validate()
+        except BaseException:
+            save_checkpoint()
+            raise
+
     own_stop = stop is None
     stop = stop or StopRequest()
     total = budget.total_steps
@@ -373,10 +390,15 @@ def run_loop(
                 what = "loss" if not loss_ok else "gradient norm"
                 p.log(f"step {step + 1}: non-finite {what}; step skipped ({bad_in_a_row} in a row)")
                 if bad_in_a_row >= train.max_bad_steps:
+                    last_good = run.meta().get("checkpoint_step")
+                    if last_good is None:
+                        advice = "no checkpoint was written yet: start again with a lower --lr (or --precision fp32)"
+                    else:
+                        advice = (f"the last good checkpoint (step {last_good}) is kept: --resume continues from it "
+                                  "(add --precision fp32 if bf16 overflowed), or start a new run with a lower --lr")
                     raise DivergedError(
-                        f"training diverged: {bad_in_a_row} steps in a row had a non-finite {what} (at step {step + 1}); "
-                        f"the last good checkpoint ({run.weights}, step {_checkpoint_step(run)}) is kept. "
-                        "Try a lower --lr, or --precision fp32"
+                        f"training diverged: {bad_in_a_row} steps in a row had a non-finite {what} "
+                        f"(at step {step + 1}); {advice}"
                     )
                 continue
             bad_in_a_row = 0
@@ -402,14 +424,14 @@ def run_loop(
                 acc, t_log = _Interval(obj.reduce), now
             p.advance(obj.task, 1)
             if step % train.val_every == 0:
-                last_val = validate()
+                last_val = safe_validate() or last_val
                 last_val_step = step
             if step % train.checkpoint_every == 0:
                 save_checkpoint()
         if stop.requested:
             status, reason = "interrupted", stop.reason or "signal"
         elif last_val_step != step:
-            last_val = validate() or last_val
+            last_val = safe_validate() or last_val
             last_val_step = step
         save_checkpoint()
         p.log(f"checkpoint at step {step}: {run.path}")
@@ -430,13 +452,7 @@ def run_loop(
         step=step, epochs=obj.epochs_done(), seconds=budget.elapsed(), status=status, reason=reason, precision=choice,
         last=last, val=last_val, first_val=first_val, best=best, skipped_steps=skipped_total,
     )
+    results = {k: v for k, v in (("last", last), ("val", last_val), ("first_val", first_val)) if v}
     run.update_meta(status=status, reason=reason, step=step, epochs=result.epochs, seconds=result.seconds,
-                    skipped_steps=skipped_total, last=last, val=last_val, first_val=first_val, best=best)
+                    skipped_steps=skipped_total, best=best, **results)
     return result
-
-
-def _checkpoint_step(run: RunDir) -> Any:
-    try:
-        return json.loads((run.path / "run.json").read_text()).get("checkpoint_step", "none yet")
-    except (OSError, json.JSONDecodeError):
-        return "unknown"

@@ -42,7 +42,14 @@ from ..models.tokenizer import KIND, Tokenizer, TokenizerConfig, tokenizer_confi
 from ..progress import Progress, ensure
 from ..runtime import autocast, resolve_device
 from ..settings import Section, TrainSettings
-from .common import RunDir, RunningRMS, StopRequest, seed_everything, with_preset_defaults
+from .common import (
+    RunDir,
+    RunningRMS,
+    StopRequest,
+    check_resume_settings,
+    seed_everything,
+    with_preset_defaults,
+)
 from .loop import Objective, StepOut, load_resume_state, run_loop
 
 
@@ -328,7 +335,28 @@ def train_tokenizer(
             )
     settings_record = {"train": train.model_dump(mode="json"), "tokenizer": tok.model_dump(mode="json"),
                        "model": cfg.to_dict(), "split": rule.record()}
+    if tok.perceptual_weight > 0 and perceptual is None and tok.perceptual_model is None:
+        raise ConfigError("tokenizer.perceptual_weight > 0 needs tokenizer.perceptual_model (a local torch.export file)")
+    if resuming:
+        check_resume_settings(run.meta().get("settings", {}), {k: settings_record[k] for k in ("train", "tokenizer")},
+                              run.path, RESUMABLE)
+        run.update_meta(settings=settings_record)
     run.create("tokenizer", settings_record, resume=bool(train.resume))
+    with run.failing_before_loop():
+        return _train(run, videos, train, tok, cfg, rule, state, p, device, cache_dir, stop, on_step, after_backward,
+                      perceptual)
+
+
+# Settings that may differ when a run is resumed (see train/dynamics.py's RESUMABLE).
+RESUMABLE = {
+    "train": {"max_steps", "minutes", "epochs", "device", "resume", "log_every", "val_every", "checkpoint_every", "run",
+              "threads", "precision", "max_bad_steps"},
+    "tokenizer": {"val_frames"},
+}
+
+
+def _train(run, videos, train, tok, cfg, rule, state, p, device, cache_dir, stop, on_step, after_backward,
+           perceptual) -> dict[str, Any]:
 
     # ---- data
     cache = Path(cache_dir) if cache_dir is not None else run.path.parent.parent / "cache"
