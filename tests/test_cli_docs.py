@@ -46,8 +46,10 @@ def test_ci_runs_the_readme_test_command_exactly():
     readme_block = _bash_blocks(README[README.index("<!-- ci: test command"):])[0].strip()
     assert r.stdout.strip() == readme_block
     script = (ROOT / ".ci" / "run").read_text()
-    # a fresh venv made by the script, then the CPU torch wheel before the README command
-    assert script.index("-m venv") < script.index("pip install -q torch==2.13.0") < script.index('bash -c "$cmd"')
+    # a fresh venv made by the script, then the CPU torch wheel, then README's command as the last line, verbatim
+    last = script.rstrip().splitlines()[-1]
+    assert last == readme_block
+    assert script.index("-m venv") < script.index("pip install -q torch==2.13.0") < script.rindex(readme_block)
 
 
 def test_exit_codes_are_the_same_in_readme_docs_and_help():
