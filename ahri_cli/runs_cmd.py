@@ -12,6 +12,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from ahri_core.workspace import run_status
+
 from .common import STATE, escape, info, out
 
 
@@ -43,20 +45,6 @@ def _budget_text(b: dict[str, Any]) -> str:
     if _num(b.get("epochs")) is not None:
         parts.append(f"{b['epochs']:g} epochs")
     return ", ".join(parts) or "-"
-
-
-def _status(meta: dict[str, Any]) -> tuple[str, str | None]:
-    """(status, reason): run.json "status" (current runs), else from "finished"/"stopped" (older runs)."""
-    st = meta.get("status")
-    if isinstance(st, str) and st:
-        reason = meta.get("reason")
-        return st, str(reason) if reason else None
-    stopped = meta.get("stopped")
-    if stopped:
-        return "interrupted", str(stopped)
-    if meta.get("finished") is True:
-        return "finished", None
-    return "unknown", None
 
 
 def _best(meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -107,7 +95,7 @@ def collect_runs(runs_dir: Path) -> list[dict[str, Any]]:
                     problem = "run.json is not an object"
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
                 problem = f"bad run.json ({type(e).__name__})"
-        status, reason = _status(meta) if problem is None else ("unknown", problem)
+        status, reason = run_status(meta) if problem is None else ("unknown", problem)
         step = meta.get("step")
         rows.append({
             "name": d.name,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +12,7 @@ from rich.table import Table
 
 from ahri_core.errors import ConfigError
 from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings, load
+from ahri_core.workspace import read_run_meta, run_status
 
 from .common import (
     STATE,
@@ -72,20 +72,14 @@ def _runs_of(stage: str) -> list[tuple[float, str, dict[str, Any]]]:
     found = []
     if runs.is_dir():
         for d in runs.iterdir():
-            meta = d / "run.json"
-            if not meta.is_file():
-                continue
-            try:
-                m = json.loads(meta.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
+            m = read_run_meta(d)
             if m.get("stage") == stage:
-                found.append((meta.stat().st_mtime, d.name, m))
+                found.append(((d / "run.json").stat().st_mtime, d.name, m))
     return sorted(found)
 
 
 def _finished(meta: dict[str, Any]) -> bool:
-    return meta.get("status") == "finished" or (meta.get("status") is None and bool(meta.get("finished")))
+    return run_status(meta)[0] == "finished"
 
 
 def _resume_target(stage: str, name: str | None) -> str:
@@ -106,21 +100,8 @@ def _resume_target(stage: str, name: str | None) -> str:
     return name
 
 
-def _meta(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / "run.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def _stored_settings(run_dir: Path) -> dict[str, Any]:
-    meta = run_dir / "run.json"
-    if not meta.is_file():
-        return {}
-    try:
-        return json.loads(meta.read_text()).get("settings", {}) or {}
-    except (OSError, json.JSONDecodeError):
-        return {}
+    return read_run_meta(run_dir).get("settings") or {}
 
 
 def _merged(stored: dict[str, Any], section: str, flags: dict[str, Any]) -> dict[str, Any]:
@@ -141,10 +122,7 @@ def _resume_budget(train_flags: dict[str, Any], stored: dict[str, Any], run_dir:
     merged = _merged(stored, "train", train_flags)
     if any(train_flags.get(k) is not None for k in BUDGET):
         return {**merged, **{k: train_flags.get(k) for k in BUDGET}}
-    try:
-        meta = json.loads((run_dir / "run.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        meta = {}
+    meta = read_run_meta(run_dir)
     budget = meta.get("budget")  # the budget of the run's latest session (kept by the training loop)
     if isinstance(budget, dict) and any(budget.get(k) is not None for k in BUDGET):
         merged.update({k: budget.get(k) for k in BUDGET})
@@ -314,7 +292,7 @@ def train(
         train_flags = _resume_budget({**train_flags, "run": name}, stored, ws.run_dir(name))
         train_flags["resume"] = True
         data_flags = _merged(stored, "data", data_flags)
-        if val_fraction is None and not _meta(ws.run_dir(name)).get("val_fraction_given"):
+        if val_fraction is None and not read_run_meta(ws.run_dir(name)).get("val_fraction_given"):
             data_flags.pop("val_fraction", None)  # the run used the latent set's own split: keep using it
         diff_flags = _merged(stored, "diffusion", diff_flags)
     if name is None:
@@ -341,12 +319,8 @@ def train(
         raise ConfigError(f"unknown dynamics preset {tset.preset!r} (--preset); accepted: {', '.join(PRESETS)}")
 
     if latents is None and resume:
-        try:
-            meta = json.loads((ws.run_dir(name) / "run.json").read_text())
-            p = meta.get("latents", {}).get("path")
-            latents = Path(p) if p else None
-        except (OSError, json.JSONDecodeError):
-            latents = None
+        p = (read_run_meta(ws.run_dir(name)).get("latents") or {}).get("path")
+        latents = Path(p) if p else None
     lat_path = resolve_latents(latents, ws.latents)
 
     from ahri_core.train.dynamics import train_dynamics

@@ -33,7 +33,7 @@ from .progress import Progress, ensure
 from .runtime import PrecisionChoice
 from .sampler import ModelTraits, Sampler, traits_of
 from .visual import CTX_COLOR, HEADER, PRED_COLOR, Column, error_frames, grid_video, to_float, to_uint8
-from .workspace import Workspace
+from .workspace import Workspace, read_run_meta, run_status
 
 __all__ = [
     "RolloutReport",
@@ -164,29 +164,14 @@ class WorldModel:
         return getattr(self.dynamics.config, "action_kind", "none") != "none"
 
 
-def _run_meta(run_dir: Path) -> dict[str, Any]:
-    p = run_dir / "run.json"
-    if not p.is_file():
-        return {}
-    try:
-        return json.loads(p.read_text())
-    except (json.JSONDecodeError, OSError):
-        return {}
-
-
-def _finished(meta: dict[str, Any]) -> bool:
-    """A run that ended normally: run.json ``status`` "finished" (or ``finished`` set, as older runs wrote)."""
-    return meta.get("status") == "finished" or (meta.get("status") is None and bool(meta.get("finished")))
-
-
 def latest_dynamics_run(workspace: Workspace) -> Path:
     """The most recently finished dynamics run in the workspace (by its weights' modification time)."""
     best: tuple[float, Path] | None = None
     if workspace.runs.is_dir():
         for d in workspace.runs.iterdir():
-            meta = _run_meta(d)
+            meta = read_run_meta(d)
             w = d / "model.safetensors"
-            if meta.get("stage") == "dynamics" and _finished(meta) and w.is_file():
+            if meta.get("stage") == "dynamics" and run_status(meta)[0] == "finished" and w.is_file():
                 t = w.stat().st_mtime
                 if best is None or t > best[0]:
                     best = (t, d)

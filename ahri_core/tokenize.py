@@ -31,6 +31,7 @@ from .models.tokenizer import Tokenizer, encode_frames, load_tokenizer, weights_
 from .progress import Progress, ensure
 from .runtime import autocast, choose_precision, resolve_device
 from .video import resampled_count, same_rate
+from .workspace import read_run_meta
 
 
 # ---------------------------------------------------------------------------------------------- resolve
@@ -51,13 +52,7 @@ def resolve_tokenizer(ref: str | os.PathLike, runs_dir: str | os.PathLike | None
         return weights_for_inference(d), d.name
     known = []
     if runs_dir is not None and Path(runs_dir).is_dir():
-        for d in sorted(Path(runs_dir).iterdir()):
-            meta = d / "run.json"
-            try:
-                if meta.is_file() and json.loads(meta.read_text()).get("stage") == "tokenizer":
-                    known.append(d.name)
-            except (OSError, json.JSONDecodeError):
-                continue
+        known = [d.name for d in sorted(Path(runs_dir).iterdir()) if read_run_meta(d).get("stage") == "tokenizer"]
     hint = f" (tokenizer runs here: {', '.join(known)})" if known else " (train one: ahri train --stage tokenizer)"
     raise ConfigError(f"--tokenizer {ref}: not a run name, run directory or weights file{hint}")
 

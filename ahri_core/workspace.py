@@ -14,6 +14,29 @@ from pathlib import Path
 import platformdirs
 
 
+def read_run_meta(run_dir: str | os.PathLike) -> dict:
+    """A run's ``run.json`` as a dict; {} when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def run_status(meta: dict) -> tuple[str, str | None]:
+    """(status, reason) of a run: run.json ``status`` (running, finished, interrupted, diverged, failed),
+    else read from ``finished`` / ``stopped`` as older runs wrote them, else "unknown"."""
+    st = meta.get("status")
+    if isinstance(st, str) and st:
+        reason = meta.get("reason")
+        return st, str(reason) if reason else None
+    if meta.get("stopped"):
+        return "interrupted", str(meta["stopped"])
+    if meta.get("finished") is True:
+        return "finished", None
+    return "unknown", None
+
+
 def default_root() -> Path:
     env = os.environ.get("AHRI_HOME")
     if env:
@@ -64,12 +87,5 @@ class Workspace:
         runs = {}
         if self.runs.is_dir():
             for d in sorted(p for p in self.runs.iterdir() if p.is_dir()):
-                stage = "?"
-                meta = d / "run.json"
-                if meta.is_file():
-                    try:
-                        stage = json.loads(meta.read_text()).get("stage", "?")
-                    except (json.JSONDecodeError, OSError):
-                        stage = "?"
-                runs[d.name] = stage
+                runs[d.name] = read_run_meta(d).get("stage", "?")
         return {"root": str(self.root), "videos": videos, "latents": latents, "runs": runs}

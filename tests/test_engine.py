@@ -404,8 +404,9 @@ def test_one_non_finite_loss_does_not_poison_the_loss_normaliser(tmp_path):
 
 
 def test_resume_refuses_a_changed_split(tmp_path):
-    from ahri_core.train.dynamics import train_dynamics
     from test_train_dynamics import clip
+
+    from ahri_core.train.dynamics import train_dynamics
 
     train, dset, diff = tiny_settings(max_steps=2)
     train_dynamics(lset(), tmp_path / "run", train, dset, diff)

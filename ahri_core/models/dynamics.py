@@ -562,16 +562,9 @@ def load_dynamics_run(
     path and shape), ``settings``, ``step``, ``weights`` ("ema" or "raw"), ``config``, ``run_dir``, ``path``.
     """
     path = _weights_path(run_or_path)
-    kind, stored, extra = read_metadata(path)
-    if kind != KIND:
-        raise CheckpointError(f"checkpoint {path} holds a {kind} model, not a {KIND} model")
-    try:
-        cfg = DynamicsConfig(**stored)
-    except Exception as e:  # noqa: BLE001 - pydantic error -> one line
-        raise CheckpointError(f"checkpoint {path} has an invalid dynamics config ({e})") from None
-    model = DynamicsModel(cfg)
-    load_weights(path, model, kind=KIND, config=stored)
-    model.to(device).eval()
+    model = load_dynamics(path).to(device).eval()  # strict: kind, config, tensors, sha256
+    _, stored, extra = read_metadata(path)
+    cfg = model.config
     info = {
         "k_max": int(extra.get("k_max", cfg.k_max)),
         "shortcut": bool(extra.get("shortcut", False)),

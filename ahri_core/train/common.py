@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..fileio import append_jsonl, write_json_atomic
+from ..workspace import read_run_meta
 
 # ---------------------------------------------------------------------------------------------- presets
 # Training defaults per stage and preset, used for any TrainSettings field that was not set explicitly
@@ -302,12 +303,7 @@ class RunDir:
         return self
 
     def update_meta(self, **fields: Any) -> None:
-        import json
-
-        meta = self.path / "run.json"
-        data = json.loads(meta.read_text()) if meta.exists() else {}
-        data.update(fields)
-        write_json_atomic(meta, data)
+        write_json_atomic(self.path / "run.json", {**self.meta(), **fields})
 
     def log(self, record: dict[str, Any]) -> None:
         append_jsonl(self.path / "metrics.jsonl", record)
@@ -343,9 +339,4 @@ class RunDir:
         return self.path / "model.state.pt"
 
     def meta(self) -> dict[str, Any]:
-        import json
-
-        try:
-            return json.loads((self.path / "run.json").read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_run_meta(self.path)

@@ -267,8 +267,7 @@ def run_loop(
         shown_best = run.meta().get("best")
         if shown_best and int(shown_best.get("step", 0)) > step:  # written after the checkpoint, then lost
             run.best.unlink(missing_ok=True)
-            if best is not None and int(best["step"]) <= step:
-                best = None  # its file was overwritten by the lost one; the next validation writes a new one
+            best = None  # the checkpoint's best file was overwritten by the lost one; the next validation writes anew
         p.log(f"resumed {run.path.name} at step {step} (epoch {obj.epochs_done():.2f})")
     else:
         trim_metrics(run, -1)  # a run restarted before its first checkpoint
@@ -277,7 +276,7 @@ def run_loop(
         p.log(f"the budget is already spent at step {step} ({budget.elapsed() / 60:.1f} minutes in all): nothing to "
               "train; give a larger --max-steps, --minutes or --epochs")
     run.update_meta(
-        status="running", reason=None, step=step, precision=choice.to_dict(), threads=threads_in_use(),
+        status="running", reason=None, step=step, precision=choice.to_dict(), threads=n,
         device=str(device), budget={"max_steps": train.max_steps, "minutes": train.minutes, "epochs": train.epochs},
     )
     registry = run.path / "run.json"

@@ -38,6 +38,7 @@ from ..data.frames import (
 )
 from ..errors import ConfigError
 from ..fileio import atomic_path
+from ..metrics import psnr_per_image as psnr  # per-frame dB, prediction clipped to [0, 1]
 from ..models.tokenizer import KIND, Tokenizer, TokenizerConfig, tokenizer_config, weights_for_inference
 from ..progress import Progress, ensure
 from ..runtime import autocast, resolve_device
@@ -104,12 +105,6 @@ class TokenizerSettings(Section):
 
 
 # ---------------------------------------------------------------------------------------------- metrics
-def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-frame PSNR in dB of frames in [0, 1] (..., 3, H, W); x is clamped to [0, 1] first."""
-    mse = (x.float().clamp(0, 1) - y.float()).pow(2).flatten(-3).mean(-1)
-    return -10 * torch.log10(mse.clamp_min(1e-10))
-
-
 class PerceptualLoss:
     """Hook for a perceptual term: a local ``torch.export`` program f(recon, target) -> (B,) distances.
 
