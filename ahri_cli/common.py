@@ -161,6 +161,28 @@ class PrecisionChoice(str, Enum):
 
 PRECISION_HELP = "auto (chosen per machine and model), bf16 (autocast) or fp32."
 
+
+class FitChoice(str, Enum):
+    """How a frame of another aspect is made the tokenizer's H x W."""
+
+    pad = "pad"
+    crop = "crop"
+    squash = "squash"
+
+
+def check_size(value: str | None) -> str | None:
+    """``--size``: HxW in pixels or one number for a square; anything else is a usage error."""
+    if value is None:
+        return None
+    from ahri_core.errors import ConfigError
+    from ahri_core.models.tokenizer import parse_size
+
+    try:
+        h, w = parse_size(value)  # type: ignore[misc]
+    except ConfigError as e:
+        raise typer.BadParameter(str(e).removeprefix("--size ")) from None
+    return f"{h}x{w}"
+
 # Shared option types. Commands give the default, e.g. ``device: DeviceOption = "auto"``.
 DeviceOption = Annotated[
     str | None, typer.Option("--device", help=DEVICE_HELP, metavar="<auto|cpu|cuda|cuda:N|mps>", callback=check_device)

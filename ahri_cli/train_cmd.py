@@ -18,10 +18,12 @@ from .common import (
     STATE,
     DeviceOption,
     DynamicsPreset,
+    FitChoice,
     PrecisionChoice,
     RichProgress,
     ThreadsOption,
     TokenizerPreset,
+    check_size,
     command_line,
     escape,
     info,
@@ -167,7 +169,21 @@ def train(
     videos: Annotated[
         list[Path] | None, typer.Option("--videos", help="tokenizer stage: video files (instead of --data). Repeatable.")
     ] = None,
-    size: Annotated[int | None, typer.Option("--size", help="tokenizer stage: frame size. \\[default: the preset's]")] = None,
+    size: Annotated[
+        str | None,
+        typer.Option(
+            "--size", metavar="HxW", callback=check_size,
+            help="tokenizer stage: frame size in pixels, e.g. 48x80 (one number: square). "
+            "\\[default: the preset's pixel budget shaped to the videos' aspect]",
+        ),
+    ] = None,
+    fit: Annotated[
+        FitChoice | None,
+        typer.Option(
+            "--fit", help="tokenizer stage: how frames of another aspect become HxW: pad (keep the whole frame, "
+            "black bars), crop (cut the sides) or squash (stretch). \\[default: pad]",
+        ),
+    ] = None,
     tokens: Annotated[int | None, typer.Option("--tokens", help="tokenizer stage: latent tokens per frame.")] = None,
     channels: Annotated[int | None, typer.Option("--channels", help="tokenizer stage: channels per latent token.")] = None,
     mask_max: Annotated[
@@ -343,7 +359,7 @@ DYNAMICS_ONLY = (
     "batch_size_long", "long_ratio", "shortcut", "k_max", "step_sampling", "bootstrap_fraction", "bootstrap_warmup",
     "ema_teacher", "single_image_fraction", "context_fraction", "grad_checkpointing",
 )
-TOKENIZER_ONLY = ("data", "videos", "size", "tokens", "channels", "mask_max", "val_videos", "split", "fps")
+TOKENIZER_ONLY = ("data", "videos", "size", "fit", "tokens", "channels", "mask_max", "val_videos", "split", "fps")
 
 
 def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None:
@@ -366,7 +382,9 @@ def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None
         name = default_run_name("tokenizer")
     train_flags = {**train_flags, "run": name}
     tset = load(TrainSettings, train_flags, STATE.config)
-    tok_flags = {k: given.get(k) for k in ("size", "tokens", "channels", "mask_max", "val_fraction", "fps")}
+    tok_flags = {k: given.get(k) for k in ("size", "fit", "tokens", "channels", "mask_max", "val_fraction", "fps")}
+    if isinstance(tok_flags.get("fit"), FitChoice):
+        tok_flags["fit"] = tok_flags["fit"].value
     from .tokenize_cmd import chosen_split
 
     rule = chosen_split(given.get("val_videos"), given.get("split"), given.get("val_fraction"))

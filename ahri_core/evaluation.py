@@ -43,7 +43,7 @@ from .metrics import (
     t95,
 )
 from .progress import Progress
-from .visual import Column, error_frames, grid_video, plot_curves, to_float, to_uint8
+from .visual import Column, crop_box, error_frames, grid_video, plot_curves, to_float, to_uint8
 
 __all__ = [
     "ClipRef",
@@ -355,6 +355,26 @@ def _stack_actions(acts: list[torch.Tensor | None], span: int) -> torch.Tensor |
     return torch.stack(out)
 
 
+def clip_content_box(refs: list[ClipRef], latent_dir: Path, world) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the tokenizer's frames that shows the picture of the clips' videos (the
+    ``content_box`` their latent set records), for scoring and videos; the whole frame when it is not
+    recorded or when the clips' videos differ."""
+    import json
+
+    whole = (0, 0, *world.size)
+    try:
+        entries = {str(e.get("id")): e for e in json.loads((latent_dir / "index.json").read_text()).get("videos", [])}
+    except (OSError, ValueError, AttributeError):
+        return whole
+    boxes = {tuple(entries.get(r.video_id, {}).get("content_box") or whole) for r in refs}
+    if len(boxes) != 1:
+        return whole
+    box = boxes.pop()
+    t, left, h, w = box
+    H, W = world.size
+    return box if t >= 0 and left >= 0 and t + h <= H and left + w <= W else whole
+
+
 def read_clip_frames(
     refs: list[ClipRef],
     span: int,
@@ -362,7 +382,7 @@ def read_clip_frames(
     workspace,
     fps: float,
     size,
-    fit: str = "crop",
+    fit: str = "pad",
     progress: Progress | None = None,
 ) -> list[torch.Tensor | None]:
     """The real frames (float (span, 3, H, W) in [0, 1]) of every clip, or None where they cannot be had.
@@ -482,6 +502,13 @@ def evaluate(
         truth_kind = "decoded true latents (some videos not found)" if any(r is not None for r in real) else "decoded true latents"
     frames_true = torch.stack([r if r is not None else d for r, d in zip(real, decoded_true, strict=True)])
     del real
+    # Scores and videos cover the picture only, without the bars that the tokenizer's ``pad`` fit added.
+    box = clip_content_box(refs, lat_path, world)
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return crop_box(world.decode(z), box)
+
+    frames_true, decoded_true = crop_box(frames_true, box), crop_box(decoded_true, box)
     target = frames_true[:, C:]  # (clips, H, 3, h, w): the real frames every curve is compared with
 
     curves: dict[str, dict[str, np.ndarray]] = {}
@@ -504,7 +531,7 @@ def evaluate(
             prog.advance(f"eval: {k} steps", len(res.latents), frames_per_s=res.frames_per_s)
         z_pred = torch.cat(out)
         t1 = time.perf_counter()
-        frames_pred = world.decode(z_pred)
+        frames_pred = decode(z_pred)
         dec = time.perf_counter() - t1
         preds[k] = frames_pred
         m = {key: v.numpy() for key, v in image_metrics(frames_pred, target).items()}
@@ -519,7 +546,7 @@ def evaluate(
         }
         prog.finish(f"eval: {k} steps", frames_per_s=n * H / secs if secs > 0 else 0.0)
 
-    probe_block = _run_probes(world, s, z_true, actions, target, choice.precision, lset, prog) if probes else None
+    probe_block = _run_probes(world, s, z_true, actions, target, choice.precision, lset, prog, decode) if probes else None
 
     near = min(8, H)
     summary = {
@@ -585,7 +612,8 @@ def evaluate(
             "shortcut": world.traits.shortcut,
             "max_frames": world.traits.max_frames,
             "fps": world.fps,
-            "size": world.size,
+            "size": list(world.size),
+            "scored_box": list(box),
         },
         "clips": [{"video": r.video_id, "start": r.start} for r in refs],
         "clip_count": n,
@@ -604,7 +632,7 @@ def evaluate(
     return EvalReport(out_dir=out, metrics=metrics)
 
 
-def _run_probes(world, s, z_true, actions, target, precision, lset, prog) -> dict[str, Any]:
+def _run_probes(world, s, z_true, actions, target, precision, lset, prog, decode=None) -> dict[str, Any]:
     """The context probes of :func:`evaluate` on its clips: context sensitivity and teacher-forced next-frame MSE."""
     C = s.context
     n = len(z_true)
@@ -616,9 +644,10 @@ def _run_probes(world, s, z_true, actions, target, precision, lset, prog) -> dic
                            s.batch_size)
         sens = sensitivity(pr)
         first = target[:, 0]
-        p_true = psnr_per_image(world.decode(pr["pred"]), first).numpy()
-        p_swap = psnr_per_image(world.decode(pr["pred_swap"]), first).numpy()
-        p_hist = psnr_per_image(world.decode(pr["pred_history"]), first).numpy()
+        decode = decode or world.decode
+        p_true = psnr_per_image(decode(pr["pred"]), first).numpy()
+        p_swap = psnr_per_image(decode(pr["pred_swap"]), first).numpy()
+        p_hist = psnr_per_image(decode(pr["pred_history"]), first).numpy()
         out["context"] = {
             "steps": k,
             "donor": "the next clip in the list (i + 1 mod n)",

@@ -32,7 +32,7 @@ from .metrics import psnr_per_image
 from .progress import Progress, ensure
 from .runtime import PrecisionChoice
 from .sampler import ModelTraits, Sampler, traits_of
-from .visual import CTX_COLOR, HEADER, PRED_COLOR, Column, error_frames, grid_video, to_float, to_uint8
+from .visual import CTX_COLOR, HEADER, PRED_COLOR, Column, crop_box, error_frames, grid_video, to_float, to_uint8
 from .workspace import Workspace, read_run_meta, run_status
 
 __all__ = [
@@ -66,11 +66,11 @@ class WorldModel:
     traits: ModelTraits
     tokenizer: torch.nn.Module
     fps: float
-    size: int
+    size: tuple[int, int]  # (height, width) of the tokenizer's frames
     run_dir: Path
     info: dict[str, Any] = field(default_factory=dict)
     tokenizer_path: Path | None = None
-    fit: str = "crop"
+    fit: str = "pad"  # how the tokenizer brings a frame of another aspect to its size
     workspace: Workspace | None = None  # where the run was found (its cache holds precision measurements)
 
     @property
@@ -248,7 +248,7 @@ def load_world_model(
         )
     tok = _load_tokenizer_file(tok_path, torch.device(device))
     cfg = getattr(tok, "cfg", None) or getattr(tok, "config", None)
-    size = int(getattr(cfg, "image_size", 64))
+    size = (int(cfg.height), int(cfg.width))
     # the rate the dynamics model was trained at: its latent set's (videos slower than the tokenizer's rate
     # keep their own), else the tokenizer's
     fps = float((info.get("latents") or {}).get("fps") or getattr(cfg, "fps", 0) or 20.0)
@@ -261,7 +261,7 @@ def load_world_model(
         )
     return WorldModel(
         dynamics=model, traits=traits, tokenizer=tok, fps=fps, size=size, run_dir=Path(run_dir), info=info,
-        tokenizer_path=tok_path, workspace=ws,
+        tokenizer_path=tok_path, workspace=ws, fit=str(cfg.fit),
     )
 
 
@@ -351,12 +351,13 @@ def rollout_clip(
         raise DataError(f"clip {clip} does not exist")
     world.sampler(steps, tau_ctx)  # refuses impossible steps or tau_ctx before any timing or decoding
     t_all = time.perf_counter()
-    from .video import capped_fps, probe
+    from .video import capped_fps, content_box, probe
 
     try:
-        clip_fps = float(probe(clip, count=False).fps or 0) or None
+        info = probe(clip, count=False)
+        clip_fps, source = float(info.fps or 0) or None, (int(info.width), int(info.height))
     except Exception:  # noqa: BLE001 - read_frames below names a bad file clearly
-        clip_fps = None
+        clip_fps, source = None, None
     rate = capped_fps(world.fps, clip_fps)  # never above the clip's own rate (no repeated frames)
     if rate < world.fps - 1e-6:
         prog.log(f"{clip.name} runs at {rate:g} fps, below the model's {world.fps:g} fps: read at its own rate")
@@ -385,6 +386,10 @@ def rollout_clip(
         act = a[None].long() if not a.dtype.is_floating_point else a[None].float()
     res = sampler.rollout(ctx_lat[None], horizon, actions=act, generator=seed, progress=prog)
     pred = world.decode(world.check_finite(res.latents)[0])  # (H, 3, h, w)
+    # Scores and the written video cover the picture only: the bars that ``pad`` added are cut off, so the
+    # video has the clip's own aspect.
+    box = content_box(source, world.size, world.fit) if source is not None else (0, 0, *world.size)
+    frames, real, pred = crop_box(frames, box), crop_box(real, box), crop_box(pred, box)
     n_truth = max(0, len(frames) - context)
     psnr, copy_last = [], []
     if n_truth:

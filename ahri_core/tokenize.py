@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.frames import Decoder, SplitRule, VideoRef, as_video_refs, default_decoder, resample_actions
+from .data.frames import Decoder, SplitRule, VideoRef, as_shape, as_video_refs, default_decoder, resample_actions
 from .data.latents import INDEX_FORMAT, read_latent_metadata, write_index, write_latent_file
 from .errors import AhriError, CheckpointError, ConfigError
 from .fileio import sha256_file
 from .models.tokenizer import Tokenizer, encode_frames, load_tokenizer, weights_for_inference
 from .progress import Progress, ensure
 from .runtime import autocast, choose_precision, resolve_device
-from .video import resampled_count, same_rate
+from .video import content_box, resampled_count, same_rate
 from .workspace import read_run_meta
 
 
@@ -87,7 +87,7 @@ def tokenize_video(
     """
     ref = as_video_refs([video])[0]
     cfg = model.cfg
-    frames = (decoder or default_decoder)(ref.path, fps or ref.rate(cfg.fps), cfg.image_size)
+    frames = (decoder or default_decoder)(ref.path, fps or ref.rate(cfg.fps), as_shape(cfg))
     parts = []
     for batch in _batches(frames, batch_size):
         z = encode_frames(model, batch, device, precision)
@@ -162,7 +162,27 @@ def _entry(vid: str, file: str, meta: dict[str, str], default_fps: float) -> dic
         "action_count": int(meta.get("action_count") or 0),
         "sha256": meta.get("sha256"),
         "source": meta.get("source"),
+        "content_box": parse_box(meta.get("content_box")),
     }
+
+
+def picture_meta(ref: VideoRef, cfg: Any) -> dict[str, str]:
+    """``source_size`` ("WxH") and ``content_box`` ("top,left,height,width": the part of each H x W frame
+    that shows the picture, without the bars of ``pad``) of a video, for its latent file."""
+    wh = ref.source_size
+    if wh is None:
+        return {}
+    t, left, h, w = content_box(wh, cfg.size, cfg.fit)
+    return {"source_size": f"{wh[0]}x{wh[1]}", "content_box": f"{t},{left},{h},{w}"}
+
+
+def parse_box(text: Any) -> list[int] | None:
+    """A ``content_box`` string back as [top, left, height, width]; None when absent or malformed."""
+    try:
+        box = [int(x) for x in str(text).split(",")]
+    except (TypeError, ValueError):
+        return None
+    return box if len(box) == 4 and all(b >= 0 for b in box) and box[2] > 0 and box[3] > 0 else None
 
 
 def tokenize_videos(
@@ -212,7 +232,7 @@ def tokenize_videos(
 
     @torch.inference_mode()
     def encode_once(p: str) -> None:
-        x = torch.rand(batch_size, 3, cfg.image_size, cfg.image_size, device=dev)
+        x = torch.rand(batch_size, 3, *cfg.size, device=dev)
         with autocast(dev, p):
             model.encode(x)
 
@@ -291,7 +311,8 @@ def tokenize_videos(
             "channels": cfg.channels,
             "fps": common if rates else cfg.fps,  # null when the videos have different rates (see videos[].fps)
             "tokenizer_fps": cfg.fps,
-            "frame_size": cfg.image_size,
+            "frame_size": f"{cfg.height}x{cfg.width}",
+            "fit": cfg.fit,
             **rule.record(),
             "action_kind": kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "none"),
             "action_count": max((e["action_count"] for e in vids if e["has_actions"]), default=0),
@@ -326,7 +347,9 @@ def tokenize_videos(
                 "tokenizer_id": tid,
                 "tokenizer_sha256": wsha,
                 "frames": str(int(lat.shape[0])),
-                "frame_size": str(cfg.image_size),
+                "frame_size": f"{cfg.height}x{cfg.width}",
+                "fit": cfg.fit,
+                **picture_meta(r, cfg),
                 "tokens": str(cfg.tokens),
                 "channels": str(cfg.channels),
                 "action_kind": kind,

@@ -32,8 +32,10 @@ import numpy as np
 from .errors import VideoError
 from .fileio import atomic_path
 
-Fit = Literal["squash", "crop", "letterbox"]
-FITS = ("squash", "crop", "letterbox")
+Fit = Literal["pad", "crop", "squash", "letterbox"]
+# pad: scale to fit inside, pad the rest with black (the whole frame is kept); crop: scale to cover, keep the
+# centre; squash: stretch to the target. "letterbox" is an older name of "pad".
+FITS = ("pad", "crop", "squash", "letterbox")
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mpg", ".mpeg", ".flv", ".wmv")
 # Codecs the mp4 muxer takes as they are (stream copy); anything else is re-encoded with libx264.
 MP4_COPY_CODECS = ("h264", "hevc", "av1", "vp9", "mpeg4")
@@ -212,6 +214,8 @@ def _target_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
         return None
     if isinstance(size, (int, np.integer)):
         h = w = int(size)
+    elif hasattr(size, "height") and hasattr(size, "width"):  # a frame shape (height, width, fit)
+        h, w = int(size.height), int(size.width)
     else:
         h, w = (int(x) for x in size)
     if h < 1 or w < 1:
@@ -237,9 +241,8 @@ class _Resizer:
         elif self.fit == "crop":  # scale to cover the target, then cut the centre
             s = max(tw / w, th / h)
             rw, rh = max(tw, round(w * s)), max(th, round(h * s))
-        else:  # letterbox: scale to fit inside, then pad with black
-            s = min(tw / w, th / h)
-            rw, rh = min(tw, max(1, round(w * s))), min(th, max(1, round(h * s)))
+        else:  # pad: scale to fit inside, then pad with black
+            rw, rh = _fitted(w, h, tw, th)
         self._src = (w, h)
         self._plan = (rw, rh, abs(rw - tw) // 2, abs(rh - th) // 2)
 
@@ -258,6 +261,23 @@ class _Resizer:
         out = np.zeros((th, tw, 3), np.uint8)
         out[oy : oy + rh, ox : ox + rw] = img
         return out
+
+
+def _fitted(w: int, h: int, tw: int, th: int) -> tuple[int, int]:
+    """(width, height) of a w x h picture scaled to fit inside tw x th, aspect kept."""
+    s = min(tw / w, th / h)
+    return min(tw, max(1, round(w * s))), min(th, max(1, round(h * s)))
+
+
+def content_box(source: tuple[int, int], size: tuple[int, int], fit: str) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the part of a ``size`` = (height, width) frame that shows the source
+    picture of ``source`` = (width, height) pixels after ``fit``: the picture without the black bars of
+    ``pad``; the whole frame for ``crop`` and ``squash``."""
+    th, tw = (int(x) for x in size)
+    if fit not in ("pad", "letterbox"):
+        return 0, 0, th, tw
+    rw, rh = _fitted(int(source[0]), int(source[1]), tw, th)
+    return (th - rh) // 2, (tw - rw) // 2, rh, rw
 
 
 def resize_frames(frames: np.ndarray, size: int | tuple[int, int], fit: Fit = "crop") -> np.ndarray:
@@ -336,8 +356,8 @@ def iter_frames(
     """Stream uint8 (H, W, 3) RGB frames.
 
     fps: target frame rate (None: every decoded frame). size: an int for square frames or
-    (height, width); None keeps the source size. fit: ``squash`` (stretch), ``crop`` (scale to cover,
-    keep the centre) or ``letterbox`` (scale to fit, pad with black).
+    (height, width); None keeps the source size. fit: ``pad`` (scale to fit, pad with black: the whole
+    frame is kept), ``crop`` (scale to cover, keep the centre) or ``squash`` (stretch).
     Arguments are checked at once (ValueError); the file is opened on the first ``next``. Raises
     :class:`VideoError` at open or mid-stream, with the source frame index reached.
     """

@@ -1,6 +1,7 @@
 """Pictures of rollouts: frame conversions, error frames, labelled frame grids for videos, and line plots.
 
 - :func:`to_uint8` / :func:`to_float`: the library's float (..., 3, H, W) frames <-> uint8 (..., H, W, 3);
+- :func:`crop_box`: the part of frames that shows the picture (without the bars of ``pad``);
 - :func:`error_frames`: |prediction - truth| as grey-scale frames;
 - :func:`grid_video`: labelled columns of frames side by side (truth | prediction | error), predicted frames
   framed in red, real ones in green; eval's sample videos and ``ahri rollout`` use it;
@@ -10,8 +11,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +37,19 @@ def to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
 def to_float(frames: np.ndarray) -> torch.Tensor:
     """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [0, 1]."""
     return torch.from_numpy(np.moveaxis(np.asarray(frames, np.float32) / 255.0, -1, -3).copy())
+
+
+def crop_box(frames: Any, box: Sequence[int]) -> Any:
+    """The ``box`` = (top, left, height, width) of every frame: uint8 (..., H, W, 3) arrays or float
+    (..., 3, H, W) tensors. A box covering the whole frame returns ``frames`` itself."""
+    t, left, h, w = (int(x) for x in box)
+    if isinstance(frames, np.ndarray):
+        if (t, left, h, w) == (0, 0, *frames.shape[-3:-1]):
+            return frames
+        return np.ascontiguousarray(frames[..., t : t + h, left : left + w, :])
+    if (t, left, h, w) == (0, 0, *frames.shape[-2:]):
+        return frames
+    return frames[..., t : t + h, left : left + w].contiguous()
 
 
 def error_frames(pred: torch.Tensor, truth: torch.Tensor, gain: float = 4.0) -> torch.Tensor:

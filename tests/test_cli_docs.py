@@ -103,7 +103,7 @@ def test_cli_doc_config_examples_load(tmp_path, preset, monkeypatch):
     samp = load(SamplingSettings, config=cfg)
     tok = load(TokenizerSettings, config=cfg)
     assert train.preset == preset
-    assert tok.size == tokenizer.PRESETS[preset]["image_size"]
+    assert tok.size is None and tok.fit == "pad"  # the frame shape follows the videos' aspect
     longest = max(dset.seq_len_short, dset.seq_len_long) if dset.alternating else dset.seq_len
     assert longest <= dynamics.PRESETS[preset]["max_frames"]
     assert all(k <= diff.k_max for k in samp.steps)

@@ -159,7 +159,7 @@ def test_tokenizer_training_reads_each_video_at_most_at_its_own_rate(tmp_path):
     assert data.rates == {"slow": 10, "fast": 15}
     assert dict(zip(data.train.ids, data.train.counts, strict=True)) == {"slow": 12, "fast": 9}
     assert sorted(p.name.split("-", 1)[1] for p in (tmp_path / "cache" / "frames").iterdir()) == [
-        "10fps-32.npy", "15fps-32.npy"]
+        "10fps-32x32-pad.npy", "15fps-32x32-pad.npy"]
     # a bare file (no sidecar) is probed for its rate
     bare = VideoRef(path=slow.path, id="bare")
     assert bare.source_fps == pytest.approx(10)

@@ -48,7 +48,7 @@ def test_tokenizer_frame_data_with_one_video_trains_on_it(tmp_path):
     def decoder(path, fps, size):
         rng = np.random.default_rng(0)
         for _ in range(5):
-            yield rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            yield rng.integers(0, 256, (size.height, size.width, 3), dtype=np.uint8)
 
     src = tmp_path / "v0.mp4"
     src.write_bytes(b"decoded by the fake decoder")

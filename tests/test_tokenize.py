@@ -50,7 +50,7 @@ def test_tokenize_writes_the_documented_format(ws):
     # the index: counts, split by video with the tokenizer's own val_fraction, readable by LatentStore
     index = json.loads((out / "index.json").read_text())
     assert index["tokens"] == model.cfg.tokens and index["channels"] == model.cfg.channels
-    assert index["fps"] == 20 and index["frame_size"] == 32 and index["val_fraction"] == 0.2
+    assert index["fps"] == 20 and index["frame_size"] == "32x32" and index["fit"] == "pad" and index["val_fraction"] == 0.2
     assert index["frames"] == 80 and index["action_kind"] == "discrete" and index["action_count"] == 10
     expected = split_videos([r.id for r in recs], 0.2)
     assert {v["id"]: v["split"] for v in index["videos"]} == expected

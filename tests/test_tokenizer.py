@@ -64,16 +64,19 @@ def test_presets_compress_at_least_16x_and_describe():
         assert cfg.compression >= 16, name
         assert f"{cfg.compression:.1f}x compression" in describe(cfg)
     cpu = tokenizer_config("cpu")
-    assert cpu.image_size == 64 and cpu.compression >= 16
-    assert max(tokenizer_config(n).image_size for n in PRESETS) == 256
+    assert cpu.size == (64, 64) and cpu.compression >= 16
+    assert max(tokenizer_config(n).width for n in PRESETS) == 256
     with pytest.raises(ConfigError, match="unknown tokenizer preset"):
         tokenizer_config("huge")
     with pytest.raises(ConfigError, match="patch_size"):
         tokenizer_config("tiny", patch_size=5)
-    with pytest.raises(ConfigError, match="square token count"):
+    with pytest.raises(ConfigError, match="tile the 8x8 patch grid"):
         tokenizer_config("cpu", tokens=12, regions=True)
     assert tokenizer_config("cpu", tokens=12).regions is False  # a preset at another shape falls back
-    assert tokenizer_config("cpu", image_size=48).regions is False and tokenizer_config("cpu").regions is True
+    # another square size keeps the preset's tokens per patch; a size the token squares do not tile falls back
+    assert (tokenizer_config("cpu", image_size=48).tokens, tokenizer_config("cpu", image_size=48).regions) == (36, True)
+    assert (tokenizer_config("tiny", image_size=24).tokens, tokenizer_config("tiny", image_size=24).regions) == (4, False)
+    assert tokenizer_config("cpu").regions is True
     # with the region shortcut the parameter count still does not depend on the square of the token count
     counts = [build_tokenizer("cpu", tokens=n).num_params() for n in (4, 16, 64)]
     assert cpu.tokens == 64 and max(counts) < 2 * min(counts)
@@ -215,7 +218,7 @@ def test_frame_cache_decodes_once_and_memory_maps(tmp_path):
         calls.append(path)
         rng = np.random.default_rng(0)
         for _ in range(7):
-            yield rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            yield rng.integers(0, 256, (size.height, size.width, 3), dtype=np.uint8)
 
     src = tmp_path / "a.mp4"
     src.write_bytes(b"not decoded here")
@@ -225,13 +228,13 @@ def test_frame_cache_decodes_once_and_memory_maps(tmp_path):
     assert isinstance(arr, np.memmap)
     arr2 = cached_frames(VideoRef(path=src, id="a"), 20, 16, tmp_path / "cache", decoder)
     assert len(calls) == 1 and np.array_equal(arr, arr2)
-    assert cache_path(tmp_path / "cache", ref, 20, 16).name.endswith("-20fps-16.npy")
+    assert cache_path(tmp_path / "cache", ref, 20, 16).name.endswith("-20fps-16x16-pad.npy")
     # another fps or size is another cache entry; a failed decode leaves no file behind
     cached_frames(ref, 10, 16, tmp_path / "cache", decoder)
     assert len(calls) == 2
 
     def broken(path, fps, size):
-        yield np.zeros((size, size, 3), np.uint8)
+        yield np.zeros((size.height, size.width, 3), np.uint8)
         raise DataError("boom")
 
     with pytest.raises(DataError):

@@ -1,8 +1,9 @@
 """Frames for tokenizer training: decode each video once into a uint8 cache, sample random frames fast.
 
-- ``cached_frames``: a video resampled to (fps, size) is decoded once into
-  ``<cache>/frames/<sha256[:16]>-<fps>fps-<size>.npy`` (uint8 (T, H, W, 3), written atomically) and
-  memory-mapped on every later read, so training never waits for the video decoder.
+- ``cached_frames``: a video resampled to fps and brought to H x W (``FrameShape``: size and fit) is decoded
+  once into ``<cache>/frames/<sha256[:16]>-<fps>fps-<H>x<W>-<fit>.npy`` (uint8 (T, H, W, 3), written
+  atomically) and memory-mapped on every later read, so training never waits for the video decoder. A
+  video longer than ``MAX_CACHED_FRAMES`` keeps every k-th frame, so the cache stays bounded.
 - ``split_videos``: the train/validation split, by whole video (PITFALLS 14), deterministic from the ids;
   ``SplitRule``: that hash rule or videos chosen by the user (``--val-videos``, ``--split FILE``), with the
   record of how the split was made. ``ahri tokenize`` applies the tokenizer's own rule by default, so the
@@ -24,7 +25,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -72,6 +73,23 @@ class VideoRef:
                     f = 0.0
             self._fps = f
         return self._fps
+
+    @property
+    def source_size(self) -> tuple[int, int] | None:
+        """(width, height) of the video's pictures: the sidecar's, else probed; None when unknown."""
+        try:
+            w, h = int(self.meta.get("width") or 0), int(self.meta.get("height") or 0)
+        except (TypeError, ValueError, AttributeError):
+            w = h = 0
+        if w <= 0 or h <= 0:
+            from ..video import probe
+
+            try:
+                info = probe(self.path, count=False)
+                w, h = int(info.width), int(info.height)
+            except (AhriError, OSError):
+                return None
+        return (w, h) if w > 0 and h > 0 else None
 
     def rate(self, target: float) -> float:
         """The rate this video is read at for a ``target`` rate: the target, never above the video's own."""
@@ -129,6 +147,27 @@ def find_videos(root: str | os.PathLike) -> list[Any]:
         return list(list_videos(root))
     exts = {".mp4", ".mkv", ".webm", ".mov", ".avi"}
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in exts and not p.name.startswith("."))
+
+
+def common_aspect(refs: Sequence[VideoRef]) -> tuple[float | None, str]:
+    """(width / height shared by most of the videos, a note when they differ); (None, "") when no video's
+    size is known. Aspects within 1% count as one; a tie goes to the aspect seen first."""
+    groups: dict[float, list[str]] = {}
+    for r in refs:
+        wh = r.source_size
+        if wh is None:
+            continue
+        a = wh[0] / wh[1]
+        key = next((g for g in groups if abs(g / a - 1) < 0.01), a)
+        groups.setdefault(key, []).append(r.id)
+    if not groups:
+        return None, ""
+    best = max(groups, key=lambda g: len(groups[g]))
+    if len(groups) == 1:
+        return best, ""
+    others = sum(len(v) for g, v in groups.items() if g != best)
+    return best, (f"videos have {len(groups)} aspect ratios; the frame shape follows the {len(groups[best])} at "
+                  f"{best:.3g}:1, the other {others} are fitted to it (set --size and --fit to choose)")
 
 
 # ---------------------------------------------------------------------------------------------- split
@@ -320,46 +359,113 @@ def resample_actions(actions: np.ndarray, source_fps: float, fps: float, count: 
 
 
 # ---------------------------------------------------------------------------------------------- cache
+class FrameShape(NamedTuple):
+    """The frames a reader makes: ``height`` x ``width`` pixels, a source of another aspect brought to it by
+    ``fit`` (``pad``: scaled to fit, the rest black, the whole frame kept; ``crop``: scaled to cover, the
+    centre kept; ``squash``: stretched)."""
+
+    height: int
+    width: int
+    fit: str = "pad"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    @property
+    def tag(self) -> str:
+        return f"{self.height}x{self.width}-{self.fit}"
+
+
+def as_shape(size: int | tuple[int, int] | FrameShape | Any, fit: str | None = None) -> FrameShape:
+    """A :class:`FrameShape` from an int (square), (height, width), a FrameShape, or a tokenizer config
+    (anything with ``height``, ``width`` and ``fit``); ``fit`` overrides."""
+    if isinstance(size, FrameShape):
+        return size if fit is None else size._replace(fit=fit)
+    if hasattr(size, "height") and hasattr(size, "width"):
+        return FrameShape(int(size.height), int(size.width), fit or str(getattr(size, "fit", "pad")))
+    if isinstance(size, (int, np.integer)):
+        return FrameShape(int(size), int(size), fit or "pad")
+    h, w = (int(x) for x in size)
+    return FrameShape(h, w, fit or "pad")
+
+
 def _fps_tag(fps: float) -> str:
     return f"{fps:g}".replace(".", "p")
 
 
-def cache_path(cache_dir: str | os.PathLike, ref: VideoRef, fps: float, size: int) -> Path:
-    return Path(cache_dir) / "frames" / f"{ref.sha256[:16]}-{_fps_tag(fps)}fps-{size}.npy"
+# A long video is not cached whole for tokenizer training: past this many frames (at the rate it is read),
+# every k-th frame is kept, k the smallest stride that brings it under the cap, so the cache of a video is
+# bounded and still spans all of it (an hour at 20 fps keeps every 4th frame: 18,000 frames, ~200 MB at 48x80).
+MAX_CACHED_FRAMES = 20_000
 
 
-Decoder = Callable[[Path, float, int], Iterable[np.ndarray]]
+def cache_path(cache_dir: str | os.PathLike, ref: VideoRef, fps: float, size: Any, every: int = 1) -> Path:
+    shape = as_shape(size)
+    tail = f"-every{every}" if every > 1 else ""
+    return Path(cache_dir) / "frames" / f"{ref.sha256[:16]}-{_fps_tag(fps)}fps-{shape.tag}{tail}.npy"
 
 
-def default_decoder(path: Path, fps: float, size: int) -> Iterable[np.ndarray]:
-    """Frames of ``path`` resampled to fps and center-cropped/resized to size x size (uint8 HxWx3)."""
+Decoder = Callable[[Path, float, FrameShape], Iterable[np.ndarray]]
+
+
+def default_decoder(path: Path, fps: float, shape: FrameShape | Any) -> Iterable[np.ndarray]:
+    """Frames of ``path`` resampled to fps and brought to the shape's height x width by its fit (uint8 HxWx3)."""
     from ..video import iter_frames
 
-    return iter_frames(path, fps=fps, size=size, fit="crop")
+    shape = as_shape(shape)
+    return iter_frames(path, fps=fps, size=shape.size, fit=shape.fit)
 
 
-def decode_to_cache(ref: VideoRef, fps: float, size: int, dest: Path, decoder: Decoder | None = None) -> int:
+def cache_stride(ref: VideoRef, fps: float, max_frames: int | None) -> int:
+    """Keep every k-th frame of the video in the cache: the smallest k with (frames at ``fps``) / k within
+    ``max_frames`` (1 when the cap is None or the length is unknown)."""
+    if not max_frames:
+        return 1
+    try:
+        dur = float(ref.meta.get("duration") or 0.0) if isinstance(ref.meta, dict) else 0.0
+    except (TypeError, ValueError):
+        dur = 0.0
+    if dur <= 0:
+        from ..video import probe
+
+        try:
+            dur = float(probe(ref.path, count=False).duration or 0.0)
+        except (AhriError, OSError):
+            dur = 0.0
+    n = int(math.ceil(dur * fps))
+    return max(1, math.ceil(n / max_frames)) if n > 0 else 1
+
+
+def decode_to_cache(
+    ref: VideoRef, fps: float, size: Any, dest: Path, decoder: Decoder | None = None, every: int = 1
+) -> int:
     """Decode a whole video into ``dest`` (.npy, uint8 (T, H, W, 3)), atomically. Returns the frame count.
 
-    Frames stream into a temporary raw file (a long video never sits in memory), which is then copied
-    behind an .npy header under a temporary name and renamed onto ``dest``.
+    ``every``: keep frames 0, k, 2k, ... only. Frames stream into a temporary raw file (a long video never
+    sits in memory), which is then copied behind an .npy header under a temporary name and renamed onto
+    ``dest``.
     """
     decoder = decoder or default_decoder
+    shape = as_shape(size)
+    want = (shape.height, shape.width, 3)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, raw_name = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=".raw", dir=dest.parent)
     raw = Path(raw_name)
     try:
         count = 0
         with os.fdopen(fd, "wb") as f:
-            for fr in decoder(ref.path, fps, size):
+            for i, fr in enumerate(decoder(ref.path, fps, shape)):
+                if i % every:
+                    continue
                 a = np.asarray(fr, dtype=np.uint8)
-                if a.shape != (size, size, 3):
-                    raise DataError(f"{ref.path}: decoder returned a frame of shape {a.shape}, expected ({size}, {size}, 3)")
+                if a.shape != want:
+                    raise DataError(f"{ref.path}: decoder returned a frame of shape {a.shape}, expected {want}")
                 f.write(a.tobytes())
                 count += 1
         if count == 0:
             raise DataError(f"{ref.path}: no frames could be decoded")
-        header = {"descr": "|u1", "fortran_order": False, "shape": (count, size, size, 3)}
+        header = {"descr": "|u1", "fortran_order": False, "shape": (count, *want)}
         with atomic_path(dest) as tmp, open(tmp, "wb") as out, open(raw, "rb") as src:
             np.lib.format.write_array_header_1_0(out, header)
             shutil.copyfileobj(src, out, 1 << 22)
@@ -371,21 +477,28 @@ def decode_to_cache(ref: VideoRef, fps: float, size: int, dest: Path, decoder: D
 def cached_frames(
     ref: VideoRef | Any,
     fps: float,
-    size: int,
+    size: Any,
     cache_dir: str | os.PathLike,
     decoder: Decoder | None = None,
+    max_frames: int | None = None,
 ) -> np.ndarray:
-    """uint8 (T, size, size, 3) frames of a video, memory-mapped from the cache (decoded on first use)."""
+    """uint8 (T, H, W, 3) frames of a video, memory-mapped from the cache (decoded on first use).
+
+    ``size``: an int (square), (height, width) or a :class:`FrameShape` (with its fit). ``max_frames``:
+    the cap of :data:`MAX_CACHED_FRAMES` kind; a longer video keeps every k-th frame (``cache_stride``).
+    """
     ref = as_video_ref(ref)
-    path = cache_path(cache_dir, ref, fps, size)
+    shape = as_shape(size)
+    every = cache_stride(ref, fps, max_frames)
+    path = cache_path(cache_dir, ref, fps, shape, every)
     if not path.is_file():
-        decode_to_cache(ref, fps, size, path, decoder)
+        decode_to_cache(ref, fps, shape, path, decoder, every)
     try:
         arr = np.load(path, mmap_mode="r")
     except (ValueError, OSError) as e:
         path.unlink(missing_ok=True)
         raise DataError(f"frame cache {path} was unreadable and has been removed; run again ({e})") from None
-    if arr.ndim != 4 or arr.shape[1:] != (size, size, 3) or arr.dtype != np.uint8:
+    if arr.ndim != 4 or arr.shape[1:] != (shape.height, shape.width, 3) or arr.dtype != np.uint8:
         path.unlink(missing_ok=True)
         raise DataError(f"frame cache {path} has shape {arr.shape}; it has been removed, run again")
     return arr
@@ -513,17 +626,19 @@ class FrameData:
 def load_frame_data(
     videos: Iterable[Any],
     fps: float,
-    size: int,
+    size: Any,
     cache_dir: str | os.PathLike,
     val_fraction: float = 0.1,
     progress: Progress | None = None,
     decoder: Decoder | None = None,
     split: SplitRule | None = None,
+    max_frames: int | None = MAX_CACHED_FRAMES,
 ) -> FrameData:
     """Decode (or map from the cache) every video and split them into train and validation by video.
 
     ``fps`` is the highest rate: each video is read at ``fps`` or its own rate, whichever is lower (never
-    repeating frames). ``split``: the rule (default: the hash rule with ``val_fraction``); a chosen split
+    repeating frames). ``size``: an int, (height, width) or a :class:`FrameShape`. ``max_frames``: per-video
+    cap of the cache (a longer video keeps every k-th frame, see :func:`cache_stride`). ``split``: the rule (default: the hash rule with ``val_fraction``); a chosen split
     naming an unknown video, or holding out every video, is refused before anything is decoded.
     Videos that fail to decode are reported through ``progress.log`` and skipped. With a single usable
     video there is nothing to hold out: validation then uses that training video (``val_is_heldout`` False).
@@ -541,7 +656,7 @@ def load_frame_data(
     for r in refs:
         try:
             rates[r.id] = r.rate(fps)
-            arrays[r.id] = cached_frames(r, rates[r.id], size, cache_dir, decoder)
+            arrays[r.id] = cached_frames(r, rates[r.id], size, cache_dir, decoder, max_frames)
         except (AhriError, OSError) as e:
             failed[r.id] = str(e)
             p.log(f"skipped video {r.id}: {e}")

@@ -11,7 +11,8 @@ transformer lets them read the latents; each query predicts its patch's pixels.
 Training (MAE): per image a drop probability p ~ U(0, mask_max) is drawn and that fraction of patch
 embeddings is replaced by a learned mask embedding; the loss covers every patch. ``eval()`` never masks.
 
-Frames are float in [0, 1], shape (B, 3, H, W). Latents are (B, tokens, channels).
+Frames are float in [0, 1], shape (B, 3, H, W) with H x W the config's ``height`` x ``width`` (any aspect;
+see ``TokenizerConfig.fit`` for how a source frame is brought to it). Latents are (B, tokens, channels).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -36,21 +37,99 @@ from .layers import Block, RMSNorm
 KIND = "tokenizer"  # the ``ahri_kind`` of tokenizer checkpoints
 
 
-def regions_fit(image_size: int, patch_size: int, tokens: int) -> bool:
-    """Whether ``tokens`` latent tokens tile the patch grid as squares (what ``regions=True`` needs)."""
-    g, r = image_size // patch_size, math.isqrt(max(tokens, 0))
-    return r > 0 and r * r == tokens and g % r == 0
+FIT_CHOICES = ("pad", "crop", "squash")  # how a source frame of another aspect is brought to the model's H x W
+
+
+def region_side(height: int, width: int, patch_size: int, tokens: int) -> int:
+    """The side k (in patches) of the squares that ``tokens`` latent tokens tile on the patch grid, or 0.
+
+    ``regions=True`` gives each latent token one k x k square of patches; the token grid is then
+    (H / p / k) x (W / p / k), so k must divide both sides of the patch grid.
+    """
+    if height % patch_size or width % patch_size or tokens < 1:
+        return 0
+    gh, gw = height // patch_size, width // patch_size
+    for k in range(1, math.gcd(gh, gw) + 1):
+        if gh % k == 0 and gw % k == 0 and (gh // k) * (gw // k) == tokens:
+            return k
+    return 0
+
+
+def parse_size(text: str | int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``--size``: "HxW" (e.g. "48x80"), one number for a square, or a (height, width) pair."""
+    if text is None:
+        return None
+    if isinstance(text, (tuple, list)):
+        h, w = (int(x) for x in text)
+    elif isinstance(text, int):
+        h = w = text
+    else:
+        parts = str(text).lower().replace("×", "x").split("x")
+        try:
+            nums = [int(x) for x in parts]
+        except ValueError:
+            nums = []
+        if len(nums) not in (1, 2):
+            raise ConfigError(f"--size {text!r}: expected HEIGHTxWIDTH in pixels, e.g. 48x80, or one number for a square")
+        h, w = nums[0], nums[-1]
+    if h < 8 or w < 8 or h > 2048 or w > 2048:
+        raise ConfigError(f"--size {h}x{w}: height and width must be between 8 and 2048 pixels")
+    return h, w
+
+
+def grid_for_aspect(aspect: float, budget: int, unit: int) -> tuple[int, int]:
+    """(height, width) in pixels, multiples of ``unit``, at most ``budget`` pixels, that keep most of a
+    picture of ``aspect`` = width / height when it is scaled to fit inside (the rest is padded).
+
+    Among all such grids the one showing the largest area of the picture wins; a tie goes to the
+    smaller grid (less padding). A square picture gets the square grid of the budget.
+    """
+    if not aspect > 0:
+        raise ConfigError(f"frame aspect {aspect!r} must be a positive width / height ratio")
+    cells = max(1, budget // (unit * unit))
+    best: tuple[float, int, int, int] | None = None
+    for gh in range(1, cells + 1):
+        for gw in range(1, cells // gh + 1):
+            h, w = gh * unit, gw * unit
+            shown = min(w, h * aspect) * min(h, w / aspect)  # area of the picture scaled to fit inside
+            key = (round(shown, 6), -(gh * gw), h, w)
+            if best is None or key[:2] > best[:2]:
+                best = key
+    assert best is not None
+    return best[2], best[3]
+
+
+def _from_square(d: dict[str, Any]) -> dict[str, Any]:
+    """A config dict of the square era (one ``image_size``, frames centre-cropped) in today's terms."""
+    if "image_size" not in d:
+        return d
+    d = dict(d)
+    s = d.pop("image_size")
+    d.setdefault("height", s)
+    d.setdefault("width", s)
+    d.setdefault("fit", "crop")
+    return d
 
 
 class TokenizerConfig(BaseModel):
-    """Everything needed to rebuild a tokenizer; stored as JSON in every checkpoint."""
+    """Everything needed to rebuild a tokenizer; stored as JSON in every checkpoint.
+
+    Frames are ``height`` x ``width`` (multiples of ``patch_size``); ``fit`` says how a source frame of
+    another aspect was brought to that shape, so every later reader (tokenize, eval, rollout) reads frames
+    the way the tokenizer was trained. Configs written before frames could be non-square (one
+    ``image_size``, centre-cropped) load as ``height = width = image_size`` with ``fit = crop``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     preset: str = "custom"
-    image_size: int = Field(64, ge=8, le=1024, description="frames are resized/cropped to this square size")
+    height: int = Field(64, ge=8, le=2048, description="frame height in pixels (a multiple of patch_size)")
+    width: int = Field(64, ge=8, le=2048, description="frame width in pixels (a multiple of patch_size)")
+    fit: Literal["pad", "crop", "squash"] = Field(
+        "pad", description="how frames of another aspect are made H x W: pad (keep the whole frame), crop or squash"
+    )
     patch_size: int = Field(8, ge=1, le=64)
-    fps: float = Field(20.0, gt=0, le=240, description="frame rate videos are resampled to")
+    fps: float = Field(20.0, gt=0, le=240, description="highest frame rate videos are read at")
     dim: int = Field(192, ge=8)
     depth: int = Field(3, ge=1, description="encoder blocks")
     decoder_depth: int = Field(3, ge=1, description="decoder blocks")
@@ -62,15 +141,21 @@ class TokenizerConfig(BaseModel):
     qk_norm: bool = True
     regions: bool = Field(True, description="latent token i also gets a linear read of its own square of patches")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _square_configs(cls, data: Any) -> Any:
+        return _from_square(data) if isinstance(data, dict) else data
+
     @model_validator(mode="after")
     def _shapes(self) -> TokenizerConfig:
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        if self.regions and not regions_fit(self.image_size, self.patch_size, self.tokens):
-            g = self.image_size // self.patch_size
+        for name in ("height", "width"):
+            if getattr(self, name) % self.patch_size:
+                raise ValueError(f"{name} {getattr(self, name)} is not a multiple of patch_size {self.patch_size}")
+        if self.regions and not region_side(self.height, self.width, self.patch_size, self.tokens):
+            gh, gw = self.grid
             raise ValueError(
-                f"regions=True needs a square token count whose side divides the {g}x{g} patch grid "
-                f"(got tokens={self.tokens}); use e.g. tokens={(g // 2) ** 2} or regions=false"
+                f"regions=True needs tokens that tile the {gh}x{gw} patch grid with squares "
+                f"(got tokens={self.tokens}); use e.g. tokens={gh * gw} or regions=false"
             )
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
@@ -79,13 +164,24 @@ class TokenizerConfig(BaseModel):
         return self
 
     @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the frames, in pixels."""
+        return self.height, self.width
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(rows, columns) of the patch grid."""
+        return self.height // self.patch_size, self.width // self.patch_size
+
+    @property
     def patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
+        gh, gw = self.grid
+        return gh * gw
 
     @property
     def region(self) -> int:
         """Patches per side of the square each latent token covers (regions=True)."""
-        return (self.image_size // self.patch_size) // math.isqrt(self.tokens)
+        return region_side(self.height, self.width, self.patch_size, self.tokens)
 
     @property
     def patch_values(self) -> int:
@@ -94,7 +190,7 @@ class TokenizerConfig(BaseModel):
     @property
     def compression(self) -> float:
         """Pixel values per latent value."""
-        return 3 * self.image_size**2 / (self.tokens * self.channels)
+        return 3 * self.height * self.width / (self.tokens * self.channels)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -110,7 +206,10 @@ class TokenizerConfig(BaseModel):
 
 
 # Presets. ``tiny`` is for tests (seconds); ``cpu`` is the demo preset (trains in minutes on 2 cores);
-# the rest are GPU sizes up to 256x256 frames. All compress 16x or more.
+# the rest are GPU sizes. ``image_size`` is the square frame of the preset; for another aspect it sets the
+# pixel budget (image_size squared), and the latent tokens keep the preset's tokens per patch (the side of
+# each token's square of patches), so a 16:9 source at the cpu budget is 48x80 with 60 tokens.
+# All compress 16x or more.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(image_size=32, patch_size=8, dim=64, depth=1, decoder_depth=1, heads=2, tokens=4, channels=16),
     # cpu: one latent token per 8x8 patch (64 x 12 = 16x). Sized by measured 3-minute runs on 2 cores
@@ -123,26 +222,75 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def tokenizer_config(preset: str | TokenizerConfig | dict = "cpu", **overrides: Any) -> TokenizerConfig:
-    """A preset's config with ``overrides`` (None values ignored)."""
+def preset_shape(preset: str | TokenizerConfig | dict, aspect: float) -> tuple[int, int]:
+    """The (height, width) a preset gives a source of ``aspect`` = width / height: the grid of the preset's
+    pixel budget that keeps most of the picture (see :func:`grid_for_aspect`), in units of one token's
+    square of patches."""
+    base = _base(preset)
+    size = base.get("image_size")
+    h, w = (int(size), int(size)) if size is not None else (int(base.get("height", 64)), int(base.get("width", 64)))
+    p = int(base.get("patch_size", 8))
+    tokens = int(base.get("tokens", 16))
+    k = region_side(h, w, p, tokens) or 1
+    return grid_for_aspect(aspect, h * w, p * k)
+
+
+def _base(preset: str | TokenizerConfig | dict) -> dict[str, Any]:
     if isinstance(preset, TokenizerConfig):
-        base = preset.to_dict()
-    elif isinstance(preset, dict):
-        base = dict(preset)
-    else:
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown tokenizer preset {preset!r} (allowed: {', '.join(PRESETS)})")
-        base = {"preset": preset, **PRESETS[preset]}
+        return preset.to_dict()
+    if isinstance(preset, dict):
+        return dict(preset)
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown tokenizer preset {preset!r} (allowed: {', '.join(PRESETS)})")
+    return {"preset": preset, **PRESETS[preset]}
+
+
+def tokenizer_config(
+    preset: str | TokenizerConfig | dict = "cpu",
+    size: tuple[int, int] | int | str | None = None,
+    **overrides: Any,
+) -> TokenizerConfig:
+    """A preset's config at frame ``size`` (height, width; default the preset's) with ``overrides``
+    (None values ignored; ``image_size`` is one number for a square).
+
+    At another size the preset keeps its tokens per patch: each latent token covers the same square of
+    patches as in the preset (unless ``tokens`` is given); when that square does not tile the new grid
+    (or the given tokens do not), the plain model (``regions=False``) is used rather than failing.
+    """
+    base = _base(preset)
+    if "image_size" in base:
+        if not isinstance(preset, str):  # a config dict of the square era: it centre-cropped
+            base = _from_square(base)
+        else:
+            s = base.pop("image_size")
+            base["height"] = base["width"] = s
     given = {k: v for k, v in overrides.items() if v is not None}
+    if "image_size" in given:
+        s = given.pop("image_size")
+        size = s if size is None else size
+    if size is None and ("height" in given or "width" in given):
+        size = (given.pop("height", base.get("height")), given.pop("width", base.get("width")))
+    default = TokenizerConfig.model_fields
+    try:
+        patch0, tokens0 = int(base.get("patch_size", default["patch_size"].default)), int(base.get("tokens", default["tokens"].default))
+        k = region_side(int(base.get("height", 64)), int(base.get("width", 64)), patch0, tokens0)
+    except (TypeError, ValueError):
+        k = 0
+    hw = parse_size(size)
+    if hw is not None:
+        base["height"], base["width"] = hw
     base.update(given)
-    if base.get("regions", True) and "regions" not in given:
-        shape = [base.get(k, TokenizerConfig.model_fields[k].default) for k in ("image_size", "patch_size", "tokens")]
-        try:
-            fits = regions_fit(*map(int, shape))
-        except (TypeError, ValueError):
-            fits = True  # let validation report it
-        if not fits:
-            base["regions"] = False  # e.g. a preset at another frame size: keep the plain model rather than fail
+    try:
+        h, w = int(base.get("height", 64)), int(base.get("width", 64))
+        patch = int(base.get("patch_size", default["patch_size"].default))
+        tokens = int(base.get("tokens", default["tokens"].default))
+    except (TypeError, ValueError):
+        return TokenizerConfig.from_dict(base)  # let validation report it
+    if "tokens" not in given and hw is not None and k and h % patch == 0 and w % patch == 0 \
+            and (h // patch) % k == 0 and (w // patch) % k == 0:
+        tokens = base["tokens"] = (h // patch // k) * (w // patch // k)  # the preset's tokens per patch
+    if base.get("regions", True) and "regions" not in given and not region_side(h, w, patch, tokens):
+        base["regions"] = False  # e.g. a preset at a frame size its token squares do not tile
     return TokenizerConfig.from_dict(base)
 
 
@@ -150,17 +298,18 @@ def describe(cfg: TokenizerConfig, params: int | None = None) -> str:
     """One line for the model summary, including the compression ratio."""
     p = f", {params / 1e6:.2f}M params" if params is not None else ""
     return (
-        f"tokenizer {cfg.preset}: {cfg.image_size}x{cfg.image_size} frames @ {cfg.fps:g} fps, "
+        f"tokenizer {cfg.preset}: {cfg.height}x{cfg.width} frames ({cfg.fit}) @ {cfg.fps:g} fps, "
         f"{cfg.patches} patches of {cfg.patch_size}x{cfg.patch_size} -> {cfg.tokens} tokens x {cfg.channels} channels "
         f"({cfg.compression:.1f}x compression), width {cfg.dim}, depth {cfg.depth}+{cfg.decoder_depth}{p}"
     )
 
 
-def sincos_2d(grid: int, dim: int) -> torch.Tensor:
-    """(grid*grid, dim) 2-D sine-cosine position table (row-major), unit RMS."""
+def sincos_2d(grid: int | tuple[int, int], dim: int) -> torch.Tensor:
+    """(rows*cols, dim) 2-D sine-cosine position table (row-major) of a ``grid`` (rows, cols), unit RMS."""
+    rows, cols = (grid, grid) if isinstance(grid, int) else grid
     q = dim // 4
     freqs = 1.0 / (100.0 ** (torch.arange(q, dtype=torch.float32) / max(q, 1)))
-    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(rows, dtype=torch.float32), torch.arange(cols, dtype=torch.float32), indexing="ij")
     ay, ax = ys.reshape(-1, 1) * freqs, xs.reshape(-1, 1) * freqs
     table = torch.cat([ay.sin(), ay.cos(), ax.sin(), ax.cos()], dim=1)
     if table.shape[1] < dim:
@@ -173,7 +322,7 @@ class Tokenizer(nn.Module):
         super().__init__()
         self.cfg = cfg
         d, N = cfg.dim, cfg.tokens
-        grid = cfg.image_size // cfg.patch_size
+        grid = cfg.grid
         # Position embeddings and queries start at unit scale (2-D sin-cos for patches): at the usual 0.02
         # they are drowned by the content, every latent token reads the same average of the patches and
         # training sits for thousands of steps at the mean image.
@@ -211,13 +360,13 @@ class Tokenizer(nn.Module):
         return rearrange(frames, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p)
 
     def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
-        p, g = self.cfg.patch_size, self.cfg.image_size // self.cfg.patch_size
-        return rearrange(patches, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=g, w=g, p1=p, p2=p, c=3)
+        p, (gh, gw) = self.cfg.patch_size, self.cfg.grid
+        return rearrange(patches, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=gh, w=gw, p1=p, p2=p, c=3)
 
     def _check_frames(self, frames: torch.Tensor) -> None:
-        s = self.cfg.image_size
-        if frames.dim() != 4 or tuple(frames.shape[1:]) != (3, s, s):
-            raise ValueError(f"tokenizer expects frames (B, 3, {s}, {s}), got {tuple(frames.shape)}")
+        h, w = self.cfg.size
+        if frames.dim() != 4 or tuple(frames.shape[1:]) != (3, h, w):
+            raise ValueError(f"tokenizer expects frames (B, 3, {h}, {w}), got {tuple(frames.shape)}")
 
     def sample_mask(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, P) bool, True = patch dropped; each image's drop rate p ~ U(0, mask_max)."""
@@ -238,8 +387,10 @@ class Tokenizer(nn.Module):
             x = torch.where(mask.to(x.device)[..., None], self.mask_embed.to(x.dtype), x)
         q = self.latent_queries.expand(B, -1, -1).to(x.dtype)
         if self.region_in is not None:
-            k, r = self.cfg.region, math.isqrt(self.cfg.tokens)
-            q = q + self.region_in(rearrange(x, "b (rh kh rw kw) d -> b (rh rw) (kh kw d)", rh=r, kh=k, rw=r, kw=k))
+            k, (gh, gw) = self.cfg.region, self.cfg.grid
+            q = q + self.region_in(
+                rearrange(x, "b (rh kh rw kw) d -> b (rh rw) (kh kw d)", rh=gh // k, kh=k, rw=gw // k, kw=k)
+            )
         x = x + self.patch_pos
         h = torch.cat([x, q], dim=1)
         for blk in self.encoder:
@@ -256,8 +407,8 @@ class Tokenizer(nn.Module):
         u = self.from_latent(latents.to(self.from_latent.weight.dtype)) + self.latent_pos
         q = self.patch_queries.expand(B, -1, -1).to(u.dtype)
         if self.region_out is not None:
-            k, r = self.cfg.region, math.isqrt(N)
-            q = q + rearrange(self.region_out(u), "b (rh rw) (kh kw d) -> b (rh kh rw kw) d", rh=r, rw=r, kh=k, kw=k)
+            k, (gh, gw) = self.cfg.region, self.cfg.grid
+            q = q + rearrange(self.region_out(u), "b (rh rw) (kh kw d) -> b (rh kh rw kw) d", rh=gh // k, rw=gw // k, kh=k, kw=k)
         h = torch.cat([u, q], dim=1)
         for blk in self.decoder:
             h, _ = blk(h)
@@ -305,7 +456,7 @@ def load_tokenizer(path: str | os.PathLike, device: torch.device | str = "cpu") 
         raise CheckpointError(f"checkpoint {path} holds a {kind} model, not a tokenizer")
     cfg = TokenizerConfig.from_dict(cfg_dict)
     model = Tokenizer(cfg)
-    load_weights(path, model, kind=KIND, config=cfg.to_dict())
+    load_weights(path, model, kind=KIND, config=cfg_dict)  # the file's own config (square-era names included)
     return model.to(device).eval(), extra
 
 
@@ -362,6 +513,6 @@ def decode_latents(
             outs.append(r.float().clamp(0, 1).cpu())
     finally:
         model.train(was)
-    s = model.cfg.image_size
-    out = torch.cat(outs) if outs else torch.zeros(0, 3, s, s)
-    return out.reshape(*lead, 3, s, s)
+    h, w = model.cfg.size
+    out = torch.cat(outs) if outs else torch.zeros(0, 3, h, w)
+    return out.reshape(*lead, 3, h, w)

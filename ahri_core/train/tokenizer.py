@@ -19,18 +19,20 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..checkpoint import read_metadata
 from ..data.frames import (
     FrameSampler,
     FrameSet,
     SplitRule,
+    as_shape,
     as_video_refs,
+    common_aspect,
     load_frame_data,
     steps_per_epoch,
     to_tensor,
@@ -39,7 +41,15 @@ from ..data.frames import (
 from ..errors import ConfigError
 from ..fileio import atomic_path
 from ..metrics import psnr_per_image as psnr  # per-frame dB, prediction clipped to [0, 1]
-from ..models.tokenizer import KIND, Tokenizer, TokenizerConfig, tokenizer_config, weights_for_inference
+from ..models.tokenizer import (
+    KIND,
+    Tokenizer,
+    TokenizerConfig,
+    parse_size,
+    preset_shape,
+    tokenizer_config,
+    weights_for_inference,
+)
 from ..progress import Progress, ensure
 from ..runtime import autocast, resolve_device
 from ..settings import Section, TrainSettings
@@ -62,7 +72,13 @@ class TokenizerSettings(Section):
     """
 
     section: ClassVar[str] = "tokenizer"
-    size: int | None = Field(None, ge=8, le=1024, description="frame size (square), overrides the preset")
+    size: str | None = Field(
+        None, description='frame size "HxW" in pixels (e.g. 48x80) or one number for a square; default: the '
+        "preset's pixel budget shaped to the videos' aspect"
+    )
+    fit: Literal["pad", "crop", "squash"] = Field(
+        "pad", description="how frames of another aspect are made HxW: pad (whole frame kept), crop or squash"
+    )
     fps: float | None = Field(
         None, gt=0, le=240, description="highest frame rate videos are read at (a slower video keeps its own)"
     )
@@ -78,10 +94,19 @@ class TokenizerSettings(Section):
         None, description='file naming the held-out videos: JSON {"val": [...], "train": [...]} or lines "val ID ..."'
     )
     val_frames: int = Field(256, ge=1, description="held-out frames scored at each validation")
+    max_frames_per_video: int = Field(
+        20_000, ge=1, description="frames cached per video; a longer video keeps every k-th frame, spread over all of it"
+    )
     perceptual_weight: float = Field(0.0, ge=0, description="weight of the perceptual term (needs perceptual_model)")
     perceptual_model: Path | None = Field(
         None, description="local torch.export file (.pt2) f(recon, target) -> per-item distance; nothing is downloaded"
     )
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> str | None:
+        hw = parse_size(v)
+        return None if hw is None else f"{hw[0]}x{hw[1]}"
 
     def split_rule(self) -> SplitRule:
         """The train/validation split: chosen videos (``split_file`` or ``val_videos``) or the hash rule."""
@@ -94,8 +119,12 @@ class TokenizerSettings(Section):
         return SplitRule.by_hash(self.val_fraction)
 
     def overrides(self) -> dict[str, Any]:
+        """Model settings given (None: the preset's); ``height``/``width`` from ``size``."""
+        hw = parse_size(self.size)
         return {
-            "image_size": self.size,
+            "height": hw[0] if hw else None,
+            "width": hw[1] if hw else None,
+            "fit": self.fit if "fit" in self.model_fields_set else None,
             "fps": self.fps,
             "patch_size": self.patch_size,
             "tokens": self.tokens,
@@ -219,7 +248,7 @@ class TokenizerObjective(Objective):
         return StepOut(loss, {"loss": float(mse.detach()), "psnr": float(psnr(recon.detach(), x).mean())}, x.shape[0])
 
     def timing_step(self, precision: str) -> None:
-        x = torch.rand(self.train.batch_size, 3, self.cfg.image_size, self.cfg.image_size, device=self.device)
+        x = torch.rand(self.train.batch_size, 3, *self.cfg.size, device=self.device)
         with autocast(self.device, precision):
             recon, _ = self.model(x, generator=torch.Generator().manual_seed(0))
         torch.nn.functional.mse_loss(recon.float(), x).backward()
@@ -316,7 +345,7 @@ def train_tokenizer(
                 raise ConfigError(f"--resume: run {run.path} was trained with batch size {saved_batch}, not {train.batch_size}")
             train = train.model_copy(update={"batch_size": saved_batch})
     else:
-        cfg = tokenizer_config(train.preset, **tok.overrides())
+        cfg = new_config(train.preset, tok, videos, p)
     rule = tok.split_rule()
     rule.assign([r.id for r in as_video_refs(videos)])  # an unknown id or no training video: refused before the run exists
     if resuming:
@@ -342,6 +371,19 @@ def train_tokenizer(
                       perceptual)
 
 
+def new_config(preset: str, tok: TokenizerSettings, videos: Sequence[Any], progress: Progress | None = None) -> TokenizerConfig:
+    """The model of a new run: the preset with ``tok``'s overrides, at ``tok.size`` or else at the preset's
+    pixel budget shaped to the aspect most of the videos share (``frames.common_aspect``)."""
+    over = tok.overrides()
+    if over["height"] is None:
+        aspect, note = common_aspect(as_video_refs(videos))
+        if aspect is not None:
+            over["height"], over["width"] = preset_shape(preset, aspect)
+            if note:
+                ensure(progress).log(note)
+    return tokenizer_config(preset, **over)
+
+
 # Settings that may differ when a run is resumed (see train/dynamics.py's RESUMABLE).
 RESUMABLE = {
     "train": {"max_steps", "minutes", "epochs", "device", "resume", "log_every", "val_every", "checkpoint_every", "run",
@@ -355,7 +397,8 @@ def _train(run, videos, train, tok, cfg, rule, state, p, device, cache_dir, stop
 
     # ---- data
     cache = Path(cache_dir) if cache_dir is not None else run.path.parent.parent / "cache"
-    data = load_frame_data(videos, cfg.fps, cfg.image_size, cache, tok.val_fraction, p, split=rule)
+    data = load_frame_data(videos, cfg.fps, as_shape(cfg), cache, tok.val_fraction, p, split=rule,
+                           max_frames=tok.max_frames_per_video)
     slow = {i: r for i, r in data.rates.items() if r < cfg.fps}
     if slow:
         shown = ", ".join(f"{i} ({r:g} fps)" for i, r in list(slow.items())[:5]) + (", ..." if len(slow) > 5 else "")
