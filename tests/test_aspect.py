@@ -14,6 +14,7 @@ import torch
 from ahri_cli.main import main
 from ahri_core.checkpoint import save_weights
 from ahri_core.errors import ConfigError
+from ahri_core.sources.store import list_videos
 from ahri_core.models.tokenizer import (
     Tokenizer,
     TokenizerConfig,
@@ -161,8 +162,9 @@ def test_wide_videos_go_through_the_whole_flow_with_the_whole_frame(tmp_path, ca
     ws = tmp_path / "ws"
     W = ["-w", str(ws)]
     assert main([*W, "fetch", "--source", "local", "--path", str(src)]) == 0
+    held = sorted(r.id for r in list_videos(ws / "videos"))[1]
     assert main([*W, "train", "--stage", "tokenizer", "--preset", "tiny", "--run", "tok", "--max-steps", "3",
-                 "--precision", "fp32", *size_flag]) == 0
+                 "--precision", "fp32", "--val-videos", held, *size_flag]) == 0
     cfg = json.loads((ws / "runs" / "tok" / "run.json").read_text())["settings"]["model"]
     assert (cfg["height"], cfg["width"], cfg["fit"]) == (*frame, "pad")
     assert main([*W, "tokenize", "--tokenizer", "tok", "--precision", "fp32"]) == 0
@@ -170,6 +172,7 @@ def test_wide_videos_go_through_the_whole_flow_with_the_whole_frame(tmp_path, ca
     box = content_box(source, frame, "pad")
     assert index["frame_size"] == f"{frame[0]}x{frame[1]}"
     assert all(v["content_box"] == list(box) for v in index["videos"])
+    assert [v["id"] for v in index["videos"] if v["split"] == "val"] == [held]  # the chosen video, inherited
     assert box[2] / box[3] == pytest.approx(h / w, rel=0.08)  # the picture keeps its aspect inside the frame
     assert main([*W, "train", "--preset", "tiny", "--run", "dyn", "--max-steps", "2", "--seq-len", "8", "--stride", "4",
                  "--precision", "fp32"]) == 0
@@ -177,6 +180,7 @@ def test_wide_videos_go_through_the_whole_flow_with_the_whole_frame(tmp_path, ca
                  "--no-probes", "--precision", "fp32"]) == 0
     metrics = json.loads(next((ws / "runs" / "dyn" / "eval").rglob("metrics.json")).read_text())
     assert metrics["settings"]["size"] == list(frame) and metrics["settings"]["scored_box"] == list(box)
+    assert {c["video"] for c in metrics["clips"]} == {held}  # eval scores exactly the held-out video
     sample = next((ws / "runs" / "dyn" / "eval").rglob("sample-0.mp4"))
     info = probe(sample)
     cols = 1 + 2  # truth, prediction, error
@@ -189,3 +193,15 @@ def test_wide_videos_go_through_the_whole_flow_with_the_whole_frame(tmp_path, ca
     # truth | model, each the source's aspect (scaled 4x, a 14-pixel label band on top, even sizes)
     assert math.isclose((info.width / 2) / (info.height - 14), w / h, rel_tol=0.1)
     capsys.readouterr()
+
+
+def test_frame_cache_of_a_long_video_keeps_every_kth_frame(tmp_path):
+    from ahri_core.data.frames import VideoRef, cache_stride, cached_frames
+    from tests.video_fixtures import decode_index, index_frame
+
+    clip = encode(tmp_path / "long.mp4", [index_frame(i, 64, 64, 8) for i in range(30)], 20)
+    ref = VideoRef(path=clip, id="long")
+    assert cache_stride(ref, 20, None) == 1 and cache_stride(ref, 20, 30) == 1 and cache_stride(ref, 20, 8) == 4
+    arr = cached_frames(ref, 20, 64, tmp_path / "cache", max_frames=8)
+    assert [decode_index(f) for f in arr] == [0, 4, 8, 12, 16, 20, 24, 28]  # spread over the whole video
+    assert len(cached_frames(ref, 20, 64, tmp_path / "cache")) == 30  # no cap: every frame, its own cache entry

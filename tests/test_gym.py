@@ -55,3 +55,28 @@ def test_unknown_env_is_a_clear_error(tmp_path):
 
     with pytest.raises(FetchError, match="--env ALE/NoSuchGame-v5"):
         record_gym(tmp_path, "ALE/NoSuchGame-v5", count=1, frames=3)
+
+
+def test_atari_keeps_its_rate_actions_and_whole_frame_through_tokenize(tmp_path):
+    """A 15 fps, 210x160 Atari clip: the tokenizer's frame follows its aspect, the latents keep 15 fps (no
+    repeated frames) and every recorded action, and the picture box is the whole game screen."""
+    import json
+
+    from ahri_cli.main import main
+
+    ws = tmp_path / "ws"
+    W = ["-w", str(ws)]
+    assert main([*W, "fetch", "--source", "gym", "--env", "ALE/Pong-v5", "--count", "2", "--frames", "12"]) == 0
+    assert main([*W, "train", "--stage", "tokenizer", "--preset", "cpu", "--run", "tok", "--max-steps", "1",
+                 "--precision", "fp32"]) == 0
+    assert main([*W, "tokenize", "--tokenizer", "tok", "--precision", "fp32"]) == 0
+    idx = json.loads((ws / "latents" / "tok" / "index.json").read_text())
+    assert idx["frame_size"] == "72x56" and idx["fps"] == 15 and idx["tokenizer_fps"] == 20
+    assert idx["action_meanings"][:2] == ["NOOP", "FIRE"]
+    from ahri_core.data.latents import LatentStore
+
+    store = LatentStore(ws / "latents" / "tok")
+    for rec in list_videos(ws / "videos"):
+        lat, act = store.load(rec.id)
+        assert lat.shape == (12, 63, 12) and np.array_equal(act.numpy(), rec.actions)
+        assert store.entry(rec.id)["content_box"] == list(video.content_box((160, 210), (72, 56), "pad"))
