@@ -23,8 +23,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.frames import Decoder, SplitRule, VideoRef, as_shape, as_video_refs, default_decoder, resample_actions
-from .data.latents import INDEX_FORMAT, read_latent_metadata, write_index, write_latent_file
+from .data.frames import (
+    Decoder,
+    SplitRule,
+    VideoRef,
+    as_shape,
+    as_video_refs,
+    default_decoder,
+    resample_actions,
+)
+from .data.latents import INDEX_FORMAT, LatentFileWriter, read_latent_metadata, write_index
 from .errors import AhriError, CheckpointError, ConfigError
 from .fileio import sha256_file
 from .models.tokenizer import Tokenizer, encode_frames, load_tokenizer, weights_for_inference
@@ -68,6 +76,40 @@ def _batches(frames: Iterable[np.ndarray], n: int) -> Iterator[np.ndarray]:
         yield np.stack(buf)
 
 
+def encode_video(
+    model: Tokenizer,
+    video: VideoRef | Any,
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    precision: str = "fp32",
+    decoder: Decoder | None = None,
+    weights: str | os.PathLike | None = None,
+    fps: float | None = None,
+) -> Iterator[torch.Tensor]:
+    """The latents of one video, fp16 (n, N, C) per batch of ``batch_size`` frames, streaming: frames are
+    decoded, encoded and handed on batch by batch, so memory does not depend on the video's length.
+
+    ``fps`` (default: the tokenizer's fps, or the video's own rate when that is lower) is the rate the
+    video is read at. A batch whose latents are not finite (a damaged tokenizer) raises an error naming
+    ``weights`` (the tokenizer file).
+    """
+    ref = as_video_refs([video])[0]
+    cfg = model.cfg
+    frames = (decoder or default_decoder)(ref.path, fps or ref.rate(cfg.fps), as_shape(cfg))
+    n = 0
+    for batch in _batches(frames, batch_size):
+        z = encode_frames(model, batch, device, precision)
+        if not bool(torch.isfinite(z).all()):
+            raise CheckpointError(
+                f"tokenizer {weights or '(in memory)'} produced non-finite latents for {ref.path}; "
+                "the weights are damaged or the training diverged: retrain or restore the file"
+            )
+        n += len(z)
+        yield z.to(torch.float16)
+    if n == 0:
+        raise AhriError(f"{ref.path}: no frames decoded")
+
+
 def tokenize_video(
     model: Tokenizer,
     video: VideoRef | Any,
@@ -79,28 +121,13 @@ def tokenize_video(
     weights: str | os.PathLike | None = None,
     fps: float | None = None,
 ) -> torch.Tensor:
-    """All frames of one video at ``fps`` and the tokenizer's size -> latents fp16 (T, N, C).
-
-    ``fps`` (default: the tokenizer's fps, or the video's own rate when that is lower) is the rate the
-    video is read at. A batch whose latents are not finite (a damaged tokenizer) stops the video with an
-    error naming ``weights`` (the tokenizer file), before anything is written.
-    """
-    ref = as_video_refs([video])[0]
-    cfg = model.cfg
-    frames = (decoder or default_decoder)(ref.path, fps or ref.rate(cfg.fps), as_shape(cfg))
+    """All frames of one video at ``fps`` and the tokenizer's shape -> latents fp16 (T, N, C) in memory
+    (see :func:`encode_video`, which streams them)."""
     parts = []
-    for batch in _batches(frames, batch_size):
-        z = encode_frames(model, batch, device, precision)
-        if not bool(torch.isfinite(z).all()):
-            raise CheckpointError(
-                f"tokenizer {weights or '(in memory)'} produced non-finite latents for {ref.path}; "
-                "the weights are damaged or the training diverged: retrain or restore the file"
-            )
-        parts.append(z.to(torch.float16))
+    for z in encode_video(model, video, batch_size, device, precision, decoder, weights, fps):
+        parts.append(z)
         if on_batch is not None:
-            on_batch(len(batch))
-    if not parts:
-        raise AhriError(f"{ref.path}: no frames decoded")
+            on_batch(len(z))
     return torch.cat(parts)
 
 
@@ -121,6 +148,15 @@ def _aligned_actions(ref: VideoRef, frames: int, fps: float, notes: list[str]) -
         notes.append(f"{ref.id}: {len(a)} actions at {src_fps:g} fps for {frames} frames at {fps:g} fps; "
                      "frames without an action get 'no action'")
     return resample_actions(a, src_fps, fps, frames), kind
+
+
+def _action_count(ref: VideoRef, actions: np.ndarray | None, kind: str) -> int:
+    """Discrete: the video's declared action count, else 1 + the largest action; continuous: the width."""
+    if actions is None:
+        return 0
+    if kind == "discrete":
+        return int(ref.meta.get("action_count") or int(np.max(actions)) + 1)
+    return int(actions.shape[1]) if kind == "continuous" else 0
 
 
 def _fps_text(fps: float) -> str:
@@ -334,39 +370,38 @@ def tokenize_videos(
 
         try:
             rate = r.rate(cfg.fps)
-            lat = tokenize_video(model, r, batch_size, dev, precision, decoder, on_batch=advanced, weights=weights,
-                                 fps=rate)
-            actions, kind = _aligned_actions(r, lat.shape[0], rate, res.notes)
-            meta = {
-                "format": INDEX_FORMAT,
-                "fps": _fps_text(rate),
-                "video_id": r.id,
-                "source": str(r.meta.get("source") or r.path.parent.name),
-                "source_path": str(r.path),
-                "sha256": r.sha256,
-                "tokenizer_id": tid,
-                "tokenizer_sha256": wsha,
-                "frames": str(int(lat.shape[0])),
-                "frame_size": f"{cfg.height}x{cfg.width}",
-                "fit": cfg.fit,
-                **picture_meta(r, cfg),
-                "tokens": str(cfg.tokens),
-                "channels": str(cfg.channels),
-                "action_kind": kind,
-                "action_count": str(
-                    int(r.meta.get("action_count") or (int(np.max(actions)) + 1 if kind == "discrete" and actions is not None else 0))
-                    if kind == "discrete"
-                    else (int(actions.shape[1]) if kind == "continuous" and actions is not None else 0)
-                ),
-                "action_meanings": json.dumps(r.meta.get("action_meanings") if kind != "none" else None),
-            }
-            write_latent_file(out_dir / f"{r.id}.safetensors", lat, actions, meta)
+            with LatentFileWriter(out_dir / f"{r.id}.safetensors", cfg.tokens, cfg.channels) as writer:
+                for z in encode_video(model, r, batch_size, dev, precision, decoder, weights=weights, fps=rate):
+                    writer.append(z)
+                    advanced(len(z))
+                count = writer.frames
+                actions, kind = _aligned_actions(r, count, rate, res.notes)
+                meta = {
+                    "format": INDEX_FORMAT,
+                    "fps": _fps_text(rate),
+                    "video_id": r.id,
+                    "source": str(r.meta.get("source") or r.path.parent.name),
+                    "source_path": str(r.path),
+                    "sha256": r.sha256,
+                    "tokenizer_id": tid,
+                    "tokenizer_sha256": wsha,
+                    "frames": str(count),
+                    "frame_size": f"{cfg.height}x{cfg.width}",
+                    "fit": cfg.fit,
+                    **picture_meta(r, cfg),
+                    "tokens": str(cfg.tokens),
+                    "channels": str(cfg.channels),
+                    "action_kind": kind,
+                    "action_count": str(_action_count(r, actions, kind)),
+                    "action_meanings": json.dumps(r.meta.get("action_meanings") if kind != "none" else None),
+                }
+                writer.finish(actions, meta)
             meta_of[r.id] = meta
             res.written.append(r.id)
             if rate < cfg.fps:
                 res.notes.append(f"{r.id}: read at its own {rate:g} fps (the tokenizer's rate is {cfg.fps:g})")
             dt = time.perf_counter() - t_video
-            p.log(f"{r.id}: {lat.shape[0]} frames in {dt:.1f}s ({(res.frames - n_before) / max(dt, 1e-9):.0f} frames/s)")
+            p.log(f"{r.id}: {count} frames in {dt:.1f}s ({(res.frames - n_before) / max(dt, 1e-9):.0f} frames/s)")
         except CheckpointError:
             raise  # the tokenizer itself is bad: no later video would fare better
         except (AhriError, OSError) as e:

@@ -1,8 +1,11 @@
 """Training windows of latents for the dynamics model, and the one batch sampler for alternating lengths.
 
-- A latent set (``<latents>/<tokenizer-id>/``, see docs/data-formats.md) is read into memory once: latents
-  are small (the cpu tokenizer turns a 64x64 frame into 64 x 12 fp16 values, 1.5 KiB), and indexing memory is
-  what keeps a 2-core machine busy with the model rather than with I/O (PITFALLS 17).
+- A latent set (``<latents>/<tokenizer-id>/``, see docs/data-formats.md) is memory-mapped by default: each
+  video's latents stay in their file (:class:`ahri_core.data.latents.MappedLatents`) and a window reads only
+  its own frames, so a set larger than RAM trains with bounded memory, while the page cache still serves
+  repeated windows from memory (latents are small: the cpu tokenizer turns a 64x64 frame into 64 x 12 fp16
+  values, 1.5 KiB; PITFALLS 17). ``mmap=False`` reads every video into memory instead; both give the same
+  windows bit for bit.
 - A window is ``(video, start, length)``: ``length`` consecutive frames of ONE video (never across videos),
   starting every ``stride`` frames (``seq_len 16, stride 8``: 50% overlap). Actions travel with their frames.
 - :class:`WindowBatchSampler` is the batch sampler of a single ``DataLoader``. With alternating lengths it
@@ -27,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ConfigError, DataError
+from .latents import LatentStore, MappedLatents
 
 SHORT, LONG = "S", "L"
 
@@ -34,15 +38,27 @@ SHORT, LONG = "S", "L"
 # ---------------------------------------------------------------------------------------------- latent sets
 @dataclass
 class LatentVideo:
-    """One video's latents in memory."""
+    """One video's latents, in memory (a tensor) or left in their file (:class:`MappedLatents`, whose
+    slices are float16 tensors), and its actions (always in memory: they are small)."""
 
     id: str
-    latents: torch.Tensor  # (frames, tokens, channels), fp16 to keep memory small
+    latents: torch.Tensor | MappedLatents  # (frames, tokens, channels), fp16 to keep memory small
     actions: torch.Tensor | None = None  # (frames,) int64 (-1 = none) or (frames, A) float32 (NaN = none)
 
     @property
     def frames(self) -> int:
         return int(self.latents.shape[0])
+
+    @property
+    def mapped(self) -> bool:
+        return isinstance(self.latents, MappedLatents)
+
+
+def all_finite(latents: torch.Tensor | MappedLatents, chunk: int = 4096) -> bool:
+    """Whether every latent is finite, checked ``chunk`` frames at a time, so a mapped video is never read
+    into memory whole."""
+    n = int(latents.shape[0])
+    return all(bool(torch.isfinite(latents[i : i + chunk]).all()) for i in range(0, n, chunk))
 
 
 @dataclass
@@ -164,8 +180,12 @@ def resolve_latents(path: str | os.PathLike | None, workspace_latents: str | os.
     return sets[0]
 
 
-def load_latent_set(path: str | os.PathLike, val_fraction: float | None = None) -> LatentSet:
-    """All videos of a latent set in memory (fp16), split by whole video (PITFALLS 14).
+def load_latent_set(path: str | os.PathLike, val_fraction: float | None = None, mmap: bool = True) -> LatentSet:
+    """The videos of a latent set, split by whole video (PITFALLS 14).
+
+    ``mmap`` (default): each video's latents stay in their file as :class:`MappedLatents` (the header is
+    checked now, frames are read when a window is taken); actions are read into memory. ``mmap=False``:
+    every video's latents in memory (fp16). Both give the same windows, bit for bit.
 
     ``val_fraction``: None keeps the split written in the set's index by ``ahri tokenize``; a number
     re-splits the set's videos with :func:`ahri_core.data.frames.split_videos` (the same hash of the video
@@ -177,7 +197,6 @@ def load_latent_set(path: str | os.PathLike, val_fraction: float | None = None) 
     each rate, before any latent is read.
     """
     from .frames import split_videos
-    from .latents import LatentStore
 
     store = LatentStore(path)
     fps = store.fps  # raises when the videos' rates differ
@@ -191,8 +210,12 @@ def load_latent_set(path: str | os.PathLike, val_fraction: float | None = None) 
     train, val = [], []
     count = 0
     for rec in recs:
-        lat, act = store.load(rec["id"])
-        item = LatentVideo(str(rec["id"]), lat.to(torch.float16), act)
+        if mmap:
+            lat, act = store.map(rec["id"])
+        else:
+            lat, act = store.load(rec["id"])
+            lat = lat.to(torch.float16)
+        item = LatentVideo(str(rec["id"]), lat, act)
         (val if split[str(rec["id"])] == "val" else train).append(item)
         count = max(count, int(rec.get("action_count") or 0))
     meta = store.metadata()
@@ -223,7 +246,11 @@ def windows(videos: Sequence[LatentVideo], length: int, stride: int) -> list[tup
 
 
 class WindowDataset(Dataset):
-    """Maps a window key (video index, start, length) to its latents and actions (float32 / as stored)."""
+    """Maps a window key (video index, start, length) to its latents and actions (float32 / as stored).
+
+    A mapped video gives a float16 copy of the window's frames only, so a DataLoader (or its workers) never
+    holds a whole video; an in-memory video gives a view of its tensor.
+    """
 
     def __init__(self, videos: Sequence[LatentVideo], action_kind: str = "none", action_dim: int = 0) -> None:
         self.videos = list(videos)

@@ -202,7 +202,8 @@ class TokenizerConfig(BaseModel):
         except ValidationError as e:
             err = e.errors()[0]
             loc = ".".join(str(x) for x in err.get("loc", ()))
-            raise ConfigError(f"invalid tokenizer config {loc or ''}: {err.get('msg')}".replace("  ", " ")) from None
+            msg = str(err.get("msg")).removeprefix("Value error, ")
+            raise ConfigError(f"invalid tokenizer config{' ' + loc if loc else ''}: {msg}") from None
 
 
 # Presets. ``tiny`` is for tests (seconds); ``cpu`` is the demo preset (trains in minutes on 2 cores);

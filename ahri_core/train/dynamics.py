@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import config_mismatch
-from ..data.windows import LatentSet, LatentVideo, load_latent_set, make_loader, validation_windows
+from ..data.windows import LatentSet, LatentVideo, all_finite, load_latent_set, make_loader, validation_windows
 from ..diffusion import add_noise, forcing_loss, sample_noise_levels
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import read_jsonl
@@ -433,7 +433,7 @@ def train_dynamics(
 def _check_finite(lset: LatentSet) -> None:
     """Latents from a damaged tokenizer are refused before training, naming the video."""
     for v in [*lset.train, *lset.val]:
-        if not bool(torch.isfinite(v.latents).all()):
+        if not all_finite(v.latents):
             where = f" in {lset.path}" if lset.path else ""
             raise DataError(f"latents of video {v.id}{where} hold non-finite values; re-run `ahri tokenize` "
                             "with a sound tokenizer")
