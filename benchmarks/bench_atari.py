@@ -86,7 +86,7 @@ def one_game(game: str, args: argparse.Namespace) -> dict:
              str(args.dynamics_minutes), "--seed", str(args.seed), log=log)
     out = ws / "eval"
     if not (out / "metrics.json").is_file():
-        ahri(*W, "eval", "dyn", "--steps", "4", "64", "--horizon", str(args.horizon), "--clips", str(args.eval_clips),
+        ahri(*W, "eval", "dyn", "--steps", "4", "--steps", "64", "--horizon", str(args.horizon), "--clips", str(args.eval_clips),
              "--out", str(out), log=log)
     m = json.loads((out / "metrics.json").read_text())
     model = json.loads((tok / "run.json").read_text())["settings"]["model"]
