@@ -2,12 +2,12 @@
 
 A long recording (an hour of gameplay) must stream through ``ahri tokenize``: frames are decoded, resampled
 and resized one by one and encoded in batches, so the peak resident set should stay well under 1.5 GB
-and must not grow with the video's length (only the latents, 1.5 KiB a frame for the cpu tokenizer, are
-kept). For each length a synthetic h264 video is generated once (a scrolling gradient and a moving
+and must not grow with the video's length. For each length a synthetic h264 video is generated once (a scrolling gradient and a moving
 rectangle, x264 ultrafast, crf 28; kept under ``--work`` for reruns), then two fresh subprocesses measure:
 - decode: iterate ``ahri_core.video.iter_frames`` at 20 fps, letterboxed to ``--decode-size``;
-- tokenize: ``ahri_core.tokenize.tokenize_video`` with a freshly built (untrained: the speed and memory
-  do not depend on the weights) tokenizer of ``--preset``, at the frame size of its config.
+- tokenize: ``ahri_core.tokenize.tokenize_videos`` (what ``ahri tokenize`` runs: latents are written to
+  their file as they are made) with a freshly built (untrained: the speed and memory do not depend on the
+  weights) tokenizer of ``--preset`` at the shape the preset gives a 16:9 source (48x80 for ``cpu``).
 Each records frames per second (frames produced at 20 fps, and source frames at 30 fps) and the peak
 resident set (``VmHWM`` of /proc/self/status).
 
@@ -137,24 +137,32 @@ def child(spec: dict) -> dict:
         from ahri_core.video import iter_frames
 
         n = 0
-        for _ in iter_frames(spec["video"], fps=spec["fps"], size=tuple(spec["decode_size"]), fit="letterbox"):
+        for _ in iter_frames(spec["video"], fps=spec["fps"], size=tuple(spec["decode_size"]), fit="pad"):
             n += 1
         row["size"] = list(spec["decode_size"])
     else:
-        from ahri_core.models.tokenizer import build_tokenizer
-        from ahri_core.tokenize import tokenize_video
+        from ahri_core.checkpoint import save_weights
+        from ahri_core.data.latents import read_latent_metadata
+        from ahri_core.models.tokenizer import build_tokenizer, preset_shape
+        from ahri_core.tokenize import tokenize_videos
 
         torch.manual_seed(0)
-        overrides = {}
-        if spec.get("tokenizer_size"):
-            overrides = {"height": spec["tokenizer_size"][0], "width": spec["tokenizer_size"][1]}
-        model = build_tokenizer(spec["preset"], **overrides).eval()
+        size = spec.get("tokenizer_size") or preset_shape(spec["preset"], WIDTH / HEIGHT)
+        model = build_tokenizer(spec["preset"], height=size[0], width=size[1]).eval()
+        tmp = Path(tempfile.mkdtemp(prefix="ahri-long-"))
+        weights = tmp / "runs" / "tok" / "model.safetensors"
+        save_weights(weights, model, "tokenizer", model.cfg.to_dict())
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            lat = tokenize_video(model, spec["video"], batch_size=spec["batch_size"], device="cpu")
-        n = int(lat.shape[0])
-        row.update(size=list(frame_size(model.cfg)), latent_shape=list(lat.shape),
-                   latent_bytes=lat.numel() * lat.element_size(), fps=float(model.cfg.fps))
+        # what `ahri tokenize` runs: frames streamed, latents streamed to the file (LatentFileWriter)
+        res = tokenize_videos(weights, [spec["video"]], tmp / "latents", batch_size=spec["batch_size"], device="cpu",
+                              precision="fp32", cache_dir=tmp / "cache")
+        if not res.ok:
+            raise SystemExit(f"tokenize failed: {res.failed}")
+        meta = read_latent_metadata(res.out_dir / f"{Path(spec['video']).stem}.safetensors") or {}
+        n = int(meta.get("frames", 0))
+        row.update(size=list(frame_size(model.cfg)), latent_shape=[n, model.cfg.tokens, model.cfg.channels],
+                   latent_bytes=n * model.cfg.tokens * model.cfg.channels * 2, fps=float(model.cfg.fps),
+                   content_box=meta.get("content_box"))
     seconds = time.perf_counter() - t0
     end = proc_status()
     row.update(frames=n, seconds=seconds, frames_per_s=n / max(seconds, 1e-9),

@@ -205,3 +205,16 @@ def test_frame_cache_of_a_long_video_keeps_every_kth_frame(tmp_path):
     arr = cached_frames(ref, 20, 64, tmp_path / "cache", max_frames=8)
     assert [decode_index(f) for f in arr] == [0, 4, 8, 12, 16, 20, 24, 28]  # spread over the whole video
     assert len(cached_frames(ref, 20, 64, tmp_path / "cache")) == 30  # no cap: every frame, its own cache entry
+
+
+def test_latent_sets_of_square_tokenizers_keep_their_frame_size(tmp_path):
+    from ahri_core.data.latents import INDEX, LatentStore
+
+    for value, expect in ((64, (64, 64)), ("48x80", (48, 80)), (None, (0, 0))):
+        d = tmp_path / str(value)
+        d.mkdir()
+        index = {"tokenizer_id": "t", "tokens": 4, "channels": 2, "fps": 20, "videos": []}
+        if value is not None:
+            index["frame_size"] = value
+        (d / INDEX).write_text(json.dumps(index))
+        assert LatentStore(d).frame_size == expect

@@ -392,3 +392,49 @@ def test_packed_model_keeps_latent_layout_and_cache():
     for t in range(5):
         got = model.step(z[:, t : t + 1], tau[:, t : t + 1], step[:, t : t + 1], None, cache, commit=True)
         assert torch.allclose(got[:, 0], full[:, t], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- previous frame
+def _prev_model():
+    model = make(prev_frame=True)
+    with torch.no_grad():  # zero at initialisation: give the path weights so the tests can see it
+        model.prev_in.weight.normal_(0, 0.5)
+        model.prev_in.bias.normal_(0, 0.5)
+    return model
+
+
+def test_prev_frame_starts_as_the_plain_model_and_is_causal():
+    torch.manual_seed(0)
+    plain = make()
+    torch.manual_seed(0)
+    fresh = make(prev_frame=True)
+    fresh.load_state_dict({**plain.state_dict(), **{k: v for k, v in fresh.state_dict().items() if "prev_in" in k}})
+    z, tau, step = inputs(2, 5)
+    assert torch.allclose(fresh(z, tau, step), plain(z, tau, step), atol=0)  # zero-initialised path
+    model = _prev_model()
+    out = model(z, tau, step)
+    z2 = z.clone()
+    z2[:, 3] += 1.0
+    out2 = model(z2, tau, step)
+    assert torch.allclose(out2[:, :3], out[:, :3], atol=0)  # the future never leaks
+    assert (out2[:, 4] - out[:, 4]).abs().amax() > 1e-3  # frame 4 reads frame 3
+    # a single image (isolated) sees no previous frame: its frames equal those of one-frame sequences
+    iso = torch.tensor([True, False])
+    got = model(z, tau, step, isolated=iso)
+    for t in range(5):
+        alone = model(z[:1, t : t + 1], tau[:1, t : t + 1], step[:1, t : t + 1])
+        assert torch.allclose(got[0, t], alone[0, 0], atol=1e-5), t
+
+
+def test_prev_frame_cached_steps_equal_the_forward():
+    model = _prev_model()
+    B, T = 2, 7
+    z, tau, step = inputs(B, T)
+    full = model(z, tau, step)
+    cache = model.new_cache(B, 16)
+    for t in range(T):
+        model.step(torch.randn(B, 1, N, C), torch.full((B, 1), 0.9), step[:, t : t + 1], None, cache, commit=False)
+        got = model.step(z[:, t : t + 1], tau[:, t : t + 1], step[:, t : t + 1], None, cache, commit=True)
+        assert torch.allclose(got[:, 0], full[:, t], atol=1e-5), t
+    cache.reset()
+    assert cache.prev is None

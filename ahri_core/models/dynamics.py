@@ -68,6 +68,9 @@ class DynamicsConfig(BaseModel):
     action_dim: int = Field(0, ge=0, description="width of a continuous action vector")
     k_max: int = Field(64, ge=1, le=4096, description="finest step count; d_min = 1/k_max")
     max_frames: int = Field(64, ge=1, description="trained sequence length: default KV-cache window")
+    prev_frame: bool = Field(
+        False, description="each token also reads the same token of the previous frame (and its tau) at the input"
+    )
     grad_checkpointing: bool = Field(False, description="recompute each block in backward (runtime only)")
 
     # Fields that do not change the weights: ignored when a checkpoint's config is compared.
@@ -272,6 +275,7 @@ class DynamicsCache:
         self.frames = 0  # absolute index of the next frame = frames committed so far
         self.k: list[torch.Tensor | None] = [None] * layers
         self.v: list[torch.Tensor | None] = [None] * layers
+        self.prev: tuple[torch.Tensor, torch.Tensor] | None = None  # the last committed frame (z, tau)
 
     def __len__(self) -> int:
         """Context frames held (at most max_frames - 1)."""
@@ -281,6 +285,7 @@ class DynamicsCache:
         self.frames = 0
         self.k = [None] * len(self.k)
         self.v = [None] * len(self.v)
+        self.prev = None
 
     def past(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         n = len(self)
@@ -311,6 +316,11 @@ class DynamicsModel(nn.Module):
         D = cfg.dim
         self.grad_checkpointing = cfg.grad_checkpointing
         self.latent_in = nn.Linear(cfg.pack * cfg.channels, D)
+        if cfg.prev_frame:
+            # the previous frame's token (and its tau) at the input; zero at first, so the model starts as without
+            self.prev_in = nn.Linear(cfg.pack * cfg.channels + 1, D)
+            nn.init.zeros_(self.prev_in.weight)
+            nn.init.zeros_(self.prev_in.bias)
         self.token_pos = nn.Parameter(torch.randn(cfg.model_tokens, D) * 0.02)
         self.register_tokens = nn.Parameter(torch.randn(cfg.registers, D) * 0.02)
         # tau: sinusoidal features -> MLP. d: a learned row per power of two (PITFALLS 8).
@@ -397,12 +407,24 @@ class DynamicsModel(nn.Module):
                 f"latents must be (B, T, {cfg.tokens}, {cfg.channels}) for this dynamics model, got {tuple(z.shape)}"
             )
 
-    def embed(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Latent tokens + registers, conditioning added to every token: (B, T, N + R, D)."""
+    def embed(
+        self, z: torch.Tensor, cond: torch.Tensor, prev: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Latent tokens + registers, conditioning added to every token: (B, T, N + R, D).
+
+        ``prev`` (``prev_frame`` models): the (z, tau) of each frame's previous frame, (B, T, N, C) and (B, T);
+        zeros where there is none (the first frame, single images)."""
         B, T = z.shape[:2]
         if self.config.pack > 1:
             z = rearrange(z, "b t (n p) c -> b t n (p c)", p=self.config.pack)
         x = self.latent_in(z) + self.token_pos
+        if self.config.prev_frame:
+            pz, pt = prev if prev is not None else (torch.zeros(B, T, self.config.tokens, self.config.channels,
+                                                                 device=z.device), torch.zeros(B, T, device=z.device))
+            if self.config.pack > 1:
+                pz = rearrange(pz, "b t (n p) c -> b t n (p c)", p=self.config.pack)
+            pt = pt.to(pz.dtype)[:, :, None, None].expand(-1, -1, pz.shape[2], 1)
+            x = x + self.prev_in(torch.cat([pz.to(x.dtype), pt.to(x.dtype)], dim=-1))
         if self.config.registers:
             reg = self.register_tokens.to(x.dtype).expand(B, T, -1, -1)
             x = torch.cat([x, reg], dim=2)
@@ -416,10 +438,29 @@ class DynamicsModel(nn.Module):
             out = rearrange(out, "b t n (p c) -> b t (n p) c", p=self.config.pack)
         return out
 
-    def trunk(self, z: torch.Tensor, cond: torch.Tensor, isolated: torch.Tensor | None = None) -> torch.Tensor:
-        """Everything after the conditioning vector: (B, T, N, C) latents + (B, T, D) cond -> x_hat."""
+    def previous(
+        self, z: torch.Tensor, tau: torch.Tensor, isolated: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each frame's previous frame (z, tau) within the sequence: zeros for frame 0 and for isolated items."""
+        pz = torch.cat([torch.zeros_like(z[:, :1]), z[:, :-1]], dim=1)
+        pt = torch.cat([torch.zeros_like(tau[:, :1]), tau[:, :-1]], dim=1).to(z.dtype)
+        if isolated is not None:
+            keep = (~isolated.to(torch.bool)).to(z.dtype)
+            pz, pt = pz * keep[:, None, None, None], pt * keep[:, None]
+        return pz, pt
+
+    def trunk(
+        self, z: torch.Tensor, cond: torch.Tensor, isolated: torch.Tensor | None = None, tau: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Everything after the conditioning vector: (B, T, N, C) latents + (B, T, D) cond -> x_hat.
+        ``tau`` (B, T) is needed by ``prev_frame`` models."""
         B, T = z.shape[:2]
-        x = self.embed(z, cond)
+        prev = None
+        if self.config.prev_frame:
+            if tau is None:
+                raise DataError("a prev_frame dynamics model needs each frame's tau in trunk()")
+            prev = self.previous(z, tau, isolated)
+        x = self.embed(z, cond, prev)
         L = x.shape[2]
         dev = x.device
         rope_s = self.rotary(torch.arange(L, device=dev))
@@ -451,7 +492,7 @@ class DynamicsModel(nn.Module):
             if isolated.shape != (B,):
                 raise DataError(f"isolated must be a (B,) = ({B},) bool tensor, got {tuple(isolated.shape)}")
             isolated = isolated.to(device=z.device, dtype=torch.bool)
-        return self.trunk(z, cond, isolated)
+        return self.trunk(z, cond, isolated, tau)
 
     # ------------------------------------------------------------------ rollout
     def new_cache(self, batch: int, max_frames: int | None = None) -> DynamicsCache:
@@ -481,7 +522,10 @@ class DynamicsModel(nn.Module):
         if B != cache.batch:
             raise DataError(f"the KV cache was made for batch {cache.batch}, got batch {B}")
         cond = self.conditioning(tau, step, actions, B, 1)
-        x = self.embed(z, cond)
+        prev = None
+        if self.config.prev_frame and cache.prev is not None:
+            prev = (cache.prev[0], cache.prev[1])
+        x = self.embed(z, cond, prev)
         dev = x.device
         rope_s = self.rotary(torch.arange(x.shape[2], device=dev))
         rope_t = self.rotary(torch.tensor([cache.frames], device=dev))
@@ -496,6 +540,7 @@ class DynamicsModel(nn.Module):
                 x, _ = blk(x, cond, rope_s)
         if commit:
             cache.frames += 1
+            cache.prev = (z.detach(), tau.detach().to(z.dtype))
         return self.readout(x, cond)
 
     def set_grad_checkpointing(self, on: bool = True) -> None:
