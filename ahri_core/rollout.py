@@ -32,7 +32,17 @@ from .metrics import psnr_per_image
 from .progress import Progress, ensure
 from .runtime import PrecisionChoice
 from .sampler import ModelTraits, Sampler, traits_of
-from .visual import CTX_COLOR, HEADER, PRED_COLOR, Column, crop_box, error_frames, grid_video, to_float, to_uint8
+from .visual import (
+    CTX_COLOR,
+    HEADER,
+    PRED_COLOR,
+    Column,
+    crop_box,
+    error_frames,
+    grid_video,
+    to_float,
+    to_uint8,
+)
 from .workspace import Workspace, read_run_meta, run_status
 
 __all__ = [

@@ -14,7 +14,6 @@ import torch
 from ahri_cli.main import main
 from ahri_core.checkpoint import save_weights
 from ahri_core.errors import ConfigError
-from ahri_core.sources.store import list_videos
 from ahri_core.models.tokenizer import (
     Tokenizer,
     TokenizerConfig,
@@ -25,6 +24,7 @@ from ahri_core.models.tokenizer import (
     region_side,
     tokenizer_config,
 )
+from ahri_core.sources.store import list_videos
 from ahri_core.video import content_box, probe, read_frames
 from tests.video_fixtures import encode
 
@@ -55,7 +55,7 @@ def test_grid_choice_is_the_best_of_all_grids():
     for aspect in (16 / 9, 4 / 3, 21 / 9, 0.5, 1.0, 160 / 210):
         h, w = grid_for_aspect(aspect, 4096, 8)
 
-        def shown(h, w):
+        def shown(h, w, aspect=aspect):
             return min(w, h * aspect) * min(h, w / aspect)
 
         every = [(gh * 8, gw * 8) for gh in range(1, 65) for gw in range(1, 65) if gh * gw * 64 <= 4096]

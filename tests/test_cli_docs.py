@@ -87,7 +87,7 @@ def test_cli_doc_has_one_config_example_per_preset_size():
 
 @pytest.mark.parametrize("preset", ["tiny", "cpu", "small", "medium"])
 def test_cli_doc_config_examples_load(tmp_path, preset, monkeypatch):
-    from ahri_core.models import dynamics, tokenizer
+    from ahri_core.models import dynamics
     from ahri_core.train.tokenizer import TokenizerSettings
 
     for k in ("AHRI_TRAIN_PRESET", "AHRI_DATA_SEQ_LEN"):

@@ -29,7 +29,14 @@ from typing import Any
 import torch
 
 from ..checkpoint import config_mismatch
-from ..data.windows import LatentSet, LatentVideo, all_finite, load_latent_set, make_loader, validation_windows
+from ..data.windows import (
+    LatentSet,
+    LatentVideo,
+    all_finite,
+    load_latent_set,
+    make_loader,
+    validation_windows,
+)
 from ..diffusion import add_noise, forcing_loss, sample_noise_levels
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import read_jsonl
