@@ -218,3 +218,23 @@ def test_latent_sets_of_square_tokenizers_keep_their_frame_size(tmp_path):
             index["frame_size"] = value
         (d / INDEX).write_text(json.dumps(index))
         assert LatentStore(d).frame_size == expect
+
+
+def test_a_square_run_of_the_one_number_era_resumes(tmp_path, capsys):
+    from ahri_core.sources.game import ACTION_MEANINGS, render_clip
+    from ahri_core.sources.store import store_frames
+
+    for i in range(2):
+        c = render_clip(i, 8, 32)
+        store_frames(tmp_path / "videos" / "game", f"clip{i}", c.frames, 20, {"source": "game"}, actions=c.actions,
+                     action_meanings=ACTION_MEANINGS)
+    base = ["-w", str(tmp_path), "train", "--stage", "tokenizer", "--preset", "tiny", "--run", "t", "--precision", "fp32"]
+    assert main([*base, "--max-steps", "1", "--size", "32"]) == 0
+    meta_path = tmp_path / "runs" / "t" / "run.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["settings"]["tokenizer"]["size"] == "32x32"
+    meta["settings"]["tokenizer"]["size"] = 32  # how such a run recorded it before frames could be HxW
+    meta_path.write_text(json.dumps(meta))
+    assert main([*base, "--max-steps", "2", "--resume"]) == 0
+    assert json.loads(meta_path.read_text())["step"] == 2
+    capsys.readouterr()

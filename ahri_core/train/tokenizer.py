@@ -362,8 +362,11 @@ def train_tokenizer(
     if tok.perceptual_weight > 0 and perceptual is None and tok.perceptual_model is None:
         raise ConfigError("tokenizer.perceptual_weight > 0 needs tokenizer.perceptual_model (a local torch.export file)")
     if resuming:
-        check_resume_settings(run.meta().get("settings", {}), {k: settings_record[k] for k in ("train", "tokenizer")},
-                              run.path, RESUMABLE)
+        stored = run.meta().get("settings", {})
+        old_tok = stored.get("tokenizer")
+        if isinstance(old_tok, dict) and isinstance(old_tok.get("size"), int):  # a square run: one number then
+            stored = {**stored, "tokenizer": {**old_tok, "size": f"{old_tok['size']}x{old_tok['size']}"}}
+        check_resume_settings(stored, {k: settings_record[k] for k in ("train", "tokenizer")}, run.path, RESUMABLE)
         run.update_meta(settings=settings_record)
     run.create("tokenizer", settings_record, resume=bool(train.resume))
     with run.failing_before_loop():
