@@ -80,6 +80,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def process_memory() -> dict[str, int]:
+    """This process's memory from ``/proc/self/status`` in bytes: VmRSS, VmHWM (peak resident set), RssAnon
+    (its own memory), RssFile (mapped file pages), RssShmem; empty off Linux. For benchmarks."""
+    out = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
+                    out[key] = int(rest.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
 def cpu_flags() -> set[str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -18,26 +18,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from ahri_core.runtime import cpu_name
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "atari.json"
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def ahri(*args: str, log: Path) -> None:

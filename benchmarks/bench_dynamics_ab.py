@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from pathlib import Path
+
+from ahri_core.runtime import cpu_name
 
 HERE = Path(__file__).resolve().parent
 
 
-def cpu_name() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name:")), "unknown CPU")
 
 
 def run_arm(name: str, spec: dict, args: argparse.Namespace) -> dict:

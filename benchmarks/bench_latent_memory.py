@@ -36,35 +36,16 @@ from pathlib import Path
 
 import torch
 
+from ahri_core.runtime import cpu_name
+from ahri_core.runtime import process_memory as proc_status
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "latent_memory.json"
 MIB = 1024 * 1024
 
 
-def cpu_name() -> str:
-    """``lscpu``'s 'Model name' (the processor's name), or platform.processor()."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        out = ""
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
-def proc_status() -> dict[str, int]:
-    """VmRSS, VmHWM, RssAnon, RssFile, RssShmem of this process, in bytes (empty off Linux)."""
-    out = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
-                    out[key] = int(rest.split()[0]) * 1024
-    except OSError:
-        pass
-    return out
 
 
 def ru_maxrss() -> int:

@@ -27,18 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ahri_core.checkpoint import save_weights  # noqa: E402
 from ahri_core.data.frames import FrameSampler, FrameSet, cached_frames, to_tensor  # noqa: E402
 from ahri_core.models.tokenizer import build_tokenizer  # noqa: E402
-from ahri_core.runtime import autocast  # noqa: E402
+from ahri_core.runtime import (
+    autocast,  # noqa: E402
+    cpu_name,  # noqa: E402
+)
 from ahri_core.train.common import make_adamw  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_video(dest: Path, frames: int, size: int) -> Path:
