@@ -45,8 +45,7 @@ class VideoRef:
     meta: dict[str, Any] = field(default_factory=dict)
     actions: Any = None  # np.ndarray: int64 (T,) or float32 (T, A); None when the video has none
     _sha: str | None = None
-
-    _fps: float | None = None
+    _info: Any = None  # the probe of the file (VideoInfo), False when it cannot be probed; None: not yet
 
     @property
     def sha256(self) -> str:
@@ -55,41 +54,45 @@ class VideoRef:
             self._sha = s if isinstance(s, str) and len(s) == 64 else sha256_file(self.path)
         return self._sha
 
+    def _probed(self) -> Any:
+        """The file's :class:`~ahri_core.video.VideoInfo` (one probe per video, kept), or None when unreadable."""
+        if self._info is None:
+            from ..video import probe
+
+            try:
+                self._info = probe(self.path, count=False)
+            except (AhriError, OSError):
+                self._info = False
+        return self._info or None
+
+    def _number(self, key: str) -> float:
+        """A positive number from the sidecar (``fps``, ``width``, ``height``, ``duration``), else from the probe
+        of the file; 0.0 when neither knows it."""
+        try:
+            v = float(self.meta.get(key) or 0.0) if isinstance(self.meta, dict) else 0.0
+        except (TypeError, ValueError):
+            v = 0.0
+        if v <= 0:
+            info = self._probed()
+            v = float(getattr(info, key, 0) or 0.0) if info is not None else 0.0
+        return max(v, 0.0)
+
     @property
     def source_fps(self) -> float:
         """The video's own frame rate: the sidecar's ``fps``, else probed from the file; 0.0 when unknown
         (a file that cannot be opened: decoding it will report why)."""
-        if self._fps is None:
-            try:
-                f = float(self.meta.get("fps") or 0.0) if isinstance(self.meta, dict) else 0.0
-            except (TypeError, ValueError):
-                f = 0.0
-            if f <= 0:
-                from ..video import probe
-
-                try:
-                    f = float(probe(self.path, count=False).fps)
-                except (AhriError, OSError):
-                    f = 0.0
-            self._fps = f
-        return self._fps
+        return self._number("fps")
 
     @property
     def source_size(self) -> tuple[int, int] | None:
         """(width, height) of the video's pictures: the sidecar's, else probed; None when unknown."""
-        try:
-            w, h = int(self.meta.get("width") or 0), int(self.meta.get("height") or 0)
-        except (TypeError, ValueError, AttributeError):
-            w = h = 0
-        if w <= 0 or h <= 0:
-            from ..video import probe
-
-            try:
-                info = probe(self.path, count=False)
-                w, h = int(info.width), int(info.height)
-            except (AhriError, OSError):
-                return None
+        w, h = int(self._number("width")), int(self._number("height"))
         return (w, h) if w > 0 and h > 0 else None
+
+    @property
+    def duration(self) -> float:
+        """Seconds of video: the sidecar's ``duration``, else probed; 0.0 when unknown."""
+        return self._number("duration")
 
     def rate(self, target: float) -> float:
         """The rate this video is read at for a ``target`` rate: the target, never above the video's own."""
@@ -422,17 +425,7 @@ def cache_stride(ref: VideoRef, fps: float, max_frames: int | None) -> int:
     ``max_frames`` (1 when the cap is None or the length is unknown)."""
     if not max_frames:
         return 1
-    try:
-        dur = float(ref.meta.get("duration") or 0.0) if isinstance(ref.meta, dict) else 0.0
-    except (TypeError, ValueError):
-        dur = 0.0
-    if dur <= 0:
-        from ..video import probe
-
-        try:
-            dur = float(probe(ref.path, count=False).duration or 0.0)
-        except (AhriError, OSError):
-            dur = 0.0
+    dur = ref.duration
     n = int(math.ceil(dur * fps))
     return max(1, math.ceil(n / max_frames)) if n > 0 else 1
 
