@@ -359,14 +359,11 @@ def clip_content_box(refs: list[ClipRef], latent_dir: Path, world) -> tuple[int,
     """(top, left, height, width) of the tokenizer's frames that shows the picture of the clips' videos (the
     ``content_box`` their latent set records), for scoring and videos; the whole frame when it is not
     recorded or when the clips' videos differ."""
-    import json
+    from .data.latents import LatentStore
 
     whole = (0, 0, *world.size)
-    try:
-        entries = {str(e.get("id")): e for e in json.loads((latent_dir / "index.json").read_text()).get("videos", [])}
-    except (OSError, ValueError, AttributeError):
-        return whole
-    boxes = {tuple(entries.get(r.video_id, {}).get("content_box") or whole) for r in refs}
+    store = LatentStore(latent_dir)
+    boxes = {tuple(store.entry(r.video_id).get("content_box") or whole) for r in refs}
     if len(boxes) != 1:
         return whole
     box = boxes.pop()
