@@ -121,6 +121,7 @@ class State:
     config: Path | None = None
     verbose: bool = False
     quiet: bool = False
+    argv: list[str] = field(default_factory=list)  # the command line after "ahri" (for --nproc)
 
 
 STATE = State()
@@ -545,14 +546,61 @@ def _remove_hook(c: Console, hook: RunLog) -> None:
                 break
 
 
+NprocOption = Annotated[
+    int | None,
+    typer.Option("--nproc", min=1, max=1024, metavar="N",
+                 help="Run N processes on this machine (one per GPU, or CPU processes) through torchrun's launcher; "
+                      "the same as `torchrun --standalone --nproc-per-node N $(which ahri) -- <this command>`."),
+]
+
+
+def launch_nproc(nproc: int | None) -> int | None:
+    """``--nproc N`` (N > 1, not already under torchrun): run this same command as N processes with torchrun's
+    own launcher (``python -m torch.distributed.run --standalone``) and return its exit code; else None."""
+    if nproc is None or nproc <= 1 or "WORLD_SIZE" in os.environ:
+        return None
+    import subprocess
+
+    args, skip = [], False
+    for a in STATE.argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "ahri_cli.main", "--", *args]
+    info(f"launching {nproc} processes: {' '.join(_quote(c) for c in cmd[1:])}")
+    return subprocess.call(cmd)
+
+
+def other_rank() -> bool:
+    """Whether this process is a rank other than 0 of a torchrun launch (it shows nothing but errors)."""
+    return os.environ.get("RANK", "0") not in ("", "0") and os.environ.get("WORLD_SIZE", "1") not in ("", "1")
+
+
+def quiet_other_ranks() -> None:
+    """Under torchrun, rank 0 alone prints progress and results; the other ranks keep only errors."""
+    if other_rank():
+        STATE.quiet = True
+        out.quiet = True
+
+
 @contextlib.contextmanager
-def run_log(path: str | os.PathLike) -> Iterator[RunLog]:
+def run_log(path: str | os.PathLike) -> Iterator[RunLog | None]:
     """Within the block, everything printed on ``console`` and ``out`` (messages, tables, progress ``log``
     lines; not the live progress bar) is also appended to ``path`` as plain text. An error or an
     interruption that ends the block is written too, before it propagates.
 
-    Example: ``with run_log(run_dir / "log.txt"): ...``
+    Example: ``with run_log(run_dir / "log.txt"): ...``  (under torchrun, rank 0 alone writes the log)
     """
+    if other_rank():
+        yield None
+        return
     log = RunLog(Path(path))
     for c in (console, out):
         c.push_render_hook(log)

@@ -85,7 +85,7 @@ def _global(
     STATE.workspace_given = workspace is not None
     STATE.config = config
     STATE.verbose = verbose
-    STATE.quiet = quiet
+    STATE.quiet = quiet or common.other_rank()
     if config is not None:
         from ahri_core.settings import check_config_file
 
@@ -124,7 +124,7 @@ def _register() -> None:
     from . import info
 
     info.register(app)
-    for name in ("fetch", "train", "tokenize", "eval", "rollout", "demo", "runs"):
+    for name in ("fetch", "train", "tokenize", "eval", "rollout", "play", "demo", "runs"):
         try:
             mod = __import__(f"ahri_cli.{name}_cmd", fromlist=["register"])
         except ModuleNotFoundError as e:
@@ -177,6 +177,12 @@ def _sigterm(signum, frame) -> None:  # noqa: ANN001
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see :data:`EXIT_CODES`). Errors are one line on stderr."""
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--"]:  # `torchrun ... $(which ahri) -- train ...` (the launcher may pass the "--" on)
+        argv = argv[1:]
+    common.quiet_other_ranks()
+    common.STATE.argv = list(argv)
     old_term = None
     if threading.current_thread() is threading.main_thread():
         with contextlib.suppress(ValueError, OSError):

@@ -13,6 +13,7 @@ from ahri_core.errors import ConfigError
 from .common import (
     STATE,
     DeviceOption,
+    NprocOption,
     PrecisionChoice,
     PrecisionOption,
     RichProgress,
@@ -21,6 +22,7 @@ from .common import (
     escape,
     existing_path,
     info,
+    launch_nproc,
     next_step,
     out,
     resolve_precision,
@@ -55,6 +57,7 @@ def tokenize(
         Path | None, typer.Option("--decode", help="Instead: decode this latent file back into an mp4 (see --output).")
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="--decode: the mp4 to write. \\[default: <file>.decoded.mp4]")] = None,
+    nproc: NprocOption = None,
 ) -> None:
     """Encode every video at the tokenizer's fps and size into one latent file per video, plus an index.
 
@@ -64,8 +67,13 @@ def tokenize(
     Resumable: videos already done with the same tokenizer are skipped. A video that cannot be decoded is
     reported and skipped, and the command then exits with code 1.
 
+    Several processes (one per GPU) share the videos: --nproc N, or torchrun (see docs/scaling.md).
+
     Example:  ahri tokenize --tokenizer tokenizer-20250101-120000
     """
+    code = launch_nproc(nproc)
+    if code is not None:
+        raise typer.Exit(code)
     if val_fraction is not None and not 0 <= val_fraction < 1:
         raise ConfigError(f"--val-fraction {val_fraction}: must be in [0, 1)")
     rule = chosen_split(val_videos, split, val_fraction)

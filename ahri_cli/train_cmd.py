@@ -19,6 +19,7 @@ from .common import (
     DeviceOption,
     DynamicsPreset,
     FitChoice,
+    NprocOption,
     PrecisionChoice,
     RichProgress,
     ThreadsOption,
@@ -27,6 +28,7 @@ from .common import (
     command_line,
     escape,
     info,
+    launch_nproc,
     next_step,
     out,
     run_log,
@@ -232,6 +234,18 @@ def train(
     grad_checkpointing: Annotated[
         bool | None, typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="Recompute activations in backward.")
     ] = None,
+    grad_accum: Annotated[
+        int | None, typer.Option("--grad-accum", min=1, metavar="K",
+                                 help="Add up the gradients of K batches per optimizer step (a K times larger batch).")
+    ] = None,
+    fsdp: Annotated[
+        bool | None, typer.Option("--fsdp/--no-fsdp", help="With several processes: shard parameters and optimizer "
+                                  "state (FSDP2) instead of copying them (DDP).")
+    ] = None,
+    compile_model: Annotated[
+        bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model (GPU; slow start on CPU).")
+    ] = None,
+    nproc: NprocOption = None,
     checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", help="Steps between checkpoints. \\[default: 500]")] = None,
     val_every: Annotated[int | None, typer.Option("--val-every", help="Steps between validations. \\[default: 250]")] = None,
     log_every: Annotated[int | None, typer.Option("--log-every", help="Steps between metric records. \\[default: 10]")] = None,
@@ -275,12 +289,18 @@ def train(
     Example:  ahri train --alternating --long-ratio 0.1 --minutes 30
     """
     given = {k: v for k, v in locals().items() if v is not None and v != []}
+    code = launch_nproc(nproc)
+    if code is not None:
+        raise typer.Exit(code)
+    from ahri_core import distributed
+
+    distributed.setup(device or "auto")  # joins the process group under torchrun; else nothing
     train_flags: dict[str, Any] = dict(
         stage=stage.value, preset=preset.value if preset is not None else None, run=run, max_steps=max_steps,
         minutes=minutes, epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, ema=ema, seed=seed,
         device=device, precision=precision.value if precision is not None else None, threads=threads,
         grad_checkpointing=grad_checkpointing, checkpoint_every=checkpoint_every, val_every=val_every,
-        log_every=log_every, resume=resume or None,
+        log_every=log_every, resume=resume or None, grad_accum=grad_accum, fsdp=fsdp, compile=compile_model,
     )
     data_flags: dict[str, Any] = dict(
         seq_len=seq_len, stride=stride, alternating=alternating, seq_len_short=seq_len_short, seq_len_long=seq_len_long,

@@ -128,6 +128,10 @@ class NoiseLevels:
     def to(self, device: torch.device | str) -> NoiseLevels:
         return NoiseLevels(*(t.to(device) for t in (self.tau, self.step, self.bootstrap, self.isolated, self.context)))
 
+    def select(self, items: slice | torch.Tensor) -> NoiseLevels:
+        """The levels of some batch items (e.g. one process's share of a global batch)."""
+        return NoiseLevels(*(t[items] for t in (self.tau, self.step, self.bootstrap, self.isolated, self.context)))
+
 
 def sample_noise_levels(
     batch: int,

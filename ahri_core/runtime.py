@@ -183,12 +183,17 @@ def default_threads() -> int:
     """Intra-op threads when none are given: the cores this process may use, less those other work keeps
     busy at start (measured over 0.3 s).
 
+    Under torchrun the node's cores are divided among its processes (``LOCAL_WORLD_SIZE``).
+
     Why (docs/benchmarks.md, "Threads"): on a 2-core machine with one core taken by another process, two
     threads fell to 25-36% of their idle training throughput (every small op waits at a barrier for the
     thread that lost its core), while one thread kept 61-65% of it; on an idle machine two threads are
     1.5-1.8x faster than one.
     """
     cores = available_cores()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    if local > 1:  # torchrun: the processes of this node share its cores (the others are busy starting too)
+        return max(1, cores // local)
     return max(1, min(cores, cores - int(round(busy_cores())))) if cores > 1 else 1
 
 

@@ -345,6 +345,9 @@ class TrainSettings(Section):
     log_every: int = Field(10, ge=1)
     resume: bool = False
     max_bad_steps: int = Field(5, ge=1, le=1000, description="non-finite steps in a row that stop a run as diverged")
+    grad_accum: int = Field(1, ge=1, le=4096, description="batches whose gradients add up to one optimizer step")
+    fsdp: bool = Field(False, description="shard parameters and optimizer state across processes (FSDP2; torchrun)")
+    compile: bool = Field(False, description="compile the model with torch.compile (GPU; slow to start on CPU)")
 
     @field_validator("device")
     @classmethod

@@ -7,6 +7,10 @@ kept (``data.frames.resample_actions``). Resumable: a video whose file exists wi
 same video sha256 and the same tokenizer weights (sha256) is skipped; files are written under a temporary
 name and renamed, so an interrupted run never leaves a half-written file under a final name. A video that
 fails to decode is reported and skipped; the result lists it and the CLI exits non-zero.
+
+Under torchrun the videos are shared out among the processes (:func:`assign_videos`: each video is encoded
+once, the longest first, each to the rank with the least work so far); rank 0 writes the one index at the
+end, from every rank's files, and every rank returns the whole result.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import distributed
 from .data.frames import (
     Decoder,
     SplitRule,
@@ -159,6 +164,18 @@ def _action_count(ref: VideoRef, actions: np.ndarray | None, kind: str) -> int:
     return int(actions.shape[1]) if kind == "continuous" else 0
 
 
+def assign_videos(frames: Sequence[int], world: int) -> list[int]:
+    """The rank that encodes each video: longest first, each to the rank with the fewest frames so far (ties to
+    the lower rank). Deterministic, so every rank computes the same plan."""
+    load = [0] * world
+    owner = [0] * len(frames)
+    for i in sorted(range(len(frames)), key=lambda i: (-int(frames[i]), i)):
+        r = min(range(world), key=lambda r: (load[r], r))
+        owner[i] = r
+        load[r] += int(frames[i])
+    return owner
+
+
 def _fps_text(fps: float) -> str:
     return f"{fps:.10g}"
 
@@ -247,7 +264,8 @@ def tokenize_videos(
     (chosen on this machine by timing the encoder, cached in ``cache_dir``, default ``<out_root>/../cache``),
     bf16 or fp32.
     """
-    p = ensure(progress)
+    dist = distributed.setup(device)  # joins the process group when launched by torchrun; else nothing
+    p = ensure(progress) if dist.main else ensure(None)
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if split is not None and val_fraction is not None:
@@ -272,8 +290,11 @@ def tokenize_videos(
         with autocast(dev, p):
             model.encode(x)
 
-    choice = choose_precision(precision, dev, step=encode_once, key=f"tokenize {json.dumps(cfg.to_dict(), sort_keys=True)} "
-                              f"batch {batch_size}", cache_dir=cache_dir)
+    choice = None
+    if dist.main:  # rank 0 measures, every rank uses its choice
+        choice = choose_precision(precision, dev, step=encode_once, key=f"tokenize {json.dumps(cfg.to_dict(), sort_keys=True)} "
+                                  f"batch {batch_size}", cache_dir=cache_dir)
+    choice = distributed.broadcast(choice)
     precision = choice.precision
     out_dir = Path(out_root) / tid
     refs = as_video_refs(videos)
@@ -288,7 +309,8 @@ def tokenize_videos(
             and (out_dir / str(e.get("file", ""))).is_file()]  # earlier videos of the set, not given this time
     rule.assign([*(r.id for r in refs), *(str(e["id"]) for e in kept)])  # refuses unknown ids, no training video
     rule = replace(rule, strict=False)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with distributed.main_first():
+        out_dir.mkdir(parents=True, exist_ok=True)
     res = TokenizeResult(out_dir=out_dir, tokenizer_id=tid, precision=choice.to_dict())
     p.log(f"{model.summary()}; weights {weights}; {choice.line()}")
 
@@ -313,11 +335,18 @@ def tokenize_videos(
             meta_of[r.id] = m
         else:
             todo.append(r)
+    distributed.barrier()  # every rank has looked at the files before any is rewritten
+    if dist.enabled:
+        sizes = [int(round(float(r.meta.get("duration") or 0) * r.rate(cfg.fps))) or 1 for r in todo]
+        owner = assign_videos(sizes, dist.world)
+        todo = [r for r, o in zip(todo, owner) if o == dist.rank]
     est = sum(int(round(float(r.meta.get("duration") or 0) * r.rate(cfg.fps))) for r in todo)
     p.start("tokenize", total=est or None)
     t0 = time.perf_counter()
 
     def write_index_now() -> None:
+        if not dist.main:
+            return
         # entries of this run, plus earlier entries of videos not given this time whose files still exist
         entries = {vid: _entry(vid, f"{vid}.safetensors", m, cfg.fps) for vid, m in meta_of.items()}
         old_fps = prev_index.get("fps") or prev_index.get("tokenizer_fps") or cfg.fps
@@ -409,7 +438,17 @@ def tokenize_videos(
             p.log(f"failed {r.id}: {e}")
             continue
         write_index_now()
+    if dist.enabled:  # every rank's videos into the one index (rank 0 writes it) and into every rank's result
+        parts = distributed.gather((meta_of, res.written, res.failed, res.notes, res.frames))
+        for part in parts[1:] if dist.main else []:
+            meta_of.update(part[0])
+        res.written = [v for part in parts for v in part[1]]
+        res.failed = [tuple(v) for part in parts for v in part[2]]
+        res.notes = [v for part in parts for v in part[3]]
+        res.frames = sum(part[4] for part in parts)
     write_index_now()
+    distributed.barrier()  # the index is written before any rank returns
+    res.index = res.index or (json.loads((out_dir / "index.json").read_text()) if (out_dir / "index.json").is_file() else {})
     res.seconds = time.perf_counter() - t0
     p.finish("tokenize", frames=res.frames, fps=res.frames_per_s)
     for n in res.notes:

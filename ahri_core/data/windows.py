@@ -320,6 +320,8 @@ class WindowBatchSampler(Sampler[list[tuple[int, int, int]]]):
         long_ratio: float = 0.0,
         stride: int = 8,
         seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         if not 0.0 <= long_ratio <= 1.0:
             raise ConfigError(f"long_ratio must be in [0, 1], got {long_ratio}")
@@ -327,6 +329,7 @@ class WindowBatchSampler(Sampler[list[tuple[int, int, int]]]):
         self.long_ratio = long_ratio if long is not None else 0.0
         self.seed = seed
         self.stride = stride
+        self.rank, self.world = rank, world
         self.short_windows = windows(videos, short[0], stride) if self.long_ratio < 1 else []
         self.long_windows = windows(videos, long[0], stride) if long is not None and self.long_ratio > 0 else []
         if self.long_ratio < 1 and not self.short_windows:
@@ -340,6 +343,10 @@ class WindowBatchSampler(Sampler[list[tuple[int, int, int]]]):
                 f"no training video has {long[0]} frames for the long batches (longest: {longest}); "
                 "lower --seq-len-long or --long-ratio"
             )
+        for name, (_length, bs) in (("short", short), ("long", long if self.long_ratio > 0 else (0, world))):
+            if bs < world:
+                raise ConfigError(f"the {name} batch ({bs} windows) is smaller than the {world} processes that share "
+                                  "it; raise the batch size or use fewer processes")
         self.epoch = 0
         self.position = 0
 
@@ -400,8 +407,11 @@ class WindowBatchSampler(Sampler[list[tuple[int, int, int]]]):
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        """The batches from the current position; with several processes, this rank's items of each
+        (every ``world``-th from its rank: all ranks walk the same plan, so they agree on each length)."""
         plan = self.plan(self.epoch)
-        yield from plan[self.position :]
+        for batch in plan[self.position :]:
+            yield batch[self.rank :: self.world] if self.world > 1 else batch
 
 
 def make_loader(
@@ -414,16 +424,20 @@ def make_loader(
     action_kind: str = "none",
     action_dim: int = 0,
     num_workers: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    pin_memory: bool = False,
 ) -> tuple[DataLoader, WindowBatchSampler]:
-    """ONE DataLoader whose batch sampler picks the window length per batch."""
-    sampler = WindowBatchSampler(videos, short, long, long_ratio, stride, seed)
+    """ONE DataLoader whose batch sampler picks the window length per batch (this rank's share of each batch
+    when ``world`` processes train together)."""
+    sampler = WindowBatchSampler(videos, short, long, long_ratio, stride, seed, rank=rank, world=world)
     ds = WindowDataset(videos, action_kind, action_dim)
     long_len = long[0] if long is not None and long[0] != short[0] else None
 
     def collate(items: list[dict[str, Any]]) -> Batch:
         return collate_windows(items, long_len)
 
-    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers, pin_memory=pin_memory)
     return loader, sampler
 
 

@@ -416,9 +416,14 @@ class Tokenizer(nn.Module):
         out = self.to_pixels(self.dec_norm(h[:, N:])).float()
         return self.unpatchify(out)
 
-    def forward(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reconstruct ``frames``; in training mode with MAE masking. Returns (recon, latents)."""
-        mask = self.sample_mask(frames.shape[0], generator) if self.training and self.cfg.mask_max > 0 else None
+    def forward(self, frames: torch.Tensor, generator: torch.Generator | None = None,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruct ``frames``; in training mode with MAE masking (``mask``, else drawn from ``generator``).
+        Returns (recon, latents)."""
+        if mask is None and self.training and self.cfg.mask_max > 0:
+            mask = self.sample_mask(frames.shape[0], generator)
+        if not self.training:
+            mask = None
         z = self.encode(frames, mask)
         return self.decode(z), z
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import distributed
 from ..errors import ConfigError
 from ..fileio import append_jsonl, write_json_atomic
 from ..workspace import read_run_meta
@@ -115,8 +116,14 @@ class EMA:
         return dict(self.shadow)
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for k in self.shadow:
-            self.shadow[k].copy_(state[k])
+        """Load saved averages (whole tensors; a sharded average takes its own shard of each)."""
+        for k, cur in self.shadow.items():
+            src = state[k]
+            if hasattr(cur, "device_mesh") and not hasattr(src, "device_mesh"):  # FSDP: cur is a DTensor
+                from torch.distributed.tensor import distribute_tensor
+
+                src = distribute_tensor(src.to(cur.dtype), cur.device_mesh, cur.placements)
+            cur.copy_(src)
 
     def averaged(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """A full state dict of ``model`` with EMA values where available."""
@@ -152,8 +159,12 @@ class RunningRMS(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
     def forward(self, loss: torch.Tensor) -> torch.Tensor:
-        if self.training and bool(torch.isfinite(loss.detach()).all()):  # a bad step must not poison the statistic
-            v = loss.detach().float().pow(2)
+        value = loss.detach().float()
+        if self.training and distributed.current().enabled:
+            # every process divides by the same statistic: the one of the global batch's loss
+            value = torch.tensor(distributed.mean([float(value)])[0])
+        if self.training and bool(torch.isfinite(value).all()):  # a bad step must not poison the statistic
+            v = value.to(self.mean_sq.device).pow(2)
             if self.count.item() == 0:
                 self.mean_sq.copy_(v)
             else:
@@ -283,7 +294,8 @@ class Budget:
 
 # ---------------------------------------------------------------------------------------------- run dirs
 def default_run_name(stage: str) -> str:
-    return f"{stage}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    """``<stage>-<date>-<time>``; under torchrun rank 0's name, so that every rank trains the same run."""
+    return distributed.broadcast(f"{stage}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
 
 
 class RunDir:
@@ -293,20 +305,32 @@ class RunDir:
         self.path = Path(path)
 
     def create(self, stage: str, settings: dict[str, Any], resume: bool) -> RunDir:
+        """Make the run's directory and run.json. With several processes every rank checks, rank 0 writes."""
         meta = self.path / "run.json"
-        if meta.exists() and not resume:
+        existed = meta.exists()
+        distributed.barrier()  # no rank looks after rank 0 has written
+        if existed and not resume:
             raise ConfigError(f"run {self.path} already exists: pass --resume to continue it or choose another --run name")
-        self.path.mkdir(parents=True, exist_ok=True)
-        if not meta.exists():
-            write_json_atomic(meta, {"stage": stage, "settings": settings, "created": datetime.now().isoformat(),
-                                     "status": "running", "reason": None, "step": 0})
+        if distributed.current().main:
+            self.path.mkdir(parents=True, exist_ok=True)
+            if not meta.exists():
+                write_json_atomic(meta, {"stage": stage, "settings": settings, "created": datetime.now().isoformat(),
+                                         "status": "running", "reason": None, "step": 0})
+        distributed.barrier()
         return self
 
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run's files (rank 0 of a distributed run, or the only process)."""
+        return distributed.current().main
+
     def update_meta(self, **fields: Any) -> None:
-        write_json_atomic(self.path / "run.json", {**self.meta(), **fields})
+        if self.writes:
+            write_json_atomic(self.path / "run.json", {**self.meta(), **fields})
 
     def log(self, record: dict[str, Any]) -> None:
-        append_jsonl(self.path / "metrics.jsonl", record)
+        if self.writes:
+            append_jsonl(self.path / "metrics.jsonl", record)
 
     @contextlib.contextmanager
     def failing_before_loop(self):

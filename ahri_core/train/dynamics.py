@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from ..checkpoint import config_mismatch
 from ..data.windows import (
     LatentSet,
@@ -63,7 +64,7 @@ VAL_WINDOWS = 32
 # on the same device and precision).
 RESUMABLE = {
     "train": {"max_steps", "minutes", "epochs", "device", "resume", "log_every", "val_every", "checkpoint_every", "run",
-              "threads", "precision", "max_bad_steps"},
+              "threads", "precision", "max_bad_steps", "fsdp", "compile"},
     "data": {"num_workers"},
     "diffusion": set(),
 }
@@ -243,10 +244,12 @@ class DynamicsObjective(Objective):
         self.gen = torch.Generator().manual_seed(train.seed + 1)  # tau, d, item flags (CPU)
         self.noise_gen = torch.Generator(device=device).manual_seed(train.seed + 2)  # the noise tensors
         short, long, ratio = _loader_shapes(train, data)
+        self.dist = distributed.current()
         loader, sampler = make_loader(lset.train, short, long, ratio, data.stride, train.seed, lset.action_kind,
-                                      lset.action_dim, data.num_workers)
+                                      lset.action_dim, data.num_workers, rank=self.dist.rank, world=self.dist.world,
+                                      pin_memory=device.type == "cuda")
         self.windows = _Windows(loader, sampler)
-        self.short = short
+        self.short, self.long = short, long
         self.teacher = copy.deepcopy(self.model) if (diffusion.ema_teacher and diffusion.shortcut) else None
         self.val_keys = validation_windows(lset.val, _val_length(data), data.stride, VAL_WINDOWS) if lset.val else []
 
@@ -266,25 +269,50 @@ class DynamicsObjective(Objective):
     def next_batch(self) -> Any:
         return self.windows.next().to(self.device)
 
+    def _global_size(self, batch: Any) -> int:
+        """The size of the batch all ranks share (this rank holds every ``world``-th item of it)."""
+        if not self.dist.enabled:
+            return batch.size
+        return self.long[1] if batch.kind == "L" and self.long is not None else self.short[1]
+
     def compute(self, batch: Any, step: int, precision: str) -> StepOut:
         d = self.diffusion
         B, T = batch.size, batch.frames
+        Bg = self._global_size(batch)
+        # noise levels and noise are drawn for the global batch, then each rank keeps its items: any number of
+        # ranks trains on the same numbers a single process would
         levels = sample_noise_levels(
-            B, T, k_max=d.k_max, shortcut=d.shortcut, step_sampling=d.step_sampling,
+            Bg, T, k_max=d.k_max, shortcut=d.shortcut, step_sampling=d.step_sampling,
             bootstrap_fraction=d.bootstrap_fraction, single_image_fraction=d.single_image_fraction,
             context_fraction=d.context_fraction, context_tau_max=d.context_tau_max,
             bootstrap=step >= d.bootstrap_warmup, generator=self.gen,
         ).to(self.device)
-        noise = torch.randn(batch.latents.shape, generator=self.noise_gen, device=self.device)
-        if self.teacher is not None and bool(levels.bootstrap.any()):
-            self.teacher.load_state_dict(self.ema.averaged(self.model))
+        noise = torch.randn((Bg, *batch.latents.shape[1:]), generator=self.noise_gen, device=self.device)
+        any_bootstrap = bool(levels.bootstrap.any())
+        if Bg != B:
+            mine = slice(self.dist.rank, None, self.dist.world)
+            levels, noise = levels.select(mine), noise[mine]
+        teacher = self._teacher(any_bootstrap)
         with autocast(self.device, precision):
-            parts = forcing_loss(self.model, batch.latents, levels, noise, batch.actions, self.normalizer,
-                                 teacher=self.teacher)
+            parts = forcing_loss(self.train_net, batch.latents, levels, noise, batch.actions, self.normalizer,
+                                 teacher=teacher)
         logs = {"loss": parts.raw, "flow_loss": parts.flow, "bootstrap_loss": parts.bootstrap,
                 "tau_min": parts.tau_min, "tau_max": parts.tau_max, "short_batches": float(batch.kind == "S"),
-                "long_batches": float(batch.kind == "L"), "batch": batch.kind, "T": T, "B": B}
+                "long_batches": float(batch.kind == "L"), "batch": batch.kind, "T": T, "B": Bg}
         return StepOut(parts.loss, logs, B * T)
+
+    def _teacher(self, needed: bool) -> torch.nn.Module:
+        """The model that makes the shortcut targets (run without gradient): the EMA teacher, or the model itself.
+        Under FSDP a whole (unsharded) copy does it, so that no rank runs a sharded forward the others skip."""
+        if self.fsdp and self.diffusion.shortcut and self.teacher is None:
+            self.teacher = DynamicsModel(self.cfg).to(self.device)
+            self._raw_teacher = not self.diffusion.ema_teacher
+        if self.teacher is not None and needed:  # the same on every rank: decided on the global batch
+            if getattr(self, "_raw_teacher", False):
+                self.teacher.load_state_dict(distributed.full_tensors(self.model.state_dict()))
+            else:
+                self.teacher.load_state_dict(distributed.full_tensors(self.ema.averaged(self.model)))
+        return self.teacher if self.teacher is not None else self.model
 
     def timing_step(self, precision: str) -> None:
         (T, B) = self.short
@@ -363,6 +391,7 @@ def train_dynamics(
     ``cache/`` when the run is under ``<workspace>/runs``). Returns a :class:`TrainResult`.
     """
     train = with_preset_defaults(train or TrainSettings(), "dynamics")
+    distributed.setup(train.device)  # joins the process group when launched by torchrun; else nothing
     data = data or DataSettings()
     diffusion = diffusion or DiffusionSettings()
     prog = ensure(progress)

@@ -14,11 +14,17 @@ its loss and its validation. Everything else lives here, once:
   back from the state file, so a run killed at any point and resumed ends bit-identical to one never
   interrupted (given a step budget);
 - SIGTERM / first Ctrl-C: checkpoint and stop with status ``interrupted``;
-- metrics.jsonl (train records every ``log_every`` steps, val records every ``val_every``), progress.
+- metrics.jsonl (train records every ``log_every`` steps, val records every ``val_every``), progress;
+- several processes (torchrun): DistributedDataParallel, or FSDP2 ``fully_shard`` with ``train.fsdp``; every
+  rank walks the same batch plan and keeps its share (the objective's ``dist``), the decisions that must
+  match (stop, skip a bad step, precision) are agreed on, train records are averaged over ranks, and rank 0
+  alone writes files and shows progress. Checkpoints hold whole tensors, so one process can load or resume
+  them, and so can another number of processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -29,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed
 from ..checkpoint import save_state, save_weights
 from ..errors import AhriError, CheckpointError
 from ..fileio import read_jsonl, write_text_atomic
@@ -64,6 +71,13 @@ class Objective:
     model: nn.Module
     device: torch.device
     ema: EMA | None = None  # set by the loop
+    net: nn.Module | None = None  # what training forwards go through (DDP wrapper); set by the loop
+    dist: distributed.Dist = distributed.Dist()  # this process's place among the ranks; set by the loop
+    fsdp: bool = False  # parameters sharded across ranks (FSDP2); set by the loop
+
+    @property
+    def train_net(self) -> nn.Module:
+        return self.net if self.net is not None else self.model
 
     # ---- model files
     def model_config(self) -> dict[str, Any]:
@@ -203,6 +217,96 @@ class _Interval:
         return out
 
 
+def _wrap(model: nn.Module, device: torch.device, d: distributed.Dist, fsdp: bool) -> nn.Module:
+    """The module training forwards go through: the model itself (one process, or FSDP2, which shards it in
+    place: each block and then the root), or a DistributedDataParallel wrapper."""
+    if not d.enabled:
+        return model
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        # the blocks of every ModuleList are the units (innermost first), then the root takes what is left
+        units = [(name.count("."), m) for name, lst in model.named_modules() if isinstance(lst, nn.ModuleList)
+                 for m in lst for name in [name]]
+        for _, blk in sorted(units, key=lambda u: -u[0]):
+            fully_shard(blk)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+
+def _reduce_record(rec: dict[str, Any], reduce: dict[str, str]) -> dict[str, Any]:
+    """A train record with every number combined over the ranks: min/max keys by min/max, frame counts and
+    rates summed, the rest averaged over the ranks where they are finite. One process: unchanged."""
+    if not distributed.current().enabled:
+        return rec
+    import torch.distributed as tdist
+
+    summed = ("frames_per_s", "tokens_per_s", "frames_seen")
+    keys = sorted(k for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool) or v is None)
+    vals = [rec[k] if rec[k] is not None and math.isfinite(float(rec[k])) else None for k in keys]
+    t_sum = torch.tensor([[v if v is not None else 0.0, 1.0 if v is not None else 0.0] for v in vals] or [[0.0, 0.0]],
+                         dtype=torch.float64)
+    big = float("inf")
+    t_min = torch.tensor([v if v is not None else big for v in vals] or [0.0], dtype=torch.float64)
+    t_max = torch.tensor([v if v is not None else -big for v in vals] or [0.0], dtype=torch.float64)
+    tdist.all_reduce(t_sum)
+    tdist.all_reduce(t_min, op=tdist.ReduceOp.MIN)
+    tdist.all_reduce(t_max, op=tdist.ReduceOp.MAX)
+    out = dict(rec)
+    for j, k in enumerate(keys):
+        total, count = float(t_sum[j, 0]), float(t_sum[j, 1])
+        if count == 0:
+            out[k] = None
+            continue
+        rule = reduce.get(k, "mean")
+        if rule == "min":
+            out[k] = float(t_min[j])
+        elif rule == "max":
+            out[k] = float(t_max[j])
+        elif k in summed:
+            out[k] = total
+        elif k in ("step",) or rule in ("sum", "last") or isinstance(rec[k], int):
+            out[k] = rec[k]  # the same on every rank
+        else:
+            out[k] = total / count
+    return out
+
+
+def _optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, fsdp: bool) -> dict[str, Any]:
+    """The optimizer state to save: as torch gives it, or (FSDP) whole tensors keyed by parameter name."""
+    if not fsdp:
+        return opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    full = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {"by_name": True, "state": full}
+
+
+def _load_optimizer(model: nn.Module, opt: torch.optim.Optimizer, saved: dict[str, Any], fsdp: bool) -> None:
+    if not saved.get("by_name") and not fsdp:
+        opt.load_state_dict(saved)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    if not saved.get("by_name"):
+        raise CheckpointError("--fsdp cannot resume a run whose checkpoint was written without --fsdp; resume it "
+                              "without --fsdp (DDP or one process)")
+    set_optimizer_state_dict(model, opt, saved["state"], options=StateDictOptions(full_state_dict=True))
+
+
+def _load_model(model: nn.Module, state: dict[str, torch.Tensor], fsdp: bool) -> None:
+    if not fsdp:
+        model.load_state_dict(state, strict=True)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))
+
+
 def run_loop(
     run: RunDir,
     obj: Objective,
@@ -220,13 +324,17 @@ def run_loop(
     ``on_step(step, record)`` runs after every optimizer step; ``after_backward(step, model)`` runs between
     backward and the finiteness check (tests inject bad gradients there).
     """
-    p = ensure(progress)
+    d = distributed.current()
+    p = ensure(progress) if d.main else ensure(None)
     model, device = obj.model, obj.device
-    # ---- precision: a resumed run keeps what it chose (unless forced now)
+    fsdp = bool(getattr(train, "fsdp", False)) and d.enabled
+    obj.dist, obj.fsdp = d, fsdp
+    # ---- precision: a resumed run keeps what it chose (unless forced now); rank 0 decides for all
     kept = (resume_state or {}).get("loop", {}).get("precision")
+    choice: PrecisionChoice | None = None
     if train.precision == "auto" and kept and kept.get("device", device.type) == device.type:
         choice = PrecisionChoice(kept["precision"], kept.get("reason", ""), device=device.type, cached=True)
-    else:
+    elif d.main:
         def timed(precision: str) -> None:
             saved = rng_state()
             try:
@@ -237,10 +345,16 @@ def run_loop(
 
         choice = choose_precision(train.precision, device, step=timed, key=f"{obj.stage}: {obj.shape_key()}",
                                   cache_dir=cache_dir)
+    choice = distributed.broadcast(choice)
+    assert choice is not None
     precision = choice.precision
     n = threads_in_use()
-    p.log(f"{choice.line()}; {n} CPU thread{'s' if n != 1 else ''}; device {device}")
+    ranks = f"; {d.world} processes ({'FSDP' if fsdp else 'DDP'})" if d.enabled else ""
+    p.log(f"{choice.line()}; {n} CPU thread{'s' if n != 1 else ''}{' each' if d.enabled else ''}; device {device}{ranks}")
 
+    obj.net = _wrap(model, device, d, fsdp)
+    if getattr(train, "compile", False):
+        obj.net = torch.compile(obj.net)
     opt = make_adamw(model, train.lr, train.weight_decay)
     ema = EMA(model, train.ema) if train.ema > 0 else None
     obj.ema = ema
@@ -249,8 +363,8 @@ def run_loop(
     best: dict[str, Any] | None = None
     skipped_total = 0
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"], strict=True)
-        opt.load_state_dict(resume_state["optimizer"])
+        _load_model(model, resume_state["model"], fsdp)
+        _load_optimizer(model, opt, resume_state["optimizer"], fsdp)
         if ema is not None:
             if not resume_state.get("ema"):
                 raise CheckpointError(f"--resume: run {run.path} was trained without EMA; it cannot be switched on now")
@@ -263,33 +377,46 @@ def run_loop(
         first_val = dict(loop_state.get("first_val") or {})
         best = loop_state.get("best")
         skipped_total = int(loop_state.get("skipped_steps", 0))
-        trim_metrics(run, step)
+        if d.main:
+            trim_metrics(run, step)
         shown_best = run.meta().get("best")
         if shown_best and int(shown_best.get("step", 0)) > step:  # written after the checkpoint, then lost
-            run.best.unlink(missing_ok=True)
+            if d.main:
+                run.best.unlink(missing_ok=True)
             best = None  # the checkpoint's best file was overwritten by the lost one; the next validation writes anew
         p.log(f"resumed {run.path.name} at step {step} (epoch {obj.epochs_done():.2f})")
-    else:
+    elif d.main:
         trim_metrics(run, -1)  # a run restarted before its first checkpoint
-    budget = Budget(train.max_steps, train.minutes, train.epochs, obj.steps_per_epoch(), elapsed_before=elapsed_before)
+    distributed.barrier()
+    accum = int(getattr(train, "grad_accum", 1) or 1)
+    budget = Budget(train.max_steps, train.minutes, train.epochs, max(1, obj.steps_per_epoch() // accum),
+                    elapsed_before=elapsed_before)
     if resume_state is not None and budget.done(step):
         p.log(f"the budget is already spent at step {step} ({budget.elapsed() / 60:.1f} minutes in all): nothing to "
               "train; give a larger --max-steps, --minutes or --epochs")
     run.update_meta(
         status="running", reason=None, step=step, precision=choice.to_dict(), threads=n,
         device=str(device), budget={"max_steps": train.max_steps, "minutes": train.minutes, "epochs": train.epochs},
+        processes=d.world, sharding="fsdp" if fsdp else ("ddp" if d.enabled else "none"),
     )
     registry = run.path / "run.json"
 
-    def inference_tensors() -> dict[str, torch.Tensor] | nn.Module:
-        return ema.averaged(model) if ema is not None else model
+    def inference_tensors() -> dict[str, torch.Tensor]:
+        return distributed.full_tensors(ema.averaged(model) if ema is not None else model.state_dict())
 
     def save_checkpoint() -> None:
+        # every rank gathers (a collective under FSDP); rank 0 writes
+        raw = distributed.full_tensors(model.state_dict())
+        averaged = distributed.full_tensors(ema.averaged(model)) if ema is not None else None
+        optimizer = _optimizer_state(model, opt, fsdp)
+        ema_state = distributed.full_tensors(ema.state_dict()) if ema is not None else {}
+        if not d.main:
+            return
         extra = {**obj.weights_extra(), "step": step}
         cfg = obj.model_config()
-        save_weights(run.weights, model, obj.kind, cfg, {**extra, "weights": "raw"}, registry=registry)
-        if ema is not None:
-            save_weights(run.ema_weights, ema.averaged(model), obj.kind, cfg, {**extra, "weights": "ema", "ema": train.ema},
+        save_weights(run.weights, raw, obj.kind, cfg, {**extra, "weights": "raw"}, registry=registry)
+        if averaged is not None:
+            save_weights(run.ema_weights, averaged, obj.kind, cfg, {**extra, "weights": "ema", "ema": train.ema},
                          registry=registry)
         save_state(
             run.state,
@@ -300,19 +427,20 @@ def run_loop(
                 "elapsed": budget.elapsed(),
                 "config": cfg,
                 "batch_size": train.batch_size,
-                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                "optimizer": opt.state_dict(),
-                "ema": ema.state_dict() if ema is not None else {},
+                "model": {k: v.detach().cpu().clone() for k, v in raw.items()},
+                "optimizer": optimizer,
+                "ema": {k: v.detach().cpu().clone() for k, v in ema_state.items()},
                 "rng": rng_state(),
                 "objective": obj.state_dict(),
                 "loop": {"first_val": first_val, "best": best, "precision": choice.to_dict(),
-                         "skipped_steps": skipped_total},
+                         "skipped_steps": skipped_total, "processes": d.world},
             },
         )
         run.update_meta(step=step, checkpoint_step=step)
 
     def validate() -> dict[str, Any]:
         nonlocal best
+        # every rank validates (the same windows, the same answer; FSDP needs every rank for a forward)
         if ema is not None:
             with ema.applied(model):
                 v = obj.validate(step, precision)
@@ -330,9 +458,11 @@ def run_loop(
             better = best is None or (v[m] > best["value"] if obj.best_mode == "max" else v[m] < best["value"])
             if better:
                 best = {"metric": m, "value": float(v[m]), "step": step}
-                save_weights(run.best, inference_tensors(), obj.kind, obj.model_config(),
-                             {**obj.weights_extra(), "step": step, "weights": "ema" if ema else "raw", "best": best},
-                             registry=registry)
+                tensors = inference_tensors()
+                if d.main:
+                    save_weights(run.best, tensors, obj.kind, obj.model_config(),
+                                 {**obj.weights_extra(), "step": step, "weights": "ema" if ema else "raw", "best": best},
+                                 registry=registry)
                 run.update_meta(best=best)
         return rec
 
@@ -342,7 +472,8 @@ def run_loop(
         try:
             return validate()
         except BaseException:
-            save_checkpoint()
+            if not d.enabled:  # with several ranks a failed rank cannot rely on the others to gather
+                save_checkpoint()
             raise
 
     own_stop = stop is None
@@ -358,6 +489,7 @@ def run_loop(
     t_log = time.perf_counter()
     bad_in_a_row = 0
     status, reason = "finished", None
+    stopping = False
     model.train()
     try:
         if own_stop:
@@ -366,21 +498,33 @@ def run_loop(
             last_val = validate()
             first_val = last_val
             last_val_step = 0
-        while not budget.done(step):
-            if stop.requested:
+        while True:
+            done, stopping = distributed.agree(budget.done(step), stop.requested, device=device)
+            if done or stopping:
                 break
             lr = train.lr * lr_factor(step, train.warmup_steps, budget.progress(step), train.min_lr_ratio)
             set_lr(opt, lr)
-            batch = obj.next_batch()
-            out = obj.compute(batch, step, precision)
             opt.zero_grad(set_to_none=True)
-            loss_ok = bool(torch.isfinite(out.loss.detach()).all())
+            outs: list[StepOut] = []
+            loss_ok = True
+            for micro in range(accum):  # gradient accumulation: ``accum`` batches, one optimizer step
+                out = obj.compute(obj.next_batch(), step, precision)
+                (loss_bad,) = distributed.agree(not bool(torch.isfinite(out.loss.detach()).all()), device=device)
+                if loss_bad:
+                    loss_ok = False
+                    break
+                sync = micro == accum - 1 or not hasattr(obj.net, "no_sync")
+                with contextlib.nullcontext() if sync else obj.net.no_sync():
+                    (out.loss / accum if accum > 1 else out.loss).backward()
+                outs.append(out)
             grad_norm = math.nan
             if loss_ok:
-                out.loss.backward()
                 if after_backward is not None:
                     after_backward(step, model)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip))
+                grad_norm = distributed.as_number(torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip))
+                (grad_bad,) = distributed.agree(not math.isfinite(grad_norm), device=device)
+                if grad_bad:
+                    grad_norm = math.nan
             if not (loss_ok and math.isfinite(grad_norm)):
                 opt.zero_grad(set_to_none=True)
                 bad_in_a_row += 1
@@ -407,7 +551,8 @@ def run_loop(
                 ema.decay = min(train.ema, (1 + step) / (10 + step))
                 ema.update(model)
             step += 1
-            acc.add(out, grad_norm)
+            for o in outs:
+                acc.add(o, grad_norm)
             if on_step is not None:
                 on_step(step, {"step": step, "lr": lr, **out.logs})
             if step % train.log_every == 0 or budget.done(step):
@@ -417,6 +562,7 @@ def run_loop(
                        "lr": lr, "grad_norm": acc.grad / max(acc.n, 1), "skipped_steps": acc.skipped,
                        "batches_per_s": acc.n / dt, "frames_per_s": acc.frames / dt, "elapsed": budget.elapsed(),
                        **obj.interval(acc.frames, dt)}
+                rec = _reduce_record(rec, obj.reduce)
                 run.log(rec)
                 last = rec
                 p.advance(obj.task, 0, **obj.display(rec))
@@ -427,8 +573,8 @@ def run_loop(
                 last_val_step = step
             if step % train.checkpoint_every == 0:
                 save_checkpoint()
-        if stop.requested:
-            status, reason = "interrupted", stop.reason or "signal"
+        if stopping:
+            status, reason = "interrupted", stop.reason or ("signal" if stop.requested else "another process was stopped")
         elif last_val_step != step:
             last_val = safe_validate() or last_val
             last_val_step = step

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 
+from .. import distributed
 from ..checkpoint import read_metadata
 from ..data.frames import (
     FrameSampler,
@@ -213,6 +214,10 @@ class TokenizerObjective(Objective):
         if perceptual is not None:
             self.rms["perceptual"] = RunningRMS().to(device)
         self.sampler = FrameSampler(len(data.train), train.batch_size, seed=train.seed)
+        self.dist = distributed.current()
+        if train.batch_size < self.dist.world:
+            raise ConfigError(f"--batch-size {train.batch_size} is smaller than the {self.dist.world} processes "
+                              "that share each batch")
         self.mask_gen = torch.Generator().manual_seed(train.seed + 1)
         self.val_idx = data.val.evenly_spaced(tok.val_frames)
         self.preview_idx = data.val.evenly_spaced(8)
@@ -234,11 +239,16 @@ class TokenizerObjective(Objective):
         return self.sampler.epochs_done
 
     def next_batch(self) -> torch.Tensor:
-        return to_tensor(self.data.train.get(self.sampler.next()), self.device)
+        idx = self.sampler.next()  # the global batch; with several ranks each keeps every world-th frame
+        return to_tensor(self.data.train.get(idx[self.dist.rank :: self.dist.world]), self.device)
 
     def compute(self, x: torch.Tensor, step: int, precision: str) -> StepOut:
+        mask = None
+        if self.cfg.mask_max > 0:  # drawn for the global batch, as one process would, then this rank's rows
+            mask = self.model.sample_mask(self.train.batch_size if self.dist.enabled else x.shape[0], self.mask_gen)
+            mask = mask[self.dist.rank :: self.dist.world].to(x.device)
         with autocast(self.device, precision):
-            recon, _ = self.model(x, generator=self.mask_gen)
+            recon, _ = self.train_net(x, mask=mask)
         recon = recon.float()
         mse = torch.nn.functional.mse_loss(recon, x)
         loss = self.rms["mse"](mse)
@@ -265,7 +275,8 @@ class TokenizerObjective(Objective):
             with torch.no_grad(), autocast(self.device, precision):
                 r = self.model.decode(self.model.encode(x)).float()
             self.model.train(was)
-            save_comparison(self.run.path / "reconstructions.png", x, r)
+            if self.dist.main:
+                save_comparison(self.run.path / "reconstructions.png", x, r)
         return {"val_psnr": res["psnr"], "val_mse": res["mse"], "heldout": self.data.val_is_heldout}
 
     def val_line(self, v: dict[str, Any]) -> str:
@@ -320,6 +331,7 @@ def train_tokenizer(
     config, precision.
     """
     tok = tok or TokenizerSettings()
+    distributed.setup(train.device)  # joins the process group when launched by torchrun; else nothing
     p = ensure(progress)
     train = with_preset_defaults(train, "tokenizer")
     run = RunDir(run_dir)
@@ -390,7 +402,7 @@ def new_config(preset: str, tok: TokenizerSettings, videos: Sequence[Any], progr
 # Settings that may differ when a run is resumed (see train/dynamics.py's RESUMABLE).
 RESUMABLE = {
     "train": {"max_steps", "minutes", "epochs", "device", "resume", "log_every", "val_every", "checkpoint_every", "run",
-              "threads", "precision", "max_bad_steps"},
+              "threads", "precision", "max_bad_steps", "fsdp", "compile"},
     "tokenizer": {"val_frames"},
 }
 
@@ -400,8 +412,9 @@ def _train(run, videos, train, tok, cfg, rule, state, p, device, cache_dir, stop
 
     # ---- data
     cache = Path(cache_dir) if cache_dir is not None else run.path.parent.parent / "cache"
-    data = load_frame_data(videos, cfg.fps, as_shape(cfg), cache, tok.val_fraction, p, split=rule,
-                           max_frames=tok.max_frames_per_video)
+    with distributed.main_first():  # rank 0 decodes and caches the frames; the other ranks then read the cache
+        data = load_frame_data(videos, cfg.fps, as_shape(cfg), cache, tok.val_fraction, p, split=rule,
+                               max_frames=tok.max_frames_per_video)
     slow = {i: r for i, r in data.rates.items() if r < cfg.fps}
     if slow:
         shown = ", ".join(f"{i} ({r:g} fps)" for i, r in list(slow.items())[:5]) + (", ..." if len(slow) > 5 else "")
