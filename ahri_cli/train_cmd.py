@@ -213,7 +213,7 @@ def train(
     ] = None,
     preset: Annotated[
         Preset | None,
-        typer.Option("--preset", help="Model preset (tokenizer: tiny..large; dynamics: tiny..medium). \\[default: cpu]"),
+        typer.Option("--preset", help="Model preset (tokenizer and dynamics: tiny, cpu, small, medium, large). \\[default: cpu]"),
     ] = None,
     run: Annotated[str | None, typer.Option("--run", help="Run name under <workspace>/runs. \\[default: stage-date-time]")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue --run (default: the newest unfinished run) exactly.")] = False,

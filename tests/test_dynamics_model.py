@@ -297,7 +297,7 @@ def test_grad_checkpointing_really_recomputes():
 # ---------------------------------------------------------------------------------------------- configs
 def test_presets_build_and_sizes():
     counts = {p: param_count(p, tokens=16, channels=32) for p in PRESETS}
-    assert counts["tiny"] < counts["cpu"] < counts["small"] < counts["medium"]
+    assert counts["tiny"] < counts["cpu"] < counts["small"] < counts["medium"] < counts["large"]
     assert 50e6 < counts["small"] < 70e6  # the seed's ~60M model
     assert counts["cpu"] < 5e6
     small = dynamics_config("small", tokens=16, channels=32)

@@ -256,3 +256,31 @@ def test_resume_keeps_the_runs_packing(tmp_path: Path):
     # a new run of the same preset packs the 32 tokens into its budget of 16
     fresh = train_dynamics(many, tmp_path / "fresh", train, dset, diff)
     assert load_dynamics(fresh.weights)[0].config.pack == 2
+
+
+def test_gradient_accumulation_takes_k_batches_per_step_and_resumes_exactly(tmp_path: Path):
+    from safetensors.torch import load_file
+
+    data = lset(n_train=3, frames=40)
+    train, dset, diff = tiny_settings(max_steps=4, grad_accum=2, checkpoint_every=2)
+    seen: list[int] = []
+    res = train_dynamics(data, tmp_path / "straight", train, dset, diff, on_step=lambda s, r: seen.append(s))
+    assert res.step == 4 and seen == [1, 2, 3, 4]
+    state = torch.load(tmp_path / "straight" / "model.state.pt", weights_only=True)
+    w = state["objective"]["windows"]
+    from ahri_core.data.windows import WindowBatchSampler
+
+    batches = len(WindowBatchSampler(data.train, (8, 4), None, 0.0, 4, seed=0))
+    assert w["epoch"] * batches + w["position"] == 8  # 4 steps x 2 batches
+    one, _, _ = tiny_settings(max_steps=4, grad_accum=1)
+    plain = train_dynamics(data, tmp_path / "plain", one, dset, diff)
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(plain.weights)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # accumulation changes the update
+    # stopped after 2 steps and resumed: the same weights as straight through
+    half, _, _ = tiny_settings(max_steps=2, grad_accum=2, checkpoint_every=2)
+    train_dynamics(data, tmp_path / "resumed", half, dset, diff)
+    more, _, _ = tiny_settings(max_steps=4, grad_accum=2, checkpoint_every=2, resume=True)
+    train_dynamics(data, tmp_path / "resumed", more, dset, diff)
+    c = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert all(torch.equal(a[k], c[k]) for k in a)

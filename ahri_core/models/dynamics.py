@@ -123,12 +123,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # one size up, for a single larger GPU.
     "medium": dict(dim=768, depth=16, heads=12, kv_heads=4, registers=8, temporal_every=4, mlp_ratio=4.0,
                    max_frames=64),
+    # several GPUs (docs/scaling.md): train with --fsdp and --grad-checkpointing.
+    "large": dict(dim=1024, depth=24, heads=16, kv_heads=4, registers=16, temporal_every=4, mlp_ratio=4.0,
+                  max_frames=128),
 }
 
 # Most model tokens per frame for each preset: a tokenizer with more latent tokens is packed (``pack``
 # consecutive latent tokens become one model token) so that spatial attention and the per-token MLPs cost
 # what the preset was sized for. A 64-token tokenizer under the cpu preset runs as 16 tokens of 4 x C.
-PRESET_MAX_TOKENS: dict[str, int] = {"tiny": 16, "cpu": 16, "small": 64, "medium": 256}
+PRESET_MAX_TOKENS: dict[str, int] = {"tiny": 16, "cpu": 16, "small": 64, "medium": 256, "large": 256}
 
 
 def auto_pack(tokens: int, max_tokens: int | None) -> int:

@@ -40,6 +40,7 @@ PRESET_TRAINING: dict[str, dict[str, dict[str, Any]]] = {
         "cpu": {"batch_size": 8, "lr": 3e-3, "warmup_steps": 50, "ema": 0.99},  # lr measured in the demo (docs)
         "small": {"batch_size": 8, "lr": 3e-4, "warmup_steps": 1000, "ema": 0.999},
         "medium": {"batch_size": 8, "lr": 2e-4, "warmup_steps": 2000, "ema": 0.999},
+        "large": {"batch_size": 16, "lr": 1.5e-4, "warmup_steps": 4000, "ema": 0.9995},
     },
 }
 
