@@ -250,14 +250,14 @@ def train(
     val_every: Annotated[int | None, typer.Option("--val-every", help="Steps between validations. \\[default: 250]")] = None,
     log_every: Annotated[int | None, typer.Option("--log-every", help="Steps between metric records. \\[default: 10]")] = None,
     seq_len: Annotated[int | None, typer.Option("--seq-len", help="Frames per window. \\[default: 16]")] = None,
-    stride: Annotated[int | None, typer.Option("--stride", help="Frames between window starts. \\[default: 8]")] = None,
+    stride: Annotated[int | None, typer.Option("--stride", help="Frames between window starts. \\[default: 4 on the tiny and cpu presets, else 8]")] = None,
     alternating: Annotated[
         bool | None, typer.Option("--alternating/--no-alternating", help="Mix short and long batches from one loader.")
     ] = None,
-    seq_len_short: Annotated[int | None, typer.Option("--seq-len-short", help="Short batch length. \\[default: 32]")] = None,
-    seq_len_long: Annotated[int | None, typer.Option("--seq-len-long", help="Long batch length. \\[default: 64]")] = None,
-    batch_size_short: Annotated[int | None, typer.Option("--batch-size-short", help="Short batch size. \\[default: 2]")] = None,
-    batch_size_long: Annotated[int | None, typer.Option("--batch-size-long", help="Long batch size. \\[default: 1]")] = None,
+    seq_len_short: Annotated[int | None, typer.Option("--seq-len-short", help="Short batch length. \\[default: 16 on tiny/cpu, else 32]")] = None,
+    seq_len_long: Annotated[int | None, typer.Option("--seq-len-long", help="Long batch length. \\[default: 32 on tiny/cpu, else 64]")] = None,
+    batch_size_short: Annotated[int | None, typer.Option("--batch-size-short", help="Short batch size. \\[default: 8 on tiny/cpu, else 2]")] = None,
+    batch_size_long: Annotated[int | None, typer.Option("--batch-size-long", help="Long batch size. \\[default: 4 on tiny/cpu, else 1]")] = None,
     long_ratio: Annotated[float | None, typer.Option("--long-ratio", help="Fraction of batches that are long. \\[default: 0.1]")] = None,
     shortcut: Annotated[
         bool | None, typer.Option("--shortcut/--no-shortcut", help="Shortcut forcing (few-step sampling). \\[default: on]")

@@ -284,3 +284,23 @@ def test_gradient_accumulation_takes_k_batches_per_step_and_resumes_exactly(tmp_
     train_dynamics(data, tmp_path / "resumed", more, dset, diff)
     c = load_file(tmp_path / "resumed" / "model.safetensors")
     assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_cpu_preset_windows_are_the_demos_recipe():
+    from ahri_core.demo import DemoSettings
+    from ahri_core.train.common import with_preset_data, with_preset_defaults
+
+    demo = DemoSettings()
+    data = with_preset_data(DataSettings(alternating=True), "cpu")
+    assert (data.seq_len_short, data.seq_len_long, data.batch_size_short, data.batch_size_long, data.stride,
+            data.long_ratio) == (demo.seq_len_short, demo.seq_len_long, demo.batch_size_short, demo.batch_size_long,
+                                 demo.stride, demo.long_ratio)
+    train = with_preset_defaults(TrainSettings(preset="cpu"), "dynamics")
+    assert (train.lr, train.ema) == (demo.dynamics_lr, demo.dynamics_ema)
+    assert DiffusionSettings().single_image_fraction == demo.single_image_fraction
+    # given values win; larger presets keep the 16 GB card's lengths
+    assert with_preset_data(DataSettings(seq_len_short=24), "cpu").seq_len_short == 24
+    small = with_preset_data(DataSettings(), "small")
+    assert (small.seq_len_short, small.seq_len_long, small.batch_size_short, small.batch_size_long) == (32, 64, 2, 1)
+    longer = with_preset_data(DataSettings(alternating=True, seq_len_short=40), "cpu")
+    assert (longer.seq_len_short, longer.seq_len_long) == (40, 40)  # never a long batch shorter than the short

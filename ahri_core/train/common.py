@@ -45,6 +45,26 @@ PRESET_TRAINING: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+# Window defaults of the dynamics stage per preset, for any DataSettings field not set explicitly. cpu (and tiny):
+# the demo's measured recipe, so `ahri train --alternating` on a CPU trains what the demo trains; small and up:
+# the lengths that fit a 16 GB card (32 x 2 and 64 x 1).
+PRESET_DATA: dict[str, dict[str, Any]] = {
+    "tiny": {"seq_len_short": 16, "seq_len_long": 32, "batch_size_short": 8, "batch_size_long": 4, "stride": 4},
+    "cpu": {"seq_len_short": 16, "seq_len_long": 32, "batch_size_short": 8, "batch_size_long": 4, "stride": 4},
+}
+
+
+def with_preset_data(data: Any, preset: str) -> Any:
+    """``data`` (DataSettings) with the preset's window defaults where a field was not given."""
+    rec = PRESET_DATA.get(preset, {})
+    upd = {k: v for k, v in rec.items() if k not in data.model_fields_set}
+    if not upd:
+        return data
+    if "seq_len_long" in upd:  # a given short length above the preset's long one: the long batches match it
+        upd["seq_len_long"] = max(upd["seq_len_long"], upd.get("seq_len_short", data.seq_len_short))
+    return data.model_copy(update=upd)
+
+
 def with_preset_defaults(train: Any, stage: str | None = None) -> Any:
     """``train`` (TrainSettings) with its stage's preset defaults where a field was not given."""
     rec = PRESET_TRAINING.get(stage or train.stage, {}).get(train.preset, {})

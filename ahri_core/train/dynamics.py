@@ -51,6 +51,7 @@ from .common import (
     StopRequest,
     check_resume_settings,
     seed_everything,
+    with_preset_data,
     with_preset_defaults,
 )
 from .loop import Objective, StepOut, load_resume_state, run_loop
@@ -392,7 +393,7 @@ def train_dynamics(
     """
     train = with_preset_defaults(train or TrainSettings(), "dynamics")
     distributed.setup(train.device)  # joins the process group when launched by torchrun; else nothing
-    data = data or DataSettings()
+    data = with_preset_data(data or DataSettings(), train.preset)
     diffusion = diffusion or DiffusionSettings()
     prog = ensure(progress)
     if isinstance(latents, LatentSet):
