@@ -135,23 +135,28 @@ def gather(obj: T) -> list[T]:
     return out
 
 
-def agree(*flags: bool, device: torch.device | None = None) -> tuple[bool, ...]:
+def comm_device() -> torch.device:
+    """Where the tensors of a collective live: the GPU of this rank under NCCL, else the CPU (gloo)."""
+    if tdist.is_available() and tdist.is_initialized() and tdist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def agree(*flags: bool) -> tuple[bool, ...]:
     """Each flag true on every rank when it is true on any rank (one small all-reduce)."""
     if not current().enabled:
         return tuple(bool(f) for f in flags)
-    dev = device if device is not None and device.type == "cuda" else torch.device("cpu")
-    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=dev)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=comm_device())
     tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
     return tuple(bool(v) for v in t.tolist())
 
 
-def mean(values: Sequence[float], device: torch.device | None = None) -> list[float]:
+def mean(values: Sequence[float]) -> list[float]:
     """The mean over ranks of each value (one all-reduce)."""
     d = current()
     if not d.enabled:
         return [float(v) for v in values]
-    dev = device if device is not None and device.type == "cuda" else torch.device("cpu")
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=dev)
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=comm_device())
     tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
     return [v / d.world for v in t.tolist()]
 

@@ -291,8 +291,10 @@ class Batch:
         return int(self.latents.shape[1])
 
     def to(self, device: torch.device | str) -> Batch:
-        a = self.actions.to(device) if self.actions is not None else None
-        return Batch(self.latents.to(device), a, self.kind, self.keys)
+        """On ``device``; from pinned memory (the loader pins on CUDA) the copy does not block."""
+        fast = self.latents.is_pinned()
+        a = self.actions.to(device, non_blocking=fast) if self.actions is not None else None
+        return Batch(self.latents.to(device, non_blocking=fast), a, self.kind, self.keys)
 
 
 def collate_windows(items: list[dict[str, Any]], long_length: int | None = None) -> Batch:

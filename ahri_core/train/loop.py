@@ -248,11 +248,12 @@ def _reduce_record(rec: dict[str, Any], reduce: dict[str, str]) -> dict[str, Any
     summed = ("frames_per_s", "tokens_per_s", "frames_seen")
     keys = sorted(k for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool) or v is None)
     vals = [rec[k] if rec[k] is not None and math.isfinite(float(rec[k])) else None for k in keys]
+    dev = distributed.comm_device()
     t_sum = torch.tensor([[v if v is not None else 0.0, 1.0 if v is not None else 0.0] for v in vals] or [[0.0, 0.0]],
-                         dtype=torch.float64)
+                         dtype=torch.float64, device=dev)
     big = float("inf")
-    t_min = torch.tensor([v if v is not None else big for v in vals] or [0.0], dtype=torch.float64)
-    t_max = torch.tensor([v if v is not None else -big for v in vals] or [0.0], dtype=torch.float64)
+    t_min = torch.tensor([v if v is not None else big for v in vals] or [0.0], dtype=torch.float64, device=dev)
+    t_max = torch.tensor([v if v is not None else -big for v in vals] or [0.0], dtype=torch.float64, device=dev)
     tdist.all_reduce(t_sum)
     tdist.all_reduce(t_min, op=tdist.ReduceOp.MIN)
     tdist.all_reduce(t_max, op=tdist.ReduceOp.MAX)
@@ -499,7 +500,7 @@ def run_loop(
             first_val = last_val
             last_val_step = 0
         while True:
-            done, stopping = distributed.agree(budget.done(step), stop.requested, device=device)
+            done, stopping = distributed.agree(budget.done(step), stop.requested)
             if done or stopping:
                 break
             lr = train.lr * lr_factor(step, train.warmup_steps, budget.progress(step), train.min_lr_ratio)
@@ -509,7 +510,7 @@ def run_loop(
             loss_ok = True
             for micro in range(accum):  # gradient accumulation: ``accum`` batches, one optimizer step
                 out = obj.compute(obj.next_batch(), step, precision)
-                (loss_bad,) = distributed.agree(not bool(torch.isfinite(out.loss.detach()).all()), device=device)
+                (loss_bad,) = distributed.agree(not bool(torch.isfinite(out.loss.detach()).all()))
                 if loss_bad:
                     loss_ok = False
                     break
@@ -522,7 +523,7 @@ def run_loop(
                 if after_backward is not None:
                     after_backward(step, model)
                 grad_norm = distributed.as_number(torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip))
-                (grad_bad,) = distributed.agree(not math.isfinite(grad_norm), device=device)
+                (grad_bad,) = distributed.agree(not math.isfinite(grad_norm))
                 if grad_bad:
                     grad_norm = math.nan
             if not (loss_ok and math.isfinite(grad_norm)):
