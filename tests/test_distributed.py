@@ -109,6 +109,7 @@ def test_ddp_matches_one_process_rank0_writes_and_one_process_resumes(tmp_path: 
     _assert_same_run(runs / "one", runs / "two")
     meta = json.loads((runs / "two" / "run.json").read_text())
     assert meta["processes"] == 2 and meta["sharding"] == "ddp" and meta["status"] == "finished"
+    assert meta["ranks_in_sync"] is True  # both ranks held the same parameters at every checkpoint
     assert two.stdout.count("dynamics run two") == 1  # one summary table: rank 1 prints nothing
     assert sorted(p.name for p in (runs / "two").iterdir()) == sorted(p.name for p in (runs / "one").iterdir())
     # one process continues the two-process run, as if it had never stopped
@@ -244,11 +245,10 @@ def test_ahri_options_that_need_the_double_dash_are_named_in_the_docs():
     """torchrun reads abbreviations of its own options even after the script: the options of ``ahri train``
     and ``ahri tokenize`` it would take are listed in docs/scaling.md, which is why the documented form puts
     ``--`` after ``$(which ahri)``."""
+    import typer
     from torch.distributed.run import get_args_parser
 
     from ahri_cli.main import app
-
-    import typer
 
     cmd = typer.main.get_command(app)
     parser = get_args_parser()

@@ -405,8 +405,21 @@ def run_loop(
     def inference_tensors() -> dict[str, torch.Tensor]:
         return distributed.full_tensors(ema.averaged(model) if ema is not None else model.state_dict())
 
+    def in_sync() -> bool | None:
+        """Whether every rank holds the same parameters (DDP; FSDP shards them, so there is nothing to compare)."""
+        if not d.enabled or fsdp:
+            return None
+        g = torch.Generator().manual_seed(1234)
+        probe = sum(float((p.detach().float().cpu().flatten() * torch.rand(p.numel(), generator=g)).sum())
+                    for p in model.parameters())
+        sums = distributed.gather(probe)
+        return all(x == sums[0] for x in sums)
+
     def save_checkpoint() -> None:
         # every rank gathers (a collective under FSDP); rank 0 writes
+        synced = in_sync()
+        if synced is False:
+            p.log("warning: the processes' parameters differ; the checkpoint holds rank 0's")
         raw = distributed.full_tensors(model.state_dict())
         averaged = distributed.full_tensors(ema.averaged(model)) if ema is not None else None
         optimizer = _optimizer_state(model, opt, fsdp)
@@ -437,7 +450,7 @@ def run_loop(
                          "skipped_steps": skipped_total, "processes": d.world},
             },
         )
-        run.update_meta(step=step, checkpoint_step=step)
+        run.update_meta(step=step, checkpoint_step=step, **({} if synced is None else {"ranks_in_sync": synced}))
 
     def validate() -> dict[str, Any]:
         nonlocal best
