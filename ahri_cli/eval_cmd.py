@@ -125,6 +125,23 @@ def probe_table(metrics: dict[str, Any]) -> Table | None:
     return t
 
 
+def latent_action_table(metrics: dict[str, Any]) -> Table | None:
+    """A latent-action run: PSNR per horizon step with the inferred, random and no latent actions, and the gains."""
+    la = metrics.get("latent_actions")
+    if not la:
+        return None
+    codes = la.get("codes")
+    t = Table(title=f"latent actions ({codes} codes)" if codes else "latent actions (continuous)", show_header=True)
+    t.add_column("h", justify="right")
+    for name in ("inferred", "random", "no action", "inferred - random", "inferred - no action"):
+        t.add_column(name, justify="right")
+    blocks = [la["psnr_inferred"], la["psnr_random"], la["psnr_no_action"], la["gain_over_random_db"],
+              la["gain_over_no_action_db"]]
+    for i in range(len(la["psnr_inferred"]["mean"])):
+        t.add_row(str(i + 1), *[_pm(b, i) for b in blocks])
+    return t
+
+
 def eval_(
     run: Annotated[
         str | None,
@@ -209,6 +226,9 @@ def eval_(
     pt = probe_table(m)
     if pt is not None:
         out.print(pt)
+    lt = latent_action_table(m)
+    if lt is not None:
+        out.print(lt)
     if m["truth"] != "video frames":
         console.print(f"[yellow]note:[/] compared against {escape(str(m['truth']))}", highlight=False)
     out.print(f"metrics: {report.metrics_path}", highlight=False, markup=False)

@@ -124,7 +124,7 @@ def _register() -> None:
     from . import info
 
     info.register(app)
-    for name in ("fetch", "train", "tokenize", "eval", "rollout", "demo", "runs"):
+    for name in ("fetch", "train", "tokenize", "eval", "rollout", "play", "demo", "runs"):
         try:
             mod = __import__(f"ahri_cli.{name}_cmd", fromlist=["register"])
         except ModuleNotFoundError as e:

@@ -49,6 +49,16 @@ def rollout(
         typer.Option("--tokenizer", help="Tokenizer: a run name, run directory or weights file. \\[default: the run's]"),
     ] = None,
     scale: Annotated[int, typer.Option("--scale", help="Upscale factor of the written video.", min=1, max=16)] = 4,
+    actions: Annotated[
+        str | None,
+        typer.Option("--actions", metavar="A,A,...", help="Actions of the predicted frames, in order: latent codes "
+                     "(latent-action runs; names of the run's action map work too) or action ids; -1 = no action."),
+    ] = None,
+    actions_from: Annotated[
+        Path | None,
+        typer.Option("--actions-from", metavar="VIDEO", help="Latent-action runs: steer with the latent codes "
+                     "inferred from this video's frames at the same positions."),
+    ] = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = PrecisionChoice.auto,
     threads: ThreadsOption = None,
@@ -71,12 +81,25 @@ def rollout(
     tok = run_or_path(tokenizer, "--tokenizer")
     setup_threads(threads)
     dev = resolve_device(device or "auto")
+    if actions is not None and actions_from is not None:
+        raise ConfigError("give --actions or --actions-from, not both")
+    if actions_from is not None:
+        actions_from = existing_path(actions_from, "--actions-from", "video file")
     world = load_world_model(model, STATE.workspace, tokenizer=tok, device=dev)
+    future = None
+    if actions is not None:
+        from ahri_core.models.latent_actions import parse_action_tokens
+
+        future = parse_action_tokens(actions, world.code_count, world.action_names())
     with RichProgress(console, transient=True) as progress:
         rep = rollout_clip(
             clip, world, steps=s.steps[0], context=s.context, horizon=h, tau_ctx=s.tau_ctx, out=out_path,
-            seed=s.seed, scale=scale, precision=precision.value, progress=progress,
+            seed=s.seed, scale=scale, precision=precision.value, progress=progress, future=future,
+            codes_from=actions_from,
         )
+    if rep.future_actions and rep.actions_source != "none":
+        shown = ",".join(map(str, rep.future_actions[:24])) + ("..." if len(rep.future_actions) > 24 else "")
+        info(escape(f"actions of the predicted frames ({rep.actions_source}): {shown}"))
     if getattr(rep, "precision", ""):
         info(escape(f"precision {rep.precision} ({getattr(rep, 'precision_reason', '')})"))
     line = (

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ahri_core.errors import ConfigError
-from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings, load
+from ahri_core.settings import DataSettings, DiffusionSettings, LatentActionSettings, TrainSettings, load
 from ahri_core.workspace import read_run_meta, run_status
 
 from .common import (
@@ -45,6 +45,7 @@ Preset = Enum(  # type: ignore[misc]
 class Stage(str, Enum):
     dynamics = "dynamics"
     tokenizer = "tokenizer"
+    action_map = "action-map"
 
 
 class StepSampling(str, Enum):
@@ -67,6 +68,10 @@ More examples:
   ahri train --run my-run --resume --max-steps 5000  (continue it with a larger budget)
 
   ahri train --stage tokenizer --minutes 10
+
+  ahri train --latent-actions --no-actions --max-steps 1000   (a controllable model from video alone)
+
+  ahri train --stage action-map --run my-run       (map real actions to its latent codes with a few labels)
 """
 
 
@@ -281,6 +286,17 @@ def train(
     context_fraction: Annotated[
         float | None, typer.Option("--context-fraction", help="Frames drawn as nearly-clean context. \\[default: 0.3]")
     ] = None,
+    latent_actions: Annotated[
+        bool | None, typer.Option("--latent-actions", help="Learn latent actions from the video alone and condition "
+                                  "the model on them (docs/actions.md).")
+    ] = None,
+    latent_action_codes: Annotated[
+        int | None, typer.Option("--latent-action-codes", metavar="N", help="Latent action code-book size (with "
+                                 "--latent-actions): 2, 3, 4, 6, 8, 9, 12, 16, 25, 27, 32 or 64. \\[default: 16]")
+    ] = None,
+    no_actions: Annotated[
+        bool | None, typer.Option("--no-actions", help="Ignore the latent set's real actions (train as if from video alone).")
+    ] = None,
 ) -> None:
     """Train the dynamics model on tokenized latents (or the tokenizer with --stage tokenizer).
 
@@ -315,6 +331,12 @@ def train(
     if stage is Stage.tokenizer:
         _train_tokenizer(train_flags, given)
         return
+    if stage is Stage.action_map:
+        _fit_action_map(run, latents, seed, given)
+        return
+    if latent_action_codes is not None and not latent_actions:
+        raise ConfigError("--latent-action-codes: only used with --latent-actions")
+    lat_flags: dict[str, Any] = dict(enabled=latent_actions, codes=latent_action_codes, ignore_actions=no_actions)
     wrong = [f"--{k.replace('_', '-')}" for k in TOKENIZER_ONLY if k in given]
     if wrong:
         raise ConfigError(f"{', '.join(wrong)}: only used by --stage tokenizer (the dynamics stage reads --latents)")
@@ -331,6 +353,7 @@ def train(
         if val_fraction is None and not read_run_meta(ws.run_dir(name)).get("val_fraction_given"):
             data_flags.pop("val_fraction", None)  # the run used the latent set's own split: keep using it
         diff_flags = _merged(stored, "diffusion", diff_flags)
+        lat_flags = _merged(stored, "latent_actions", lat_flags)
     if name is None:
         from ahri_core.train.common import default_run_name
 
@@ -339,6 +362,7 @@ def train(
     tset = load(TrainSettings, train_flags, STATE.config)
     dset = load(DataSettings, data_flags, STATE.config)
     fset = load(DiffusionSettings, diff_flags, STATE.config)
+    aset = load(LatentActionSettings, lat_flags, STATE.config)
     if not dset.alternating:
         extra = [f"--{k.replace('_', '-')}" for k in ALTERNATING_ONLY if k in given]
         if extra:
@@ -366,7 +390,7 @@ def train(
     with run_log(run_dir / "log.txt"):
         info(f"[bold]dynamics[/] run [cyan]{escape(name)}[/] on latents {escape(str(lat_path))}")
         with RichProgress() as progress:
-            result = train_dynamics(lat_path, run_dir, tset, dset, fset, progress=progress)
+            result = train_dynamics(lat_path, run_dir, tset, dset, fset, progress=progress, latent_actions=aset)
         out.print(_summary(result))
         if result.stopped:
             info(f"stopped by {result.stopped}; continue with: {escape(command_line('train', '--run', name, '--resume'))}")
@@ -377,9 +401,45 @@ def train(
 DYNAMICS_ONLY = (
     "latents", "seq_len", "stride", "alternating", "seq_len_short", "seq_len_long", "batch_size_short",
     "batch_size_long", "long_ratio", "shortcut", "k_max", "step_sampling", "bootstrap_fraction", "bootstrap_warmup",
-    "ema_teacher", "single_image_fraction", "context_fraction", "grad_checkpointing",
+    "ema_teacher", "single_image_fraction", "context_fraction", "grad_checkpointing", "latent_actions",
+    "latent_action_codes", "no_actions",
 )
 TOKENIZER_ONLY = ("data", "videos", "size", "fit", "tokens", "channels", "mask_max", "val_videos", "split", "fps")
+
+
+def _fit_action_map(run: str | None, latents: Path | None, seed: int | None, given: dict[str, Any]) -> None:
+    """``--stage action-map``: map each real action to a latent code of a latent-action run, from the real actions of
+    a few of its training videos (``[latent_actions] label_share`` of them)."""
+    from ahri_core.models.latent_actions import fit_action_map
+
+    allowed = {"stage", "run", "latents", "seed", "device", "threads", "resume"}
+    wrong = [f"--{k.replace('_', '-')}" for k in given if k not in allowed]
+    if wrong:
+        raise ConfigError(f"{', '.join(wrong)}: not used by --stage action-map (it takes --run, --latents, --seed)")
+    if run is None:
+        raise ConfigError("--stage action-map needs --run RUN (a run trained with --latent-actions)")
+    ws = STATE.workspace
+    run_dir = ws.run_dir(run) if not Path(run).is_dir() else Path(run)
+    if not (run_dir / "run.json").is_file():
+        raise ConfigError(f"--run {run}: no such run in {ws.runs}")
+    aset = load(LatentActionSettings, {}, STATE.config)
+    setup_threads(given.get("threads"))
+    res = fit_action_map(run_dir, latents, label_share=aset.label_share, seed=seed or 0)
+    t = Table(title=f"action map of {run_dir.name}: {len(res['labelled_videos'])} labelled videos "
+              f"({res['labelled_frames']} frames)", show_header=True)
+    t.add_column("action")
+    t.add_column("code", justify="right")
+    t.add_column("frames", justify="right")
+    meanings = res.get("meanings") or []
+    for a, code in res["codes"].items():
+        i = int(a)
+        t.add_row(meanings[i] if i < len(meanings) else a, str(code), str(sum(res["counts"][i])))
+    out.print(t)
+    p = res["held_out_probe"]
+    if p.get("frames"):
+        out.print(f"held-out videos: code -> action accuracy {p['accuracy']:.3f} vs {p['majority']:.3f} for always "
+                  f"the most frequent action ({p['frames']} frames)", highlight=False)
+    out.print(f"wrote {run_dir / 'action_map.json'}", highlight=False, markup=False)
 
 
 def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None:

@@ -492,6 +492,12 @@ def evaluate(
     truth_kind = "video frames"
     z_true = torch.stack(true_lat)  # (clips, C + H, N, Ch)
     actions = _stack_actions(acts, span) if world.actions_usable() else None
+    lam = getattr(world, "latent_actions", None)
+    if lam is not None:
+        # a latent-action run is steered by the codes its encoder infers from the clip itself (the real future
+        # included): Genie's "inferred" condition; random and no-action conditions follow below
+        with torch.no_grad():
+            actions = lam(z_true.to(world.device)).cpu()  # (clips, C + H, dims), frame 0 NaN
     t0 = time.perf_counter()
     decoded_true = world.decode(z_true)  # (clips, C + H, 3, h, w)
     decode_s = time.perf_counter() - t0
@@ -544,6 +550,12 @@ def evaluate(
         prog.finish(f"eval: {k} steps", frames_per_s=n * H / secs if secs > 0 else 0.0)
 
     probe_block = _run_probes(world, s, z_true, actions, target, choice.precision, lset, prog, decode) if probes else None
+    latent_block = None
+    if lam is not None:
+        k0 = s.steps[0]
+        latent_block = _latent_action_conditions(world, s, z_true, actions, C, H, choice.precision, decode, target,
+                                                 curves[f"steps_{k0}"]["psnr"], prog)
+        latent_block.pop("curves")
 
     near = min(8, H)
     summary = {
@@ -621,12 +633,56 @@ def evaluate(
         "steps": per_steps,
         "summary": summary,
         "probes": probe_block,
+        "latent_actions": latent_block,
         "precision": choice.to_dict(),
         "decode_true_seconds": decode_s,
         "files": {"plot": str(plot), "videos": vids},
     }
     write_json_atomic(out / "metrics.json", metrics)
     return EvalReport(out_dir=out, metrics=metrics)
+
+
+def random_actions(lam, shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    """Random latent actions (clips, frames, dims): uniform codes of a quantised encoder, uniform vectors in
+    [-1, 1] of a continuous one."""
+    if lam.config.quantize:
+        return lam.vectors(torch.randint(0, lam.config.codes, shape, generator=generator))
+    return torch.rand((*shape, lam.config.dims), generator=generator) * 2 - 1
+
+
+def _latent_action_conditions(world, s, z_true, inferred, C, H, precision, decode, target, psnr_inferred, prog):
+    """Rollouts of a latent-action run from the same windows under two more conditions for the predicted
+    frames: random latent actions (Genie's controllability: delta PSNR = inferred - random) and "no action".
+    The context frames keep their inferred actions in every condition. Differences are paired per clip."""
+    lam = world.latent_actions
+    k = s.steps[0]
+    sampler = world.sampler(k, s.tau_ctx, precision=precision)
+    g_codes = torch.Generator().manual_seed(s.seed + 7)
+    conds = {"random": inferred.clone(), "no_action": inferred.clone()}
+    conds["random"][:, C:] = random_actions(lam, (len(z_true), H), g_codes)
+    conds["no_action"][:, C:] = float("nan")
+    out_curves: dict[str, np.ndarray] = {}
+    block: dict[str, Any] = {"steps": k, "codes": int(lam.config.codes) if lam.config.quantize else None,
+                             "bits_per_frame": float(np.log2(lam.config.codes)) if lam.config.quantize else None}
+    for name, acts in conds.items():
+        prog.start(f"eval: {name} actions", total=len(z_true))
+        out = []
+        for i in range(0, len(z_true), s.batch_size):
+            g = torch.Generator().manual_seed(s.seed * 1_000_003 + i)  # the same noise as the inferred condition
+            res = sampler.rollout(z_true[i : i + s.batch_size, :C], H, actions=acts[i : i + s.batch_size], generator=g)
+            out.append(world.check_finite(res.latents))
+            prog.advance(f"eval: {name} actions", len(res.latents))
+        prog.finish(f"eval: {name} actions")
+        psnr = psnr_per_image(decode(torch.cat(out)), target).numpy()
+        out_curves[f"steps_{k}_{name}_actions"] = psnr
+        diff = np.asarray(psnr_inferred) - psnr
+        block[f"psnr_{name}"] = summarize(psnr)
+        block[f"gain_over_{name}_db"] = summarize(diff)  # per horizon step, mean and 95% interval over clips
+        near = min(8, H)
+        block[f"gain_over_{name}_db_h1_{near}"] = average_over(diff, 1, near)
+    block["psnr_inferred"] = summarize(psnr_inferred)
+    block["curves"] = out_curves
+    return block
 
 
 def _run_probes(world, s, z_true, actions, target, precision, lset, prog, decode=None) -> dict[str, Any]:

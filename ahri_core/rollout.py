@@ -171,7 +171,40 @@ class WorldModel:
         )
 
     def actions_usable(self) -> bool:
-        return getattr(self.dynamics.config, "action_kind", "none") != "none"
+        """Whether the model takes the real actions of a clip (a latent-action model takes its own codes)."""
+        return self.latent_actions is None and getattr(self.dynamics.config, "action_kind", "none") != "none"
+
+    @property
+    def latent_actions(self) -> torch.nn.Module | None:
+        """The run's latent action encoder (:class:`~ahri_core.models.latent_actions.LatentActionModel`), if any."""
+        return getattr(self.dynamics, "action_model", None)
+
+    @property
+    def code_count(self) -> int | None:
+        """Latent codes (quantised latent-action runs) or real discrete actions the model takes; else None."""
+        lam = self.latent_actions
+        if lam is not None:
+            return int(lam.config.codes) if lam.config.quantize else None
+        cfg = self.dynamics.config
+        return int(cfg.action_count) if getattr(cfg, "action_kind", "none") == "discrete" else None
+
+    @torch.no_grad()
+    def infer_codes(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latent codes of a clip's latents (T, N, C) -> (T,) int64, frame 0 = -1 (latent-action runs)."""
+        from .models.latent_actions import video_codes
+
+        if self.latent_actions is None:
+            raise ConfigError(f"run {self.name} has no latent actions (train with ahri train --latent-actions)")
+        return video_codes(self.dynamics, latents)
+
+    def action_names(self) -> dict[str, int]:
+        """Names usable in ``--actions``: the few-label map of a latent-action run (name -> code), or the
+        real action names of a discrete-action run (name -> id)."""
+        if self.latent_actions is not None:
+            amap = self.info.get("action_map") or {}
+            return {str(k): int(v) for k, v in (amap.get("names") or {}).items()}
+        meanings = (self.info.get("latents") or {}).get("action_meanings") or []
+        return {str(m): i for i, m in enumerate(meanings)}
 
 
 def latest_dynamics_run(workspace: Workspace) -> Path:
@@ -243,11 +276,11 @@ def load_world_model(
     device: str | torch.device = "cpu",
 ) -> WorldModel:
     """Load a dynamics run (path or name; None = the latest finished one) and the tokenizer it was trained on."""
-    from .models.dynamics import load_dynamics_run
+    from .models.latent_actions import load_world_dynamics
 
     ws = workspace or Workspace.resolve()
     run_dir = resolve_run(run, ws)
-    model, info = load_dynamics_run(run_dir, device=device)
+    model, info = load_world_dynamics(run_dir, device=device)  # plain and latent-action runs
     traits = traits_of(model, info)
     cands = [Path(tokenizer)] if tokenizer is not None else _tokenizer_candidates(info, ws)
     tok_path = next((c for c in cands if c.exists()), None)
@@ -294,6 +327,8 @@ class RolloutReport:
     psnr: list[float] = field(default_factory=list)  # per predicted frame with truth
     copy_last_psnr: list[float] = field(default_factory=list)
     run: str = ""
+    future_actions: list[int] = field(default_factory=list)  # codes / action ids of the predicted frames (-1 none)
+    actions_source: str = ""  # where they came from: given, another clip, the clip itself, none
     precision: str = ""  # of the dynamics model while sampling: "bf16" or "fp32"
     precision_reason: str = ""  # why (forced, the device, or a measurement on this machine)
 
@@ -342,8 +377,17 @@ def rollout_clip(
     precision: str = "auto",
     progress: Progress | None = None,
     workspace: Workspace | None = None,
+    future: list[int] | None = None,
+    codes_from: str | os.PathLike | None = None,
 ) -> RolloutReport:
     """Predict ``horizon`` frames after the first ``context`` frames of ``clip`` and write them as an mp4.
+
+    ``future``: the actions of the predicted frames, in order (latent codes for a latent-action run, action
+    ids for a discrete-action run; -1 = no action; a shorter list leaves the rest "no action").
+    ``codes_from``: another clip whose inferred latent codes for the same frame indices steer the rollout
+    (latent-action runs). A latent-action run always conditions the context frames on the codes inferred
+    from them, and, with neither option, the predicted frames on the codes of the clip's own later frames
+    where it has them.
 
     ``actions``: per frame of the clip (the project convention, ``actions[t]`` produced frame t; may extend
     beyond the clip to steer the dreamed future); by default the clip's sidecar actions when present, else
@@ -386,14 +430,8 @@ def rollout_clip(
     real = to_float(frames)  # (T, 3, H, W)
     prog.log(f"encoding {context} context frames of {clip.name}")
     ctx_lat = world.encode(frames[:context])  # (C, N, Ch), the tokenize path
-    if actions is None:
-        actions = load_clip_actions(clip, rate, count=len(frames))
-    act = None
-    if actions is not None and world.actions_usable():
-        a = torch.as_tensor(np.asarray(actions))
-        if a.dtype.is_floating_point == (world.dynamics.config.action_kind == "discrete"):
-            raise DataError(f"actions for {clip} are of the wrong kind for this model ({world.dynamics.config.action_kind})")
-        act = a[None].long() if not a.dtype.is_floating_point else a[None].float()
+    act, future_used, act_source = _rollout_actions(world, clip, frames, ctx_lat, context, horizon, rate, actions,
+                                                    future, codes_from, prog)
     res = sampler.rollout(ctx_lat[None], horizon, actions=act, generator=seed, progress=prog)
     pred = world.decode(world.check_finite(res.latents)[0])  # (H, 3, h, w)
     # Scores and the written video cover the picture only: the bars that ``pad`` added are cut off, so the
@@ -436,6 +474,76 @@ def rollout_clip(
         psnr=psnr,
         copy_last_psnr=copy_last,
         run=world.name,
+        future_actions=future_used,
+        actions_source=act_source,
         precision=choice.precision,
         precision_reason=choice.reason,
     )
+
+
+def _rollout_actions(world, clip, frames, ctx_lat, context, horizon, rate, actions, future, codes_from, prog):
+    """The (1, context + horizon, ...) actions of a rollout, the future ones as a list, and their source."""
+    from .video import read_frames
+
+    total = context + horizon
+    if future is not None and codes_from is not None:
+        raise ConfigError("give --actions or --actions-from, not both")
+    count = world.code_count
+    if future is not None:
+        future = [int(v) for v in future][:horizon]
+        if count is None:
+            raise ConfigError(f"run {world.name} takes no discrete actions or latent codes; --actions does not apply")
+        bad = [v for v in future if v < -1 or v >= count]
+        if bad:
+            raise ConfigError(f"--actions: {bad[0]} is out of range; accepted -1 (no action) to {count - 1}")
+    lam = world.latent_actions
+    if lam is None:
+        if codes_from is not None:
+            raise ConfigError(f"run {world.name} has no latent actions; --actions-from needs a run trained with --latent-actions")
+        if actions is None:
+            actions = load_clip_actions(clip, rate, count=len(frames))
+        if not world.actions_usable():
+            return None, [], "none"
+        if future is not None:
+            past = torch.full((context,), -1, dtype=torch.long)
+            if actions is not None and not np.asarray(actions).dtype.kind == "f":
+                known = torch.as_tensor(np.asarray(actions))[:context].long()
+                past[: len(known)] = known
+            fut = torch.full((horizon,), -1, dtype=torch.long)
+            fut[: len(future)] = torch.tensor(future, dtype=torch.long)
+            return torch.cat([past, fut])[None], future, "given"
+        if actions is None:
+            return None, [], "none"
+        a = torch.as_tensor(np.asarray(actions))
+        if a.dtype.is_floating_point == (world.dynamics.config.action_kind == "discrete"):
+            raise DataError(f"actions for {clip} are of the wrong kind for this model ({world.dynamics.config.action_kind})")
+        act = a[None].long() if not a.dtype.is_floating_point else a[None].float()
+        fut_ids = act[0, context:total].tolist() if not a.dtype.is_floating_point else []
+        return act, [int(v) for v in fut_ids], "clip"
+    # latent actions: context frames keep the actions inferred from them
+    dev = world.device
+    with torch.no_grad():
+        vec = torch.full((total, lam.config.dims), float("nan"), device=dev)
+        vec[:context] = lam(ctx_lat[None].to(dev))[0]
+        if future is not None:
+            vec[context : context + len(future)] = lam.vectors(torch.tensor(future, dtype=torch.long)).to(dev)
+            source = "given"
+        else:
+            src_frames, source = frames, "clip"
+            if codes_from is not None:
+                other = Path(codes_from)
+                if not other.is_file():
+                    raise DataError(f"--actions-from: {other} does not exist")
+                src_frames = read_frames(other, fps=rate, size=world.size, fit=world.fit, max_frames=total)
+                source = f"codes of {other.name}"
+                if len(src_frames) < context + 1:
+                    raise DataError(f"--actions-from: {other} has {len(src_frames)} frames, fewer than --context + 1")
+            if len(src_frames) > context:
+                prog.log(f"inferring latent actions from {len(src_frames)} frames ({source})")
+                inferred = lam(world.encode(src_frames)[None].to(dev))[0]
+                n = min(total, len(inferred))
+                vec[context:n] = inferred[context:n]
+            else:
+                source = "none"
+    used = lam.fsq.to_index(vec[context:]).tolist() if lam.config.quantize else []
+    return vec[None], [int(v) for v in used], source

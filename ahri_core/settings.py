@@ -422,3 +422,26 @@ class SamplingSettings(Section):
             if not is_power_of_two(k):
                 raise ValueError(f"step count {k} is not a power of two (1, 2, 4, 8, ...)")
         return v
+
+
+class LatentActionSettings(Section):
+    """Latent actions inferred from video (docs/actions.md): dynamics training and the few-label map."""
+
+    section: ClassVar[str] = "latent_actions"
+    enabled: bool = Field(False, description="train an inverse-dynamics encoder jointly; its codes are the actions")
+    codes: int = Field(16, ge=2, le=64, description="code-book size (FSQ grid): 2, 3, 4, 6, 8, 9, 12, 16, 25, 27, 32, 64")
+    quantize: bool = Field(True, description="False: a continuous code of the same number of dimensions (no rounding)")
+    dropout: float = Field(0.1, ge=0, le=1, description="share of items trained with 'no action' instead of their codes")
+    ignore_actions: bool = Field(False, description="ignore the latent set's real actions (train as if from video alone)")
+    label_share: float = Field(0.1, gt=0, le=1, description="action map: share of training videos whose real actions are used")
+    forward_weight: float = Field(
+        1.0, ge=0, description="weight of the encoder's forward-model loss (0: no forward head; trained by the dynamics loss alone)"
+    )
+
+    @field_validator("codes")
+    @classmethod
+    def _codes(cls, v: int) -> int:
+        allowed = (2, 3, 4, 6, 8, 9, 12, 16, 25, 27, 32, 64)
+        if v not in allowed:
+            raise ValueError(f"allowed: {', '.join(map(str, allowed))}")
+        return v

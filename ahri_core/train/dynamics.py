@@ -19,6 +19,7 @@ The stage is a :class:`DynamicsObjective` run by the one training loop (``train/
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -42,9 +43,16 @@ from ..diffusion import add_noise, forcing_loss, sample_noise_levels
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import read_jsonl
 from ..models.dynamics import KIND, DynamicsConfig, DynamicsModel, dynamics_config
+from ..models.latent_actions import KIND as LAM_KIND
+from ..models.latent_actions import (
+    LatentActionConfig,
+    LatentActionDynamics,
+    latent_action_config,
+    split_config,
+)
 from ..progress import Progress, ensure
 from ..runtime import autocast, resolve_device
-from ..settings import DataSettings, DiffusionSettings, TrainSettings
+from ..settings import DataSettings, DiffusionSettings, LatentActionSettings, TrainSettings
 from .common import (
     RunDir,
     RunningRMS,
@@ -68,6 +76,7 @@ RESUMABLE = {
               "threads", "precision", "max_bad_steps", "fsdp", "compile"},
     "data": {"num_workers"},
     "diffusion": set(),
+    "latent_actions": {"label_share"},
 }
 
 
@@ -89,18 +98,32 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _settings_dict(train: TrainSettings, data: DataSettings, diffusion: DiffusionSettings) -> dict[str, Any]:
-    return {
+def _settings_dict(train: TrainSettings, data: DataSettings, diffusion: DiffusionSettings,
+                   latent_actions: LatentActionSettings | None = None) -> dict[str, Any]:
+    out = {
         "train": train.model_dump(mode="json"),
         "data": data.model_dump(mode="json"),
         "diffusion": diffusion.model_dump(mode="json"),
     }
+    if latent_actions is not None and _uses_latent_settings(latent_actions):
+        out["latent_actions"] = latent_actions.model_dump(mode="json")
+    return out
+
+
+def _uses_latent_settings(s: LatentActionSettings | None) -> bool:
+    """Whether a run's actions differ from the latent set's: latent actions, or real actions ignored. Runs that
+    use neither keep the settings (and run.json) they always had."""
+    return s is not None and (s.enabled or s.ignore_actions)
 
 
 def model_config_for(
-    latents: LatentSet, train: TrainSettings, data: DataSettings, diffusion: DiffusionSettings, **overrides: Any
+    latents: LatentSet, train: TrainSettings, data: DataSettings, diffusion: DiffusionSettings,
+    latent_actions: LatentActionSettings | None = None, **overrides: Any
 ) -> DynamicsConfig:
-    """The model config a run builds: the preset, the latent shape, the actions, k_max and the longest window."""
+    """The model config a run builds: the preset, the latent shape, the actions, k_max and the longest window.
+
+    ``latent_actions``: with ``enabled`` the actions are the latent action vectors (continuous, one number per
+    FSQ dimension); with ``ignore_actions`` (and not enabled) the model takes no actions at all."""
     max_frames = max(data.seq_len_short, data.seq_len_long) if data.alternating else data.seq_len
     fields: dict[str, Any] = dict(
         k_max=diffusion.k_max,
@@ -110,6 +133,11 @@ def model_config_for(
         action_dim=latents.action_dim,
         grad_checkpointing=train.grad_checkpointing,
     )
+    if latent_actions is not None and latent_actions.enabled:
+        fields.update(action_kind="continuous", action_count=0,
+                      action_dim=len(latent_action_config(latent_actions.codes, latents.tokens, latents.channels).levels))
+    elif latent_actions is not None and latent_actions.ignore_actions:
+        fields.update(action_kind="none", action_count=0, action_dim=0)
     fields.update(overrides)
     return dynamics_config(train.preset, tokens=latents.tokens, channels=latents.channels, **fields)
 
@@ -134,6 +162,7 @@ def validate(
     shortcut: bool = False,
     batch_size: int = 8,
     seed: int = 12345,
+    ignore_actions: bool = False,
 ) -> dict[str, float]:
     """Held-out losses with fixed noise (the same at every call).
 
@@ -141,6 +170,9 @@ def validate(
     ``next``: next-frame MSE of a one-step prediction, context frames at tau_ctx = 0.1 and the last frame
     pure noise (d = 1 for shortcut models, d_min otherwise) -- the rollout's first frame in one step;
     ``copy_last``: MSE of repeating the last context frame (the baseline ``next`` must beat).
+    A latent-action model is conditioned on the actions its encoder infers from the window itself (frame t's
+    from frames t - 1 and t), and also reports ``next_no_action``: ``next`` with "no action" everywhere (what
+    the inferred codes are worth; see docs/actions.md).
     """
     was_training = model.training
     model.eval()
@@ -148,8 +180,11 @@ def validate(
     d_min = 1.0 / model.config.k_max
     sums: dict[str, float] = {f"tau={t:g}": 0.0 for t in VAL_TAUS}
     sums.update(next=0.0, copy_last=0.0)
+    lam = isinstance(model, LatentActionDynamics)
+    if lam:
+        sums["next_no_action"] = 0.0
     n = 0
-    kind = model.config.action_kind
+    kind = "none" if lam or ignore_actions else model.config.action_kind
     for i in range(0, len(keys), batch_size):
         chunk = keys[i : i + batch_size]
         x = torch.stack([videos[v].latents[s : s + L] for v, s, L in chunk]).float()
@@ -169,6 +204,8 @@ def validate(
             acts = torch.stack(rows).to(device)
         noise = torch.randn(x.shape, generator=g)
         x, noise = x.to(device), noise.to(device)
+        if lam:
+            acts = model.latent_actions(x)
         step = torch.full((B, T), d_min, device=device)
         with autocast(device, precision):
             for t in VAL_TAUS:
@@ -180,6 +217,9 @@ def validate(
             st = step.clone()
             st[:, -1] = 1.0 if shortcut else d_min
             xh = model(add_noise(x, noise, tau), tau, st, actions=acts)
+            if lam:
+                xn = model(add_noise(x, noise, tau), tau, st, actions=None)
+                sums["next_no_action"] += float((xn[:, -1].float() - x[:, -1]).pow(2).mean()) * B
         sums["next"] += float((xh[:, -1].float() - x[:, -1]).pow(2).mean()) * B
         sums["copy_last"] += float((x[:, -2] - x[:, -1]).pow(2).mean()) * B
         n += B
@@ -236,17 +276,29 @@ class DynamicsObjective(Objective):
     reduce = {"tau_min": "min", "tau_max": "max", "short_batches": "sum", "long_batches": "sum", "T": "last", "B": "last"}
 
     def __init__(self, cfg: DynamicsConfig, lset: LatentSet, train: TrainSettings, data: DataSettings,
-                 diffusion: DiffusionSettings, settings: dict[str, Any], device: torch.device) -> None:
+                 diffusion: DiffusionSettings, settings: dict[str, Any], device: torch.device,
+                 latent_actions: LatentActionSettings | None = None) -> None:
         self.cfg, self.lset, self.train, self.data, self.diffusion = cfg, lset, train, data, diffusion
         self.settings, self.device = settings, device
-        self.model = DynamicsModel(cfg).to(device)
+        la = latent_actions if _uses_latent_settings(latent_actions) else None
+        self.latent_settings = la
+        # latent actions: the encoder is a part of the model, so the loop's optimizer, EMA, checkpoints and
+        # DDP see it; the real actions of the set (if any) are never read
+        self.lam_cfg: LatentActionConfig | None = (
+            latent_action_config(la.codes, lset.tokens, lset.channels, la.quantize, forward_head=la.forward_weight > 0)
+            if la is not None and la.enabled else None
+        )
+        if self.lam_cfg is not None:
+            self.kind = LAM_KIND
+        self.model = self._build().to(device)
         self.model.train()
         self.normalizer = RunningRMS().to(device)
         self.gen = torch.Generator().manual_seed(train.seed + 1)  # tau, d, item flags (CPU)
         self.noise_gen = torch.Generator(device=device).manual_seed(train.seed + 2)  # the noise tensors
         short, long, ratio = _loader_shapes(train, data)
         self.dist = distributed.current()
-        loader, sampler = make_loader(lset.train, short, long, ratio, data.stride, train.seed, lset.action_kind,
+        action_kind = "none" if la is not None else lset.action_kind  # latent or ignored: no real actions loaded
+        loader, sampler = make_loader(lset.train, short, long, ratio, data.stride, train.seed, action_kind,
                                       lset.action_dim, data.num_workers, rank=self.dist.rank, world=self.dist.world,
                                       pin_memory=device.type == "cuda")
         self.windows = _Windows(loader, sampler)
@@ -254,12 +306,20 @@ class DynamicsObjective(Objective):
         self.teacher = copy.deepcopy(self.model) if (diffusion.ema_teacher and diffusion.shortcut) else None
         self.val_keys = validation_windows(lset.val, _val_length(data), data.stride, VAL_WINDOWS) if lset.val else []
 
+    def _build(self) -> DynamicsModel:
+        return DynamicsModel(self.cfg) if self.lam_cfg is None else LatentActionDynamics(self.cfg, self.lam_cfg)
+
     def model_config(self) -> dict[str, Any]:
+        if self.lam_cfg is not None:
+            return {"dynamics": self.cfg.model_dump(mode="json"), "latent_actions": self.lam_cfg.model_dump(mode="json")}
         return self.cfg.model_dump(mode="json")
 
     def weights_extra(self) -> dict[str, Any]:
-        return {"settings": self.settings, "latents": self.lset.describe(), "tokenizer_id": self.lset.tokenizer_id,
-                "shortcut": self.diffusion.shortcut, "k_max": self.diffusion.k_max, "max_frames": self.cfg.max_frames}
+        extra = {"settings": self.settings, "latents": self.lset.describe(), "tokenizer_id": self.lset.tokenizer_id,
+                 "shortcut": self.diffusion.shortcut, "k_max": self.diffusion.k_max, "max_frames": self.cfg.max_frames}
+        if self.latent_settings is not None:
+            extra["real_actions"] = "ignored"
+        return extra
 
     def steps_per_epoch(self) -> int:
         return self.windows.per_epoch
@@ -294,19 +354,55 @@ class DynamicsObjective(Objective):
             mine = slice(self.dist.rank, None, self.dist.world)
             levels, noise = levels.select(mine), noise[mine]
         teacher = self._teacher(any_bootstrap)
+        net: Any = self.train_net
+        actions = batch.actions
+        code_logs: dict[str, float] = {}
+        if self.lam_cfg is not None:
+            # items that train with "no action" instead of their codes, drawn for the global batch like the levels
+            keep = torch.rand(Bg, generator=self.gen) >= self.latent_settings.dropout
+            if Bg != B:
+                keep = keep[self.dist.rank :: self.dist.world]
+            keep = keep.to(self.device)
+            # The student infers the codes inside its own forward (gradients reach the encoder, through DDP);
+            # the shortcut teacher is given the same codes, detached.
+            with torch.no_grad():
+                actions = self.model.latent_actions(batch.latents, keep, levels.isolated)
+            net = functools.partial(net, clean=batch.latents, keep=keep)
+            code_logs = self._code_stats(actions)
+        elif self.latent_settings is not None:
+            actions = None  # real actions ignored
         with autocast(self.device, precision):
-            parts = forcing_loss(self.train_net, batch.latents, levels, noise, batch.actions, self.normalizer,
-                                 teacher=teacher)
+            parts = forcing_loss(net, batch.latents, levels, noise, actions, self.normalizer, teacher=teacher)
+        loss = parts.loss
+        fwd = self.model.last_forward_loss if self.lam_cfg is not None else None
+        if fwd is not None:
+            # LAPO-style: the encoder also trains through a small forward model that sees nothing of frame t but
+            # the action (computed inside the student's forward above)
+            loss = loss + self.latent_settings.forward_weight * fwd
+            code_logs["forward_loss"] = float(fwd.detach())
+            self.model.last_forward_loss = None
         logs = {"loss": parts.raw, "flow_loss": parts.flow, "bootstrap_loss": parts.bootstrap,
                 "tau_min": parts.tau_min, "tau_max": parts.tau_max, "short_batches": float(batch.kind == "S"),
-                "long_batches": float(batch.kind == "L"), "batch": batch.kind, "T": T, "B": Bg}
-        return StepOut(parts.loss, logs, B * T)
+                "long_batches": float(batch.kind == "L"), "batch": batch.kind, "T": T, "B": Bg, **code_logs}
+        return StepOut(loss, logs, B * T)
+
+    def _code_stats(self, actions: torch.Tensor) -> dict[str, float]:
+        """How many codes a batch uses: the perplexity of its codes (anti-collapse watch; at most the code count)."""
+        if self.lam_cfg is None or not self.lam_cfg.quantize:
+            return {}
+        idx = self.model.action_model.fsq.to_index(actions).flatten()
+        idx = idx[idx >= 0]
+        if not idx.numel():
+            return {}
+        p = torch.bincount(idx, minlength=self.lam_cfg.codes).float() / idx.numel()
+        ent = -(p[p > 0] * p[p > 0].log()).sum()
+        return {"code_perplexity": float(ent.exp()), "codes_used": float((p > 0).sum())}
 
     def _teacher(self, needed: bool) -> torch.nn.Module:
         """The model that makes the shortcut targets (run without gradient): the EMA teacher, or the model itself.
         Under FSDP a whole (unsharded) copy does it, so that no rank runs a sharded forward the others skip."""
         if self.fsdp and self.diffusion.shortcut and self.teacher is None:
-            self.teacher = DynamicsModel(self.cfg).to(self.device)
+            self.teacher = self._build().to(self.device)
             self._raw_teacher = not self.diffusion.ema_teacher
         if self.teacher is not None and needed:  # the same on every rank: decided on the global batch
             if getattr(self, "_raw_teacher", False):
@@ -321,8 +417,9 @@ class DynamicsObjective(Objective):
         x = torch.randn(B, T, self.lset.tokens, self.lset.channels, device=self.device)
         tau = torch.rand(B, T, device=self.device)
         step = torch.full((B, T), 1.0 / c.k_max, device=self.device)
+        kw = {"clean": x} if self.lam_cfg is not None else {}
         with autocast(self.device, precision):
-            out = self.model(x, tau, step)
+            out = self.model(x, tau, step, **kw)
         out.float().pow(2).mean().backward()
 
     def shape_key(self) -> str:
@@ -332,12 +429,16 @@ class DynamicsObjective(Objective):
     def validate(self, step: int, precision: str) -> dict[str, float]:
         if not self.val_keys:
             return {}
-        v = validate(self.model, self.lset.val, self.val_keys, self.device, precision, self.diffusion.shortcut)
+        v = validate(self.model, self.lset.val, self.val_keys, self.device, precision, self.diffusion.shortcut,
+                     ignore_actions=self.latent_settings is not None)
         return {f"val_{k}": x for k, x in v.items()}
 
     def val_line(self, v: dict[str, Any]) -> str:
         taus = " ".join(f"tau{t:g}={v[f'val_tau={t:g}']:.4f}" for t in VAL_TAUS)
-        return f"val @ step {v['step']}: {taus}  next={v['val_next']:.4f} (copy-last {v['val_copy_last']:.4f})"
+        line = f"val @ step {v['step']}: {taus}  next={v['val_next']:.4f} (copy-last {v['val_copy_last']:.4f}"
+        if "val_next_no_action" in v:
+            line += f", no action {v['val_next_no_action']:.4f}"
+        return line + ")"
 
     def interval(self, frames: int, seconds: float) -> dict[str, Any]:
         return {"tokens_per_s": frames * self.lset.tokens / max(seconds, 1e-9)}
@@ -354,6 +455,8 @@ class DynamicsObjective(Objective):
         }
         if rec.get("bootstrap_loss") is not None:
             out["boot"] = rec["bootstrap_loss"]
+        if rec.get("code_perplexity") is not None:
+            out["codes"] = round(rec["code_perplexity"], 1)
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -381,6 +484,7 @@ def train_dynamics(
     stop: StopRequest | None = None,
     after_backward: Callable[[int, torch.nn.Module], None] | None = None,
     cache_dir: str | os.PathLike | None = None,
+    latent_actions: LatentActionSettings | None = None,
 ) -> TrainResult:
     """Train (or, with ``train.resume``, continue) a dynamics model on a latent set.
 
@@ -389,7 +493,9 @@ def train_dynamics(
     ``train.minutes`` / ``train.epochs``, whichever ends first. ``on_step(step, record)`` is called after
     every optimizer step (record: the step's loss terms, batch shape, lr). SIGTERM and the first Ctrl-C
     checkpoint and stop. ``cache_dir``: where the precision choice is cached (default: the workspace's
-    ``cache/`` when the run is under ``<workspace>/runs``). Returns a :class:`TrainResult`.
+    ``cache/`` when the run is under ``<workspace>/runs``). ``latent_actions``: learn latent actions from the
+    video alone (``enabled``; docs/actions.md) and/or ignore the set's real actions (``ignore_actions``).
+    Returns a :class:`TrainResult`.
     """
     train = with_preset_defaults(train or TrainSettings(), "dynamics")
     distributed.setup(train.device)  # joins the process group when launched by torchrun; else nothing
@@ -405,22 +511,29 @@ def train_dynamics(
         raise DataError(f"latent set {lset.path or '<memory>'} has no training videos")
     _check_finite(lset)
     device = resolve_device(train.device)
-    settings = _settings_dict(train, data, diffusion)
+    settings = _settings_dict(train, data, diffusion, latent_actions)
     run = RunDir(run_dir)
     resuming = train.resume and run.state.is_file()
     state = None
     if resuming:
-        check_resume_settings(run.meta().get("settings", {}), settings, run.path, RESUMABLE)
+        before = run.meta().get("settings", {})
+        if ("latent_actions" in before) != ("latent_actions" in settings):
+            raise ConfigError(
+                f"--resume of {run.path}: the run was trained {'with' if 'latent_actions' in before else 'without'} "
+                "latent actions / ignored real actions (latent_actions settings); resume it with the same ones"
+            )
+        check_resume_settings(before, settings, run.path, RESUMABLE)
         state = load_resume_state(run, STAGE)
 
     seed_everything(train.seed)
     overrides = dict(model_overrides or {})
     if resuming and "pack" not in overrides:
         # a run keeps the packing it was made with (runs from before ``pack`` existed are unpacked)
-        overrides["pack"] = int(state["config"].get("pack", 1))
-    cfg = model_config_for(lset, train, data, diffusion, **overrides)
+        overrides["pack"] = int(split_config(state["config"])[0].get("pack", 1))
+    cfg = model_config_for(lset, train, data, diffusion, latent_actions, **overrides)
     if resuming:
-        diff = config_mismatch(cfg.weights_fields(), DynamicsConfig(**state["config"]).weights_fields())
+        stored_dyn, _ = split_config(state["config"])
+        diff = config_mismatch(cfg.weights_fields(), DynamicsConfig(**stored_dyn).weights_fields())
         if diff:
             raise CheckpointError(
                 f"--resume of {run.path}: the checkpoint was made with another model config ({', '.join(diff[:4])})"
@@ -439,9 +552,9 @@ def train_dynamics(
     else:
         run.create(STAGE, settings, resume=train.resume)
     with run.failing_before_loop():
-        obj = DynamicsObjective(cfg, lset, train, data, diffusion, settings, device)
+        obj = DynamicsObjective(cfg, lset, train, data, diffusion, settings, device, latent_actions)
         run.update_meta(stage=STAGE, settings=settings, latents=lset.describe(), tokenizer_id=lset.tokenizer_id,
-                        model=cfg.model_dump(mode="json"), shortcut=diffusion.shortcut, k_max=diffusion.k_max,
+                        model=obj.model_config(), shortcut=diffusion.shortcut, k_max=diffusion.k_max,
                         max_frames=cfg.max_frames, split_videos=split,
                         val_fraction_given="val_fraction" in data.model_fields_set)
         if not obj.val_keys and not resuming:

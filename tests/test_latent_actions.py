@@ -1,0 +1,334 @@
+"""Latent actions: FSQ math, the encoder's shapes and bottleneck, joint training, resume, files, the few-label map,
+and eval / rollout of a latent-action run."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sampling_fakes import held_out, make_world  # noqa: E402
+from test_train_dynamics import clip, tiny_settings  # noqa: E402
+
+from ahri_core.checkpoint import read_metadata  # noqa: E402
+from ahri_core.data.windows import make_latent_set  # noqa: E402
+from ahri_core.diffusion import forcing_loss, sample_noise_levels  # noqa: E402
+from ahri_core.errors import CheckpointError, ConfigError  # noqa: E402
+from ahri_core.models.dynamics import dynamics_config, load_dynamics_run  # noqa: E402
+from ahri_core.models.latent_actions import (  # noqa: E402
+    FSQ,
+    KIND,
+    LatentActionDynamics,
+    LatentActionModel,
+    action_map_from_counts,
+    fit_action_map,
+    latent_action_config,
+    levels_for,
+    load_world_dynamics,
+    pair_counts,
+    parse_action_tokens,
+    probe_accuracy,
+)
+from ahri_core.settings import DataSettings, DiffusionSettings, LatentActionSettings  # noqa: E402
+from ahri_core.train.dynamics import train_dynamics  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------- FSQ
+
+
+@pytest.mark.parametrize("levels", [(2,), (3,), (4, 4), (2, 2, 2), (4, 3), (5, 5)])
+def test_fsq_index_and_vector_round_trip_exactly(levels):
+    q = FSQ(levels)
+    assert q.codes == math.prod(levels) and q.dims == len(levels)
+    idx = torch.arange(q.codes)
+    v = q.to_vector(idx)
+    assert v.shape == (q.codes, len(levels))
+    assert torch.equal(q.to_index(v), idx)
+    assert len({tuple(r.tolist()) for r in v}) == q.codes  # every code a distinct grid point
+    # the grid of each dimension is evenly spaced in [-1, 1], both ends included
+    for d, lv in enumerate(levels):
+        assert torch.allclose(torch.unique(v[:, d]), torch.linspace(-1, 1, lv))
+    # quantising a grid point's pre-image gives the grid point back
+    h = torch.atanh(v.clamp(-0.999, 0.999))
+    assert torch.allclose(q(h), v, atol=1e-6)
+    # no action: -1 <-> a NaN row
+    assert torch.isnan(q.to_vector(torch.tensor([-1]))).all()
+    assert int(q.to_index(torch.full((1, len(levels)), float("nan")))[0]) == -1
+
+
+def test_fsq_rounds_and_passes_gradients_straight_through():
+    q = FSQ((4, 4))
+    h = torch.tensor([[0.1, -2.0], [0.6, 3.0]], requires_grad=True)
+    out = q(h)
+    y = (torch.tanh(h) + 1) / 2 * 3
+    assert torch.equal(out.detach(), torch.round(y.detach()) * 2 / 3 - 1)
+    out.sum().backward()
+    expected = (1 - torch.tanh(h.detach()) ** 2) / 2 * 3 * 2 / 3  # d/dh of the unrounded map
+    assert torch.allclose(h.grad, expected)
+
+
+def test_code_book_sizes_and_errors():
+    assert levels_for(16) == (4, 4) and levels_for(8) == (2, 2, 2)
+    with pytest.raises(ConfigError, match="codes=10"):
+        levels_for(10)
+    with pytest.raises(ValueError, match="allowed: 2, 3"):
+        LatentActionSettings(codes=10)
+    cfg = latent_action_config(16, 4, 4)
+    assert cfg.bits() == 4.0 and cfg.dims == 2
+
+
+# ---------------------------------------------------------------------------------------------- encoder
+
+
+def test_encoder_shapes_first_frame_is_no_action_and_at_most_k_distinct_actions():
+    torch.manual_seed(0)
+    m = LatentActionModel(latent_action_config(8, 4, 3))
+    x = torch.randn(5, 7, 4, 3) * 3
+    a = m(x)
+    assert a.shape == (5, 7, 3)
+    assert torch.isnan(a[:, 0]).all() and torch.isfinite(a[:, 1:]).all()
+    codes = m.codes(x)
+    assert codes.shape == (5, 7) and (codes[:, 0] == -1).all()
+    assert int(codes[:, 1:].min()) >= 0 and int(codes.max()) < 8
+    assert len({tuple(r.tolist()) for r in a[:, 1:].reshape(-1, 3)}) <= 8
+    assert torch.equal(m.vectors(codes[:, 1:]), a[:, 1:])
+    with pytest.raises(Exception, match="latents must be"):
+        m(torch.randn(2, 3, 5, 3))
+
+
+def _train_through_bottleneck(cfg, steps=300, seed=0):
+    """Train encoder + forward head on frames that are independent noise; return the held-out MSE of the
+    predicted frame (1 = knows nothing of it)."""
+    torch.manual_seed(seed)
+    m = LatentActionModel(cfg)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(64, 2, cfg.tokens, cfg.channels, generator=g)
+        loss = m.forward_loss(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x = torch.randn(2048, 2, cfg.tokens, cfg.channels, generator=g)
+    with torch.no_grad():
+        a = m.encode_pairs(x[:, 0], x[:, 1])
+        pred = x[:, 0] + m.predict_change(x[:, 0], a)
+    return float((pred - x[:, 1]).pow(2).mean())
+
+
+def test_the_code_cannot_carry_an_unpredictable_future():
+    """Frames of independent unit Gaussian noise: whatever the encoder does, 4 bits about a 16-number frame
+    leave an MSE of at least 2^(-2 * 4 / 16) = 0.707 (rate-distortion bound); a continuous code as wide as the
+    frame, trained the same way, transmits it (the check would see a leak)."""
+    tight = latent_action_config(16, 4, 4)
+    bound = 2 ** (-2 * tight.bits() / (4 * 4))
+    mse_tight = _train_through_bottleneck(tight)
+    wide = tight.model_copy(update={"levels": [2] * 16, "quantize": False})
+    mse_wide = _train_through_bottleneck(wide)
+    assert mse_tight >= bound - 0.03, (mse_tight, bound)
+    assert mse_wide < 0.5 * bound, mse_wide
+
+
+# ---------------------------------------------------------------------------------------------- joint model
+
+
+def _joint(codes=8, tokens=4, channels=4):
+    lam = latent_action_config(codes, tokens, channels)
+    cfg = dynamics_config("tiny", tokens=tokens, channels=channels, action_kind="continuous", action_dim=lam.dims,
+                          k_max=8, max_frames=8)
+    return LatentActionDynamics(cfg, lam)
+
+
+def test_dynamics_loss_alone_trains_the_encoder_and_dropped_items_get_no_action():
+    torch.manual_seed(0)
+    m = _joint()
+    m.lam_config = m.lam_config.model_copy(update={"forward_head": False})
+    x = torch.randn(4, 6, 4, 4)
+    keep = torch.tensor([True, False, True, True])
+    iso = torch.tensor([False, False, True, False])
+    a = m.latent_actions(x, keep, iso)
+    assert torch.isnan(a[1]).all() and torch.isnan(a[2]).all() and torch.isnan(a[:, 0]).all()
+    assert torch.isfinite(a[0, 1:]).all() and torch.isfinite(a[3, 1:]).all()
+    # make the action input matter so the test does not depend on training first
+    with torch.no_grad():
+        for blk in m.blocks:
+            blk.mod.weight.normal_(0, 0.05)
+    levels = sample_noise_levels(4, 6, k_max=8, shortcut=False, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn_like(x)
+    net = functools.partial(m, clean=x, keep=torch.ones(4, dtype=torch.bool))
+    forcing_loss(net, x, levels, noise, None).loss.backward()
+    g = m.action_model.frame_mlp[0].weight.grad
+    assert g is not None and bool(torch.isfinite(g).all()) and float(g.abs().sum()) > 0
+    assert all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in m.parameters())
+
+
+def test_joint_model_refuses_a_mismatched_action_input():
+    lam = latent_action_config(16, 4, 4)
+    cfg = dynamics_config("tiny", tokens=4, channels=4, action_kind="discrete", action_count=3)
+    with pytest.raises(ConfigError, match="continuous"):
+        LatentActionDynamics(cfg, lam)
+
+
+def _lam_settings(**kw):
+    return LatentActionSettings(enabled=True, codes=8, **kw)
+
+
+def test_training_writes_one_file_that_rebuilds_both_models(tmp_path):
+    data = make_latent_set([clip(0), clip(1)], [clip(100)], action_count=3)
+    train, dset, diff = tiny_settings(max_steps=6, val_every=6)
+    r = train_dynamics(data, tmp_path / "run", train, dset, diff, latent_actions=_lam_settings())
+    kind, cfg, extra = read_metadata(r.weights)
+    assert kind == KIND and set(cfg) == {"dynamics", "latent_actions"}
+    assert cfg["dynamics"]["action_kind"] == "continuous" and cfg["dynamics"]["action_dim"] == 3
+    assert extra["real_actions"] == "ignored"
+    model, info = load_world_dynamics(tmp_path / "run")
+    assert isinstance(model, LatentActionDynamics) and info["latent_actions"]["levels"] == [2, 2, 2]
+    assert "val_next_no_action" in r.val and "code_perplexity" in r.last and "forward_loss" in r.last
+    assert 1.0 <= r.last["code_perplexity"] <= 8.0
+    with pytest.raises(CheckpointError, match="not a dynamics model"):
+        load_dynamics_run(tmp_path / "run")  # the plain loader names what the file holds
+
+
+def test_plain_runs_are_unchanged_and_no_actions_ignores_real_actions(tmp_path):
+    data = make_latent_set([clip(0), clip(1)], [clip(100)], action_count=3)
+    train, dset, diff = tiny_settings(max_steps=2)
+    r = train_dynamics(data, tmp_path / "plain", train, dset, diff)
+    kind, cfg, extra = read_metadata(r.weights)
+    assert kind == "dynamics" and cfg["action_kind"] == "discrete" and "real_actions" not in extra
+    assert "latent_actions" not in json.loads((tmp_path / "plain" / "run.json").read_text())["settings"]
+    model, _ = load_world_dynamics(tmp_path / "plain")
+    assert not isinstance(model, LatentActionDynamics)
+    r = train_dynamics(data, tmp_path / "none", train, dset, diff, latent_actions=LatentActionSettings(ignore_actions=True))
+    kind, cfg, _ = read_metadata(r.weights)
+    assert kind == "dynamics" and cfg["action_kind"] == "none"
+
+
+def test_latent_actions_on_a_set_without_any_action(tmp_path):
+    data = make_latent_set([clip(0, actions=False), clip(1, actions=False)], [clip(100, actions=False)])
+    assert data.action_kind == "none"
+    train, dset, diff = tiny_settings(max_steps=3)
+    r = train_dynamics(data, tmp_path / "run", train, dset, diff, latent_actions=_lam_settings())
+    assert r.step == 3 and math.isfinite(r.last["loss"])
+
+
+def test_resume_is_exact_and_refuses_other_latent_settings(tmp_path):
+    data = make_latent_set([clip(0), clip(1)], [clip(100)], action_count=3)
+    train, dset, diff = tiny_settings(max_steps=6, checkpoint_every=3)
+    whole = train_dynamics(data, tmp_path / "whole", train, dset, diff, latent_actions=_lam_settings())
+    half, _, _ = tiny_settings(max_steps=3, checkpoint_every=3)
+    train_dynamics(data, tmp_path / "split", half, dset, diff, latent_actions=_lam_settings())
+    more = train.model_copy(update={"resume": True})
+    with pytest.raises(ConfigError, match="latent actions"):
+        train_dynamics(data, tmp_path / "split", more, dset, diff)
+    with pytest.raises(ConfigError, match="codes"):
+        train_dynamics(data, tmp_path / "split", more, dset, diff, latent_actions=LatentActionSettings(enabled=True, codes=16))
+    resumed = train_dynamics(data, tmp_path / "split", more, dset, diff, latent_actions=_lam_settings())
+    a, _ = load_world_dynamics(whole.weights)
+    b, _ = load_world_dynamics(resumed.weights)
+    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(va, vb), k
+
+
+# ---------------------------------------------------------------------------------------------- action map
+
+
+def test_pair_counts_probe_and_map_are_exact():
+    codes = [torch.tensor([-1, 0, 0, 1, 2, 2])]
+    acts = [torch.tensor([0, 1, 1, 0, 2, -1])]
+    c = pair_counts(codes, acts, code_count=3, action_count=3)
+    assert c.tolist() == [[0, 1, 0], [2, 0, 0], [0, 0, 1]]
+    p = probe_accuracy(c, c)
+    assert p["accuracy"] == 1.0 and p["majority"] == pytest.approx(2 / 4) and p["ratio"] == pytest.approx(2.0)
+    m = action_map_from_counts(c, ["idle", "left", "right"])
+    assert m["codes"] == {"0": 1, "1": 0, "2": 2} and m["names"] == {"idle": 1, "left": 0, "right": 2}
+    assert parse_action_tokens("1, right,-1", 3, m["names"]) == [1, 2, -1]
+    with pytest.raises(ConfigError, match="out of range"):
+        parse_action_tokens("3", 3)
+    with pytest.raises(ConfigError, match="names: idle"):
+        parse_action_tokens("jump", 3, m["names"])
+
+
+# ---------------------------------------------------------------------------------------------- eval and rollout
+
+
+@pytest.fixture(scope="module")
+def lam_world(tmp_path_factory):
+    ws, lat_dir, _ = make_world(tmp_path_factory.mktemp("lamws"), videos=4)
+    run = ws.run_dir("dyn-lam")
+    from ahri_core.settings import TrainSettings
+
+    train_dynamics(
+        lat_dir, run,
+        train=TrainSettings(preset="tiny", max_steps=4, batch_size=2, warmup_steps=1, val_every=1000,
+                            checkpoint_every=1000, log_every=1000, device="cpu", precision="fp32"),
+        data=DataSettings(seq_len=8, stride=4), diffusion=DiffusionSettings(shortcut=True, k_max=8),
+        latent_actions=LatentActionSettings(enabled=True, codes=8, ignore_actions=True),
+    )
+    return ws, lat_dir, run
+
+
+def test_action_map_rollout_with_codes_names_and_another_clip(lam_world, tmp_path):
+    from ahri_core.rollout import load_world_model, rollout_clip
+
+    ws, lat_dir, run = lam_world
+    res = fit_action_map(run, label_share=0.5)
+    saved = json.loads((run / "action_map.json").read_text())
+    train_ids = set(json.loads((lat_dir / "index.json").read_text())["videos"][i]["id"] for i in range(4)) - set(
+        held_out(lat_dir))
+    assert saved["codes"] == res["codes"] and len(res["labelled_videos"]) == max(1, round(0.5 * len(train_ids)))
+    assert set(res["labelled_videos"]) <= train_ids
+    assert all(0 <= c < 8 for c in res["codes"].values()) and "right" in res["meanings"]
+    wm = load_world_model(run, ws)
+    assert wm.latent_actions is not None and wm.code_count == 8 and not wm.actions_usable()
+    assert wm.action_names() == {k: int(v) for k, v in res["names"].items()}
+    clip_path = ws.videos / "game" / f"{held_out(lat_dir)[0]}.mp4"
+    other = ws.videos / "game" / f"{held_out(lat_dir)[-1]}.mp4"
+    rep = rollout_clip(clip_path, wm, steps=2, context=4, horizon=5, out=tmp_path / "a.mp4", precision="fp32",
+                       future=[3, 3, -1])
+    assert rep.future_actions == [3, 3, -1, -1, -1] and rep.actions_source == "given"
+    rep2 = rollout_clip(clip_path, wm, steps=2, context=4, horizon=5, out=tmp_path / "b.mp4", precision="fp32",
+                        codes_from=other)
+    enc = wm.infer_codes(wm.encode(__import__("ahri_core.video", fromlist=["read_frames"]).read_frames(
+        other, fps=wm.fps, size=wm.size, fit=wm.fit, max_frames=9)))
+    assert rep2.future_actions == enc[4:9].tolist() and rep2.actions_source.startswith("codes of")
+    with pytest.raises(ConfigError, match="not both"):
+        rollout_clip(clip_path, wm, steps=2, context=4, horizon=5, future=[1], codes_from=other)
+
+
+def test_eval_of_a_latent_action_run_reports_controllability(lam_world, tmp_path):
+    from ahri_core.evaluation import evaluate
+    from ahri_core.rollout import load_world_model
+    from ahri_core.settings import SamplingSettings
+
+    ws, lat_dir, run = lam_world
+    wm = load_world_model(run, ws)
+    s = SamplingSettings(steps=[2], context=4, horizon=3, clips=2, batch_size=2)
+    rep = evaluate(wm, lat_dir, s, out_dir=tmp_path / "ev", workspace=ws, samples=0, precision="fp32", probes=True)
+    la = rep.metrics["latent_actions"]
+    assert la["codes"] == 8 and la["bits_per_frame"] == 3.0
+    inferred = la["psnr_inferred"]["mean"]
+    assert inferred == rep.metrics["steps"]["2"]["psnr"]["mean"]
+    for name in ("random", "no_action"):
+        gain = la[f"gain_over_{name}_db"]["mean"]
+        assert len(gain) == 3
+        assert gain == pytest.approx([a - b for a, b in zip(inferred, la[f"psnr_{name}"]["mean"], strict=True)])
+
+
+def test_cli_flags(lam_world, tmp_path):
+    from ahri_cli.main import main
+
+    ws, lat_dir, run = lam_world
+    clip_path = ws.videos / "game" / f"{held_out(lat_dir)[0]}.mp4"
+    code = main(["--workspace", str(ws.root), "-q", "rollout", str(clip_path), "--model", str(run), "--steps", "2",
+                 "--context", "4", "--horizon", "3", "--actions", "1,2", "--out", str(tmp_path / "r.mp4"),
+                 "--precision", "fp32"])
+    assert code in (0, None) and (tmp_path / "r.mp4").is_file()
+    code = main(["--workspace", str(ws.root), "-q", "train", "--latent-action-codes", "8", "--max-steps", "1"])
+    assert code == 2  # codes without --latent-actions
+    code = main(["--workspace", str(ws.root), "-q", "train", "--stage", "action-map", "--run", str(run)])
+    assert code in (0, None) and (run / "action_map.json").is_file()
