@@ -612,8 +612,12 @@ def load_dynamics_run(
     path = _weights_path(run_or_path)
     model = load_dynamics(path).to(device).eval()  # strict: kind, config, tensors, sha256
     _, stored, extra = read_metadata(path)
-    cfg = model.config
-    info = {
+    return model, run_info(path, model.config, stored, extra)
+
+
+def run_info(path: Path, cfg: DynamicsConfig, stored: Any, extra: dict[str, Any]) -> dict[str, Any]:
+    """The ``info`` of a loaded dynamics checkpoint (see :func:`load_dynamics_run`) from its metadata."""
+    return {
         "k_max": int(extra.get("k_max", cfg.k_max)),
         "shortcut": bool(extra.get("shortcut", False)),
         "max_frames": int(extra.get("max_frames", cfg.max_frames)),
@@ -626,4 +630,3 @@ def load_dynamics_run(
         "path": str(path),
         "run_dir": str(path.parent),
     }
-    return model, info

@@ -33,7 +33,7 @@ from torch import nn
 from ..checkpoint import load_weights, read_metadata
 from ..errors import CheckpointError, ConfigError, DataError
 from .dynamics import KIND as DYNAMICS_KIND
-from .dynamics import DynamicsConfig, DynamicsModel, _weights_path, load_dynamics_run
+from .dynamics import DynamicsConfig, DynamicsModel, _weights_path, load_dynamics_run, run_info
 from .layers import RMSNorm
 
 KIND = "latent_action_dynamics"
@@ -317,19 +317,8 @@ def load_world_dynamics(run_or_path: str | os.PathLike, device: str | torch.devi
     if kind != KIND:
         raise CheckpointError(f"checkpoint {path} holds a {kind} model, not a dynamics model")
     model = load_latent_action_dynamics(path).to(device).eval()
-    cfg = model.config
     info = {
-        "k_max": int(extra.get("k_max", cfg.k_max)),
-        "shortcut": bool(extra.get("shortcut", False)),
-        "max_frames": int(extra.get("max_frames", cfg.max_frames)),
-        "tokenizer_id": extra.get("tokenizer_id", ""),
-        "latents": extra.get("latents", {}),
-        "settings": extra.get("settings", {}),
-        "step": extra.get("step"),
-        "weights": extra.get("weights", "raw"),
-        "config": stored,
-        "path": str(path),
-        "run_dir": str(path.parent),
+        **run_info(path, model.config, stored, extra),
         "latent_actions": model.lam_config.model_dump(mode="json"),
         "action_map": read_action_map(path.parent),
     }

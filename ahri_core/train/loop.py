@@ -227,7 +227,7 @@ def _wrap(model: nn.Module, device: torch.device, d: distributed.Dist, fsdp: boo
 
         # the blocks of every ModuleList are the units (innermost first), then the root takes what is left
         units = [(name.count("."), m) for name, lst in model.named_modules() if isinstance(lst, nn.ModuleList)
-                 for m in lst for name in [name]]
+                 for m in lst]
         for _, blk in sorted(units, key=lambda u: -u[0]):
             fully_shard(blk)
         fully_shard(model)
