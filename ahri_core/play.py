@@ -25,6 +25,7 @@ The WebSocket protocol (all JSON text, except frames):
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ipaddress
 import json
@@ -874,8 +875,12 @@ class PlayServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
+        self._done = threading.Event()  # set when the server's thread has finished
         self._failed: BaseException | None = None
         self._sockets: set[Any] = set()
+        # The blocking work the pages ask for (open, record, close a session) runs here; close() waits for it,
+        # so no session is still finishing when the process exits.
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="ahri-play-task")
         self._assets = {route: (_static_text(name), ctype) for route, (name, ctype) in STATIC.items()}
 
     @property
@@ -899,17 +904,20 @@ class PlayServer:
 
     def close(self) -> list[Path]:
         """Stop: every page is disconnected, every session closed; returns all recordings made."""
-        if self._loop is not None and self._stopping is not None and self._thread is not None and self._thread.is_alive():
+        # The server's state is an Event, never Thread.is_alive(): on Python 3.11 a join() cut short by Ctrl-C
+        # can leave a running thread marked as stopped.
+        if self._loop is not None and self._stopping is not None and not self._done.is_set():
             self._loop.call_soon_threadsafe(self._stopping.set)
-            self._thread.join(30)
+            self._done.wait(30)
+        self._pool.shutdown(wait=True)  # sessions the pages were still opening or closing finish first
         for sid in list(self.sessions):
             self._end(sid)
         return list(self.recordings)
 
     def wait(self, poll: float = 0.5) -> None:
         """Block until the server stops (Ctrl-C raises KeyboardInterrupt here)."""
-        while self._thread is not None and self._thread.is_alive():
-            self._thread.join(poll)
+        while self._thread is not None and not self._done.wait(poll):
+            pass
 
     def _serve(self) -> None:
         from aiohttp import web
@@ -938,8 +946,16 @@ class PlayServer:
         finally:
             with contextlib.suppress(Exception):
                 loop.run_until_complete(runner.cleanup())
+            # Pages still connected: cancel their handlers and let each one close its session here, while the
+            # loop runs (a handler left pending would run its cleanup later, from the garbage collector).
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._ready.set()
             loop.close()
+            self._done.set()
 
     # ------------------------------------------------------------------ app
     def _app(self):
@@ -1035,7 +1051,7 @@ class PlayServer:
                 loop.call_soon_threadsafe(lambda: asyncio.ensure_future(_send_json(ws, msg)))
 
         try:
-            sid, session = await loop.run_in_executor(None, self._open, to_page)
+            sid, session = await loop.run_in_executor(self._pool, self._open, to_page)
         except AhriError as e:
             await ws.send_json({"type": "error", "message": str(e)})
             await ws.close()
@@ -1061,7 +1077,7 @@ class PlayServer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
             self._sockets.discard(ws)
-            await loop.run_in_executor(None, self._end, sid)
+            await loop.run_in_executor(self._pool, self._end, sid)
         return ws
 
     async def _control(self, session: PlaySession, text: str, state: dict[str, int], loop) -> dict[str, Any] | None:
@@ -1087,7 +1103,7 @@ class PlayServer:
             session.pause(on if isinstance(on, bool) else None)
         elif kind == "record":
             on = msg.get("on")
-            await loop.run_in_executor(None, session.record, on if isinstance(on, bool) else None)
+            await loop.run_in_executor(self._pool, session.record, on if isinstance(on, bool) else None)
         else:
             return None
         return {"type": "state", "paused": session.paused, "recording": session.recording}

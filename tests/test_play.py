@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -413,6 +414,34 @@ def test_sessions_keys_reset_and_a_client_that_disconnects(world):
         assert ("closed", {"session": 1}) in events
     assert server.sessions == {} and server.recordings == [path]
     assert ("closed", {"session": 2}) in events
+
+
+def test_closing_the_server_finishes_every_session_before_it_returns(world, monkeypatch):
+    """Ctrl-C with one page still playing and another just gone: close() ends both sessions and their
+    recordings before it returns, and leaves no thread of the server running (the process can exit)."""
+    _, _, _, wm, start = world
+    events = []
+    server = PlayServer(wm, start, port=0, record=True, on_event=lambda k, d: events.append((k, d)))
+    url = server.start()
+    # On Python 3.11 a join() cut short by Ctrl-C can mark the running thread as stopped: close() must not care.
+    monkeypatch.setattr(server._thread, "is_alive", lambda: False)
+
+    async def go():
+        async with aiohttp.ClientSession() as http:
+            a = await http.ws_connect(url + "ws")
+            b = await http.ws_connect(url + "ws")
+            await a.receive_json()
+            await b.receive_json()
+            await _frames(a, 2)
+            await _frames(b, 2)
+            await a.close()  # gone just before the stop: the server may not have heard yet
+            return await asyncio.to_thread(server.close)
+
+    recordings = asyncio.run(go())
+    assert server.sessions == {} and len(recordings) == 2 and all(p.is_file() for p in recordings)
+    assert sorted(d["session"] for k, d in events if k == "closed") == [1, 2]
+    time.sleep(0.2)  # a thread is listed until its last line has run
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("ahri-play")]
 
 
 def test_a_page_that_never_acknowledges_gets_only_the_newest_frames(world):
