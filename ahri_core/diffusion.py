@@ -240,6 +240,7 @@ def forcing_loss(
     actions: torch.Tensor | None = None,
     normalizer: Callable[[torch.Tensor], torch.Tensor] | None = None,
     teacher: Callable[..., torch.Tensor] | None = None,
+    weighting: str = "ramp",
 ) -> LossParts:
     """Diffusion-forcing loss with shortcut bootstrap terms, ramp-weighted and RMS-normalised.
 
@@ -248,7 +249,8 @@ def forcing_loss(
     ``m(z, tau, step, actions=..., isolated=...) -> x_hat``; the teacher defaults to the model itself
     (run without gradient) and only runs on the items that hold bootstrap frames.
 
-    Per frame: squared error averaged over tokens and channels, times the ramp weight 1 - 0.9 tau;
+    Per frame: squared error averaged over tokens and channels, times the ramp weight 1 - 0.9 tau
+    (``weighting="uniform"``: weight 1 at every noise level);
     target = x where d = d_min (flow), the two-half-step x-space target where d > d_min (bootstrap).
     The mean over all frames is divided by a running RMS (``normalizer``) before backward.
     """
@@ -272,7 +274,12 @@ def forcing_loss(
         target[idx] = m * tgt_sub + (1 - m) * x[idx]
     x_hat = model(z, tau, step, actions=actions, isolated=levels.isolated)
     err = (x_hat.float() - target.detach()).pow(2).flatten(2).mean(-1)  # (batch, frames)
-    weighted = ramp_weight(tau) * err
+    if weighting == "ramp":
+        weighted = ramp_weight(tau) * err
+    elif weighting == "uniform":
+        weighted = err
+    else:
+        raise ValueError(f"weighting={weighting!r}: expected 'ramp' or 'uniform'")
     raw = weighted.mean()
     loss = normalizer(raw) if normalizer is not None else raw
 

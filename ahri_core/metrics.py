@@ -3,7 +3,10 @@
 - per image: :func:`mse_per_image`, :func:`psnr_per_image` (peak 1), :func:`ssim_per_image` (Wang et al.
   2004), all three at once with :func:`image_metrics`; shapes (..., 3, H, W) -> (...,);
 - over clips: :func:`summarize` (mean and the half-width of a 95% Student-t interval per horizon step,
-  :func:`t95`) and :func:`average_over` (one number for a range of horizon steps).
+  :func:`t95`) and :func:`average_over` (one number for a range of horizon steps);
+- PSNR over clips: :func:`psnr_over_clips` and :func:`psnr_average_over`, the PSNR of the mean squared error
+  over the clips. Not the mean of per-clip PSNRs: a frame that equals its target has infinite PSNR (capped
+  at 100 dB), so a few unchanged frames would decide that mean, in favour of copying the last frame.
 
 Eval and rollout both score with these functions, so their numbers are comparable.
 """
@@ -92,3 +95,32 @@ def average_over(values: np.ndarray, first: int, last: int) -> float:
     v = np.asarray(values, dtype=np.float64)
     last = min(last, v.shape[1])
     return float(v[:, first - 1 : last].mean())
+
+
+def _psnr_of(mse: np.ndarray, max_db: float = 100.0) -> np.ndarray:
+    m = np.asarray(mse, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.minimum(np.where(m > 0, -10.0 * np.log10(np.maximum(m, 1e-30)), max_db), max_db)
+
+
+def psnr_over_clips(mse: np.ndarray) -> dict[str, list[float]]:
+    """(clips, horizon) per-image MSE -> per horizon step: the PSNR of the mean MSE over the clips, and the
+    half-width of its 95% interval (delta method: 10 / ln 10 times the relative half-width of the mean MSE)."""
+    v = np.asarray(mse, dtype=np.float64)
+    n = v.shape[0]
+    mean = v.mean(axis=0)
+    psnr = _psnr_of(mean)
+    if n > 1:
+        rel = t95(n) * v.std(axis=0, ddof=1) / math.sqrt(n) / np.maximum(mean, 1e-30)
+        half = np.where(mean > 0, 10.0 / math.log(10.0) * rel, 0.0)
+    else:
+        half = np.full_like(mean, float("nan"))
+    return {"mean": [float(x) for x in psnr], "ci95": [float(x) for x in half]}
+
+
+def psnr_average_over(mse: np.ndarray, first: int, last: int) -> float:
+    """The PSNR of the mean MSE over clips at each horizon step first..last (1-based, inclusive, clipped to the
+    horizon), averaged over those steps."""
+    v = np.asarray(mse, dtype=np.float64)
+    last = min(last, v.shape[1])
+    return float(_psnr_of(v[:, first - 1 : last].mean(axis=0)).mean())

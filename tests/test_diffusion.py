@@ -219,6 +219,21 @@ def test_forcing_loss_flow_target_and_ramp_weight():
     assert m.a.grad is not None
 
 
+def test_forcing_loss_uniform_weighting_is_the_plain_mean_and_unknown_weightings_are_refused():
+    m = Echo()
+    x = torch.randn(2, 4, 3, 2)
+    noise = torch.randn_like(x)
+    lv = sample_noise_levels(2, 4, shortcut=False, generator=gen(9))
+    z = add_noise(x, noise, lv.tau)
+    per_frame = (m.a * z + m.b - x).pow(2).mean(dim=(2, 3))
+    uniform = forcing_loss(m, x, lv, noise, weighting="uniform").loss.item()
+    ramp = forcing_loss(m, x, lv, noise).loss.item()
+    assert uniform == pytest.approx(per_frame.mean().item(), rel=1e-5)
+    assert ramp < uniform  # the ramp weighs every noisy frame below 1
+    with pytest.raises(ValueError, match="weighting"):
+        forcing_loss(m, x, lv, noise, weighting="paper")
+
+
 def test_forcing_loss_bootstrap_runs_teacher_without_grad_on_bootstrap_items_only():
     m = Echo()
     x = torch.randn(6, 4, 3, 2)

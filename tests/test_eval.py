@@ -12,7 +12,16 @@ from sampling_fakes import held_out, make_world
 
 from ahri_cli.main import main
 from ahri_core.evaluation import evaluate, select_clips
-from ahri_core.metrics import image_metrics, psnr_per_image, ssim_per_image, summarize, t95
+from ahri_core.metrics import (
+    image_metrics,
+    mse_per_image,
+    psnr_average_over,
+    psnr_over_clips,
+    psnr_per_image,
+    ssim_per_image,
+    summarize,
+    t95,
+)
 from ahri_core.rollout import load_world_model
 from ahri_core.settings import SamplingSettings
 from ahri_core.video import probe, read_frames
@@ -53,6 +62,23 @@ def test_summary_interval():
     assert math.isnan(summarize(v[:1])["ci95"][0])
 
 
+def test_psnr_over_clips_is_the_psnr_of_the_mean_error_and_an_exact_frame_does_not_decide_it():
+    mse = np.array([[0.01, 0.0005], [0.01, 0.0015], [0.0, 0.001], [0.01, 0.001]])  # clip 3 copies frame 1 exactly
+    p = psnr_over_clips(mse)
+    assert p["mean"][0] == pytest.approx(-10 * math.log10(0.0075))  # 21.25 dB
+    assert p["mean"][1] == pytest.approx(30.0)
+    # the mean of per-clip PSNRs would put the exact frame in at 100 dB: 40 dB, ahead of any honest predictor
+    per_clip = np.where(mse > 0, -10 * np.log10(np.maximum(mse, 1e-30)), 100.0)
+    assert per_clip[:, 0].mean() == pytest.approx(40.0) and p["mean"][0] < 22
+    # interval by the delta method: 10 / ln 10 times the relative half-width of the mean error
+    half = t95(4) * mse[:, 1].std(ddof=1) / 2 / mse[:, 1].mean()
+    assert p["ci95"][1] == pytest.approx(10 / math.log(10) * half)
+    assert psnr_average_over(mse, 1, 2) == pytest.approx((p["mean"][0] + p["mean"][1]) / 2)
+    assert psnr_average_over(mse, 2, 9) == pytest.approx(30.0)  # clipped to the horizon
+    assert psnr_over_clips(np.zeros((3, 1)))["mean"] == [100.0]  # every frame exact: the cap
+    assert math.isnan(psnr_over_clips(mse[:1])["ci95"][0])
+
+
 def test_clips_are_inside_videos_and_do_not_overlap():
     lengths = {"a": 100, "b": 40, "c": 10}
     clips = select_clips(lengths, context=8, horizon=8, clips=50, seed=3)
@@ -87,12 +113,14 @@ def test_eval_on_held_out_video_with_baselines_on_the_same_frames(world, tmp_pat
         real = to_float(read_frames(ws.videos / "game" / f"{vid}.mp4", fps=20, size=32))
         true_lat = load_file(str(lat_dir / f"{vid}.safetensors"))["latents"].float()
         target = real[st + 4 : st + 9]
-        copy.append(psnr_per_image(real[st + 3].expand_as(target), target))
-        ceil.append(psnr_per_image(wm.decode(true_lat[st + 4 : st + 9]), target))
-    np.testing.assert_allclose(m["baselines"]["copy_last"]["psnr"]["mean"], torch.stack(copy).mean(0).numpy(), rtol=1e-5)
-    np.testing.assert_allclose(
-        m["baselines"]["tokenizer_ceiling"]["psnr"]["mean"], torch.stack(ceil).mean(0).numpy(), rtol=1e-4
-    )
+        copy.append(mse_per_image(real[st + 3].expand_as(target), target))
+        ceil.append(mse_per_image(wm.decode(true_lat[st + 4 : st + 9]), target))
+    copy_psnr = -10 * torch.log10(torch.stack(copy).double().mean(0))  # the PSNR of the mean MSE over clips
+    ceil_psnr = -10 * torch.log10(torch.stack(ceil).double().mean(0))
+    np.testing.assert_allclose(m["baselines"]["copy_last"]["psnr"]["mean"], copy_psnr.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(m["baselines"]["tokenizer_ceiling"]["psnr"]["mean"], ceil_psnr.numpy(), rtol=1e-4)
+    assert m["summary"]["psnr_h1_5"]["copy_last"] == pytest.approx(float(copy_psnr.mean()), rel=1e-5)
+    assert len(m["baselines"]["copy_last"]["psnr_clip_mean"]["mean"]) == 5  # the older statistic, kept
     # the copy-last baseline is measured on real frames: it is not the ceiling's decoded frames
     assert m["baselines"]["copy_last"]["psnr"]["mean"] != m["baselines"]["tokenizer_ceiling"]["psnr"]["mean"]
     assert (tmp_path / "ev" / "psnr.png").stat().st_size > 1000

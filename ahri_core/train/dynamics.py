@@ -372,7 +372,8 @@ class DynamicsObjective(Objective):
         elif self.latent_settings is not None:
             actions = None  # real actions ignored
         with autocast(self.device, precision):
-            parts = forcing_loss(net, batch.latents, levels, noise, actions, self.normalizer, teacher=teacher)
+            parts = forcing_loss(net, batch.latents, levels, noise, actions, self.normalizer, teacher=teacher,
+                                 weighting=d.loss_weight)
         loss = parts.loss
         fwd = self.model.last_forward_loss if self.lam_cfg is not None else None
         if fwd is not None:
