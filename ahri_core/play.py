@@ -44,6 +44,7 @@ import torch
 
 from .errors import AhriError, ConfigError, DataError
 from .rollout import WorldModel, load_clip_actions
+from .sampler import Stream
 from .visual import Column, crop_box, grid_video, to_uint8
 
 __all__ = [
@@ -349,66 +350,43 @@ class LiveDream:
         self.world = world
         self.sampler = world.sampler(steps, tau_ctx, precision=precision)
         self.seed = int(seed)
-        self.frames = 0  # frames committed (context included)
-        self._gen: torch.Generator | None = None
-        self._cache: Any = None
+        self._stream: Stream | None = None
         self._pending: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        self._shape: tuple[int, int] = (0, 0)
 
-    @torch.inference_mode()
+    @property
+    def frames(self) -> int:
+        """Frames committed (context included)."""
+        return 0 if self._stream is None else self._stream.frames
+
     def start(self, latents: torch.Tensor, actions: torch.Tensor | None = None) -> None:
         """Begin from ``latents`` (C, N, Ch) with their ``actions`` ((C,) / (C, A) / None), noise seeded afresh."""
-        s = self.sampler
-        dev = s.device
-        ctx = latents.to(dev, torch.float32)[None]  # (1, C, N, Ch)
-        b, c, n, ch = ctx.shape
-        if c < 1:
+        if latents.shape[0] < 1:
             raise DataError("a live dream needs at least one context frame")
-        self._gen = torch.Generator().manual_seed(self.seed)
-        self._shape = (n, ch)
+        act = None if actions is None or not _takes_actions(self.world) else actions[None]
+        mf = self.sampler.traits.max_frames
         self._pending = None
-        z, tau, step = s._corrupt(ctx, s._randn((b, c, n, ch), self._gen, dev))
-        mf = s.traits.max_frames
         # a model without a window limit still gets one: memory must not grow with the session
-        self._cache = s.model.new_cache(b, mf if mf is not None else max(c + 1, 64))
-        window = s._window()
-        first = 0 if window is None else max(0, c - window)
-        act = None if actions is None or not _takes_actions(self.world) else actions.to(dev)[None]
-        for t in range(first, c):
-            a = None if act is None else act[:, t : t + 1]
-            s._call_step(z[:, t : t + 1], tau[:, t : t + 1], step[:, t : t + 1], a, self._cache, True)
-        self.frames = c
+        self._stream = self.sampler.stream(latents[None], act, torch.Generator().manual_seed(self.seed),
+                                           cache_frames=mf if mf is not None else max(latents.shape[0] + 1, 64))
 
-    @torch.inference_mode()
     def next(self, action: torch.Tensor | None) -> torch.Tensor:
         """The next frame's clean latents (N, Ch) given the action that makes it ((1, 1) / (1, 1, A) / None)."""
-        if self._cache is None or self._gen is None:
+        if self._stream is None:
             raise ConfigError("LiveDream.next before start")
         self.settle()
-        s = self.sampler
-        dev = s.device
-        n, ch = self._shape
-        a = action.to(dev) if action is not None and _takes_actions(self.world) else None
-
-        def call(z, tau, d):
-            return s._call_step(z, tau, d, a, self._cache, False)
-
-        x, _ = s._denoise(call, 1, n, ch, self._gen, dev)
+        a = action if action is not None and _takes_actions(self.world) else None
+        x = self._stream.denoise(a)
         self.world.check_finite(x)
         self._pending = (x, a)
         return x[0, 0].float().cpu()
 
-    @torch.inference_mode()
     def settle(self) -> bool:
         """Commit the last frame made (corrupted as context), if not done yet; returns whether it did."""
-        if self._pending is None:
+        if self._pending is None or self._stream is None:
             return False
         x, a = self._pending
         self._pending = None
-        s = self.sampler
-        zc, tc, sc = s._corrupt(x, s._randn(tuple(x.shape), self._gen, x.device))
-        s._call_step(zc, tc, sc, a, self._cache, True)
-        self.frames += 1
+        self._stream.commit(x, a)
         return True
 
 

@@ -246,10 +246,11 @@ class Sampler:
             actions = actions[:, :total]
 
         t0 = time.perf_counter()
-        ctx_noise = self._randn((b, c, n, ch), generator, dev)
-        z_ctx, tau_c, step_c = self._corrupt(ctx, ctx_noise)
-        run = self._rollout_cached if self.cache else self._rollout_uncached
-        preds, frame_seconds, calls = run(z_ctx, tau_c, step_c, horizon, actions, generator, prog)
+        if self.cache:
+            preds, frame_seconds, calls = self._rollout_cached(ctx, horizon, actions, generator, prog)
+        else:
+            z_ctx, tau_c, step_c = self._corrupt(ctx, self._randn((b, c, n, ch), generator, dev))
+            preds, frame_seconds, calls = self._rollout_uncached(z_ctx, tau_c, step_c, horizon, actions, generator, prog)
         seconds = time.perf_counter() - t0
         return RolloutResult(latents=preds, seconds=seconds, frame_seconds=frame_seconds, model_calls=calls)
 
@@ -264,40 +265,38 @@ class Sampler:
         # The last step (tau_next = 0) returns x_hat exactly.
         return z, self.steps
 
-    def _rollout_cached(self, z_ctx, tau_c, step_c, horizon, actions, generator, prog):
-        b, c, n, ch = z_ctx.shape
-        dev = z_ctx.device
-        window = self._window()
-        # new_cache(batch, max_frames): a new frame attends to at most max_frames frames, itself included.
-        cache = self.model.new_cache(b, self.traits.max_frames if self.traits.max_frames is not None else c + horizon)
-        calls = 0
-        # Prefill: commit the (corrupted) context; frames that would slide out of the window anyway are skipped.
-        first = 0 if window is None else max(0, c - window)
-        prog.start("rollout", total=horizon)
-        for t in range(first, c):
-            a = None if actions is None else actions[:, t : t + 1]
-            self._call_step(z_ctx[:, t : t + 1], tau_c[:, t : t + 1], step_c[:, t : t + 1], a, cache, True)
-            calls += 1
+    def stream(
+        self,
+        context: torch.Tensor,
+        actions: torch.Tensor | None = None,
+        generator: torch.Generator | int | None = None,
+        cache_frames: int | None = None,
+    ) -> Stream:
+        """A cached rollout made a frame at a time (:class:`Stream`): what :meth:`rollout` does, in pieces, for a
+        caller that chooses each frame's action as it goes (``ahri play``). ``context`` (B, C, N, Ch) clean
+        latents; ``actions`` for those C frames ((B, C) / (B, C, A) / None); ``cache_frames`` the KV-cache window
+        (default: the model's ``max_frames``, else C + 64)."""
+        if generator is None or isinstance(generator, int):
+            generator = torch.Generator().manual_seed(0 if generator is None else generator)
+        return Stream(self, context, actions, generator, cache_frames)
+
+    def _rollout_cached(self, ctx, horizon, actions, generator, prog):
+        c = ctx.shape[1]
+        st = Stream(self, ctx, None if actions is None else actions[:, :c], generator,
+                    self.traits.max_frames if self.traits.max_frames is not None else c + horizon)
         preds, frame_seconds = [], []
+        prog.start("rollout", total=horizon)
         for h in range(horizon):
             tf = time.perf_counter()
-            t = c + h
-            a = None if actions is None else actions[:, t : t + 1]
-
-            def call(z, tau, d, a=a):
-                return self._call_step(z, tau, d, a, cache, False)
-
-            x, k = self._denoise(call, b, n, ch, generator, dev)
-            calls += k
+            a = None if actions is None else actions[:, c + h : c + h + 1]
+            x = st.denoise(a)
             preds.append(x)
             if h + 1 < horizon:
-                zc, tc, sc = self._corrupt(x, self._randn((b, 1, n, ch), generator, dev))
-                self._call_step(zc, tc, sc, a, cache, True)
-                calls += 1
+                st.commit(x, a)
             frame_seconds.append(time.perf_counter() - tf)
             prog.advance("rollout", 1)
         prog.finish("rollout")
-        return torch.cat(preds, dim=1), frame_seconds, calls
+        return torch.cat(preds, dim=1), frame_seconds, st.calls
 
     def _rollout_uncached(self, z_ctx, tau_c, step_c, horizon, actions, generator, prog):
         b, c, n, ch = z_ctx.shape
@@ -334,6 +333,68 @@ class Sampler:
             prog.advance("rollout", 1)
         prog.finish("rollout")
         return torch.cat(preds, dim=1), frame_seconds, calls
+
+
+class Stream:
+    """One cached rollout advanced a frame at a time; made by :meth:`Sampler.stream`.
+
+    The context is corrupted (noise level ``tau_ctx``) and committed to a KV cache at once (frames that would
+    slide out of the window anyway are skipped). Then, per frame: :meth:`denoise` runs the sampler's K Euler
+    steps from pure noise for the next frame (the cache is left as it is), and :meth:`commit` adds that frame,
+    corrupted like the context, for the frames after it. Noise is drawn from ``generator`` in the same order as
+    :meth:`Sampler.rollout`, so the same seed gives the same frames. ``calls`` counts the model calls.
+    """
+
+    def __init__(self, sampler: Sampler, context: torch.Tensor, actions: torch.Tensor | None,
+                 generator: torch.Generator, cache_frames: int | None = None) -> None:
+        if context.dim() != 4 or context.shape[1] < 1:
+            raise ConfigError(f"context latents must be (batch, frames >= 1, tokens, channels), got {tuple(context.shape)}")
+        self.sampler, self.generator = sampler, generator
+        dev = sampler.device
+        ctx = context.to(dev, torch.float32)
+        b, c, n, ch = ctx.shape
+        self.shape = (b, n, ch)
+        self.calls = 0
+        self.frames = 0  # frames committed, context included
+        with torch.inference_mode():
+            z, tau, step = sampler._corrupt(ctx, sampler._randn((b, c, n, ch), generator, dev))
+            if cache_frames is None:
+                mf = sampler.traits.max_frames
+                cache_frames = mf if mf is not None else c + 64
+            # new_cache(batch, max_frames): a new frame attends to at most max_frames frames, itself included.
+            self.cache = sampler.model.new_cache(b, cache_frames)
+            window = sampler._window()
+            first = 0 if window is None else max(0, c - window)
+            for t in range(first, c):
+                a = None if actions is None else actions[:, t : t + 1].to(dev)
+                sampler._call_step(z[:, t : t + 1], tau[:, t : t + 1], step[:, t : t + 1], a, self.cache, True)
+                self.calls += 1
+        self.frames = c
+
+    @torch.inference_mode()
+    def denoise(self, action: torch.Tensor | None = None) -> torch.Tensor:
+        """The next frame's clean latents (B, 1, N, Ch), given the action that makes it ((B, 1) / (B, 1, A) /
+        None); the cache is not changed."""
+        s = self.sampler
+        b, n, ch = self.shape
+        a = None if action is None else action.to(s.device)
+
+        def call(z, tau, d):
+            return s._call_step(z, tau, d, a, self.cache, False)
+
+        x, k = s._denoise(call, b, n, ch, self.generator, s.device)
+        self.calls += k
+        return x
+
+    @torch.inference_mode()
+    def commit(self, x: torch.Tensor, action: torch.Tensor | None = None) -> None:
+        """Add frame ``x`` (B, 1, N, Ch), made by ``action``, to the context of the frames after it."""
+        s = self.sampler
+        a = None if action is None else action.to(s.device)
+        zc, tc, sc = s._corrupt(x, s._randn(tuple(x.shape), self.generator, x.device))
+        s._call_step(zc, tc, sc, a, self.cache, True)
+        self.calls += 1
+        self.frames += 1
 
 
 def rollout(

@@ -196,6 +196,35 @@ def test_cached_cost_per_frame_is_constant():
     assert all(c.z.shape[1] == 1 for c in model.calls)
 
 
+@pytest.mark.parametrize("max_frames", [None, 5])
+def test_a_stream_made_a_frame_at_a_time_is_the_rollout(max_frames):
+    """Sampler.stream (what ``ahri play`` drives) gives the frames of Sampler.rollout for the same seed and
+    actions, chosen one frame at a time, with the same model calls."""
+    model = _tiny(k_max=8, shortcut=True, max_frames=max_frames)
+    g = torch.Generator().manual_seed(0)
+    ctx = torch.randn(2, 6, 3, 4, generator=g)
+    actions = torch.randint(-1, 5, (2, 6 + 5), generator=g)
+    s = Sampler(model, traits_of(model), steps=4, tau_ctx=0.1, precision="fp32")
+    ref = s.rollout(ctx, 5, actions=actions, generator=3)
+    st = s.stream(ctx, actions[:, :6], generator=3)
+    frames = []
+    for h in range(5):
+        a = actions[:, 6 + h : 7 + h]
+        frames.append(st.denoise(a))
+        if h < 4:
+            st.commit(frames[-1], a)
+    assert torch.equal(torch.cat(frames, dim=1), ref.latents)
+    assert st.calls == ref.model_calls and st.frames == 6 + 4
+    # another action for the last frame: another frame, from the same cache
+    other = s.stream(ctx, actions[:, :6], generator=3)
+    for h in range(4):
+        other.commit(other.denoise(actions[:, 6 + h : 7 + h]), actions[:, 6 + h : 7 + h])
+    assert torch.equal(other.denoise(actions[:, 10:11]), frames[-1])
+    assert not torch.equal(s.stream(ctx, actions[:, :6], generator=3).denoise((actions[:, 6:7] + 2) % 5), frames[0])
+    with pytest.raises(ConfigError, match="context latents"):
+        s.stream(ctx[:, :0])
+
+
 def test_seeded_and_batch_independent():
     model = _tiny(k_max=4, shortcut=True)
     ctx = torch.randn(2, 4, 3, 4, generator=torch.Generator().manual_seed(0))
