@@ -395,23 +395,29 @@ def test_packed_model_keeps_latent_layout_and_cache():
 
 
 # ---------------------------------------------------------------------------------------------- previous frame
-def _prev_model():
-    model = make(prev_frame=True)
+PREV_OPTIONS = {"prev_frame": "prev_in", "prev_skip": "skip_gate"}  # option -> its zero-initialised layer
+
+
+def _prev_model(option: str = "prev_frame"):
+    model = make(**{option: True})
+    layer = getattr(model, PREV_OPTIONS[option])
     with torch.no_grad():  # zero at initialisation: give the path weights so the tests can see it
-        model.prev_in.weight.normal_(0, 0.5)
-        model.prev_in.bias.normal_(0, 0.5)
+        layer.weight.normal_(0, 0.5)
+        layer.bias.normal_(0, 0.5)
     return model
 
 
-def test_prev_frame_starts_as_the_plain_model_and_is_causal():
+@pytest.mark.parametrize("option", sorted(PREV_OPTIONS))
+def test_prev_frame_starts_as_the_plain_model_and_is_causal(option):
     torch.manual_seed(0)
     plain = make()
     torch.manual_seed(0)
-    fresh = make(prev_frame=True)
-    fresh.load_state_dict({**plain.state_dict(), **{k: v for k, v in fresh.state_dict().items() if "prev_in" in k}})
+    fresh = make(**{option: True})
+    layer = PREV_OPTIONS[option]
+    fresh.load_state_dict({**plain.state_dict(), **{k: v for k, v in fresh.state_dict().items() if layer in k}})
     z, tau, step = inputs(2, 5)
     assert torch.allclose(fresh(z, tau, step), plain(z, tau, step), atol=0)  # zero-initialised path
-    model = _prev_model()
+    model = _prev_model(option)
     out = model(z, tau, step)
     z2 = z.clone()
     z2[:, 3] += 1.0
@@ -426,8 +432,24 @@ def test_prev_frame_starts_as_the_plain_model_and_is_causal():
         assert torch.allclose(got[0, t], alone[0, 0], atol=1e-5), t
 
 
-def test_prev_frame_cached_steps_equal_the_forward():
-    model = _prev_model()
+@pytest.mark.parametrize("pack", [1, 5])
+def test_prev_skip_can_copy_the_previous_frame_exactly(pack):
+    """With the head silent and the gate open, the output is the previous frame's latents: a still picture
+    can be continued without loss (what the option is for), packed tokens included."""
+    model = make(prev_skip=True, pack=pack)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        model.skip_gate.bias.fill_(1.0)
+    z, tau, step = inputs(2, 5)
+    out = model(z, tau, step)
+    torch.testing.assert_close(out[:, 1:], z[:, :-1].float())
+    assert torch.equal(out[:, 0], torch.zeros_like(out[:, 0]))  # frame 0 has no previous frame
+
+
+@pytest.mark.parametrize("option", sorted(PREV_OPTIONS))
+def test_prev_frame_cached_steps_equal_the_forward(option):
+    model = _prev_model(option)
     B, T = 2, 7
     z, tau, step = inputs(B, T)
     full = model(z, tau, step)

@@ -71,6 +71,11 @@ class DynamicsConfig(BaseModel):
     prev_frame: bool = Field(
         False, description="each token also reads the same token of the previous frame (and its tau) at the input"
     )
+    prev_skip: bool = Field(
+        False,
+        description="the output adds the previous frame's latents times a gate read from each token's final state "
+        "(and the previous frame's tau): a still region can be copied exactly",
+    )
     grad_checkpointing: bool = Field(False, description="recompute each block in backward (runtime only)")
 
     # Fields that do not change the weights: ignored when a checkpoint's config is compared.
@@ -346,6 +351,11 @@ class DynamicsModel(nn.Module):
         nn.init.zeros_(self.mod_out.weight)
         nn.init.zeros_(self.mod_out.bias)
         self.head = nn.Linear(D, cfg.pack * cfg.channels)
+        if cfg.prev_skip:
+            # per token and channel, how much of the previous frame's latent to add to the output; zero at first
+            self.skip_gate = nn.Linear(D + 1, cfg.pack * cfg.channels)
+            nn.init.zeros_(self.skip_gate.weight)
+            nn.init.zeros_(self.skip_gate.bias)
         nn.init.normal_(self.head.weight, std=0.02 / math.sqrt(D / 128))
         nn.init.zeros_(self.head.bias)
 
@@ -433,10 +443,22 @@ class DynamicsModel(nn.Module):
             x = torch.cat([x, reg], dim=2)
         return x + cond.unsqueeze(2)
 
-    def readout(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def readout(
+        self, x: torch.Tensor, cond: torch.Tensor, prev: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """The final norm and head; ``prev_skip`` models add the gated previous frame (``prev`` as in
+        :meth:`embed`; none: no previous frame)."""
         shift, scale = self.mod_out(F.silu(cond)).unsqueeze(2).chunk(2, dim=-1)
         x = x[:, :, : self.config.model_tokens]
-        out = self.head(self.norm_out(x) * (1 + scale) + shift).float()
+        h = self.norm_out(x) * (1 + scale) + shift
+        out = self.head(h).float()
+        if self.config.prev_skip and prev is not None:
+            pz, pt = prev
+            if self.config.pack > 1:
+                pz = rearrange(pz, "b t (n p) c -> b t n (p c)", p=self.config.pack)
+            pt = pt.to(h.dtype)[:, :, None, None].expand(-1, -1, h.shape[2], 1)
+            gate = self.skip_gate(torch.cat([h, pt], dim=-1)).float()
+            out = out + gate * pz.float()
         if self.config.pack > 1:
             out = rearrange(out, "b t n (p c) -> b t (n p) c", p=self.config.pack)
         return out
@@ -459,11 +481,11 @@ class DynamicsModel(nn.Module):
         ``tau`` (B, T) is needed by ``prev_frame`` models."""
         B, T = z.shape[:2]
         prev = None
-        if self.config.prev_frame:
+        if self.config.prev_frame or self.config.prev_skip:
             if tau is None:
-                raise DataError("a prev_frame dynamics model needs each frame's tau in trunk()")
+                raise DataError("a prev_frame or prev_skip dynamics model needs each frame's tau in trunk()")
             prev = self.previous(z, tau, isolated)
-        x = self.embed(z, cond, prev)
+        x = self.embed(z, cond, prev if self.config.prev_frame else None)
         L = x.shape[2]
         dev = x.device
         rope_s = self.rotary(torch.arange(L, device=dev))
@@ -476,7 +498,7 @@ class DynamicsModel(nn.Module):
                 x, _ = checkpoint(blk, x, cond, rope, iso, use_reentrant=False)
             else:
                 x, _ = blk(x, cond, rope, iso)
-        return self.readout(x, cond)
+        return self.readout(x, cond, prev)
 
     def forward(
         self,
@@ -526,9 +548,9 @@ class DynamicsModel(nn.Module):
             raise DataError(f"the KV cache was made for batch {cache.batch}, got batch {B}")
         cond = self.conditioning(tau, step, actions, B, 1)
         prev = None
-        if self.config.prev_frame and cache.prev is not None:
+        if (self.config.prev_frame or self.config.prev_skip) and cache.prev is not None:
             prev = (cache.prev[0], cache.prev[1])
-        x = self.embed(z, cond, prev)
+        x = self.embed(z, cond, prev if self.config.prev_frame else None)
         dev = x.device
         rope_s = self.rotary(torch.arange(x.shape[2], device=dev))
         rope_t = self.rotary(torch.tensor([cache.frames], device=dev))
@@ -544,7 +566,7 @@ class DynamicsModel(nn.Module):
         if commit:
             cache.frames += 1
             cache.prev = (z.detach(), tau.detach().to(z.dtype))
-        return self.readout(x, cond)
+        return self.readout(x, cond, prev)
 
     def set_grad_checkpointing(self, on: bool = True) -> None:
         """Recompute each block's activations in backward (saves memory, costs about one extra forward)."""
