@@ -122,6 +122,9 @@ def probe_table(metrics: dict[str, Any]) -> Table | None:
     t.add_row("  copy last frame", f"{a['copy_last']:.4f}", "")
     t.add_row("  mean latent", f"{a['mean_latent']:.4f}", tf["mean_latent_from"].split(" (")[0])
     t.add_row("  skill vs copy last", f"{tf['skill_vs_copy_last']:+.2f}", "1 - model / copy")
+    act = p.get("actions")
+    if act:
+        t.add_row("action use", f"{act['use']:+.2f}", "1 - MSE / MSE with other actions")
     return t
 
 

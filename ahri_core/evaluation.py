@@ -747,6 +747,17 @@ def _run_probes(world, s, z_true, actions, target, precision, lset, prog, decode
         "skill_vs_mean_latent": 1.0 - avg["model"] / avg["mean_latent"] if avg["mean_latent"] > 0 else float("nan"),
         "per_h": {name: summarize(v) for name, v in tf.items()},
     }
+    if actions is not None and n >= 2:
+        # The same prediction with the actions of another clip (the next in the list), same frames, same noise:
+        # how much the model's next frame depends on the actions it is given.
+        other = teacher_forced_next(world.dynamics, world.traits, z_true, C, s.tau_ctx, torch.roll(actions, 1, 0),
+                                    seed=s.seed, batch_size=s.batch_size, precision=precision)
+        own, swapped = avg["model"], float(other["model"].mean())
+        out["actions"] = {
+            "mse_own_actions": own,
+            "mse_other_clip_actions": swapped,
+            "use": 1.0 - own / swapped if swapped > 0 else float("nan"),
+        }
     prog.advance("eval: context probes", 1)
     prog.finish("eval: context probes")
     return out

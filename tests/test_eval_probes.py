@@ -130,6 +130,10 @@ def test_eval_reports_probes_and_the_train_split(world, tmp_path, capsys):
     tf = p["teacher_forced"]
     assert set(tf["all_h"]) == {"model", "copy_last", "mean_latent"} and tf["mean_latent_from"].startswith("train")
     assert len(tf["per_h"]["model"]["mean"]) == 2
+    act = p["actions"]  # the built-in game's clips carry actions: the same prediction with another clip's
+    assert act["mse_own_actions"] == pytest.approx(tf["all_h"]["model"])
+    assert act["mse_other_clip_actions"] > 0 and act["mse_other_clip_actions"] != act["mse_own_actions"]
+    assert act["use"] == pytest.approx(1 - act["mse_own_actions"] / act["mse_other_clip_actions"])
     index = json.loads((lat_dir / "index.json").read_text())
     train_ids = {v["id"] for v in index["videos"] if v["split"] == "train"}
     rep = evaluate(wm, settings=s, out_dir=tmp_path / "t", workspace=ws, samples=0, precision="fp32",
