@@ -566,7 +566,7 @@ def evaluate(
     if lam is not None:
         k0 = s.steps[0]
         latent_block = _latent_action_conditions(world, s, z_true, actions, C, H, choice.precision, decode, target,
-                                                 curves[f"steps_{k0}"]["psnr"], prog)
+                                                 curves[f"steps_{k0}"], prog)
         latent_block.pop("curves")
 
     near = min(8, H)
@@ -662,10 +662,13 @@ def random_actions(lam, shape: tuple[int, int], generator: torch.Generator) -> t
     return torch.rand((*shape, lam.config.dims), generator=generator) * 2 - 1
 
 
-def _latent_action_conditions(world, s, z_true, inferred, C, H, precision, decode, target, psnr_inferred, prog):
+def _latent_action_conditions(world, s, z_true, inferred, C, H, precision, decode, target, scores_inferred, prog):
     """Rollouts of a latent-action run from the same windows under two more conditions for the predicted
     frames: random latent actions (Genie's controllability: delta PSNR = inferred - random) and "no action".
-    The context frames keep their inferred actions in every condition. Differences are paired per clip."""
+    The context frames keep their inferred actions in every condition. PSNRs are those of the mean error over
+    clips, like the other curves; a gain is the difference of two such PSNRs, its 95% interval that of the
+    per-clip (paired) PSNR differences. ``scores_inferred``: the inferred condition's per-image "psnr" and
+    "mse" (clips, H)."""
     lam = world.latent_actions
     k = s.steps[0]
     sampler = world.sampler(k, s.tau_ctx, precision=precision)
@@ -685,14 +688,17 @@ def _latent_action_conditions(world, s, z_true, inferred, C, H, precision, decod
             out.append(world.check_finite(res.latents))
             prog.advance(f"eval: {name} actions", len(res.latents))
         prog.finish(f"eval: {name} actions")
-        psnr = psnr_per_image(decode(torch.cat(out)), target).numpy()
+        frames = decode(torch.cat(out))
+        psnr, mse = psnr_per_image(frames, target).numpy(), mse_per_image(frames, target).numpy()
         out_curves[f"steps_{k}_{name}_actions"] = psnr
-        diff = np.asarray(psnr_inferred) - psnr
-        block[f"psnr_{name}"] = summarize(psnr)
-        block[f"gain_over_{name}_db"] = summarize(diff)  # per horizon step, mean and 95% interval over clips
+        block[f"psnr_{name}"] = psnr_over_clips(mse)
+        gain = np.asarray(psnr_over_clips(scores_inferred["mse"])["mean"]) - np.asarray(block[f"psnr_{name}"]["mean"])
+        paired = summarize(np.asarray(scores_inferred["psnr"]) - psnr)  # per horizon step, over clips
+        block[f"gain_over_{name}_db"] = {"mean": [float(x) for x in gain], "ci95": paired["ci95"]}
         near = min(8, H)
-        block[f"gain_over_{name}_db_h1_{near}"] = average_over(diff, 1, near)
-    block["psnr_inferred"] = summarize(psnr_inferred)
+        block[f"gain_over_{name}_db_h1_{near}"] = (psnr_average_over(scores_inferred["mse"], 1, near)
+                                                  - psnr_average_over(mse, 1, near))
+    block["psnr_inferred"] = psnr_over_clips(scores_inferred["mse"])
     block["curves"] = out_curves
     return block
 

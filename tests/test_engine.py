@@ -386,11 +386,11 @@ def test_one_non_finite_loss_does_not_poison_the_loss_normaliser(tmp_path):
     orig = dyn.forcing_loss
     calls = {"n": 0}
 
-    def once_bad(model, x, levels, noise, actions=None, normalizer=None, teacher=None):
+    def once_bad(model, x, levels, noise, actions=None, normalizer=None, teacher=None, **kw):
         calls["n"] += 1
         if calls["n"] == 3:
             x = x * float("nan")  # the raw loss (and the normaliser's input) is NaN for this one step
-        return orig(model, x, levels, noise, actions, normalizer, teacher=teacher)
+        return orig(model, x, levels, noise, actions, normalizer, teacher=teacher, **kw)
 
     train, _, _ = tiny_settings(max_steps=6, checkpoint_every=100, max_bad_steps=2)
     dyn.forcing_loss = once_bad
