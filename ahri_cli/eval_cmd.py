@@ -124,7 +124,7 @@ def probe_table(metrics: dict[str, Any]) -> Table | None:
     t.add_row("  skill vs copy last", f"{tf['skill_vs_copy_last']:+.2f}", "1 - model / copy")
     act = p.get("actions")
     if act:
-        t.add_row("action use", f"{act['use']:+.2f}", "1 - MSE / MSE with other actions")
+        t.add_row("action use", f"{act['use']:+.2f}", "0: actions ignored")
     return t
 
 
