@@ -66,7 +66,8 @@ class DemoSettings(Section):
     dynamics_ema: float = Field(0.99, ge=0, lt=1, description="EMA decay of the dynamics weights (0 = off)")
     tokenizer_batch_size: int | None = Field(None, ge=1)
     tokenizer_mask_max: float = Field(
-        0.0, ge=0, lt=1, description="MAE drop rate bound of the demo's tokenizer (the preset uses 0.9; see docs/tokenizer.md)"
+        0.9, ge=0, lt=1,
+        description="MAE drop rate bound of the demo's tokenizer (the preset's 0.9: better rollouts than 0, docs/evaluation.md)",
     )
     precision: Precision = Field("auto", description="auto (measured on this machine per model), bf16 or fp32")
     # optional step caps (reproducible runs on a busy machine: the time budget still applies)

@@ -62,7 +62,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 
     d = DemoSettings()
     _, tcfg, _ = read_metadata(next((ws / "runs").glob("demo-tokenizer-*/model.safetensors")))
-    assert tcfg["mask_max"] == d.tokenizer_mask_max  # the demo's own setting, not the preset's 0.9
+    assert tcfg["mask_max"] == d.tokenizer_mask_max == 0.9  # the preset's masking, as a user's own run gets
     meta = json.loads(next((ws / "runs").glob("demo-dynamics-*/run.json")).read_text())
     run = meta["settings"]
     assert run["diffusion"]["single_image_fraction"] == d.single_image_fraction and run["diffusion"]["shortcut"]
