@@ -98,6 +98,9 @@ def summary_table(metrics: dict[str, Any]) -> Table:
     return t
 
 
+MEMORISING = 1.5  # held-out / training error ratio above which eval warns (docs/evaluation.md)
+
+
 def probe_table(metrics: dict[str, Any]) -> Table | None:
     """Does the model use its context? Context sensitivity and teacher-forced next-frame latent MSE."""
     p = metrics.get("probes")
@@ -125,7 +128,22 @@ def probe_table(metrics: dict[str, Any]) -> Table | None:
     act = p.get("actions")
     if act:
         t.add_row("action use", f"{act['use']:+.2f}", "0: actions ignored")
+    mem = p.get("memorisation") or {}
+    if "gap" in mem:
+        t.add_row("error / copy last, held-out", f"{mem['held_out']['relative']:.2f}", "teacher-forced")
+        t.add_row("  on training clips", f"{mem['train']['relative']:.2f}", "")
+        t.add_row("  memorising gap", f"{mem['gap']:.1f}x", "1: none; >1.5: more video")
     return t
+
+
+def memorisation_hint(metrics: dict[str, Any]) -> str | None:
+    """One line for the user when the run predicts its training clips much better than new video."""
+    mem = (metrics.get("probes") or {}).get("memorisation") or {}
+    gap = mem.get("gap")
+    if gap is None or not gap > MEMORISING:
+        return None
+    return (f"The model predicts its training clips {gap:.1f}x better than held-out video (relative to copy-last): "
+            "it is memorising them. More or longer videos will help more than more steps (docs/evaluation.md).")
 
 
 def latent_action_table(metrics: dict[str, Any]) -> Table | None:
@@ -232,6 +250,9 @@ def eval_(
     lt = latent_action_table(m)
     if lt is not None:
         out.print(lt)
+    hint = memorisation_hint(m)
+    if hint:
+        console.print(f"[yellow]note:[/] {escape(hint)}", highlight=False)
     if m["truth"] != "video frames":
         console.print(f"[yellow]note:[/] compared against {escape(str(m['truth']))}", highlight=False)
     out.print(f"metrics: {report.metrics_path}", highlight=False, markup=False)

@@ -354,6 +354,49 @@ def _metric_block(values: dict[str, np.ndarray]) -> dict[str, Any]:
     return block
 
 
+def clip_latents(world, videos: list, refs: list[ClipRef], span: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The true latents (clips, span, N, Ch) of ``refs`` and the actions the model is conditioned on: the real
+    actions when the run uses them, the codes its encoder infers for a latent-action run, else None."""
+    by_id = {v.id: v for v in videos}
+    lat, acts = [], []
+    for r in refs:
+        v = by_id[r.video_id]
+        lat.append(v.latents[r.start : r.start + span].float())
+        acts.append(None if v.actions is None else v.actions[r.start : r.start + span])
+    z = torch.stack(lat)
+    actions = _stack_actions(acts, span) if world.actions_usable() else None
+    lam = getattr(world, "latent_actions", None)
+    if lam is not None:
+        with torch.no_grad():
+            actions = lam(z.to(world.device)).cpu()  # (clips, span, dims), frame 0 NaN
+    return z, actions
+
+
+def memorisation_probe(world, s, train_videos: list, held_out: dict[str, np.ndarray], precision: str) -> dict[str, Any]:
+    """Teacher-forced next-frame error on windows of the *training* videos against the held-out one.
+
+    Each split's error is divided by copy-last's on the same windows (so a split with more motion does not
+    look worse); ``gap`` is the held-out ratio over the training ratio: about 1 when the model predicts new
+    video as well as the video it trained on, well above 1 when it has memorised its training clips.
+    ``held_out``: :func:`teacher_forced_next`'s result on the evaluation's clips.
+    """
+    C, H = s.context, s.horizon
+    refs = select_clips({v.id: v.frames for v in train_videos}, C, H, s.clips, s.seed)
+    if not refs:
+        return {"skipped": f"no training video has context + horizon = {C + H} frames"}
+    z, actions = clip_latents(world, train_videos, refs, C + H)
+    tf = teacher_forced_next(world.dynamics, world.traits, z, C, s.tau_ctx, actions, seed=s.seed,
+                             batch_size=s.batch_size, precision=precision)
+
+    def ratio(res: dict[str, np.ndarray]) -> dict[str, float]:
+        m, c = float(res["model"].mean()), float(res["copy_last"].mean())
+        return {"model": m, "copy_last": c, "relative": m / c if c > 0 else float("nan")}
+
+    train, val = ratio(tf), ratio(held_out)
+    gap = val["relative"] / train["relative"] if train["relative"] > 0 else float("nan")
+    return {"train_clips": len(refs), "train": train, "held_out": val, "gap": gap}
+
+
 def _stack_actions(acts: list[torch.Tensor | None], span: int) -> torch.Tensor | None:
     if all(a is None for a in acts):
         return None
@@ -477,7 +520,6 @@ def evaluate(
     if not pool:
         raise DataError(f"latent set {lat_path} has no {'held-out (val)' if split == 'val' else 'training'} videos to evaluate on")
     C, H = s.context, s.horizon
-    videos = {v.id: v for v in pool}
     refs = select_clips({v.id: v.frames for v in pool}, C, H, s.clips, s.seed)
     if not refs:
         longest = max(v.frames for v in pool)
@@ -495,21 +537,12 @@ def evaluate(
 
     # True latents of every clip, and the real frames (the video at the tokenizer's fps and size) of the
     # clips only: each video is streamed once and only the clips' frames are kept.
-    true_lat, acts = [], []
-    for r in refs:
-        v = videos[r.video_id]
-        true_lat.append(v.latents[r.start : r.start + span].float())
-        acts.append(None if v.actions is None else v.actions[r.start : r.start + span])
+    # A latent-action run is steered by the codes its encoder infers from the clip itself (the real future
+    # included): Genie's "inferred" condition; random and no-action conditions follow below.
+    z_true, actions = clip_latents(world, pool, refs, span)  # (clips, C + H, N, Ch)
+    lam = getattr(world, "latent_actions", None)
     real = read_clip_frames(refs, span, lat_path, ws, world.fps, world.size, world.fit, prog)
     truth_kind = "video frames"
-    z_true = torch.stack(true_lat)  # (clips, C + H, N, Ch)
-    actions = _stack_actions(acts, span) if world.actions_usable() else None
-    lam = getattr(world, "latent_actions", None)
-    if lam is not None:
-        # a latent-action run is steered by the codes its encoder infers from the clip itself (the real future
-        # included): Genie's "inferred" condition; random and no-action conditions follow below
-        with torch.no_grad():
-            actions = lam(z_true.to(world.device)).cpu()  # (clips, C + H, dims), frame 0 NaN
     t0 = time.perf_counter()
     decoded_true = world.decode(z_true)  # (clips, C + H, 3, h, w)
     decode_s = time.perf_counter() - t0
@@ -561,7 +594,8 @@ def evaluate(
         }
         prog.finish(f"eval: {k} steps", frames_per_s=n * H / secs if secs > 0 else 0.0)
 
-    probe_block = _run_probes(world, s, z_true, actions, target, choice.precision, lset, prog, decode) if probes else None
+    probe_block = (_run_probes(world, s, z_true, actions, target, choice.precision, lset, prog, decode, split)
+                   if probes else None)
     latent_block = None
     if lam is not None:
         k0 = s.steps[0]
@@ -703,7 +737,7 @@ def _latent_action_conditions(world, s, z_true, inferred, C, H, precision, decod
     return block
 
 
-def _run_probes(world, s, z_true, actions, target, precision, lset, prog, decode=None) -> dict[str, Any]:
+def _run_probes(world, s, z_true, actions, target, precision, lset, prog, decode=None, split="val") -> dict[str, Any]:
     """The context probes of :func:`evaluate` on its clips: context sensitivity and teacher-forced next-frame MSE."""
     C = s.context
     n = len(z_true)
@@ -753,6 +787,8 @@ def _run_probes(world, s, z_true, actions, target, precision, lset, prog, decode
         "skill_vs_mean_latent": 1.0 - avg["model"] / avg["mean_latent"] if avg["mean_latent"] > 0 else float("nan"),
         "per_h": {name: summarize(v) for name, v in tf.items()},
     }
+    if split == "val" and lset.train:
+        out["memorisation"] = memorisation_probe(world, s, lset.train, tf, precision)
     if actions is not None and n >= 2:
         # The same prediction with the actions of another clip (the next in the list), same frames, same noise:
         # how much the model's next frame depends on the actions it is given.

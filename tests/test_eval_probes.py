@@ -14,6 +14,7 @@ from ahri_core.evaluation import (
     context_probe,
     evaluate,
     mean_latent,
+    memorisation_probe,
     other_clip,
     sensitivity,
     teacher_forced_next,
@@ -111,6 +112,60 @@ def test_mean_latent_over_videos():
     torch.testing.assert_close(mean_latent(vids), torch.full((2, 3), 0.75))
 
 
+class Memoriser(CopyLastModel):
+    """Copies the last frame, except after a frame of its training videos, whose successor it knows: there it
+    predicts the midpoint of the last frame and the true next one (a quarter of copy-last's error)."""
+
+    def __init__(self, videos, **cfg) -> None:
+        super().__init__(**cfg)
+        self.bank = [(v.latents[i].float(), v.latents[i + 1].float()) for v in videos for i in range(v.frames - 1)]
+
+    def forward(self, z, tau, step, actions=None, isolated=None):
+        out = super().forward(z, tau, step).clone()
+        for b in range(z.shape[0]):
+            for frame, nxt in self.bank:
+                if torch.equal(z[b, -2], frame):
+                    out[b, -1] = 0.5 * (frame + nxt)
+                    break
+        return out
+
+
+def _videos(prefix, n, frames, seed):
+    from ahri_core.data.windows import LatentVideo
+
+    x = _clips(n=n, frames=frames, seed=seed).to(torch.float16)
+    return [LatentVideo(f"{prefix}{i}", x[i]) for i in range(n)]
+
+
+def _probe_world(model):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(dynamics=model, traits=traits_of(model), device="cpu", actions_usable=lambda: False)
+
+
+def test_memorisation_probe_sees_a_model_that_knows_its_training_clips():
+    train, val = _videos("t", 3, 12, seed=1), _videos("v", 2, 12, seed=2)
+    s = SamplingSettings(steps=[1], context=4, horizon=3, clips=4, seed=0, batch_size=2, tau_ctx=0.0)
+    for model, want in ((CopyLastModel(k_max=4), 1.0), (Memoriser(train, k_max=4), 4.0)):
+        world = _probe_world(model)
+        val_x = torch.stack([v.latents[:7].float() for v in val])
+        held = teacher_forced_next(model, world.traits, val_x, 4, 0.0)
+        m = memorisation_probe(world, s, train, held, "fp32")
+        assert m["train_clips"] == 3  # one window of 7 frames fits in each 12-frame training video
+        assert m["held_out"]["relative"] == pytest.approx(1.0)  # new video: it can only copy
+        # on its training clips the memoriser has a quarter of copy-last's error, hence a gap of 4
+        assert m["train"]["relative"] == pytest.approx(1.0 / want, rel=1e-5)
+        assert m["gap"] == pytest.approx(want, rel=1e-5)
+
+
+def test_memorisation_hint_only_when_the_gap_is_large():
+    from ahri_cli.eval_cmd import memorisation_hint
+
+    assert memorisation_hint({"probes": {"memorisation": {"gap": 1.2}}}) is None
+    assert memorisation_hint({"probes": {}}) is None
+    assert "3.0x" in memorisation_hint({"probes": {"memorisation": {"gap": 3.0}}})
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     return make_world(tmp_path_factory.mktemp("probews"))
@@ -134,6 +189,10 @@ def test_eval_reports_probes_and_the_train_split(world, tmp_path, capsys):
     assert act["mse_own_actions"] == pytest.approx(tf["all_h"]["model"])
     assert act["mse_other_clip_actions"] > 0 and act["mse_other_clip_actions"] != act["mse_own_actions"]
     assert act["use"] == pytest.approx(1 - act["mse_own_actions"] / act["mse_other_clip_actions"])
+    mem = p["memorisation"]  # held-out against windows of the training videos
+    assert mem["train_clips"] >= 1 and mem["held_out"]["model"] == pytest.approx(tf["all_h"]["model"])
+    assert mem["held_out"]["copy_last"] == pytest.approx(tf["all_h"]["copy_last"])
+    assert mem["gap"] == pytest.approx(mem["held_out"]["relative"] / mem["train"]["relative"])
     index = json.loads((lat_dir / "index.json").read_text())
     train_ids = {v["id"] for v in index["videos"] if v["split"] == "train"}
     rep = evaluate(wm, settings=s, out_dir=tmp_path / "t", workspace=ws, samples=0, precision="fp32",
@@ -144,5 +203,5 @@ def test_eval_reports_probes_and_the_train_split(world, tmp_path, capsys):
                "--clips", "2", "--samples", "0", "--out", str(tmp_path / "cli")])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "context sensitivity" in text and "teacher-forced" in text
+    assert "context sensitivity" in text and "teacher-forced" in text and "memorising" in text
     assert max(len(line) for line in text.splitlines()) <= 100
