@@ -56,6 +56,29 @@ def test_tiny_model_overfits_a_short_clip(tmp_path: Path):
     assert last["val_tau=0.1"] < 0.1 * first["val_tau=0.1"], (first, last)
     # one-step next-frame prediction from context beats copying the last frame on the clip it memorised
     assert last["val_next"] < 0.5 * last["val_copy_last"], last
+    # held-out and training windows are the same clip here: the same windows and noise, no memorising gap
+    assert last["val_train_next"] == pytest.approx(last["val_next"], rel=1e-6)
+    assert last["val_memorising"] == pytest.approx(1.0, rel=1e-6)
+
+
+def test_validation_reports_memorising_of_the_training_clip(tmp_path: Path):
+    seen, new = clip(0, 24, speed=0.6), clip(7, 24, speed=0.6)  # another phase: video the model never saw
+    data = make_latent_set([seen], [new], action_count=3)
+    train, dset, _ = tiny_settings(max_steps=120, batch_size=4, val_every=120, lr=1e-2, warmup_steps=10)
+    diff = DiffusionSettings(single_image_fraction=0.0, context_fraction=0.5)
+    r = train_dynamics(data, tmp_path / "run", train, dset, diff)
+    v = r.val
+    assert v["val_memorising"] == pytest.approx(
+        (v["val_next"] / v["val_copy_last"]) / (v["val_train_next"] / v["val_train_copy_last"]))
+    assert v["val_memorising"] > 1.5, v  # one clip learnt by heart predicts itself far better than new video
+
+
+def test_memorising_gap_arithmetic():
+    from ahri_core.train.dynamics import memorising_gap
+
+    assert memorising_gap(0.5, 1.0, 0.1, 1.0) == pytest.approx(5.0)
+    assert memorising_gap(0.2, 0.4, 0.1, 0.2) == pytest.approx(1.0)  # both halve copy-last's error
+    assert memorising_gap(0.5, 1.0, 0.0, 1.0) is None and memorising_gap(0.5, 0.0, 0.1, 1.0) is None
 
 
 def test_metrics_run_info_and_load(tmp_path: Path):
@@ -74,7 +97,8 @@ def test_metrics_run_info_and_load(tmp_path: Path):
                     "bootstrap_loss", "tokens_per_s", "lr"):
             assert key in x
         assert x["batch"] in ("S", "L") and x["T"] in (8, 16) and 0 <= x["tau_min"] <= x["tau_max"] <= 1
-    assert {"val_tau=0.1", "val_tau=0.5", "val_tau=0.9", "val_next", "val_copy_last"} <= set(va[0])
+    assert {"val_tau=0.1", "val_tau=0.5", "val_tau=0.9", "val_next", "val_copy_last", "val_train_next",
+            "val_train_copy_last", "val_memorising"} <= set(va[0])
     # the progress display carries the seed's log line
     shown = [e[2] for e in prog.events if e[0] == "advance" and "loss" in e[2]]
     assert shown and {"epoch", "batch", "loss", "tau", "batch/s"} <= set(shown[-1])

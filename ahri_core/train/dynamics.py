@@ -163,6 +163,7 @@ def validate(
     batch_size: int = 8,
     seed: int = 12345,
     ignore_actions: bool = False,
+    next_only: bool = False,
 ) -> dict[str, float]:
     """Held-out losses with fixed noise (the same at every call).
 
@@ -172,16 +173,18 @@ def validate(
     ``copy_last``: MSE of repeating the last context frame (the baseline ``next`` must beat).
     A latent-action model is conditioned on the actions its encoder infers from the window itself (frame t's
     from frames t - 1 and t), and also reports ``next_no_action``: ``next`` with "no action" everywhere (what
-    the inferred codes are worth; see docs/actions.md).
+    the inferred codes are worth; see docs/actions.md). ``next_only``: only ``next`` and ``copy_last`` (one
+    model call per batch).
     """
     was_training = model.training
     model.eval()
     g = torch.Generator().manual_seed(seed)
     d_min = 1.0 / model.config.k_max
-    sums: dict[str, float] = {f"tau={t:g}": 0.0 for t in VAL_TAUS}
+    taus = () if next_only else VAL_TAUS
+    sums: dict[str, float] = {f"tau={t:g}": 0.0 for t in taus}
     sums.update(next=0.0, copy_last=0.0)
     lam = isinstance(model, LatentActionDynamics)
-    if lam:
+    if lam and not next_only:
         sums["next_no_action"] = 0.0
     n = 0
     kind = "none" if lam or ignore_actions else model.config.action_kind
@@ -208,7 +211,7 @@ def validate(
             acts = model.latent_actions(x)
         step = torch.full((B, T), d_min, device=device)
         with autocast(device, precision):
-            for t in VAL_TAUS:
+            for t in taus:
                 tau = torch.full((B, T), t, device=device)
                 xh = model(add_noise(x, noise, tau), tau, step, actions=acts)
                 sums[f"tau={t:g}"] += float((xh.float() - x).pow(2).mean()) * B
@@ -217,7 +220,7 @@ def validate(
             st = step.clone()
             st[:, -1] = 1.0 if shortcut else d_min
             xh = model(add_noise(x, noise, tau), tau, st, actions=acts)
-            if lam:
+            if lam and not next_only:
                 xn = model(add_noise(x, noise, tau), tau, st, actions=None)
                 sums["next_no_action"] += float((xn[:, -1].float() - x[:, -1]).pow(2).mean()) * B
         sums["next"] += float((xh[:, -1].float() - x[:, -1]).pow(2).mean()) * B
@@ -225,8 +228,18 @@ def validate(
         n += B
     model.train(was_training)
     out = {k: v / max(n, 1) for k, v in sums.items()}
-    out["mean"] = sum(out[f"tau={t:g}"] for t in VAL_TAUS) / len(VAL_TAUS)
+    if taus:
+        out["mean"] = sum(out[f"tau={t:g}"] for t in taus) / len(taus)
     return out
+
+
+def memorising_gap(val_next: float, val_copy: float, train_next: float, train_copy: float) -> float | None:
+    """(held-out next-frame error / its copy-last) over (the same on training windows): about 1 when new video
+    is predicted as well as seen video, well above 1 when the model memorises its training clips. None when a
+    ratio is undefined (copy-last exact, or a perfect fit on the training windows)."""
+    if val_copy <= 0 or train_copy <= 0 or train_next <= 0:
+        return None
+    return (val_next / val_copy) / (train_next / train_copy)
 
 
 # ---------------------------------------------------------------------------------------------- the objective
@@ -305,6 +318,9 @@ class DynamicsObjective(Objective):
         self.short, self.long = short, long
         self.teacher = copy.deepcopy(self.model) if (diffusion.ema_teacher and diffusion.shortcut) else None
         self.val_keys = validation_windows(lset.val, _val_length(data), data.stride, VAL_WINDOWS) if lset.val else []
+        # the same prediction on fixed windows of the training videos: held-out against seen video (memorising)
+        self.fit_keys = (validation_windows(lset.train, _val_length(data), data.stride, VAL_WINDOWS)
+                         if lset.val and lset.train else [])
 
     def _build(self) -> DynamicsModel:
         return DynamicsModel(self.cfg) if self.lam_cfg is None else LatentActionDynamics(self.cfg, self.lam_cfg)
@@ -432,14 +448,23 @@ class DynamicsObjective(Objective):
             return {}
         v = validate(self.model, self.lset.val, self.val_keys, self.device, precision, self.diffusion.shortcut,
                      ignore_actions=self.latent_settings is not None)
-        return {f"val_{k}": x for k, x in v.items()}
+        out = {f"val_{k}": x for k, x in v.items()}
+        if self.fit_keys:
+            f = validate(self.model, self.lset.train, self.fit_keys, self.device, precision, self.diffusion.shortcut,
+                         ignore_actions=self.latent_settings is not None, next_only=True)
+            out["val_train_next"], out["val_train_copy_last"] = f["next"], f["copy_last"]
+            out["val_memorising"] = memorising_gap(v["next"], v["copy_last"], f["next"], f["copy_last"])
+        return out
 
     def val_line(self, v: dict[str, Any]) -> str:
         taus = " ".join(f"tau{t:g}={v[f'val_tau={t:g}']:.4f}" for t in VAL_TAUS)
         line = f"val @ step {v['step']}: {taus}  next={v['val_next']:.4f} (copy-last {v['val_copy_last']:.4f}"
         if "val_next_no_action" in v:
             line += f", no action {v['val_next_no_action']:.4f}"
-        return line + ")"
+        line += ")"
+        if v.get("val_memorising") is not None:
+            line += f"  memorising {v['val_memorising']:.1f}x"
+        return line
 
     def interval(self, frames: int, seconds: float) -> dict[str, Any]:
         return {"tokens_per_s": frames * self.lset.tokens / max(seconds, 1e-9)}
