@@ -10,8 +10,10 @@ Writes ``results/atari.json`` (per game: tokenizer held-out PSNR, the frame shap
 the tokenizer ceiling, 4 and 64 steps, and the teacher-forced probe) and prints a markdown table for
 docs/benchmarks.md.
 
-Example (about 20 minutes a game on 2 cores):
-    python benchmarks/bench_atari.py --games Pong Breakout MsPacman Boxing --tokenizer-minutes 5 --dynamics-minutes 10
+The defaults are the dynamics-quality target's budget: 40 clips of 400 frames (with 10, the models memorised
+their clips: docs/dynamics.md, "Memorising"), tokenizer 20 and dynamics 40 minutes, about an hour a game on
+2 cores. A quick look at a quarter of it:
+    python benchmarks/bench_atari.py --games Pong Breakout --tokenizer-minutes 5 --dynamics-minutes 10
 """
 
 from __future__ import annotations
@@ -128,10 +130,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--games", nargs="+", default=["Pong", "Breakout", "MsPacman", "Boxing"])
     ap.add_argument("--work", default="/tmp/ahri-atari")
-    ap.add_argument("--clips", type=int, default=10, help="recorded clips per game")
+    ap.add_argument("--clips", type=int, default=40, help="recorded clips per game")
     ap.add_argument("--frames", type=int, default=400, help="frames per recorded clip")
-    ap.add_argument("--tokenizer-minutes", type=float, default=5)
-    ap.add_argument("--dynamics-minutes", type=float, default=10)
+    ap.add_argument("--tokenizer-minutes", type=float, default=20)
+    ap.add_argument("--dynamics-minutes", type=float, default=40)
     ap.add_argument("--horizon", type=int, default=16)
     ap.add_argument("--eval-clips", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
