@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -132,7 +133,10 @@ def probe_table(metrics: dict[str, Any]) -> Table | None:
     if "gap" in mem:
         t.add_row("error / copy last, held-out", f"{mem['held_out']['relative']:.2f}", "teacher-forced")
         t.add_row("  on training clips", f"{mem['train']['relative']:.2f}", "")
-        t.add_row("  memorising gap", f"{mem['gap']:.1f}x", "1: none; >1.5: more video")
+        gap = mem["gap"]
+        t.add_row("  memorising gap", f"{gap:.1f}x" if math.isfinite(gap) else "-", "1: none; >1.5: more video")
+    elif mem.get("skipped"):
+        t.add_row("memorising gap", "-", "not the run's training data")
     return t
 
 
@@ -143,7 +147,8 @@ def memorisation_hint(metrics: dict[str, Any]) -> str | None:
     if gap is None or not gap > MEMORISING:
         return None
     return (f"The model predicts its training clips {gap:.1f}x better than held-out video (relative to copy-last): "
-            "it is memorising them. More or longer videos will help more than more steps (docs/evaluation.md).")
+            "it is likely memorising them (or the held-out video differs in kind). More or longer videos will help "
+            "more than more steps (docs/evaluation.md).")
 
 
 def latent_action_table(metrics: dict[str, Any]) -> Table | None:

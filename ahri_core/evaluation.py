@@ -372,6 +372,20 @@ def clip_latents(world, videos: list, refs: list[ClipRef], span: int) -> tuple[t
     return z, actions
 
 
+def _not_the_training_split(world, lset) -> str | None:
+    """Why the set's training split may not be the videos the run trained on (None when it is): another latent
+    set, or a split with other video counts (e.g. a run trained with its own ``val_fraction``)."""
+    rec = (getattr(world, "info", None) or {}).get("latents") or {}
+    path = rec.get("path")
+    if path and lset.path and Path(path).resolve() != Path(lset.path).resolve():
+        return f"the run trained on {path}, not on {lset.path}"
+    counts = (rec.get("train_videos"), rec.get("val_videos"))
+    if None not in counts and counts != (len(lset.train), len(lset.val)):
+        return (f"the run trained on {counts[0]} videos and held out {counts[1]}; this split has {len(lset.train)} "
+                f"and {len(lset.val)}")
+    return None
+
+
 def memorisation_probe(world, s, train_videos: list, held_out: dict[str, np.ndarray], precision: str) -> dict[str, Any]:
     """Teacher-forced next-frame error on windows of the *training* videos against the held-out one.
 
@@ -788,7 +802,8 @@ def _run_probes(world, s, z_true, actions, target, precision, lset, prog, decode
         "per_h": {name: summarize(v) for name, v in tf.items()},
     }
     if split == "val" and lset.train:
-        out["memorisation"] = memorisation_probe(world, s, lset.train, tf, precision)
+        why = _not_the_training_split(world, lset)
+        out["memorisation"] = {"skipped": why} if why else memorisation_probe(world, s, lset.train, tf, precision)
     if actions is not None and n >= 2:
         # The same prediction with the actions of another clip (the next in the list), same frames, same noise:
         # how much the model's next frame depends on the actions it is given.

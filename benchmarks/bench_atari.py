@@ -65,7 +65,10 @@ def one_game(game: str, args: argparse.Namespace) -> dict:
     ws.mkdir(parents=True, exist_ok=True)
     W = ["-w", str(ws)]
     t0 = time.perf_counter()
-    if not any((ws / "videos").rglob("*.mp4")):
+    have = sorted((ws / "videos").rglob("*.mp4")) if (ws / "videos").is_dir() else []
+    if have and len(have) != args.clips:  # a workspace of another size would be scored under these settings
+        raise SystemExit(f"{ws} holds {len(have)} clips, not --clips {args.clips}: use another --work or --clips {len(have)}")
+    if not have:
         ahri(*W, "fetch", "--source", "gym", "--env", f"ALE/{game}-v5", "--count", str(args.clips), "--frames",
              str(args.frames), "--seed", str(args.seed), log=log)
     tok = ws / "runs" / "tok"

@@ -196,9 +196,18 @@ def test_eval_reports_probes_and_the_train_split(world, tmp_path, capsys):
     index = json.loads((lat_dir / "index.json").read_text())
     train_ids = {v["id"] for v in index["videos"] if v["split"] == "train"}
     rep = evaluate(wm, settings=s, out_dir=tmp_path / "t", workspace=ws, samples=0, precision="fp32",
+                   split="train")
+    assert rep.metrics["split"] == "train" and "memorisation" not in rep.metrics["probes"]  # nothing to compare
+    rep = evaluate(wm, settings=s, out_dir=tmp_path / "t", workspace=ws, samples=0, precision="fp32",
                    split="train", probes=False)
     assert rep.metrics["split"] == "train" and rep.metrics["probes"] is None
     assert {c["video"] for c in rep.metrics["clips"]} <= train_ids
+    # another latent set (here a copy): its training split is not what the run trained on, so no gap is claimed
+    import shutil
+
+    other = shutil.copytree(lat_dir, tmp_path / "other-set")
+    rep = evaluate(wm, other, s, out_dir=tmp_path / "o", workspace=ws, samples=0, precision="fp32")
+    assert "other-set" in rep.metrics["probes"]["memorisation"]["skipped"]
     rc = main(["-w", str(ws.root), "eval", run.name, "--steps", "4", "--context", "3", "--horizon", "2",
                "--clips", "2", "--samples", "0", "--out", str(tmp_path / "cli")])
     assert rc == 0

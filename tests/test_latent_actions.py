@@ -317,6 +317,9 @@ def test_eval_of_a_latent_action_run_reports_controllability(lam_world, tmp_path
         gain = la[f"gain_over_{name}_db"]["mean"]
         assert len(gain) == 3
         assert gain == pytest.approx([a - b for a, b in zip(inferred, la[f"psnr_{name}"]["mean"], strict=True)])
+    mem = rep.metrics["probes"]["memorisation"]  # the training windows are conditioned on inferred codes too
+    assert mem["train_clips"] >= 1 and mem["gap"] > 0
+    assert mem["held_out"]["model"] == pytest.approx(rep.metrics["probes"]["teacher_forced"]["all_h"]["model"])
 
 
 def test_cli_flags(lam_world, tmp_path):

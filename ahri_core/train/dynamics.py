@@ -453,7 +453,9 @@ class DynamicsObjective(Objective):
             f = validate(self.model, self.lset.train, self.fit_keys, self.device, precision, self.diffusion.shortcut,
                          ignore_actions=self.latent_settings is not None, next_only=True)
             out["val_train_next"], out["val_train_copy_last"] = f["next"], f["copy_last"]
-            out["val_memorising"] = memorising_gap(v["next"], v["copy_last"], f["next"], f["copy_last"])
+            gap = memorising_gap(v["next"], v["copy_last"], f["next"], f["copy_last"])
+            if gap is not None:  # undefined when copy-last or the fit is exact
+                out["val_memorising"] = gap
         return out
 
     def val_line(self, v: dict[str, Any]) -> str:
