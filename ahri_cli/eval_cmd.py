@@ -199,7 +199,7 @@ def eval_(
         str, typer.Option("--split", help="val (held-out videos) or train (to measure the train/val gap).")
     ] = "val",
     probes: Annotated[
-        bool, typer.Option("--probes/--no-probes", help="Context sensitivity and teacher-forced next-frame MSE.")
+        bool, typer.Option("--probes/--no-probes", help="Context sensitivity, teacher-forced next-frame MSE, action use and memorising.")
     ] = True,
     device: DeviceOption = "auto",
     precision: PrecisionOption = PrecisionChoice.auto,
