@@ -157,9 +157,8 @@ def _summary(result: Any, elapsed_label: str = "seconds") -> Table:
             t.add_row("  flow / bootstrap", f"{last['flow_loss']:.4f} / {last['bootstrap_loss']:.4f}")
         t.add_row("batches/s", f"{last.get('batches_per_s', 0):.2f}")
     first, val = result.first_val or {}, result.val or {}
-    for key in [k for k in val if k.startswith("val_") and isinstance(val[k], (int, float))]:
+    for key in [k for k in val if k.startswith("val_")]:
         a = first.get(key)
-        a = a if isinstance(a, (int, float)) else None
         t.add_row(key.replace("val_", "val "), (f"{a:.4f} -> " if a is not None else "") + f"{val[key]:.4f}")
     t.add_row("weights", str(result.weights))
     return t

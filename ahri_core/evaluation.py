@@ -38,6 +38,7 @@ import torch
 from .metrics import (
     average_over,
     image_metrics,
+    memorising_gap,
     mse_per_image,
     psnr_average_over,
     psnr_over_clips,
@@ -407,8 +408,8 @@ def memorisation_probe(world, s, train_videos: list, held_out: dict[str, np.ndar
         return {"model": m, "copy_last": c, "relative": m / c if c > 0 else float("nan")}
 
     train, val = ratio(tf), ratio(held_out)
-    gap = val["relative"] / train["relative"] if train["relative"] > 0 else float("nan")
-    return {"train_clips": len(refs), "train": train, "held_out": val, "gap": gap}
+    gap = memorising_gap(val["model"], val["copy_last"], train["model"], train["copy_last"])
+    return {"train_clips": len(refs), "train": train, "held_out": val, "gap": float("nan") if gap is None else gap}
 
 
 def _stack_actions(acts: list[torch.Tensor | None], span: int) -> torch.Tensor | None:

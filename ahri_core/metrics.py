@@ -124,3 +124,12 @@ def psnr_average_over(mse: np.ndarray, first: int, last: int) -> float:
     v = np.asarray(mse, dtype=np.float64)
     last = min(last, v.shape[1])
     return float(_psnr_of(v[:, first - 1 : last].mean(axis=0)).mean())
+
+
+def memorising_gap(val_next: float, val_copy: float, train_next: float, train_copy: float) -> float | None:
+    """(held-out next-frame error / its copy-last) over (the same on training windows): about 1 when new video
+    is predicted as well as seen video, well above 1 when the model memorises its training clips. None when a
+    ratio is undefined (copy-last exact, or a perfect fit on the training windows)."""
+    if val_copy <= 0 or train_copy <= 0 or train_next <= 0:
+        return None
+    return (val_next / val_copy) / (train_next / train_copy)

@@ -65,7 +65,7 @@ def one_game(game: str, args: argparse.Namespace) -> dict:
     ws.mkdir(parents=True, exist_ok=True)
     W = ["-w", str(ws)]
     t0 = time.perf_counter()
-    have = sorted((ws / "videos").rglob("*.mp4")) if (ws / "videos").is_dir() else []
+    have = list((ws / "videos").rglob("*.mp4"))
     if have and len(have) != args.clips:  # a workspace of another size would be scored under these settings
         raise SystemExit(f"{ws} holds {len(have)} clips, not --clips {args.clips}: use another --work or --clips {len(have)}")
     if not have:

@@ -74,7 +74,7 @@ def test_validation_reports_memorising_of_the_training_clip(tmp_path: Path):
 
 
 def test_memorising_gap_arithmetic():
-    from ahri_core.train.dynamics import memorising_gap
+    from ahri_core.metrics import memorising_gap
 
     assert memorising_gap(0.5, 1.0, 0.1, 1.0) == pytest.approx(5.0)
     assert memorising_gap(0.2, 0.4, 0.1, 0.2) == pytest.approx(1.0)  # both halve copy-last's error

@@ -42,6 +42,7 @@ from ..data.windows import (
 from ..diffusion import add_noise, forcing_loss, sample_noise_levels
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import read_jsonl
+from ..metrics import memorising_gap
 from ..models.dynamics import KIND, DynamicsConfig, DynamicsModel, dynamics_config
 from ..models.latent_actions import KIND as LAM_KIND
 from ..models.latent_actions import (
@@ -231,15 +232,6 @@ def validate(
     if taus:
         out["mean"] = sum(out[f"tau={t:g}"] for t in taus) / len(taus)
     return out
-
-
-def memorising_gap(val_next: float, val_copy: float, train_next: float, train_copy: float) -> float | None:
-    """(held-out next-frame error / its copy-last) over (the same on training windows): about 1 when new video
-    is predicted as well as seen video, well above 1 when the model memorises its training clips. None when a
-    ratio is undefined (copy-last exact, or a perfect fit on the training windows)."""
-    if val_copy <= 0 or train_copy <= 0 or train_next <= 0:
-        return None
-    return (val_next / val_copy) / (train_next / train_copy)
 
 
 # ---------------------------------------------------------------------------------------------- the objective
