@@ -238,3 +238,33 @@ def test_a_square_run_of_the_one_number_era_resumes(tmp_path, capsys):
     assert main([*base, "--max-steps", "2", "--resume"]) == 0
     assert json.loads(meta_path.read_text())["step"] == 2
     capsys.readouterr()
+
+
+def test_a_wide_latent_set_packs_its_tokens_along_rows(tmp_path):
+    """16:9 at the cpu budget is 6 x 10 tokens: the dynamics model joins half rows (5), never the end of one
+    row to the start of the next (the plain smallest divisor, 4, would)."""
+    from ahri_core.data.latents import LatentStore, write_index, write_latent_file
+    from ahri_core.data.windows import load_latent_set
+    from ahri_core.models.tokenizer import tokenizer_config
+    from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings
+    from ahri_core.train.dynamics import model_config_for
+
+    cfg = tokenizer_config("cpu", size=(48, 80))
+    assert (cfg.tokens, cfg.token_grid) == (60, (6, 10))
+    assert tokenizer_config("cpu", size=(48, 80), regions=False).token_grid is None
+    d = tmp_path / "tok"
+    d.mkdir()
+    vids = []
+    for i in range(2):
+        write_latent_file(d / f"v{i}.safetensors", torch.zeros(8, 60, 12), None, {"fps": "20", "video_id": f"v{i}"})
+        vids.append({"id": f"v{i}", "file": f"v{i}.safetensors", "frames": 8, "fps": 20.0,
+                     "split": "val" if i else "train"})
+    index = {"tokenizer_id": "tok", "tokens": 60, "channels": 12, "fps": 20.0, "frame_size": "48x80", "videos": vids}
+    settings = (TrainSettings(preset="cpu"), DataSettings(), DiffusionSettings())
+    for tok_cfg, grid, pack in ((cfg.to_dict(), (6, 10), 5), (None, None, 4), ({"height": "wide"}, None, 4),
+                                (tokenizer_config("cpu", size=(48, 80), regions=False).to_dict(), None, 4)):
+        write_index(d, {**index, "tokenizer_config": tok_cfg} if tok_cfg is not None else index)
+        assert LatentStore(d).token_grid == grid
+        lset = load_latent_set(d)
+        assert lset.token_grid == grid
+        assert model_config_for(lset, *settings).pack == pack

@@ -368,6 +368,34 @@ def test_presets_pack_many_latent_tokens_into_their_token_budget():
     assert dynamics_config("small", tokens=64, channels=12).pack == 1
     with pytest.raises(ConfigError, match="pack"):
         dynamics_config("cpu", tokens=10, channels=4, pack=4)
+
+
+@pytest.mark.parametrize("grid", [(6, 10), (10, 6), (7, 9), (9, 7), (8, 8), (5, 12), (3, 20), (4, 4), (6, 11)])
+def test_packing_keeps_each_model_token_inside_a_row_or_whole_rows(grid):
+    from ahri_core.models.dynamics import PRESET_MAX_TOKENS, auto_pack
+
+    rows, cols = grid
+    tokens = rows * cols
+    for budget in sorted(set(PRESET_MAX_TOKENS.values())):
+        p = auto_pack(tokens, budget, cols)
+        assert tokens % p == 0 and tokens // p <= budget
+        for j in range(tokens // p):  # model token j holds latent tokens j*p .. j*p + p - 1 (row-major)
+            row_of = [i // cols for i in range(j * p, (j + 1) * p)]
+            one_row = len(set(row_of)) == 1
+            whole_rows = p % cols == 0 and (j * p) % cols == 0
+            assert one_row or whole_rows, (grid, budget, p, j)
+
+
+def test_a_wide_grid_packs_by_half_rows_not_across_the_row_end():
+    from ahri_core.models.dynamics import auto_pack
+
+    assert auto_pack(60, 16) == 4  # without the grid: the smallest divisor; 4 straddles rows of 10
+    assert auto_pack(60, 16, 10) == 5  # 16:9 at the cpu budget, 6 x 10 tokens: half rows, 12 model tokens
+    assert auto_pack(63, 16, 7) == 7  # Atari's 9 x 7: one row each, as before
+    assert auto_pack(64, 16, 8) == 4  # the square demo: unchanged
+    cfg = dynamics_config("cpu", tokens=60, channels=12, token_grid=(6, 10))
+    assert (cfg.pack, cfg.model_tokens) == (5, 12)
+    assert dynamics_config("cpu", tokens=60, channels=12, token_grid=(6, 10), pack=4).pack == 4  # explicit wins
     # a packed model costs what the unpacked 16-token model costs, apart from its input and output maps
     assert param_count(dynamics_config("cpu", tokens=64, channels=12)) < 1.05 * param_count(
         dynamics_config("cpu", tokens=16, channels=12)

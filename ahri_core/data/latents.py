@@ -38,7 +38,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..fileio import atomic_path, write_json_atomic
 
 INDEX = "index.json"
@@ -458,6 +458,21 @@ class LatentStore:
             return int(v or 0), int(v or 0)
         except (TypeError, ValueError):
             return 0, 0
+
+    @property
+    def token_grid(self) -> tuple[int, int] | None:
+        """(rows, columns) of the latent tokens on the picture, from the tokenizer config in the index; None
+        when the tokens are not a grid (``regions=False``) or the index does not say."""
+        from ..models.tokenizer import TokenizerConfig
+
+        cfg = self.index.get("tokenizer_config")
+        if not isinstance(cfg, dict):
+            return None
+        try:
+            grid = TokenizerConfig.from_dict(cfg).token_grid
+        except (ConfigError, TypeError, ValueError):  # a config of another version: plain packing
+            return None
+        return grid if grid is not None and grid[0] * grid[1] == self.tokens else None
 
     def __len__(self) -> int:
         return len(self._by_id)

@@ -76,6 +76,7 @@ class LatentSet:
     action_count: int = 0
     action_dim: int = 0
     action_meanings: list[str] = field(default_factory=list)
+    token_grid: tuple[int, int] | None = None  # (rows, columns) of the tokens on the picture, when they are a grid
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary for run.json and checkpoint metadata."""
@@ -128,6 +129,7 @@ def make_latent_set(
     path: str = "",
     action_count: int | None = None,
     action_meanings: Sequence[str] = (),
+    token_grid: tuple[int, int] | None = None,
 ) -> LatentSet:
     """Build a :class:`LatentSet` from in-memory videos (tests, notebooks), checking shapes agree."""
     videos = list(train) + list(val)
@@ -154,6 +156,7 @@ def make_latent_set(
         action_count=count,
         action_dim=dim,
         action_meanings=list(action_meanings),
+        token_grid=tuple(token_grid) if token_grid is not None and token_grid[0] * token_grid[1] == tokens else None,
     )
 
 
@@ -228,7 +231,7 @@ def load_latent_set(path: str | os.PathLike, val_fraction: float | None = None, 
         raise DataError(f"latent set {store.path} has no training videos (every video is in the 'val' split)")
     return make_latent_set(
         train, val, fps=fps, tokenizer_id=store.tokenizer_id, path=str(store.path),
-        action_count=count or None, action_meanings=meanings,
+        action_count=count or None, action_meanings=meanings, token_grid=store.token_grid,
     )
 
 

@@ -139,11 +139,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESET_MAX_TOKENS: dict[str, int] = {"tiny": 16, "cpu": 16, "small": 64, "medium": 256, "large": 256}
 
 
-def auto_pack(tokens: int, max_tokens: int | None) -> int:
-    """The smallest divisor p of ``tokens`` with tokens / p <= ``max_tokens`` (1 when there is no limit)."""
+def auto_pack(tokens: int, max_tokens: int | None, row: int | None = None) -> int:
+    """The smallest divisor p of ``tokens`` with tokens / p <= ``max_tokens`` (1 when there is no limit).
+
+    ``row``: latent tokens per row of the picture, when the tokens are a row-major grid. Then p also keeps
+    every model token inside one row (p divides the row) or made of whole rows (the row divides p), so no
+    model token joins the right edge of the picture to the left edge of the next row: a 16:9 frame of 6 x 10
+    tokens packs by 5 (half rows), not by 4.
+    """
     if not max_tokens or tokens <= max_tokens:
         return 1
-    return next(p for p in range(1, tokens + 1) if tokens % p == 0 and tokens // p <= max_tokens)
+    fits = [p for p in range(1, tokens + 1) if tokens % p == 0 and tokens // p <= max_tokens]
+    if row and row > 0 and tokens % row == 0:
+        fits = [p for p in fits if row % p == 0 or p % row == 0] or fits
+    return fits[0]
 
 
 def _one_line(err: ValidationError) -> str:
@@ -158,9 +167,14 @@ def dynamics_config(
     preset_or_config: str | DynamicsConfig | dict[str, Any],
     tokens: int | None = None,
     channels: int | None = None,
+    *,
+    token_grid: tuple[int, int] | None = None,
     **overrides: Any,
 ) -> DynamicsConfig:
-    """Resolve a preset name, a dict or a config plus overrides into a validated ``DynamicsConfig``."""
+    """Resolve a preset name, a dict or a config plus overrides into a validated ``DynamicsConfig``.
+
+    ``token_grid``: (rows, columns) of the latent tokens on the picture; a preset then packs along rows
+    (:func:`auto_pack`)."""
     if isinstance(preset_or_config, DynamicsConfig):
         fields = preset_or_config.model_dump()
     elif isinstance(preset_or_config, dict):
@@ -179,7 +193,8 @@ def dynamics_config(
         fields["channels"] = channels
     fields.update(overrides)
     if isinstance(preset_or_config, str) and "pack" not in overrides and isinstance(fields.get("tokens"), int):
-        fields["pack"] = auto_pack(fields["tokens"], PRESET_MAX_TOKENS.get(preset_or_config))
+        row = token_grid[1] if token_grid else None
+        fields["pack"] = auto_pack(fields["tokens"], PRESET_MAX_TOKENS.get(preset_or_config), row)
     try:
         return DynamicsConfig(**fields)
     except ValidationError as e:

@@ -174,6 +174,16 @@ class TokenizerConfig(BaseModel):
         return self.height // self.patch_size, self.width // self.patch_size
 
     @property
+    def token_grid(self) -> tuple[int, int] | None:
+        """(rows, columns) of the latent tokens on the picture, in the tokens' row-major order, when each
+        token covers one square of patches (``regions=True``); None when the tokens are not tied to places."""
+        k = self.region if self.regions else 0
+        if not k:
+            return None
+        gh, gw = self.grid
+        return gh // k, gw // k
+
+    @property
     def patches(self) -> int:
         gh, gw = self.grid
         return gh * gw

@@ -140,7 +140,8 @@ def model_config_for(
     elif latent_actions is not None and latent_actions.ignore_actions:
         fields.update(action_kind="none", action_count=0, action_dim=0)
     fields.update(overrides)
-    return dynamics_config(train.preset, tokens=latents.tokens, channels=latents.channels, **fields)
+    return dynamics_config(train.preset, tokens=latents.tokens, channels=latents.channels,
+                           token_grid=latents.token_grid, **fields)
 
 
 def _loader_shapes(train: TrainSettings, data: DataSettings) -> tuple[tuple[int, int], tuple[int, int] | None, float]:
