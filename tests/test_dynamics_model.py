@@ -396,6 +396,11 @@ def test_a_wide_grid_packs_by_half_rows_not_across_the_row_end():
     cfg = dynamics_config("cpu", tokens=60, channels=12, token_grid=(6, 10))
     assert (cfg.pack, cfg.model_tokens) == (5, 12)
     assert dynamics_config("cpu", tokens=60, channels=12, token_grid=(6, 10), pack=4).pack == 4  # explicit wins
+    from ahri_core.models.dynamics import describe
+
+    line = describe(cfg, 1_686_868)
+    assert "60 latent tokens as 12 model tokens of 5" in line and "1.69M params" in line and "2 temporal" in line
+    assert "latent tokens as" not in describe(dynamics_config("cpu", tokens=16, channels=12))
     # a packed model costs what the unpacked 16-token model costs, apart from its input and output maps
     assert param_count(dynamics_config("cpu", tokens=64, channels=12)) < 1.05 * param_count(
         dynamics_config("cpu", tokens=16, channels=12)

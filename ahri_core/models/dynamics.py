@@ -155,6 +155,16 @@ def auto_pack(tokens: int, max_tokens: int | None, row: int | None = None) -> in
     return fits[0]
 
 
+def describe(cfg: DynamicsConfig, params: int | None = None) -> str:
+    """One line for a run's log: width, blocks, parameters and how the latent tokens become model tokens."""
+    p = f", {params / 1e6:.2f}M params" if params is not None else ""
+    tokens = (f"{cfg.tokens} latent tokens as {cfg.model_tokens} model tokens of {cfg.pack}" if cfg.pack > 1
+              else f"{cfg.tokens} latent tokens")
+    acts = {"discrete": f", {cfg.action_count} discrete actions", "continuous": f", actions of {cfg.action_dim} values"}
+    return (f"dynamics model: width {cfg.dim}, {cfg.depth} blocks ({cfg.layer_kinds().count('T')} temporal){p}; "
+            f"{tokens} (x {cfg.channels} channels) + {cfg.registers} registers per frame{acts.get(cfg.action_kind, '')}")
+
+
 def _one_line(err: ValidationError) -> str:
     parts = []
     for e in err.errors():

@@ -44,6 +44,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import read_jsonl
 from ..metrics import memorising_gap
 from ..models.dynamics import KIND, DynamicsConfig, DynamicsModel, dynamics_config
+from ..models.dynamics import describe as describe_dynamics
 from ..models.latent_actions import KIND as LAM_KIND
 from ..models.latent_actions import (
     LatentActionConfig,
@@ -578,6 +579,7 @@ def train_dynamics(
                         model=obj.model_config(), shortcut=diffusion.shortcut, k_max=diffusion.k_max,
                         max_frames=cfg.max_frames, split_videos=split,
                         val_fraction_given="val_fraction" in data.model_fields_set)
+        prog.log(describe_dynamics(cfg, sum(p.numel() for p in obj.model.parameters())))
         if not obj.val_keys and not resuming:
             prog.log("no held-out video long enough for validation; validation is skipped")
         if cache_dir is None and run.path.parent.name == "runs":
