@@ -235,7 +235,7 @@ def run_demo(
 
     tcfg = tokenizer_config(s.tokenizer_preset, image_size=s.size)
     shape = dynamics_config(s.dynamics_preset, tokens=tcfg.tokens, channels=tcfg.channels, k_max=s.k_max,
-                            max_frames=max(s.seq_len_short, s.seq_len_long), token_grid=tcfg.token_grid)
+                            max_frames=max(s.seq_len_short, s.seq_len_long), latent_grid=tcfg.token_grid)
     reserve_eval = max(estimate_sampling_seconds(s, shape, cache_dir=ws.cache), s.eval_share * clock.budget)
 
     # 2. tokenizer: its share of what is left after the reserve and a tokenize allowance

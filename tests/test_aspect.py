@@ -240,9 +240,9 @@ def test_a_square_run_of_the_one_number_era_resumes(tmp_path, capsys):
     capsys.readouterr()
 
 
-def test_a_wide_latent_set_packs_its_tokens_along_rows(tmp_path):
-    """16:9 at the cpu budget is 6 x 10 tokens: the dynamics model joins half rows (5), never the end of one
-    row to the start of the next (the plain smallest divisor, 4, would)."""
+def test_a_wide_latent_set_packs_blocks_of_its_token_grid(tmp_path):
+    """16:9 at the cpu budget is 6 x 10 tokens: the dynamics model packs 2 x 2 blocks of them, never the end of
+    one row with the start of the next (the plain runs of 4 would)."""
     from ahri_core.data.latents import LatentStore, write_index, write_latent_file
     from ahri_core.data.windows import load_latent_set
     from ahri_core.models.tokenizer import tokenizer_config
@@ -261,10 +261,24 @@ def test_a_wide_latent_set_packs_its_tokens_along_rows(tmp_path):
                      "split": "val" if i else "train"})
     index = {"tokenizer_id": "tok", "tokens": 60, "channels": 12, "fps": 20.0, "frame_size": "48x80", "videos": vids}
     settings = (TrainSettings(preset="cpu"), DataSettings(), DiffusionSettings())
-    for tok_cfg, grid, pack in ((cfg.to_dict(), (6, 10), 5), (None, None, 4), ({"height": "wide"}, None, 4),
-                                (tokenizer_config("cpu", size=(48, 80), regions=False).to_dict(), None, 4)):
+    for tok_cfg, grid, rows in ((cfg.to_dict(), (6, 10), 2), (None, None, 1), ({"height": "wide"}, None, 1),
+                                (tokenizer_config("cpu", size=(48, 80), regions=False).to_dict(), None, 1)):
         write_index(d, {**index, "tokenizer_config": tok_cfg} if tok_cfg is not None else index)
         assert LatentStore(d).token_grid == grid
         lset = load_latent_set(d)
         assert lset.token_grid == grid
-        assert model_config_for(lset, *settings).pack == pack
+        model = model_config_for(lset, *settings)
+        assert (model.pack, model.pack_rows, model.model_tokens) == (4, rows, 15)
+    # a run of the block-packed model trains, keeps its packing on --resume, and loads with it
+    from ahri_core.models.dynamics import load_dynamics
+    from ahri_core.train.dynamics import train_dynamics
+
+    write_index(d, {**index, "tokenizer_config": cfg.to_dict()})
+    tiny = TrainSettings(preset="tiny", max_steps=2, precision="fp32", val_every=1, batch_size=2)
+    data = DataSettings(seq_len=4, stride=2)
+    first = train_dynamics(d, tmp_path / "run", tiny, data, DiffusionSettings())
+    again = train_dynamics(d, tmp_path / "run", tiny.model_copy(update={"resume": True, "max_steps": 3}), data,
+                           DiffusionSettings())
+    assert (first.step, again.step) == (2, 3)
+    model = load_dynamics(again.weights)
+    assert (model.config.pack, model.config.pack_rows, model.config.token_grid) == (4, 2, (6, 10))

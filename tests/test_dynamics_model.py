@@ -368,43 +368,84 @@ def test_presets_pack_many_latent_tokens_into_their_token_budget():
     assert dynamics_config("small", tokens=64, channels=12).pack == 1
     with pytest.raises(ConfigError, match="pack"):
         dynamics_config("cpu", tokens=10, channels=4, pack=4)
+    # a packed model costs what the unpacked 16-token model costs, apart from its input and output maps
+    assert param_count(dynamics_config("cpu", tokens=64, channels=12)) < 1.05 * param_count(
+        dynamics_config("cpu", tokens=16, channels=12)
+    )
 
 
-@pytest.mark.parametrize("grid", [(6, 10), (10, 6), (7, 9), (9, 7), (8, 8), (5, 12), (3, 20), (4, 4), (6, 11)])
-def test_packing_keeps_each_model_token_inside_a_row_or_whole_rows(grid):
+@pytest.mark.parametrize("grid", [(6, 10), (10, 6), (7, 9), (9, 7), (8, 8), (5, 12), (3, 20), (4, 4), (6, 11),
+                                  (19, 13), (18, 14), (14, 18)])
+def test_packing_makes_each_model_token_a_block_of_the_token_grid(grid):
     from ahri_core.models.dynamics import PRESET_MAX_TOKENS, auto_pack
 
     rows, cols = grid
     tokens = rows * cols
     for budget in sorted(set(PRESET_MAX_TOKENS.values())):
-        p = auto_pack(tokens, budget, cols)
-        assert tokens % p == 0 and tokens // p <= budget
-        for j in range(tokens // p):  # model token j holds latent tokens j*p .. j*p + p - 1 (row-major)
-            row_of = [i // cols for i in range(j * p, (j + 1) * p)]
-            one_row = len(set(row_of)) == 1
-            whole_rows = p % cols == 0 and (j * p) % cols == 0
-            assert one_row or whole_rows, (grid, budget, p, j)
+        p, a = auto_pack(tokens, budget, grid)
+        plain, _ = auto_pack(tokens, budget)
+        assert tokens % p == 0 and tokens // p <= budget and p >= plain
+        if tokens > budget:  # never fewer model tokens than half the plain rule's (19 x 13 at 16: 13 columns)
+            assert tokens // p >= (tokens // plain) / 2, (grid, budget, p)
+        model = build_dynamics("tiny", tokens=tokens, channels=1, pack=p, pack_rows=a, latent_grid=grid)
+        z = torch.arange(tokens, dtype=torch.float32).view(1, 1, tokens, 1)
+        packed = model.pack(z)
+        assert packed.shape == (1, 1, tokens // p, p)
+        assert torch.equal(model.unpack(packed), z)
+        for j in range(tokens // p):  # the latent tokens of model token j fill a rectangle of the grid
+            idx = packed[0, 0, j].long().tolist()
+            rs, cs = sorted({i // cols for i in idx}), sorted({i % cols for i in idx})
+            assert len(rs) * len(cs) == p and rs == list(range(rs[0], rs[-1] + 1)) \
+                and cs == list(range(cs[0], cs[-1] + 1)), (grid, budget, p, a, j, idx)
 
 
-def test_a_wide_grid_packs_by_half_rows_not_across_the_row_end():
-    from ahri_core.models.dynamics import auto_pack
+def test_a_wide_grid_packs_square_blocks_not_across_the_row_end():
+    from ahri_core.models.dynamics import auto_pack, describe
 
-    assert auto_pack(60, 16) == 4  # without the grid: the smallest divisor; 4 straddles rows of 10
-    assert auto_pack(60, 16, 10) == 5  # 16:9 at the cpu budget, 6 x 10 tokens: half rows, 12 model tokens
-    assert auto_pack(63, 16, 7) == 7  # Atari's 9 x 7: one row each, as before
-    assert auto_pack(64, 16, 8) == 4  # the square demo: unchanged
-    cfg = dynamics_config("cpu", tokens=60, channels=12, token_grid=(6, 10))
-    assert (cfg.pack, cfg.model_tokens) == (5, 12)
-    assert dynamics_config("cpu", tokens=60, channels=12, token_grid=(6, 10), pack=4).pack == 4  # explicit wins
-    from ahri_core.models.dynamics import describe
-
+    assert auto_pack(60, 16) == (4, 1)  # without the grid: runs of 4, which straddle rows of 10
+    assert auto_pack(60, 16, (6, 10)) == (4, 2)  # 16:9 at the cpu budget: 2 x 2 blocks, still 15 model tokens
+    assert auto_pack(63, 16, (7, 9)) == (7, 7)  # 4:3: columns of 7, 9 model tokens
+    assert auto_pack(63, 16, (9, 7)) == (7, 1)  # Atari's 9 x 7: one row each, as before
+    assert auto_pack(64, 16, (8, 8)) == (4, 1)  # the square demo: runs of 4 as before
+    cfg = dynamics_config("cpu", tokens=60, channels=12, latent_grid=(6, 10))
+    assert (cfg.pack, cfg.pack_rows, cfg.token_grid, cfg.model_tokens) == (4, 2, (6, 10), 15)
+    square = dynamics_config("cpu", tokens=64, channels=12, latent_grid=(8, 8))
+    assert (square.pack, square.pack_rows, square.token_grid) == (4, 1, None)  # the same config as before grids
+    explicit = dynamics_config("cpu", tokens=60, channels=12, latent_grid=(6, 10), pack=4)
+    assert (explicit.pack, explicit.pack_rows) == (4, 1)  # an explicit pack wins (consecutive tokens)
+    with pytest.raises(ConfigError, match="tile"):
+        dynamics_config("cpu", tokens=60, channels=12, pack=4, pack_rows=4, token_grid=(6, 10))
+    with pytest.raises(ConfigError, match="token_grid"):
+        dynamics_config("cpu", tokens=60, channels=12, pack=4, pack_rows=2)
     line = describe(cfg, 1_686_868)
-    assert "60 latent tokens as 12 model tokens of 5" in line and "1.69M params" in line and "2 temporal" in line
-    assert "latent tokens as" not in describe(dynamics_config("cpu", tokens=16, channels=12))
-    # a packed model costs what the unpacked 16-token model costs, apart from its input and output maps
-    assert param_count(dynamics_config("cpu", tokens=64, channels=12)) < 1.05 * param_count(
-        dynamics_config("cpu", tokens=16, channels=12)
-    )
+    assert "60 latent tokens as 15 model tokens of 4 (2 x 2 blocks)" in line and "1.69M params" in line
+    assert "2 temporal" in line and "latent tokens as" not in describe(dynamics_config("cpu", tokens=16, channels=12))
+
+
+def test_a_block_packed_model_keeps_block_causality_and_its_config(tmp_path):
+    """A 2 x 2-block model: frame t's output does not change when a later frame does, and its weights file
+    rebuilds the same packing."""
+    model = build_dynamics("tiny", tokens=24, channels=3, pack=4, pack_rows=2, latent_grid=(4, 6), k_max=4).eval()
+    assert (model.config.pack, model.config.pack_rows) == (4, 2)
+    B, T = 1, 3
+    z = torch.randn(B, T, 24, 3)
+    tau, step = torch.full((B, T), 0.5), torch.full((B, T), 0.25)
+    with torch.no_grad():
+        out = model(z, tau, step)
+        z2 = z.clone()
+        z2[:, 2] = torch.randn(24, 3)
+        out2 = model(z2, tau, step)
+    assert out.shape == z.shape
+    assert torch.allclose(out[:, :2], out2[:, :2], atol=1e-6) and not torch.allclose(out[:, 2], out2[:, 2])
+    cache = model.new_cache(B, 8)
+    with torch.no_grad():
+        for t in range(T):  # the KV cache gives what the full pass gives
+            got = model.step(z[:, t : t + 1], tau[:, t : t + 1], step[:, t : t + 1], None, cache, commit=True)
+            assert torch.allclose(got[:, 0], out[:, t], atol=1e-5)
+    again = load_dynamics(save_dynamics(tmp_path / "dyn.safetensors", model))
+    assert (again.config.pack_rows, again.config.token_grid) == (2, (4, 6))
+    with torch.no_grad():
+        assert torch.equal(again.eval()(z, tau, step), out)
 
 
 def test_packed_model_keeps_latent_layout_and_cache():

@@ -53,6 +53,13 @@ class DynamicsConfig(BaseModel):
     tokens: int = Field(..., ge=1, description="latent tokens per frame (N)")
     channels: int = Field(..., ge=1, description="channels per latent token (C)")
     pack: int = Field(1, ge=1, description="latent tokens joined into one model token (N / pack tokens of pack * C)")
+    pack_rows: int = Field(
+        1, ge=1, description="rows of the token grid one model token spans: > 1 packs pack_rows x (pack / pack_rows) "
+        "blocks of token_grid (1: pack consecutive tokens)"
+    )
+    token_grid: tuple[int, int] | None = Field(
+        None, description="(rows, columns) of the latent tokens, row-major; needed when pack_rows > 1"
+    )
     dim: int = Field(128, ge=8, description="model width")
     depth: int = Field(8, ge=1, description="number of blocks (spatial + temporal)")
     heads: int = Field(4, ge=1)
@@ -85,6 +92,14 @@ class DynamicsConfig(BaseModel):
     def _consistent(self) -> DynamicsConfig:
         if self.tokens % self.pack:
             raise ValueError(f"pack {self.pack} must divide the {self.tokens} latent tokens per frame")
+        if self.pack_rows > 1:
+            if self.token_grid is None or self.token_grid[0] * self.token_grid[1] != self.tokens:
+                raise ValueError(f"pack_rows {self.pack_rows} needs token_grid (rows, columns) of the {self.tokens} tokens")
+            rows, cols = self.token_grid
+            if self.pack % self.pack_rows or rows % self.pack_rows or cols % (self.pack // self.pack_rows):
+                raise ValueError(
+                    f"pack {self.pack} as blocks of {self.pack_rows} rows does not tile the {rows}x{cols} token grid"
+                )
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
         if (self.dim // self.heads) % 2:
@@ -139,28 +154,36 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESET_MAX_TOKENS: dict[str, int] = {"tiny": 16, "cpu": 16, "small": 64, "medium": 256, "large": 256}
 
 
-def auto_pack(tokens: int, max_tokens: int | None, row: int | None = None) -> int:
-    """The smallest divisor p of ``tokens`` with tokens / p <= ``max_tokens`` (1 when there is no limit).
+def auto_pack(tokens: int, max_tokens: int | None, grid: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(pack, pack_rows): the fewest latent tokens per model token with tokens / pack <= ``max_tokens``
+    ((1, 1) when there is no limit).
 
-    ``row``: latent tokens per row of the picture, when the tokens are a row-major grid. Then p also keeps
-    every model token inside one row (p divides the row) or made of whole rows (the row divides p), so no
-    model token joins the right edge of the picture to the left edge of the next row: a 16:9 frame of 6 x 10
-    tokens packs by 5 (half rows), not by 4.
+    Without ``grid`` the model token is ``pack`` consecutive latent tokens, the smallest divisor that fits.
+    ``grid``: (rows, columns) of the latent tokens on the picture (row-major). Then each model token is a
+    block of whole grid cells, a rows x b columns with a dividing the rows and b the columns, never the end of
+    one row joined to the start of the next. The smallest block wins, and among equal ones the flattest (a
+    piece of one row, or whole rows: consecutive tokens, pack_rows 1). A 16:9 frame of 6 x 10 tokens packs
+    into 2 x 2 blocks (15 model tokens; the plain rule's runs of 4 straddled rows), 4:3's 7 x 9 into columns
+    of 7, a square 8 x 8 into runs of 4 and Atari's 9 x 7 into rows, as before.
     """
     if not max_tokens or tokens <= max_tokens:
-        return 1
-    fits = [p for p in range(1, tokens + 1) if tokens % p == 0 and tokens // p <= max_tokens]
-    if row and row > 0 and tokens % row == 0:
-        fits = [p for p in fits if row % p == 0 or p % row == 0] or fits
-    return fits[0]
+        return 1, 1
+    if grid is not None and grid[0] * grid[1] == tokens:
+        rows, cols = grid
+        blocks = [(a * b, a, b) for a in range(1, rows + 1) if rows % a == 0 for b in range(1, cols + 1)
+                  if cols % b == 0 and (rows // a) * (cols // b) <= max_tokens]
+        size, a, b = min(blocks)
+        return size, (a if 1 < a and b < cols else 1)
+    return next(p for p in range(1, tokens + 1) if tokens % p == 0 and tokens // p <= max_tokens), 1
 
 
 def describe(cfg: DynamicsConfig, params: int | None = None) -> str:
     """One line for a run's log: width, blocks, parameters and how the latent tokens become model tokens."""
     p = f", {params / 1e6:.2f}M params" if params is not None else ""
-    tokens = (f"{cfg.tokens} latent tokens as {cfg.model_tokens} model tokens of {cfg.pack}" if cfg.pack > 1
+    shape = f" ({cfg.pack_rows} x {cfg.pack // cfg.pack_rows} blocks)" if cfg.pack_rows > 1 else ""
+    tokens = (f"{cfg.tokens} latent tokens as {cfg.model_tokens} model tokens of {cfg.pack}{shape}" if cfg.pack > 1
               else f"{cfg.tokens} latent tokens")
-    acts = {"discrete": f", {cfg.action_count} discrete actions", "continuous": f", actions of {cfg.action_dim} values"}
+    acts = {"discrete": f", {cfg.action_count} discrete actions", "continuous": f", action vectors of {cfg.action_dim}"}
     return (f"dynamics model: width {cfg.dim}, {cfg.depth} blocks ({cfg.layer_kinds().count('T')} temporal){p}; "
             f"{tokens} (x {cfg.channels} channels) + {cfg.registers} registers per frame{acts.get(cfg.action_kind, '')}")
 
@@ -178,13 +201,13 @@ def dynamics_config(
     tokens: int | None = None,
     channels: int | None = None,
     *,
-    token_grid: tuple[int, int] | None = None,
+    latent_grid: tuple[int, int] | None = None,
     **overrides: Any,
 ) -> DynamicsConfig:
     """Resolve a preset name, a dict or a config plus overrides into a validated ``DynamicsConfig``.
 
-    ``token_grid``: (rows, columns) of the latent tokens on the picture; a preset then packs along rows
-    (:func:`auto_pack`)."""
+    ``latent_grid``: (rows, columns) of the latent tokens on the picture; a preset then packs blocks of the
+    grid (:func:`auto_pack`), and a config with ``pack_rows`` > 1 gets it as its ``token_grid``."""
     if isinstance(preset_or_config, DynamicsConfig):
         fields = preset_or_config.model_dump()
     elif isinstance(preset_or_config, dict):
@@ -202,9 +225,13 @@ def dynamics_config(
     if channels is not None:
         fields["channels"] = channels
     fields.update(overrides)
+    grid = tuple(latent_grid) if latent_grid else None
     if isinstance(preset_or_config, str) and "pack" not in overrides and isinstance(fields.get("tokens"), int):
-        row = token_grid[1] if token_grid else None
-        fields["pack"] = auto_pack(fields["tokens"], PRESET_MAX_TOKENS.get(preset_or_config), row)
+        fields["pack"], rows = auto_pack(fields["tokens"], PRESET_MAX_TOKENS.get(preset_or_config), grid)
+        if rows > 1:  # blocks of several rows: the model must know the grid (else consecutive tokens)
+            fields["pack_rows"] = rows
+    if int(fields.get("pack_rows") or 1) > 1 and fields.get("token_grid") is None and grid is not None:
+        fields["token_grid"] = grid
     try:
         return DynamicsConfig(**fields)
     except ValidationError as e:
@@ -437,6 +464,35 @@ class DynamicsModel(nn.Module):
             c = c + a
         return c
 
+    # ------------------------------------------------------------------ packing
+    def _pack_pattern(self) -> tuple[str, dict[str, int]] | None:
+        cfg = self.config
+        if cfg.pack == 1:
+            return None
+        if cfg.pack_rows > 1:
+            assert cfg.token_grid is not None  # the config's validator ensures it
+            w = cfg.pack // cfg.pack_rows
+            return "b t (gr a gc w) c", dict(a=cfg.pack_rows, w=w, gc=cfg.token_grid[1] // w)
+        return "b t (n p) c", dict(p=cfg.pack)
+
+    def pack(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, T, N, C) -> model tokens (B, T, N / pack, pack * C) (see ``pack``, ``pack_rows``)."""
+        pat = self._pack_pattern()
+        if pat is None:
+            return z
+        left, sizes = pat
+        right = "b t (gr gc) (a w c)" if "gr" in left else "b t n (p c)"
+        return rearrange(z, f"{left} -> {right}", **sizes)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`pack`: (B, T, N / pack, pack * C) -> (B, T, N, C)."""
+        pat = self._pack_pattern()
+        if pat is None:
+            return x
+        left, sizes = pat
+        right = "b t (gr gc) (a w c)" if "gr" in left else "b t n (p c)"
+        return rearrange(x, f"{right} -> {left}", c=self.config.channels, **sizes)
+
     # ------------------------------------------------------------------ trunk
     def _check_latents(self, z: torch.Tensor) -> None:
         cfg = self.config
@@ -453,14 +509,12 @@ class DynamicsModel(nn.Module):
         ``prev`` (``prev_frame`` models): the (z, tau) of each frame's previous frame, (B, T, N, C) and (B, T);
         zeros where there is none (the first frame, single images)."""
         B, T = z.shape[:2]
-        if self.config.pack > 1:
-            z = rearrange(z, "b t (n p) c -> b t n (p c)", p=self.config.pack)
+        z = self.pack(z)
         x = self.latent_in(z) + self.token_pos
         if self.config.prev_frame:
             pz, pt = prev if prev is not None else (torch.zeros(B, T, self.config.tokens, self.config.channels,
                                                                  device=z.device), torch.zeros(B, T, device=z.device))
-            if self.config.pack > 1:
-                pz = rearrange(pz, "b t (n p) c -> b t n (p c)", p=self.config.pack)
+            pz = self.pack(pz)
             pt = pt.to(pz.dtype)[:, :, None, None].expand(-1, -1, pz.shape[2], 1)
             x = x + self.prev_in(torch.cat([pz.to(x.dtype), pt.to(x.dtype)], dim=-1))
         if self.config.registers:
@@ -479,13 +533,11 @@ class DynamicsModel(nn.Module):
         out = self.head(h).float()
         if self.config.prev_skip and prev is not None:
             pz, pt = prev
-            if self.config.pack > 1:
-                pz = rearrange(pz, "b t (n p) c -> b t n (p c)", p=self.config.pack)
+            pz = self.pack(pz)
             pt = pt.to(h.dtype)[:, :, None, None].expand(-1, -1, h.shape[2], 1)
             gate = self.skip_gate(torch.cat([h, pt], dim=-1)).float()
             out = out + gate * pz.float()
-        if self.config.pack > 1:
-            out = rearrange(out, "b t n (p c) -> b t (n p) c", p=self.config.pack)
+        out = self.unpack(out)
         return out
 
     def previous(

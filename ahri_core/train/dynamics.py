@@ -142,7 +142,7 @@ def model_config_for(
         fields.update(action_kind="none", action_count=0, action_dim=0)
     fields.update(overrides)
     return dynamics_config(train.preset, tokens=latents.tokens, channels=latents.channels,
-                           token_grid=latents.token_grid, **fields)
+                           latent_grid=latents.token_grid, **fields)
 
 
 def _loader_shapes(train: TrainSettings, data: DataSettings) -> tuple[tuple[int, int], tuple[int, int] | None, float]:
@@ -551,7 +551,9 @@ def train_dynamics(
     overrides = dict(model_overrides or {})
     if resuming and "pack" not in overrides:
         # a run keeps the packing it was made with (runs from before ``pack`` existed are unpacked)
-        overrides["pack"] = int(split_config(state["config"])[0].get("pack", 1))
+        stored = split_config(state["config"])[0]
+        overrides.update(pack=int(stored.get("pack", 1)), pack_rows=int(stored.get("pack_rows", 1)),
+                         token_grid=stored.get("token_grid"))
     cfg = model_config_for(lset, train, data, diffusion, latent_actions, **overrides)
     if resuming:
         stored_dyn, _ = split_config(state["config"])
