@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from ahri_core.runtime import cpu_name
@@ -35,17 +34,31 @@ def finished(run: Path) -> dict | None:
     return m if m.get("status") == "finished" else None
 
 
-def train_run(ws, run: Path, latents: Path, minutes: float, dim: int | None, seed: int) -> float:
+def check_reusable(run: Path, minutes: float, dim: int | None, seed: int) -> None:
+    """A finished run is reused only when it was trained the way this bench would train it."""
+    meta = finished(run) or {}
+    s = meta.get("settings", {})
+    t, d = s.get("train", {}) or {}, s.get("data", {}) or {}
+    want = {"preset": "cpu", "minutes": minutes, "seed": seed, "alternating": True, "long_ratio": 0.1,
+            "dim": dim or 128}
+    have = {"preset": t.get("preset"), "minutes": t.get("minutes"), "seed": t.get("seed"),
+            "alternating": d.get("alternating"), "long_ratio": d.get("long_ratio"),
+            "dim": (meta.get("model") or {}).get("dynamics", meta.get("model") or {}).get("dim")}
+    diff = [f"{k} {have[k]!r} (wanted {want[k]!r})" for k in want if have[k] != want[k]]
+    if diff:
+        raise SystemExit(f"{run} was trained another way: {', '.join(diff)}; remove it or use another --game-work")
+
+
+def train_run(run: Path, latents: Path, minutes: float, dim: int | None, seed: int) -> None:
     from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings
     from ahri_core.train.dynamics import train_dynamics
 
-    t0 = time.perf_counter()
-    if finished(run) is None:
-        train = TrainSettings(preset="cpu", minutes=minutes, seed=seed)
+    if finished(run) is None:  # new, or stopped part way (then continued with the same budget)
+        train = TrainSettings(preset="cpu", minutes=minutes, seed=seed, resume=(run / "run.json").is_file())
         data = DataSettings(alternating=True, long_ratio=0.1)
         train_dynamics(latents, run, train, data, DiffusionSettings(),
                        model_overrides={"dim": dim} if dim else None)
-    return time.perf_counter() - t0
+    check_reusable(run, minutes, dim, seed)
 
 
 def score(ws, run: Path, args: argparse.Namespace) -> dict:
@@ -60,20 +73,17 @@ def score(ws, run: Path, args: argparse.Namespace) -> dict:
     evaluate(world, Path(args.game_work) / "latents" / "tok", s, out_dir=out, workspace=ws, samples=0)
     m = json.loads((out / "metrics.json").read_text())
     meta = finished(run) or {}
-    steps = None
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        steps = r.get("step", steps)
     tf = ((m.get("probes") or {}).get("teacher_forced") or {}).get("all_h", {})
     return {
         "run": run.name,
         "minutes": (meta.get("settings", {}).get("train", {}) or {}).get("minutes"),
         "dim": world.dynamics.config.dim,
         "params": param_count(world.dynamics),
-        "steps": steps,
+        "pack": world.dynamics.config.pack,
+        "steps": meta.get("step"),
+        "train_seconds": meta.get("seconds"),
+        "threads": meta.get("threads"),
+        "precision": (meta.get("precision") or {}).get("precision"),
         "psnr_mean": m["summary"][f"psnr_h1_{args.horizon}"],  # over h = 1..horizon
         "psnr_by_h": {"copy_last": m["baselines"]["copy_last"]["psnr"]["mean"],
                       "tokenizer_ceiling": m["baselines"]["tokenizer_ceiling"]["psnr"]["mean"],
@@ -91,13 +101,14 @@ def table(rows: list[dict]) -> str:
         p = r["psnr_mean"]
         h1, c1 = r["psnr_by_h"]["steps_4"][0], r["psnr_by_h"]["copy_last"][0]
         tf = r["teacher_forced"].get("model") if isinstance(r["teacher_forced"], dict) else None
-        lines.append(f"| {r['run']} | {r['dim']} | {r['params']:,} | {r['minutes']:g} | {r['steps']:,} | "
+        lines.append(f"| {r['run']} | {r['dim']} | {r['params']:,} | {r['minutes'] or 0:g} | {r['steps'] or 0:,} | "
                      f"{p['steps_4']:.2f} | {p['steps_4'] - p['copy_last']:+.2f} | {h1:.2f} ({c1:.2f}) | "
                      + (f"{tf:.4f} |" if isinstance(tf, (int, float)) else "|"))
     return "\n".join(lines)
 
 
 def main() -> None:
+    from ahri_core.runtime import apply_threads
     from ahri_core.workspace import Workspace
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,6 +126,7 @@ def main() -> None:
     if not (latents / "index.json").is_file() or finished(game / "runs" / "tok") is None:
         raise SystemExit(f"{game}: no finished tokenizer run (runs/tok) and latent set (latents/tok); run bench_atari.py first")
     ws = Workspace(game)
+    apply_threads()  # every core, as `ahri train` does
     plan: list[tuple[Path, float, int | None]] = []
     dyn = finished(game / "runs" / "dyn")
     for m in args.minutes:
@@ -124,9 +136,12 @@ def main() -> None:
             plan.append((game / "runs" / f"curve-{m:g}m", m, None))
     plan += [(game / "runs" / f"curve-dim{d}-{args.size_minutes:g}m", args.size_minutes, d) for d in args.dims]
     rows = []
+    for run, _, _ in plan:
+        if finished(run) is not None:
+            check_reusable(run, *next((m, d) for r, m, d in plan if r == run), args.seed)
     for run, minutes, dim in plan:
-        seconds = train_run(ws, run, latents, minutes, dim, args.seed)
-        rows.append({**score(ws, run, args), "train_seconds": seconds})
+        train_run(run, latents, minutes, dim, args.seed)
+        rows.append(score(ws, run, args))
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "settings": vars(args), "runs": rows}, indent=1))
         r = rows[-1]
