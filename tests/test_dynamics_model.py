@@ -418,8 +418,9 @@ def test_a_wide_grid_packs_square_blocks_not_across_the_row_end():
     with pytest.raises(ConfigError, match="token_grid"):
         dynamics_config("cpu", tokens=60, channels=12, pack=4, pack_rows=2)
     line = describe(cfg, 1_686_868)
-    assert "60 latent tokens as 15 model tokens of 4 (2 x 2 blocks)" in line and "1.69M params" in line
-    assert "2 temporal" in line and "latent tokens as" not in describe(dynamics_config("cpu", tokens=16, channels=12))
+    assert "60 latent tokens x 12 channels, packed as 15 model tokens of 2 x 2" in line and "1.69M params" in line
+    assert "2 temporal" in line and "packed" not in describe(dynamics_config("cpu", tokens=16, channels=12))
+    assert "packed as 16 model tokens of 4," in describe(dynamics_config("cpu", tokens=64, channels=12))
 
 
 def test_a_block_packed_model_keeps_block_causality_and_its_config(tmp_path):

@@ -180,12 +180,13 @@ def auto_pack(tokens: int, max_tokens: int | None, grid: tuple[int, int] | None 
 def describe(cfg: DynamicsConfig, params: int | None = None) -> str:
     """One line for a run's log: width, blocks, parameters and how the latent tokens become model tokens."""
     p = f", {params / 1e6:.2f}M params" if params is not None else ""
-    shape = f" ({cfg.pack_rows} x {cfg.pack // cfg.pack_rows} blocks)" if cfg.pack_rows > 1 else ""
-    tokens = (f"{cfg.tokens} latent tokens as {cfg.model_tokens} model tokens of {cfg.pack}{shape}" if cfg.pack > 1
-              else f"{cfg.tokens} latent tokens")
+    size = f"{cfg.pack_rows} x {cfg.pack // cfg.pack_rows}" if cfg.pack_rows > 1 else f"{cfg.pack}"
+    tokens = f"{cfg.tokens} latent tokens x {cfg.channels} channels"
+    if cfg.pack > 1:
+        tokens += f", packed as {cfg.model_tokens} model tokens of {size}"
     acts = {"discrete": f", {cfg.action_count} discrete actions", "continuous": f", action vectors of {cfg.action_dim}"}
     return (f"dynamics model: width {cfg.dim}, {cfg.depth} blocks ({cfg.layer_kinds().count('T')} temporal){p}; "
-            f"{tokens} (x {cfg.channels} channels) + {cfg.registers} registers per frame{acts.get(cfg.action_kind, '')}")
+            f"{tokens}, + {cfg.registers} registers per frame{acts.get(cfg.action_kind, '')}")
 
 
 def _one_line(err: ValidationError) -> str:
