@@ -466,33 +466,26 @@ class DynamicsModel(nn.Module):
         return c
 
     # ------------------------------------------------------------------ packing
-    def _pack_pattern(self) -> tuple[str, dict[str, int]] | None:
+    def _packing(self) -> tuple[str, str, dict[str, int]] | None:
+        """(latent layout, model-token layout, sizes) for einops, or None when nothing is packed."""
         cfg = self.config
         if cfg.pack == 1:
             return None
         if cfg.pack_rows > 1:
             assert cfg.token_grid is not None  # the config's validator ensures it
             w = cfg.pack // cfg.pack_rows
-            return "b t (gr a gc w) c", dict(a=cfg.pack_rows, w=w, gc=cfg.token_grid[1] // w)
-        return "b t (n p) c", dict(p=cfg.pack)
+            return "b t (gr a gc w) c", "b t (gr gc) (a w c)", dict(a=cfg.pack_rows, w=w, gc=cfg.token_grid[1] // w)
+        return "b t (n p) c", "b t n (p c)", dict(p=cfg.pack)
 
     def pack(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (B, T, N, C) -> model tokens (B, T, N / pack, pack * C) (see ``pack``, ``pack_rows``)."""
-        pat = self._pack_pattern()
-        if pat is None:
-            return z
-        left, sizes = pat
-        right = "b t (gr gc) (a w c)" if "gr" in left else "b t n (p c)"
-        return rearrange(z, f"{left} -> {right}", **sizes)
+        p = self._packing()
+        return z if p is None else rearrange(z, f"{p[0]} -> {p[1]}", **p[2])
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
         """The inverse of :meth:`pack`: (B, T, N / pack, pack * C) -> (B, T, N, C)."""
-        pat = self._pack_pattern()
-        if pat is None:
-            return x
-        left, sizes = pat
-        right = "b t (gr gc) (a w c)" if "gr" in left else "b t n (p c)"
-        return rearrange(x, f"{right} -> {left}", c=self.config.channels, **sizes)
+        p = self._packing()
+        return x if p is None else rearrange(x, f"{p[1]} -> {p[0]}", c=self.config.channels, **p[2])
 
     # ------------------------------------------------------------------ trunk
     def _check_latents(self, z: torch.Tensor) -> None:
