@@ -189,6 +189,14 @@ DeviceOption = Annotated[
     str | None, typer.Option("--device", help=DEVICE_HELP, metavar="<auto|cpu|cuda|cuda:N|mps>", callback=check_device)
 ]
 PrecisionOption = Annotated[PrecisionChoice, typer.Option("--precision", help=PRECISION_HELP)]
+# Options of the commands that sample a trained run (eval, rollout, play).
+TokenizerOption = Annotated[
+    str | None,
+    typer.Option("--tokenizer", help="Tokenizer: a run name, run directory or weights file. \\[default: the run's]"),
+]
+TauCtxOption = Annotated[
+    float | None, typer.Option("--tau-ctx", help="Context corruption noise level (0 = off). \\[default: 0.1]")
+]
 ThreadsOption = Annotated[
     int | None,
     typer.Option(

@@ -18,7 +18,9 @@ from .common import (
     PrecisionChoice,
     PrecisionOption,
     RichProgress,
+    TauCtxOption,
     ThreadsOption,
+    TokenizerOption,
     console,
     escape,
     existing_path,
@@ -183,16 +185,11 @@ def eval_(
         list[int] | None,
         typer.Option("--steps", help="Denoising steps per frame, a power of two; repeat for several. \\[default: 4]"),
     ] = None,
-    tau_ctx: Annotated[
-        float | None, typer.Option("--tau-ctx", help="Context corruption noise level (0 = off). \\[default: 0.1]")
-    ] = None,
+    tau_ctx: TauCtxOption = None,
     clips: Annotated[int | None, typer.Option("--clips", help="Held-out clips to evaluate. \\[default: 8]")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of clip choice and sampling. \\[default: 0]")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Clips per rollout batch. \\[default: 8]")] = None,
-    tokenizer: Annotated[
-        str | None,
-        typer.Option("--tokenizer", help="Tokenizer: a run name, run directory or weights file. \\[default: the run's]"),
-    ] = None,
+    tokenizer: TokenizerOption = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder. \\[default: <run>/eval/<id>]")] = None,
     samples: Annotated[int, typer.Option("--samples", help="Side-by-side mp4s to write.", min=0)] = 2,
     split: Annotated[

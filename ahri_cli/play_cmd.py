@@ -15,6 +15,7 @@ from .common import (
     DeviceOption,
     PrecisionChoice,
     PrecisionOption,
+    TokenizerOption,
     escape,
     existing_path,
     info,
@@ -46,10 +47,7 @@ def play(
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed (each reset starts with it). \\[default: 0]")] = None,
     record: Annotated[bool, typer.Option("--record", help="Record every page from its start (V toggles).")] = False,
-    tokenizer: Annotated[
-        str | None,
-        typer.Option("--tokenizer", help="Tokenizer: a run name, run directory or weights file. \\[default: the run's]"),
-    ] = None,
+    tokenizer: TokenizerOption = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = PrecisionChoice.auto,
     threads: Annotated[

@@ -16,7 +16,9 @@ from .common import (
     PrecisionChoice,
     PrecisionOption,
     RichProgress,
+    TauCtxOption,
     ThreadsOption,
+    TokenizerOption,
     console,
     escape,
     existing_path,
@@ -37,17 +39,12 @@ def rollout(
     ] = None,
     context: Annotated[int | None, typer.Option("--context", help="Frames of the clip given as context. \\[default: 16]")] = None,
     horizon: Annotated[int | None, typer.Option("--horizon", help="Frames to predict. \\[default: 32]")] = None,
-    tau_ctx: Annotated[
-        float | None, typer.Option("--tau-ctx", help="Context corruption noise level (0 = off). \\[default: 0.1]")
-    ] = None,
+    tau_ctx: TauCtxOption = None,
     out_path: Annotated[
         Path | None, typer.Option("--out", help="Output mp4. \\[default: <run>/rollouts/<clip>-steps<K>.mp4]")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed. \\[default: 0]")] = None,
-    tokenizer: Annotated[
-        str | None,
-        typer.Option("--tokenizer", help="Tokenizer: a run name, run directory or weights file. \\[default: the run's]"),
-    ] = None,
+    tokenizer: TokenizerOption = None,
     scale: Annotated[int, typer.Option("--scale", help="Upscale factor of the written video.", min=1, max=16)] = 4,
     actions: Annotated[
         str | None,
