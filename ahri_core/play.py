@@ -892,10 +892,14 @@ class PlayServer:
             self._end(sid)
         return list(self.recordings)
 
-    def wait(self, poll: float = 0.5) -> None:
-        """Block until the server stops (Ctrl-C raises KeyboardInterrupt here)."""
-        while self._thread is not None and not self._done.wait(poll):
-            pass
+    def wait(self, poll: float = 0.2) -> None:
+        """Block until the server stops (Ctrl-C raises KeyboardInterrupt here).
+
+        Sleeps between looks at the flag rather than waiting on the event: a Ctrl-C that lands inside
+        ``Event.wait`` can leave the event's internal lock taken by this thread, and ``close`` (which waits on
+        the same event) and the server thread (which sets it) would then block on that lock for ever."""
+        while self._thread is not None and not self._done.is_set():
+            time.sleep(poll)
 
     def _serve(self) -> None:
         from aiohttp import web

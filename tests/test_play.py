@@ -444,6 +444,35 @@ def test_closing_the_server_finishes_every_session_before_it_returns(world, monk
     assert not [t.name for t in threading.enumerate() if t.name.startswith("ahri-play")]
 
 
+def test_ctrl_c_in_wait_leaves_close_working(world, monkeypatch):
+    """Ctrl-C lands while the main thread waits for the server; close() still stops it at once. wait() holds no
+    lock while it sleeps (a Ctrl-C inside Event.wait can leave the event's lock taken, and close() then hung)."""
+    import signal
+
+    _, _, _, wm, start = world
+    server = PlayServer(wm, start, port=0)
+    server.start()
+    waits: list[float | None] = []
+    real_wait = type(server._done).wait
+    monkeypatch.setattr(server._done, "wait", lambda timeout=None: waits.append(timeout) or real_wait(server._done, timeout))
+
+    def ctrl_c(signum, frame):  # noqa: ANN001
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, ctrl_c)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(KeyboardInterrupt):
+            server.wait()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert waits == []  # wait() never blocked on the event itself
+    t = time.perf_counter()
+    server.close()
+    assert server._done.is_set() and time.perf_counter() - t < 10
+
+
 def test_a_page_that_never_acknowledges_gets_only_the_newest_frames(world):
     _, _, _, wm, start = world
 
