@@ -43,7 +43,7 @@ def check_reusable(run: Path, minutes: float, dim: int | None, seed: int) -> Non
             "dim": dim or 128}
     have = {"preset": t.get("preset"), "minutes": t.get("minutes"), "seed": t.get("seed"),
             "alternating": d.get("alternating"), "long_ratio": d.get("long_ratio"),
-            "dim": (meta.get("model") or {}).get("dynamics", meta.get("model") or {}).get("dim")}
+            "dim": (meta.get("model") or {}).get("dim")}
     diff = [f"{k} {have[k]!r} (wanted {want[k]!r})" for k in want if have[k] != want[k]]
     if diff:
         raise SystemExit(f"{run} was trained another way: {', '.join(diff)}; remove it or use another --game-work")
@@ -58,7 +58,6 @@ def train_run(run: Path, latents: Path, minutes: float, dim: int | None, seed: i
         data = DataSettings(alternating=True, long_ratio=0.1)
         train_dynamics(latents, run, train, data, DiffusionSettings(),
                        model_overrides={"dim": dim} if dim else None)
-    check_reusable(run, minutes, dim, seed)
 
 
 def score(ws, run: Path, args: argparse.Namespace) -> dict:
@@ -136,9 +135,9 @@ def main() -> None:
             plan.append((game / "runs" / f"curve-{m:g}m", m, None))
     plan += [(game / "runs" / f"curve-dim{d}-{args.size_minutes:g}m", args.size_minutes, d) for d in args.dims]
     rows = []
-    for run, _, _ in plan:
+    for run, minutes, dim in plan:  # before any training: a run made another way stops the bench at once
         if finished(run) is not None:
-            check_reusable(run, *next((m, d) for r, m, d in plan if r == run), args.seed)
+            check_reusable(run, minutes, dim, args.seed)
     for run, minutes, dim in plan:
         train_run(run, latents, minutes, dim, args.seed)
         rows.append(score(ws, run, args))

@@ -469,10 +469,9 @@ class LatentStore:
         if not isinstance(cfg, dict):
             return None
         try:
-            grid = TokenizerConfig.from_dict(cfg).token_grid
+            return TokenizerConfig.from_dict(cfg).token_grid
         except (ConfigError, TypeError, ValueError):  # a config of another version: plain packing
             return None
-        return grid if grid is not None and grid[0] * grid[1] == self.tokens else None
 
     def __len__(self) -> int:
         return len(self._by_id)

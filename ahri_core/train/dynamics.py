@@ -43,7 +43,7 @@ from ..diffusion import add_noise, forcing_loss, sample_noise_levels
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import read_jsonl
 from ..metrics import memorising_gap
-from ..models.dynamics import KIND, DynamicsConfig, DynamicsModel, dynamics_config
+from ..models.dynamics import KIND, DynamicsConfig, DynamicsModel, dynamics_config, param_count
 from ..models.dynamics import describe as describe_dynamics
 from ..models.latent_actions import KIND as LAM_KIND
 from ..models.latent_actions import (
@@ -549,14 +549,13 @@ def train_dynamics(
 
     seed_everything(train.seed)
     overrides = dict(model_overrides or {})
+    stored_dyn = split_config(state["config"])[0] if resuming else {}
     if resuming and "pack" not in overrides:
         # a run keeps the packing it was made with (runs from before ``pack`` existed are unpacked)
-        stored = split_config(state["config"])[0]
-        overrides.update(pack=int(stored.get("pack", 1)), pack_rows=int(stored.get("pack_rows", 1)),
-                         token_grid=stored.get("token_grid"))
+        overrides.update(pack=int(stored_dyn.get("pack", 1)), pack_rows=int(stored_dyn.get("pack_rows", 1)),
+                         token_grid=stored_dyn.get("token_grid"))
     cfg = model_config_for(lset, train, data, diffusion, latent_actions, **overrides)
     if resuming:
-        stored_dyn, _ = split_config(state["config"])
         diff = config_mismatch(cfg.weights_fields(), DynamicsConfig(**stored_dyn).weights_fields())
         if diff:
             raise CheckpointError(
@@ -581,7 +580,7 @@ def train_dynamics(
                         model=obj.model_config(), shortcut=diffusion.shortcut, k_max=diffusion.k_max,
                         max_frames=cfg.max_frames, split_videos=split,
                         val_fraction_given="val_fraction" in data.model_fields_set)
-        prog.log(describe_dynamics(cfg, sum(p.numel() for p in obj.model.parameters())))
+        prog.log(describe_dynamics(cfg, param_count(obj.model)))
         if not obj.val_keys and not resuming:
             prog.log("no held-out video long enough for validation; validation is skipped")
         if cache_dir is None and run.path.parent.name == "runs":
