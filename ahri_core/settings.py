@@ -440,6 +440,9 @@ class LatentActionSettings(Section):
     forward_weight: float = Field(
         1.0, ge=0, description="weight of the encoder's forward-model loss (0: no forward head; trained by the dynamics loss alone)"
     )
+    forward_mixing: int = Field(
+        4, description="token-mixing groups in the forward head: 0 (each token from itself alone), 1, 2, 4, 8 or 16"
+    )
 
     @field_validator("codes")
     @classmethod
@@ -447,4 +450,11 @@ class LatentActionSettings(Section):
         allowed = (2, 3, 4, 6, 8, 9, 12, 16, 25, 27, 32, 64)
         if v not in allowed:
             raise ValueError(f"allowed: {', '.join(map(str, allowed))}")
+        return v
+
+    @field_validator("forward_mixing")
+    @classmethod
+    def _mixing(cls, v: int) -> int:
+        if v not in (0, 1, 2, 4, 8, 16):
+            raise ValueError("allowed: 0, 1, 2, 4, 8, 16")
         return v

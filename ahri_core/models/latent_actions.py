@@ -37,6 +37,7 @@ from .dynamics import DynamicsConfig, DynamicsModel, _weights_path, load_dynamic
 from .layers import RMSNorm
 
 KIND = "latent_action_dynamics"
+RANGE = 2.5  # the encoder's values are kept within +-RANGE before the bound (LatentActionModel.range_loss)
 ACTION_MAP_FILE = "action_map.json"
 
 # Code-book sizes and their FSQ grids (levels per dimension): few dimensions, few levels.
@@ -121,11 +122,16 @@ class LatentActionConfig(BaseModel):
     forward_head: bool = Field(
         True, description="a small forward model (previous frame + action -> frame) that trains the encoder directly"
     )
+    head_mixing: int = Field(
+        0, ge=0, description="token-mixing groups in the forward head (0: each token predicted from itself alone)"
+    )
 
     @model_validator(mode="after")
     def _ok(self) -> LatentActionConfig:
         if not self.levels or any(v < 2 for v in self.levels):
             raise ValueError(f"levels must be a non-empty list of values >= 2, got {self.levels}")
+        if self.head_mixing and (not self.forward_head or self.hidden % self.head_mixing):
+            raise ValueError(f"head_mixing={self.head_mixing} needs the forward head and must divide hidden={self.hidden}")
         return self
 
     @property
@@ -165,6 +171,11 @@ class LatentActionModel(nn.Module):
             self.head_pos = nn.Parameter(torch.randn(N, H) * 0.02)
             self.head_action = nn.Linear(cfg.dims, H)
             self.head_mlp = nn.Sequential(nn.SiLU(), nn.Linear(H, H), nn.SiLU(), nn.Linear(H, C))
+            if cfg.head_mixing:
+                # each group of channels gets its own N x N token mix: the action can switch groups on and off,
+                # so "moved right" can read the neighbour on one side and "moved left" the other (a scroll moves
+                # content between tokens). Zero at the start: the head begins as the per-token one.
+                self.head_mix = nn.Parameter(torch.zeros(cfg.head_mixing, N, N))
 
     def predict_change(self, prev: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """The forward head: (..., N, C) previous latents and (..., dims) actions -> (..., N, C) predicted
@@ -172,24 +183,47 @@ class LatentActionModel(nn.Module):
         prev = prev.float()
         summary = prev.mean(dim=-2, keepdim=True).expand_as(prev)
         h = self.head_in(torch.cat([prev, summary], dim=-1)) + self.head_pos + self.head_action(action)[..., None, :]
+        if self.config.head_mixing:
+            g = rearrange(F.silu(h), "... n (g c) -> ... g n c", g=self.config.head_mixing)
+            h = h + rearrange(self.head_mix @ g, "... g n c -> ... n (g c)")
         return self.head_mlp(h)
 
-    def forward_loss(self, latents: torch.Tensor, pairs: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_loss(self, latents: torch.Tensor, pairs: torch.Tensor | None = None,
+                     pre: torch.Tensor | None = None) -> torch.Tensor:
         """Relative MSE of the forward head's next-frame change over a window (B, T, N, C), T >= 2: 1 means
-        no better than predicting "no change"; the encoder gets its gradient through the action. ``pairs``:
-        the window's actions for frames 1 .. T - 1 when already computed."""
+        no better than predicting "no change"; the encoder gets its gradient through the action. ``pairs``
+        (and ``pre``, their values before the bound): the window's actions for frames 1 .. T - 1 when already
+        computed. Plus :meth:`range_loss` of the encoder's values."""
         x = latents.float()
         prev, cur = x[:, :-1], x[:, 1:]
         change = cur - prev
-        pred = self.predict_change(prev, self.encode_pairs(prev, cur) if pairs is None else pairs)
-        return (pred - change).pow(2).mean() / change.pow(2).mean().detach().clamp_min(1e-8)
+        if pairs is None:
+            pre = self.encode_pre(prev, cur)
+            pairs = self.bound(pre)
+        pred = self.predict_change(prev, pairs)
+        loss = (pred - change).pow(2).mean() / change.pow(2).mean().detach().clamp_min(1e-8)
+        return loss if pre is None else loss + self.range_loss(pre)
+
+    @staticmethod
+    def range_loss(pre: torch.Tensor) -> torch.Tensor:
+        """Keeps the encoder's values where tanh still has a slope (|h| <= RANGE; the grid's last level starts
+        at |h| ~ 0.8 for 4 levels). Without it an encoder can saturate: every frame gets the same code and no
+        gradient comes back through the bound."""
+        return F.relu(pre.float().abs() - RANGE).pow(2).mean()
+
+    def encode_pre(self, prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
+        """(..., N, C) latents of frames t - 1 and t -> (..., dims) the encoder's values before the bound."""
+        x = torch.cat([prev, cur, cur - prev], dim=-1).float()
+        h = self.token_out(F.silu(self.token_in(x) + self.token_pos))
+        return self.frame_mlp(self.norm(rearrange(h, "... n w -> ... (n w)")))
+
+    def bound(self, pre: torch.Tensor) -> torch.Tensor:
+        """The encoder's values -> latent actions: FSQ (quantised) or tanh (continuous)."""
+        return self.fsq(pre) if self.config.quantize else torch.tanh(pre)
 
     def encode_pairs(self, prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
         """(..., N, C) latents of frames t - 1 and t -> (..., dims) latent action (quantised unless disabled)."""
-        x = torch.cat([prev, cur, cur - prev], dim=-1).float()
-        h = self.token_out(F.silu(self.token_in(x) + self.token_pos))
-        h = self.frame_mlp(self.norm(rearrange(h, "... n w -> ... (n w)")))
-        return self.fsq(h) if self.config.quantize else torch.tanh(h)
+        return self.bound(self.encode_pre(prev, cur))
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, T, N, C) clean latents -> (B, T, dims) latent actions; frame 0 (no frame before it) is NaN."""
@@ -198,11 +232,17 @@ class LatentActionModel(nn.Module):
                 f"latents must be (B, T, {self.config.tokens}, {self.config.channels}) for this latent action "
                 f"model, got {tuple(latents.shape)}"
             )
+        return self.forward_pre(latents)[0]
+
+    def forward_pre(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Like :meth:`forward` (without its shape check), also returning the encoder's values before the bound
+        for frames 1 .. T - 1 (None when T < 2)."""
         B, T = latents.shape[:2]
         first = torch.full((B, 1, self.config.dims), float("nan"), device=latents.device)
         if T < 2:
-            return first
-        return torch.cat([first, self.encode_pairs(latents[:, :-1], latents[:, 1:])], dim=1)
+            return first, None
+        pre = self.encode_pre(latents[:, :-1], latents[:, 1:])
+        return torch.cat([first, self.bound(pre)], dim=1), pre
 
     @torch.no_grad()
     def codes(self, latents: torch.Tensor) -> torch.Tensor:
@@ -267,18 +307,18 @@ class LatentActionDynamics(DynamicsModel):
     ) -> torch.Tensor:
         if clean is not None:
             # inside the forward, so that under DDP every gradient of the encoder and its head is one graph's
-            a = self.action_model(clean)
+            a, pre = self.action_model.forward_pre(clean)
             actions = self.latent_actions(clean, keep, isolated, inferred=a)
-            if self.lam_config.forward_head and clean.shape[1] > 1:
-                self.last_forward_loss = self.action_model.forward_loss(clean, a[:, 1:])
+            if self.lam_config.forward_head and pre is not None:
+                self.last_forward_loss = self.action_model.forward_loss(clean, a[:, 1:], pre)
         return super().forward(z, tau, step, actions=actions, isolated=isolated)
 
 
 def latent_action_config(
-    codes: int, tokens: int, channels: int, quantize: bool = True, forward_head: bool = True
+    codes: int, tokens: int, channels: int, quantize: bool = True, forward_head: bool = True, head_mixing: int = 0
 ) -> LatentActionConfig:
     return LatentActionConfig(tokens=tokens, channels=channels, levels=list(levels_for(codes)), quantize=quantize,
-                              forward_head=forward_head)
+                              forward_head=forward_head, head_mixing=head_mixing if forward_head else 0)
 
 
 # ---------------------------------------------------------------------------------------------- files

@@ -292,7 +292,8 @@ class DynamicsObjective(Objective):
         # latent actions: the encoder is a part of the model, so the loop's optimizer, EMA, checkpoints and
         # DDP see it; the real actions of the set (if any) are never read
         self.lam_cfg: LatentActionConfig | None = (
-            latent_action_config(la.codes, lset.tokens, lset.channels, la.quantize, forward_head=la.forward_weight > 0)
+            latent_action_config(la.codes, lset.tokens, lset.channels, la.quantize, forward_head=la.forward_weight > 0,
+                                 head_mixing=la.forward_mixing)
             if la is not None and la.enabled else None
         )
         if self.lam_cfg is not None:
@@ -549,7 +550,10 @@ def train_dynamics(
 
     seed_everything(train.seed)
     overrides = dict(model_overrides or {})
-    stored_dyn = split_config(state["config"])[0] if resuming else {}
+    stored_dyn, stored_lam = split_config(state["config"]) if resuming else ({}, None)
+    if stored_lam is not None and latent_actions is not None:
+        # the forward head's shape is the run's (runs from before token mixing have none)
+        latent_actions = latent_actions.model_copy(update={"forward_mixing": int(stored_lam.get("head_mixing", 0))})
     if resuming and "pack" not in overrides:
         # a run keeps the packing it was made with (runs from before ``pack`` existed are unpacked)
         overrides.update(pack=int(stored_dyn.get("pack", 1)), pack_rows=int(stored_dyn.get("pack_rows", 1)),
