@@ -103,6 +103,9 @@ def one_game(game: str, args: argparse.Namespace) -> dict:
         "val_videos": sum(v["split"] == "val" for v in index["videos"]),
         "frames": index["frames"],
         "tokenizer_val_psnr": last_val(tok).get("val_psnr"),
+        # steps made in the budget: a machine shared with other work makes fewer
+        "tokenizer_steps": json.loads((tok / "run.json").read_text()).get("step"),
+        "dynamics_steps": json.loads((dyn / "run.json").read_text()).get("step"),
         "psnr_by_horizon": curves,
         "summary": m["summary"],
         "probes": probes,
