@@ -320,6 +320,26 @@ def test_resume_is_exact_and_refuses_other_latent_settings(tmp_path):
         assert torch.equal(va, vb), k
 
 
+def test_a_run_from_before_token_mixing_resumes_with_its_own_head(tmp_path):
+    """Runs made before ``forward_mixing`` existed have a per-token head and no such setting in run.json; resumed
+    with today's defaults (4 groups) they keep their head, and run.json records the head they have."""
+    data = make_latent_set([clip(0), clip(1)], [clip(100)], action_count=3)
+    half, dset, diff = tiny_settings(max_steps=3, checkpoint_every=3)
+    train_dynamics(data, tmp_path / "old", half, dset, diff, latent_actions=_lam_settings(forward_mixing=0))
+    meta_path = tmp_path / "old" / "run.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["settings"]["latent_actions"]["forward_mixing"]
+    meta_path.write_text(json.dumps(meta))
+    more = half.model_copy(update={"resume": True, "max_steps": 5})
+    r = train_dynamics(data, tmp_path / "old", more, dset, diff, latent_actions=_lam_settings())
+    assert r.step == 5
+    model, info = load_world_dynamics(r.weights)
+    assert info["latent_actions"]["head_mixing"] == 0 and not hasattr(model.action_model, "head_mix")
+    assert json.loads(meta_path.read_text())["settings"]["latent_actions"]["forward_mixing"] == 0
+    fresh = train_dynamics(data, tmp_path / "new", half, dset, diff, latent_actions=_lam_settings())
+    assert load_world_dynamics(fresh.weights)[1]["latent_actions"]["head_mixing"] == 4
+
+
 # ---------------------------------------------------------------------------------------------- action map
 
 

@@ -227,16 +227,16 @@ class LatentActionModel(nn.Module):
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, T, N, C) clean latents -> (B, T, dims) latent actions; frame 0 (no frame before it) is NaN."""
+        return self.forward_pre(latents)[0]
+
+    def forward_pre(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Like :meth:`forward`, also returning the encoder's values before the bound for frames 1 .. T - 1
+        (None when T < 2)."""
         if latents.dim() != 4 or tuple(latents.shape[2:]) != (self.config.tokens, self.config.channels):
             raise DataError(
                 f"latents must be (B, T, {self.config.tokens}, {self.config.channels}) for this latent action "
                 f"model, got {tuple(latents.shape)}"
             )
-        return self.forward_pre(latents)[0]
-
-    def forward_pre(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Like :meth:`forward` (without its shape check), also returning the encoder's values before the bound
-        for frames 1 .. T - 1 (None when T < 2)."""
         B, T = latents.shape[:2]
         first = torch.full((B, 1, self.config.dims), float("nan"), device=latents.device)
         if T < 2:

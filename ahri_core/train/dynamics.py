@@ -554,6 +554,8 @@ def train_dynamics(
     if stored_lam is not None and latent_actions is not None:
         # the forward head's shape is the run's (runs from before token mixing have none)
         latent_actions = latent_actions.model_copy(update={"forward_mixing": int(stored_lam.get("head_mixing", 0))})
+        if isinstance(settings.get("latent_actions"), dict):
+            settings["latent_actions"]["forward_mixing"] = latent_actions.forward_mixing  # what run.json records
     if resuming and "pack" not in overrides:
         # a run keeps the packing it was made with (runs from before ``pack`` existed are unpacked)
         overrides.update(pack=int(stored_dyn.get("pack", 1)), pack_rows=int(stored_dyn.get("pack_rows", 1)),
