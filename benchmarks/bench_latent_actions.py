@@ -212,7 +212,8 @@ def real_motion_check(world, lset, s, frames: int = 64) -> dict:
         m = horizontal_motion(f)
         a = v.actions[1:frames]
         for key in by:
-            by[key] += m[a == meanings.index(key)].tolist()
+            if key in meanings:  # the built-in game's names; other sets may lack them
+                by[key] += m[a == meanings.index(key)].tolist()
     return {k: {"frames": len(x), "mean_px": float(np.mean(x)) if x else None} for k, x in by.items()}
 
 
