@@ -441,3 +441,26 @@ def test_cli_flags(lam_world, tmp_path):
     assert code == 2  # codes without --latent-actions
     code = main(["--workspace", str(ws.root), "-q", "train", "--stage", "action-map", "--run", str(run)])
     assert code in (0, None) and (run / "action_map.json").is_file()
+
+
+def _bench_latent_actions():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_latent_actions.py"
+    spec = importlib.util.spec_from_file_location("bench_latent_actions", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("v", [-3, 0, 2])
+def test_the_right_vs_left_check_reads_the_scroll_of_the_scene(v):
+    """The few-label map's check (does "right" move the player right?) estimates the player's motion from the
+    scroll of the scene, as the camera follows the player: a camera window moving v px right over a textured
+    world per frame (the scene slides left) must read +v every frame; the HUD strip below is ignored."""
+    bench = _bench_latent_actions()
+    g = torch.Generator().manual_seed(0)
+    world = torch.rand(3, 32, 200, generator=g)
+    frames = torch.stack([world[:, :, 80 + v * t : 80 + v * t + 48] for t in range(6)])
+    frames[:, :, 26:] = torch.rand(6, 3, 6, 48, generator=g)  # a changing HUD strip, below 3/4 of the height
+    assert bench.horizontal_motion(frames).tolist() == [float(v)] * 5
