@@ -86,7 +86,8 @@ def one_game(game: str, args: argparse.Namespace) -> dict:
         ahri(*W, "eval", "dyn", "--steps", "4", "--steps", "64", "--horizon", str(args.horizon), "--clips", str(args.eval_clips),
              "--out", str(out), log=log)
     m = json.loads((out / "metrics.json").read_text())
-    model = json.loads((tok / "run.json").read_text())["settings"]["model"]
+    tok_meta = json.loads((tok / "run.json").read_text())
+    model = tok_meta["settings"]["model"]
     index = json.loads((ws / "latents" / "tok" / "index.json").read_text())
     curves = {
         "copy_last": m["baselines"]["copy_last"]["psnr"]["mean"],
@@ -104,7 +105,7 @@ def one_game(game: str, args: argparse.Namespace) -> dict:
         "frames": index["frames"],
         "tokenizer_val_psnr": last_val(tok).get("val_psnr"),
         # steps made in the budget: a machine shared with other work makes fewer
-        "tokenizer_steps": json.loads((tok / "run.json").read_text()).get("step"),
+        "tokenizer_steps": tok_meta.get("step"),
         "dynamics_steps": json.loads((dyn / "run.json").read_text()).get("step"),
         "psnr_by_horizon": curves,
         "summary": m["summary"],
