@@ -12,7 +12,8 @@ docs/benchmarks.md.
 
 The defaults are the dynamics-quality target's budget: 40 clips of 400 frames (with 10, the models memorised
 their clips: docs/dynamics.md, "Memorising"), tokenizer 20 and dynamics 40 minutes, about an hour a game on
-2 cores. A quick look at a quarter of it:
+2 cores. ``--games game`` puts the built-in game (64x64) through the same recipe and budget. A quick look at a
+quarter of it:
     python benchmarks/bench_atari.py --games Pong Breakout --tokenizer-minutes 5 --dynamics-minutes 10
 """
 
@@ -30,6 +31,7 @@ from ahri_core.runtime import cpu_name
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "atari.json"
+BUILTIN = "game"  # --games game: the built-in game instead of an Atari one
 
 
 
@@ -68,7 +70,10 @@ def one_game(game: str, args: argparse.Namespace) -> dict:
     have = list((ws / "videos").rglob("*.mp4"))
     if have and len(have) != args.clips:  # a workspace of another size would be scored under these settings
         raise SystemExit(f"{ws} holds {len(have)} clips, not --clips {args.clips}: use another --work or --clips {len(have)}")
-    if not have:
+    if not have and game.lower() == BUILTIN:  # the built-in game (64x64), through the same recipe
+        ahri(*W, "fetch", "--source", "game", "--count", str(args.clips), "--frames", str(args.frames), "--seed",
+             str(args.seed), log=log)
+    elif not have:
         ahri(*W, "fetch", "--source", "gym", "--env", f"ALE/{game}-v5", "--count", str(args.clips), "--frames",
              str(args.frames), "--seed", str(args.seed), log=log)
     tok = ws / "runs" / "tok"

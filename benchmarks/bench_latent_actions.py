@@ -174,7 +174,7 @@ def _val_videos(lat_dir: Path):
 def right_vs_left(world, lset, amap, context, horizon, steps, clips, s) -> dict:
     """From held-out contexts, roll out with the code mapped from "right" and from "left" for every predicted
     frame; in how many clips does the player move further right under "right" (decoded frames)?"""
-    names = amap.get("names") or {}
+    names = {k.lower(): v for k, v in (amap.get("names") or {}).items()}  # Atari spells them RIGHT, LEFT
     if "right" not in names or "left" not in names:
         return {"skipped": "right or left missing from the action map"}
     vids = {v.id: v for v in lset.val}
@@ -206,7 +206,7 @@ def right_vs_left(world, lset, amap, context, horizon, steps, clips, s) -> dict:
 def real_motion_check(world, lset, s, frames: int = 64) -> dict:
     """Mean estimated rightward motion on decoded true latents where the real action was right vs left."""
     by = {"right": [], "left": []}
-    meanings = lset.action_meanings
+    meanings = [m.lower() for m in lset.action_meanings]
     for v in lset.val:
         f = world.decode(v.latents[:frames].float())
         m = horizontal_motion(f)

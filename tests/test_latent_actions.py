@@ -359,6 +359,24 @@ def test_pair_counts_probe_and_map_are_exact():
         parse_action_tokens("jump", 3, m["names"])
 
 
+def test_action_map_prefers_the_code_that_means_the_action_over_the_busiest_one():
+    # code 0 is "nothing moved": the most frequent code under every action, as in Breakout
+    c = torch.tensor([
+        [90, 0, 0, 1],  # idle
+        [60, 30, 0, 1],  # left: code 1 only ever follows left
+        [60, 0, 25, 1],  # right: code 2 only ever follows right
+    ])
+    assert c.argmax(1).tolist() == [0, 0, 0]  # the most frequent code would send every key to code 0
+    m = action_map_from_counts(c, ["idle", "left", "right"])
+    assert m["names"] == {"idle": 0, "left": 1, "right": 2}
+    # a code seen once with an action does not beat one that follows it reliably many times
+    c2 = torch.tensor([[50, 0, 0], [10, 40, 1], [10, 8, 0]])  # code 2: one frame, all "left"
+    assert action_map_from_counts(c2)["codes"]["1"] == 1
+    # an action is never mapped to a code it was not seen with
+    c3 = torch.tensor([[5, 0], [0, 0], [0, 3]])
+    assert action_map_from_counts(c3)["codes"] == {"0": 0, "2": 1}
+
+
 # ---------------------------------------------------------------------------------------------- eval and rollout
 
 

@@ -414,13 +414,27 @@ def probe_accuracy(train: torch.Tensor, test: torch.Tensor) -> dict[str, float]:
     return {"accuracy": acc, "majority": base, "ratio": acc / base if base > 0 else float("inf"), "frames": total}
 
 
+MAP_PRIOR_FRAMES = 5.0  # pseudo-frames that pull a rarely used code's action shares towards the overall ones
+
+
 def action_map_from_counts(counts: torch.Tensor, meanings: list[str] | None = None) -> dict[str, Any]:
-    """Each real action -> the latent code it most often produced (actions never seen are left out)."""
+    """Each real action -> the latent code that most reliably means it (actions never seen are left out).
+
+    A code is scored by the share of its frames that carried the action, ``P(action | code)``, smoothed with
+    :data:`MAP_PRIOR_FRAMES` frames of the overall action shares so that a code seen a handful of times does not
+    win on luck. Taking the code an action most often came with instead sends every action to the "nothing
+    moved" code wherever most frames look alike whatever was pressed (Atari Breakout: all four actions).
+    """
+    counts = counts.double()
+    prior = counts.sum(1) / counts.sum().clamp_min(1)  # (actions,)
+    per_code = counts.sum(0)  # (codes,)
+    share = (counts + MAP_PRIOR_FRAMES * prior[:, None]) / (per_code + MAP_PRIOR_FRAMES)[None]
+    share = share.masked_fill(counts == 0, -1.0)  # an action maps only to a code it was seen with
     out: dict[str, Any] = {"codes": {}, "names": {}}
     for a in range(counts.shape[0]):
         if int(counts[a].sum()) == 0:
             continue
-        code = int(counts[a].argmax())
+        code = int(share[a].argmax())
         out["codes"][str(a)] = code
         if meanings and a < len(meanings):
             out["names"][meanings[a]] = code
@@ -437,7 +451,8 @@ def fit_action_map(
     """Fit the few-label map of a latent-action run and write it to ``<run>/action_map.json``.
 
     Only ``label_share`` of the run's training videos (at least one, chosen by ``seed``) lend their real
-    actions; each real action maps to the code it most often came with there. The held-out videos with
+    actions; each real action maps to the code that most reliably means it there (:func:`action_map_from_counts`).
+    The held-out videos with
     actions score the map's code-to-action probe against guessing the most frequent action.
     """
     from ..data.windows import load_latent_set
