@@ -70,12 +70,10 @@ def one_game(game: str, args: argparse.Namespace) -> dict:
     have = list((ws / "videos").rglob("*.mp4"))
     if have and len(have) != args.clips:  # a workspace of another size would be scored under these settings
         raise SystemExit(f"{ws} holds {len(have)} clips, not --clips {args.clips}: use another --work or --clips {len(have)}")
-    if not have and game.lower() == BUILTIN:  # the built-in game (64x64), through the same recipe
-        ahri(*W, "fetch", "--source", "game", "--count", str(args.clips), "--frames", str(args.frames), "--seed",
+    if not have:
+        source = ["game"] if game.lower() == BUILTIN else ["gym", "--env", f"ALE/{game}-v5"]
+        ahri(*W, "fetch", "--source", *source, "--count", str(args.clips), "--frames", str(args.frames), "--seed",
              str(args.seed), log=log)
-    elif not have:
-        ahri(*W, "fetch", "--source", "gym", "--env", f"ALE/{game}-v5", "--count", str(args.clips), "--frames",
-             str(args.frames), "--seed", str(args.seed), log=log)
     tok = ws / "runs" / "tok"
     if not (tok / "run.json").is_file() or json.loads((tok / "run.json").read_text()).get("status") != "finished":
         ahri(*W, "train", "--stage", "tokenizer", "--preset", "cpu", "--run", "tok", "--minutes",

@@ -452,8 +452,8 @@ def fit_action_map(
 
     Only ``label_share`` of the run's training videos (at least one, chosen by ``seed``) lend their real
     actions; each real action maps to the code that most reliably means it there (:func:`action_map_from_counts`).
-    The held-out videos with
-    actions score the map's code-to-action probe against guessing the most frequent action.
+    The held-out videos with actions score the map's code-to-action probe against guessing the most frequent
+    action.
     """
     from ..data.windows import load_latent_set
     from ..fileio import write_json_atomic
