@@ -82,7 +82,7 @@ def horizontal_motion(frames: torch.Tensor, max_shift: int = 6, play_rows: float
 
 
 def measure(work: Path, lam_run: str, base_run: str, context: int, horizon: int, clips: int, steps: int,
-            label_share: float) -> dict:
+            label_share: float, lags: list[int] | None = None) -> dict:
     ws = Workspace(work)
     lam = load_world_model(lam_run, ws)
     base = load_world_model(base_run, ws)
@@ -142,9 +142,14 @@ def measure(work: Path, lam_run: str, base_run: str, context: int, horizon: int,
 
     lset = load_latent_set(lat_dir)
     K, A = lam.latent_actions.config.codes, lset.action_count
-    tr = pair_counts([video_codes(lam.dynamics, v.latents) for v in lset.train], [v.actions for v in lset.train], K, A)
-    te = pair_counts([video_codes(lam.dynamics, v.latents) for v in lset.val], [v.actions for v in lset.val], K, A)
+    codes_tr = [video_codes(lam.dynamics, v.latents) for v in lset.train]
+    codes_te = [video_codes(lam.dynamics, v.latents) for v in lset.val]
+    acts_tr, acts_te = [v.actions for v in lset.train], [v.actions for v in lset.val]
+    tr, te = pair_counts(codes_tr, acts_tr, K, A), pair_counts(codes_te, acts_te, K, A)
     probe = probe_accuracy(tr, te)
+    if lags:  # is the code late or early? the probe with the code of frame t against the action of t - lag
+        probe["by_lag"] = {str(g): probe_accuracy(pair_counts(codes_tr, acts_tr, K, A, lag=g),
+                                                  pair_counts(codes_te, acts_te, K, A, lag=g)) for g in lags}
     lo, hi = wilson(round(probe["accuracy"] * probe["frames"]), probe["frames"])
     probe["accuracy_ci95"] = [lo, hi]
     usage = tr.sum(0).float() / tr.sum()
@@ -230,12 +235,14 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=48)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--label-share", type=float, default=0.1)
+    ap.add_argument("--probe-lags", type=int, nargs="*", default=[-2, -1, 0, 1, 2],
+                    help="also probe the code of frame t against the action of frame t - lag, for each lag")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.prepare:
         prepare(a.work, a.train_steps, a.threads)
-    r = measure(a.work, a.lam_run, a.baseline_run, a.context, a.horizon, a.clips, a.steps, a.label_share)
+    r = measure(a.work, a.lam_run, a.baseline_run, a.context, a.horizon, a.clips, a.steps, a.label_share, a.probe_lags)
     print(f"CPU: {r['cpu']}; {r['clips']} held-out clips, context {a.context}, {a.steps} sampling steps")
     print(f"{'h':>2} {'inferred':>14} {'random':>14} {'no-act model':>14} {'copy-last':>10} {'delta(inf-rand)':>16}")
     P = r["psnr"]
@@ -251,6 +258,9 @@ def main() -> None:
     p = r["probe"]
     print(f"probe: accuracy {p['accuracy']:.3f} (95% {p['accuracy_ci95'][0]:.3f}-{p['accuracy_ci95'][1]:.3f}) vs "
           f"majority {p['majority']:.3f}: x{p['ratio']:.2f}; code perplexity {p['code_perplexity']:.1f}")
+    if "by_lag" in p:
+        print("probe by lag (code of t, action of t - lag): "
+              + ", ".join(f"{g}: x{q['ratio']:.2f}" for g, q in p["by_lag"].items()))
     if "right_vs_left" in r:
         print(f"right vs left: {json.dumps(r['right_vs_left'])}")
         print(f"motion estimator on real frames: {json.dumps(r['motion_check_on_real_frames'])}")

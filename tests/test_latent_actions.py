@@ -34,6 +34,7 @@ from ahri_core.models.latent_actions import (  # noqa: E402
     pair_counts,
     parse_action_tokens,
     probe_accuracy,
+    video_codes,
 )
 from ahri_core.settings import DataSettings, DiffusionSettings, LatentActionSettings  # noqa: E402
 from ahri_core.train.dynamics import train_dynamics  # noqa: E402
@@ -99,6 +100,38 @@ def test_encoder_shapes_first_frame_is_no_action_and_at_most_k_distinct_actions(
     assert torch.equal(m.vectors(codes[:, 1:]), a[:, 1:])
     with pytest.raises(Exception, match="latents must be"):
         m(torch.randn(2, 3, 5, 3))
+
+
+@pytest.mark.parametrize("history", [0, 2])
+def test_the_encoder_reads_exactly_its_history_of_frames(history):
+    """The code of frame t depends on frames t - 1 - history .. t and on no other; before a window's first frame
+    the first frame stands in (no change), so a window cut short gives what encode_pairs gives without ``older``."""
+    torch.manual_seed(0)
+    m = LatentActionModel(latent_action_config(8, 4, 3, history=history))
+    x = torch.randn(2, 10, 4, 3)
+    base = m.forward_pre(x)[1]  # (B, 9, dims): frames 1 .. 9
+    y = x.clone()
+    y[:, 4] += 1.0
+    changed = (m.forward_pre(y)[1] - base).abs().amax(dim=(0, 2)) > 1e-6
+    frames = [t for t in range(1, 10) if changed[t - 1]]
+    assert frames == list(range(4, 4 + history + 2)), frames
+    # frame 1 of a window: its older frames are frame 0, as encode_pairs assumes when given none
+    assert torch.allclose(m.forward_pre(x)[1][:, 0], m.encode_pre(x[:, 0], x[:, 1]), atol=1e-6)
+    if history:
+        with pytest.raises(Exception, match="reads 2 older frames"):
+            m.encode_pre(x[:, 2], x[:, 3], x[:, :1])
+
+
+@pytest.mark.parametrize("history", [0, 3])
+def test_video_codes_in_chunks_equal_the_whole_video_at_once(history):
+    torch.manual_seed(1)
+    lam = latent_action_config(16, 4, 4, history=history)
+    cfg = dynamics_config("tiny", tokens=4, channels=4, action_kind="continuous", action_dim=lam.dims, k_max=8, max_frames=8)
+    model = LatentActionDynamics(cfg, lam).eval()
+    z = torch.randn(23, 4, 4) * 2
+    whole = model.action_model.codes(z[None])[0]
+    for batch in (1, 4, 7, 512):
+        assert torch.equal(video_codes(model, z, batch=batch), whole), batch
 
 
 def _train_through_bottleneck(cfg, steps=300, seed=0):
@@ -340,6 +373,19 @@ def test_a_run_from_before_token_mixing_resumes_with_its_own_head(tmp_path):
     assert load_world_dynamics(fresh.weights)[1]["latent_actions"]["head_mixing"] == 4
 
 
+def test_an_encoder_with_history_trains_resumes_and_keeps_its_history(tmp_path):
+    data = make_latent_set([clip(0), clip(1)], [clip(100)], action_count=3)
+    half, dset, diff = tiny_settings(max_steps=3, checkpoint_every=3)
+    train_dynamics(data, tmp_path / "run", half, dset, diff, latent_actions=_lam_settings(history=2))
+    more = half.model_copy(update={"resume": True, "max_steps": 5})
+    with pytest.raises(ConfigError, match="history"):
+        train_dynamics(data, tmp_path / "run", more, dset, diff, latent_actions=_lam_settings(history=1))
+    r = train_dynamics(data, tmp_path / "run", more, dset, diff, latent_actions=_lam_settings(history=2))
+    assert r.step == 5
+    model, info = load_world_dynamics(r.weights)
+    assert info["latent_actions"]["history"] == 2 and model.action_model.token_in.in_features == 5 * data.channels
+
+
 # ---------------------------------------------------------------------------------------------- action map
 
 
@@ -352,6 +398,9 @@ def test_pair_counts_probe_and_map_are_exact():
     assert p["accuracy"] == 1.0 and p["majority"] == pytest.approx(2 / 4) and p["ratio"] == pytest.approx(2.0)
     m = action_map_from_counts(c, ["idle", "left", "right"])
     assert m["codes"] == {"0": 1, "1": 0, "2": 2} and m["names"] == {"idle": 1, "left": 0, "right": 2}
+    # lag 1 pairs the code of frame t with the action of frame t - 1
+    assert pair_counts(codes, acts, 3, 3, lag=1).tolist() == [[1, 0, 1], [1, 1, 0], [0, 0, 1]]
+    assert pair_counts(codes, acts, 3, 3, lag=-1).tolist() == [[1, 0, 0], [1, 0, 0], [0, 1, 0]]
     assert parse_action_tokens("1, right,-1", 3, m["names"]) == [1, 2, -1]
     with pytest.raises(ConfigError, match="out of range"):
         parse_action_tokens("3", 3)

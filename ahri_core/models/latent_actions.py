@@ -125,6 +125,9 @@ class LatentActionConfig(BaseModel):
     head_mixing: int = Field(
         0, ge=0, description="token-mixing groups in the forward head (0: each token predicted from itself alone)"
     )
+    history: int = Field(
+        0, ge=0, le=4, description="frames before t - 1 whose changes the encoder also reads (0: frames t - 1 and t only)"
+    )
 
     @model_validator(mode="after")
     def _ok(self) -> LatentActionConfig:
@@ -152,14 +155,17 @@ class LatentActionModel(nn.Module):
 
     Each token reads (z[t-1], z[t], z[t] - z[t-1]) plus its position, through an MLP, down to
     ``token_width`` channels (per token, PITFALLS 21); the frame's tokens are then joined and an MLP maps
-    them to ``dims`` numbers, which FSQ bounds and rounds.
+    them to ``dims`` numbers, which FSQ bounds and rounds. With ``history`` h > 0 each token also reads the
+    h changes before that, z[t-1] - z[t-2], ..., z[t-h] - z[t-h-1], so the encoder can tell a change the
+    player caused from one that merely continues (momentum); a frame before the video's first counts as the
+    first (no change).
     """
 
     def __init__(self, cfg: LatentActionConfig) -> None:
         super().__init__()
         self.config = cfg
         H, C, N = cfg.hidden, cfg.channels, cfg.tokens
-        self.token_in = nn.Linear(3 * C, H)
+        self.token_in = nn.Linear((3 + cfg.history) * C, H)
         self.token_pos = nn.Parameter(torch.randn(N, H) * 0.02)
         self.token_out = nn.Linear(H, cfg.token_width)
         self.norm = RMSNorm(N * cfg.token_width)
@@ -198,7 +204,7 @@ class LatentActionModel(nn.Module):
         prev, cur = x[:, :-1], x[:, 1:]
         change = cur - prev
         if pairs is None:
-            pre = self.encode_pre(prev, cur)
+            pre = self.forward_pre(x)[1]
             pairs = self.bound(pre)
         pred = self.predict_change(prev, pairs)
         loss = (pred - change).pow(2).mean() / change.pow(2).mean().detach().clamp_min(1e-8)
@@ -211,9 +217,20 @@ class LatentActionModel(nn.Module):
         gradient comes back through the bound."""
         return F.relu(pre.float().abs() - RANGE).pow(2).mean()
 
-    def encode_pre(self, prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
-        """(..., N, C) latents of frames t - 1 and t -> (..., dims) the encoder's values before the bound."""
-        x = torch.cat([prev, cur, cur - prev], dim=-1).float()
+    def encode_pre(self, prev: torch.Tensor, cur: torch.Tensor, older: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., N, C) latents of frames t - 1 and t -> (..., dims) the encoder's values before the bound.
+        ``older``: (..., history, N, C) latents of frames t - 2, t - 3, ... (None: as if the video began at
+        t - 1)."""
+        feats = [prev, cur, cur - prev]
+        h = self.config.history
+        if h:
+            if older is None:
+                older = prev.unsqueeze(-3).expand(*prev.shape[:-2], h, *prev.shape[-2:])
+            if older.shape[-3] != h:
+                raise DataError(f"this latent action model reads {h} older frames, got {older.shape[-3]}")
+            chain = torch.cat([prev.unsqueeze(-3), older], dim=-3)  # t-1, t-2, ..., t-1-h
+            feats.append(rearrange(chain[..., :-1, :, :] - chain[..., 1:, :, :], "... h n c -> ... n (h c)"))
+        x = torch.cat(feats, dim=-1).float()
         h = self.token_out(F.silu(self.token_in(x) + self.token_pos))
         return self.frame_mlp(self.norm(rearrange(h, "... n w -> ... (n w)")))
 
@@ -221,9 +238,9 @@ class LatentActionModel(nn.Module):
         """The encoder's values -> latent actions: FSQ (quantised) or tanh (continuous)."""
         return self.fsq(pre) if self.config.quantize else torch.tanh(pre)
 
-    def encode_pairs(self, prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
+    def encode_pairs(self, prev: torch.Tensor, cur: torch.Tensor, older: torch.Tensor | None = None) -> torch.Tensor:
         """(..., N, C) latents of frames t - 1 and t -> (..., dims) latent action (quantised unless disabled)."""
-        return self.bound(self.encode_pre(prev, cur))
+        return self.bound(self.encode_pre(prev, cur, older))
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, T, N, C) clean latents -> (B, T, dims) latent actions; frame 0 (no frame before it) is NaN."""
@@ -241,7 +258,13 @@ class LatentActionModel(nn.Module):
         first = torch.full((B, 1, self.config.dims), float("nan"), device=latents.device)
         if T < 2:
             return first, None
-        pre = self.encode_pre(latents[:, :-1], latents[:, 1:])
+        older = None
+        if self.config.history:
+            # frames t - 2 .. t - 1 - history for t = 1 .. T - 1; before the window's first frame: the first frame
+            t = torch.arange(1, T, device=latents.device)
+            idx = (t[:, None] - 2 - torch.arange(self.config.history, device=latents.device)).clamp_min(0)
+            older = latents[:, idx]  # (B, T - 1, history, N, C)
+        pre = self.encode_pre(latents[:, :-1], latents[:, 1:], older)
         return torch.cat([first, self.bound(pre)], dim=1), pre
 
     @torch.no_grad()
@@ -315,10 +338,11 @@ class LatentActionDynamics(DynamicsModel):
 
 
 def latent_action_config(
-    codes: int, tokens: int, channels: int, quantize: bool = True, forward_head: bool = True, head_mixing: int = 0
+    codes: int, tokens: int, channels: int, quantize: bool = True, forward_head: bool = True, head_mixing: int = 0,
+    history: int = 0,
 ) -> LatentActionConfig:
     return LatentActionConfig(tokens=tokens, channels=channels, levels=list(levels_for(codes)), quantize=quantize,
-                              forward_head=forward_head, head_mixing=head_mixing if forward_head else 0)
+                              forward_head=forward_head, head_mixing=head_mixing if forward_head else 0, history=history)
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -383,17 +407,24 @@ def video_codes(model: LatentActionDynamics, latents: torch.Tensor, batch: int =
     """Code of every frame of one video's latents (T, N, C) -> (T,) int64, -1 for frame 0."""
     enc = model.action_model
     dev = next(model.parameters()).device
+    h = enc.config.history
     out = [torch.full((1,), -1, dtype=torch.long)]
     for i in range(0, int(latents.shape[0]) - 1, batch):
-        a = latents[i : i + batch + 1].to(dev).float()
-        out.append(enc.fsq.to_index(enc.encode_pairs(a[:-1], a[1:])).cpu())
+        lo = max(0, i - h)  # the older frames the encoder reads come along (their codes are dropped)
+        a = latents[lo : i + batch + 1].to(dev).float()
+        out.append(enc.fsq.to_index(enc(a[None])[0, 1 + i - lo :]).cpu())
     return torch.cat(out)[: int(latents.shape[0])]
 
 
-def pair_counts(codes: list[torch.Tensor], actions: list[torch.Tensor], code_count: int, action_count: int) -> torch.Tensor:
-    """(action_count, code_count) counts of (real action, inferred code) over frames where both exist."""
+def pair_counts(codes: list[torch.Tensor], actions: list[torch.Tensor], code_count: int, action_count: int,
+                lag: int = 0) -> torch.Tensor:
+    """(action_count, code_count) counts of (real action, inferred code) over frames where both exist.
+    ``lag``: pair the code of frame t with the action of frame t - lag (0: the same frame; a code that lags its
+    action scores best at a positive lag)."""
     m = torch.zeros(action_count, code_count, dtype=torch.long)
     for c, a in zip(codes, actions, strict=True):
+        n = min(len(c), len(a))
+        c, a = c[max(lag, 0) : n + min(lag, 0)], a[max(-lag, 0) : n - max(lag, 0)]
         ok = (c >= 0) & (a >= 0)
         m.view(-1).index_add_(0, a[ok].long() * code_count + c[ok].long(), torch.ones(int(ok.sum()), dtype=torch.long))
     return m

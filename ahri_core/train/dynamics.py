@@ -293,7 +293,7 @@ class DynamicsObjective(Objective):
         # DDP see it; the real actions of the set (if any) are never read
         self.lam_cfg: LatentActionConfig | None = (
             latent_action_config(la.codes, lset.tokens, lset.channels, la.quantize, forward_head=la.forward_weight > 0,
-                                 head_mixing=la.forward_mixing)
+                                 head_mixing=la.forward_mixing, history=la.history)
             if la is not None and la.enabled else None
         )
         if self.lam_cfg is not None:
@@ -553,9 +553,11 @@ def train_dynamics(
     stored_dyn, stored_lam = split_config(state["config"]) if resuming else ({}, None)
     if stored_lam is not None and latent_actions is not None:
         # the forward head's shape is the run's (runs from before token mixing have none)
-        latent_actions = latent_actions.model_copy(update={"forward_mixing": int(stored_lam.get("head_mixing", 0))})
+        # (and its encoder reads the history it was made with: runs from before ``history`` read none)
+        kept = {"forward_mixing": int(stored_lam.get("head_mixing", 0)), "history": int(stored_lam.get("history", 0))}
+        latent_actions = latent_actions.model_copy(update=kept)
         if isinstance(settings.get("latent_actions"), dict):
-            settings["latent_actions"]["forward_mixing"] = latent_actions.forward_mixing  # what run.json records
+            settings["latent_actions"].update(kept)  # what run.json records
     if resuming and "pack" not in overrides:
         # a run keeps the packing it was made with (runs from before ``pack`` existed are unpacked)
         overrides.update(pack=int(stored_dyn.get("pack", 1)), pack_rows=int(stored_dyn.get("pack_rows", 1)),
