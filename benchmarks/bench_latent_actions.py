@@ -147,6 +147,12 @@ def measure(work: Path, lam_run: str, base_run: str, context: int, horizon: int,
     acts_tr, acts_te = [v.actions for v in lset.train], [v.actions for v in lset.val]
     tr, te = pair_counts(codes_tr, acts_tr, K, A), pair_counts(codes_te, acts_te, K, A)
     probe = probe_accuracy(tr, te)
+    moves = movement_groups(lset.action_meanings)
+    if moves is not None:  # reported beside the goal's probe, never in its place
+        groups, names = moves
+        merge = torch.zeros(len(names), A, dtype=torch.long)
+        merge[torch.tensor(groups), torch.arange(A)] = 1
+        probe["movement"] = {**probe_accuracy(merge @ tr, merge @ te), "groups": names}
     if lags:  # is the code late or early? the probe with the code of frame t against the action of t - lag
         probe["by_lag"] = {str(g): probe_accuracy(pair_counts(codes_tr, acts_tr, K, A, lag=g),
                                                   pair_counts(codes_te, acts_te, K, A, lag=g)) for g in lags}
@@ -168,6 +174,17 @@ def measure(work: Path, lam_run: str, base_run: str, context: int, horizon: int,
     res["motion_check_on_real_frames"] = real_motion_check(lam, lset, s)
     res["seconds"] = time.perf_counter() - t0
     return res
+
+
+def movement_groups(meanings: list[str]) -> tuple[list[int], list[str]] | None:
+    """Atari names: the group of each action once FIRE is set aside (RIGHTFIRE moves as RIGHT does, FIRE as
+    NOOP) and the groups' names, or None when no two actions fall together. A probe over these groups asks whether the code knows
+    how the player moved, which is what a video shows."""
+    if not meanings:
+        return None
+    keys = [m.upper().replace("FIRE", "") or "NOOP" for m in meanings]
+    order = list(dict.fromkeys(keys))
+    return None if len(order) == len(keys) else ([order.index(k) for k in keys], order)
 
 
 def _val_videos(lat_dir: Path):
@@ -258,6 +275,10 @@ def main() -> None:
     p = r["probe"]
     print(f"probe: accuracy {p['accuracy']:.3f} (95% {p['accuracy_ci95'][0]:.3f}-{p['accuracy_ci95'][1]:.3f}) vs "
           f"majority {p['majority']:.3f}: x{p['ratio']:.2f}; code perplexity {p['code_perplexity']:.1f}")
+    if "movement" in p:
+        q = p["movement"]
+        print(f"probe over movements ({', '.join(q['groups'])}): accuracy {q['accuracy']:.3f} vs majority "
+              f"{q['majority']:.3f}: x{q['ratio']:.2f}")
     if "by_lag" in p:
         print("probe by lag (code of t, action of t - lag): "
               + ", ".join(f"{g}: x{q['ratio']:.2f}" for g, q in p["by_lag"].items()))

@@ -531,3 +531,11 @@ def test_the_right_vs_left_check_reads_the_scroll_of_the_scene(v):
     frames = torch.stack([world[:, :, 80 + v * t : 80 + v * t + 48] for t in range(6)])
     frames[:, :, 26:] = torch.rand(6, 3, 6, 48, generator=g)  # a changing HUD strip, below 3/4 of the height
     assert bench.horizontal_motion(frames).tolist() == [float(v)] * 5
+
+
+def test_the_movement_probe_groups_atari_actions_by_how_they_move():
+    """FIRE variants move as their base action, FIRE as NOOP; sets whose actions are all distinct get no groups."""
+    bench = _bench_latent_actions()
+    pong = ["NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"]
+    assert bench.movement_groups(pong) == ([0, 0, 1, 2, 1, 2], ["NOOP", "RIGHT", "LEFT"])
+    assert bench.movement_groups(["idle", "left", "right"]) is None and bench.movement_groups([]) is None
