@@ -58,6 +58,8 @@ def train_run(run: Path, latents: Path, minutes: float, dim: int | None, seed: i
         data = DataSettings(alternating=True, long_ratio=0.1)
         train_dynamics(latents, run, train, data, DiffusionSettings(),
                        model_overrides={"dim": dim} if dim else None)
+        if finished(run) is None:  # stopped (SIGTERM, Ctrl-C): score nothing half-trained
+            raise SystemExit(f"{run} was stopped before its {minutes:g} minutes; run the same command again to continue it")
 
 
 def score(ws, run: Path, args: argparse.Namespace) -> dict:
