@@ -275,6 +275,7 @@ def main() -> None:
     p = r["probe"]
     print(f"probe: accuracy {p['accuracy']:.3f} (95% {p['accuracy_ci95'][0]:.3f}-{p['accuracy_ci95'][1]:.3f}) vs "
           f"majority {p['majority']:.3f}: x{p['ratio']:.2f}; code perplexity {p['code_perplexity']:.1f}")
+    print(f"  the best single guess on the held-out videos scores {p['best_constant']:.3f}: x{p['ratio_best_constant']:.2f}")
     if "movement" in p:
         q = p["movement"]
         print(f"probe over movements ({', '.join(q['groups'])}): accuracy {q['accuracy']:.3f} vs majority "

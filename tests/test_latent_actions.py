@@ -396,6 +396,12 @@ def test_pair_counts_probe_and_map_are_exact():
     assert c.tolist() == [[0, 1, 0], [2, 0, 0], [0, 0, 1]]
     p = probe_accuracy(c, c)
     assert p["accuracy"] == 1.0 and p["majority"] == pytest.approx(2 / 4) and p["ratio"] == pytest.approx(2.0)
+    # held-out videos that mix the actions differently: the training majority (action 1) is rare there, the best
+    # single guess on them (action 0, 3 of 5 frames) is the stricter yardstick
+    shifted = torch.tensor([[3, 0, 0], [0, 1, 0], [0, 0, 1]])
+    q = probe_accuracy(c, shifted)
+    assert q["accuracy"] == pytest.approx(1 / 5) and q["majority"] == pytest.approx(1 / 5) and q["ratio"] == pytest.approx(1)
+    assert q["best_constant"] == pytest.approx(3 / 5) and q["ratio_best_constant"] == pytest.approx(1 / 3)
     m = action_map_from_counts(c, ["idle", "left", "right"])
     assert m["codes"] == {"0": 1, "1": 0, "2": 2} and m["names"] == {"idle": 1, "left": 0, "right": 2}
     # lag 1 pairs the code of frame t with the action of frame t - 1
