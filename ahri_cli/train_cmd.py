@@ -294,6 +294,10 @@ def train(
         int | None, typer.Option("--latent-action-codes", metavar="N", help="Latent action code-book size (with "
                                  "--latent-actions): 2, 3, 4, 6, 8, 9, 12, 16, 25, 27, 32 or 64. \\[default: 16]")
     ] = None,
+    latent_action_history: Annotated[
+        int | None, typer.Option("--latent-action-history", metavar="N", help="Frames before t - 1 whose changes the "
+                                 "latent-action encoder also reads (with --latent-actions): 0 to 4. \\[default: 0]")
+    ] = None,
     no_actions: Annotated[
         bool | None, typer.Option("--no-actions", help="Ignore the latent set's real actions (train as if from video alone).")
     ] = None,
@@ -334,9 +338,11 @@ def train(
     if stage is Stage.action_map:
         _fit_action_map(run, latents, seed, given)
         return
-    if latent_action_codes is not None and not latent_actions:
-        raise ConfigError("--latent-action-codes: only used with --latent-actions")
-    lat_flags: dict[str, Any] = dict(enabled=latent_actions, codes=latent_action_codes, ignore_actions=no_actions)
+    for flag, value in (("--latent-action-codes", latent_action_codes), ("--latent-action-history", latent_action_history)):
+        if value is not None and not latent_actions:
+            raise ConfigError(f"{flag}: only used with --latent-actions")
+    lat_flags: dict[str, Any] = dict(enabled=latent_actions, codes=latent_action_codes, history=latent_action_history,
+                                     ignore_actions=no_actions)
     wrong = [f"--{k.replace('_', '-')}" for k in TOKENIZER_ONLY if k in given]
     if wrong:
         raise ConfigError(f"{', '.join(wrong)}: only used by --stage tokenizer (the dynamics stage reads --latents)")
@@ -402,7 +408,7 @@ DYNAMICS_ONLY = (
     "latents", "seq_len", "stride", "alternating", "seq_len_short", "seq_len_long", "batch_size_short",
     "batch_size_long", "long_ratio", "shortcut", "k_max", "step_sampling", "bootstrap_fraction", "bootstrap_warmup",
     "ema_teacher", "single_image_fraction", "context_fraction", "grad_checkpointing", "latent_actions",
-    "latent_action_codes", "no_actions",
+    "latent_action_codes", "latent_action_history", "no_actions",
 )
 TOKENIZER_ONLY = ("data", "videos", "size", "fit", "tokens", "channels", "mask_max", "val_videos", "split", "fps")
 

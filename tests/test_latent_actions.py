@@ -512,6 +512,8 @@ def test_cli_flags(lam_world, tmp_path):
     assert code in (0, None) and (tmp_path / "r.mp4").is_file()
     code = main(["--workspace", str(ws.root), "-q", "train", "--latent-action-codes", "8", "--max-steps", "1"])
     assert code == 2  # codes without --latent-actions
+    code = main(["--workspace", str(ws.root), "-q", "train", "--latent-action-history", "2", "--max-steps", "1"])
+    assert code == 2  # history without --latent-actions
     code = main(["--workspace", str(ws.root), "-q", "train", "--stage", "action-map", "--run", str(run)])
     assert code in (0, None) and (run / "action_map.json").is_file()
 
