@@ -147,7 +147,7 @@ def measure(work: Path, lam_run: str, base_run: str, context: int, horizon: int,
     acts_tr, acts_te = [v.actions for v in lset.train], [v.actions for v in lset.val]
     tr, te = pair_counts(codes_tr, acts_tr, K, A), pair_counts(codes_te, acts_te, K, A)
     probe = probe_accuracy(tr, te)
-    moves = movement_groups(lset.action_meanings)
+    moves = movement_groups(lset.action_meanings) if len(lset.action_meanings) == A else None
     if moves is not None:  # reported beside the goal's probe, never in its place
         groups, names = moves
         merge = torch.zeros(len(names), A, dtype=torch.long)

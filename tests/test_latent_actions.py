@@ -362,13 +362,16 @@ def test_a_run_from_before_token_mixing_resumes_with_its_own_head(tmp_path):
     meta_path = tmp_path / "old" / "run.json"
     meta = json.loads(meta_path.read_text())
     del meta["settings"]["latent_actions"]["forward_mixing"]
+    del meta["settings"]["latent_actions"]["history"]  # nor had it a history setting: its encoder reads none
     meta_path.write_text(json.dumps(meta))
     more = half.model_copy(update={"resume": True, "max_steps": 5})
-    r = train_dynamics(data, tmp_path / "old", more, dset, diff, latent_actions=_lam_settings())
+    r = train_dynamics(data, tmp_path / "old", more, dset, diff, latent_actions=_lam_settings(history=2))
     assert r.step == 5
     model, info = load_world_dynamics(r.weights)
     assert info["latent_actions"]["head_mixing"] == 0 and not hasattr(model.action_model, "head_mix")
+    assert info["latent_actions"]["history"] == 0
     assert json.loads(meta_path.read_text())["settings"]["latent_actions"]["forward_mixing"] == 0
+    assert json.loads(meta_path.read_text())["settings"]["latent_actions"]["history"] == 0
     fresh = train_dynamics(data, tmp_path / "new", half, dset, diff, latent_actions=_lam_settings())
     assert load_world_dynamics(fresh.weights)[1]["latent_actions"]["head_mixing"] == 4
 
@@ -407,6 +410,7 @@ def test_pair_counts_probe_and_map_are_exact():
     # lag 1 pairs the code of frame t with the action of frame t - 1
     assert pair_counts(codes, acts, 3, 3, lag=1).tolist() == [[1, 0, 1], [1, 1, 0], [0, 0, 1]]
     assert pair_counts(codes, acts, 3, 3, lag=-1).tolist() == [[1, 0, 0], [1, 0, 0], [0, 1, 0]]
+    assert int(pair_counts(codes, acts, 3, 3, lag=7).sum()) == 0  # a lag longer than the video: no pairs
     assert parse_action_tokens("1, right,-1", 3, m["names"]) == [1, 2, -1]
     with pytest.raises(ConfigError, match="out of range"):
         parse_action_tokens("3", 3)

@@ -157,8 +157,8 @@ class LatentActionModel(nn.Module):
     ``token_width`` channels (per token, PITFALLS 21); the frame's tokens are then joined and an MLP maps
     them to ``dims`` numbers, which FSQ bounds and rounds. With ``history`` h > 0 each token also reads the
     h changes before that, z[t-1] - z[t-2], ..., z[t-h] - z[t-h-1], so the encoder can tell a change the
-    player caused from one that merely continues (momentum); a frame before the video's first counts as the
-    first (no change).
+    player caused from one that merely continues (momentum). A frame before the first of the latents given
+    (a video's, or in training a window's) counts as that first frame: no change.
     """
 
     def __init__(self, cfg: LatentActionConfig) -> None:
@@ -222,12 +222,12 @@ class LatentActionModel(nn.Module):
         ``older``: (..., history, N, C) latents of frames t - 2, t - 3, ... (None: as if the video began at
         t - 1)."""
         feats = [prev, cur, cur - prev]
-        h = self.config.history
-        if h:
+        back = self.config.history
+        if back:
             if older is None:
-                older = prev.unsqueeze(-3).expand(*prev.shape[:-2], h, *prev.shape[-2:])
-            if older.shape[-3] != h:
-                raise DataError(f"this latent action model reads {h} older frames, got {older.shape[-3]}")
+                older = prev.unsqueeze(-3).expand(*prev.shape[:-2], back, *prev.shape[-2:])
+            if older.shape[-3] != back:
+                raise DataError(f"this latent action model reads {back} older frames, got {older.shape[-3]}")
             chain = torch.cat([prev.unsqueeze(-3), older], dim=-3)  # t-1, t-2, ..., t-1-h
             feats.append(rearrange(chain[..., :-1, :, :] - chain[..., 1:, :, :], "... h n c -> ... n (h c)"))
         x = torch.cat(feats, dim=-1).float()
@@ -423,8 +423,8 @@ def pair_counts(codes: list[torch.Tensor], actions: list[torch.Tensor], code_cou
     action scores best at a positive lag)."""
     m = torch.zeros(action_count, code_count, dtype=torch.long)
     for c, a in zip(codes, actions, strict=True):
-        n = min(len(c), len(a))
-        c, a = c[max(lag, 0) : n + min(lag, 0)], a[max(-lag, 0) : n - max(lag, 0)]
+        k = max(min(len(c), len(a)) - abs(lag), 0)  # pairs left once shifted (none when the lag outruns the video)
+        c, a = c[max(lag, 0) :][:k], a[max(-lag, 0) :][:k]
         ok = (c >= 0) & (a >= 0)
         m.view(-1).index_add_(0, a[ok].long() * code_count + c[ok].long(), torch.ones(int(ok.sum()), dtype=torch.long))
     return m
