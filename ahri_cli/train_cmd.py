@@ -296,7 +296,7 @@ def train(
     ] = None,
     latent_action_history: Annotated[
         int | None, typer.Option("--latent-action-history", metavar="N", help="Frames before t - 1 whose changes the "
-                                 "latent-action encoder also reads (with --latent-actions): 0 to 4. \\[default: 0]")
+                                 "latent-action encoder also reads (with --latent-actions): 0 to 4. \\[default: 2]")
     ] = None,
     no_actions: Annotated[
         bool | None, typer.Option("--no-actions", help="Ignore the latent set's real actions (train as if from video alone).")

@@ -444,7 +444,7 @@ class LatentActionSettings(Section):
         4, description="token-mixing groups in the forward head: 0 (each token from itself alone), 1, 2, 4, 8 or 16"
     )
     history: int = Field(
-        0, ge=0, le=4, description="frames before t - 1 whose changes the encoder also reads (0 to 4; 0: t - 1 and t only)"
+        2, ge=0, le=4, description="frames before t - 1 whose changes the encoder also reads (0 to 4; 0: t - 1 and t only)"
     )
 
     @field_validator("codes")

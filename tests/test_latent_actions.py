@@ -358,7 +358,7 @@ def test_a_run_from_before_token_mixing_resumes_with_its_own_head(tmp_path):
     with today's defaults (4 groups) they keep their head, and run.json records the head they have."""
     data = make_latent_set([clip(0), clip(1)], [clip(100)], action_count=3)
     half, dset, diff = tiny_settings(max_steps=3, checkpoint_every=3)
-    train_dynamics(data, tmp_path / "old", half, dset, diff, latent_actions=_lam_settings(forward_mixing=0))
+    train_dynamics(data, tmp_path / "old", half, dset, diff, latent_actions=_lam_settings(forward_mixing=0, history=0))
     meta_path = tmp_path / "old" / "run.json"
     meta = json.loads(meta_path.read_text())
     del meta["settings"]["latent_actions"]["forward_mixing"]
