@@ -105,7 +105,7 @@ def test_encoder_shapes_first_frame_is_no_action_and_at_most_k_distinct_actions(
 @pytest.mark.parametrize("history", [0, 2])
 def test_the_encoder_reads_exactly_its_history_of_frames(history):
     """The code of frame t depends on frames t - 1 - history .. t and on no other; before a window's first frame
-    the first frame stands in (no change), so a window cut short gives what encode_pairs gives without ``older``."""
+    the first frame stands in (no change), so a window cut short gives what encode_pre gives without ``older``."""
     torch.manual_seed(0)
     m = LatentActionModel(latent_action_config(8, 4, 3, history=history))
     x = torch.randn(2, 10, 4, 3)
@@ -115,7 +115,7 @@ def test_the_encoder_reads_exactly_its_history_of_frames(history):
     changed = (m.forward_pre(y)[1] - base).abs().amax(dim=(0, 2)) > 1e-6
     frames = [t for t in range(1, 10) if changed[t - 1]]
     assert frames == list(range(4, 4 + history + 2)), frames
-    # frame 1 of a window: its older frames are frame 0, as encode_pairs assumes when given none
+    # frame 1 of a window: its older frames are frame 0, as encode_pre assumes when given none
     assert torch.allclose(m.forward_pre(x)[1][:, 0], m.encode_pre(x[:, 0], x[:, 1]), atol=1e-6)
     if history:
         with pytest.raises(Exception, match="reads 2 older frames"):

@@ -204,8 +204,8 @@ class LatentActionModel(nn.Module):
         prev, cur = x[:, :-1], x[:, 1:]
         change = cur - prev
         if pairs is None:
-            pre = self.forward_pre(x)[1]
-            pairs = self.bound(pre)
+            a, pre = self.forward_pre(x)
+            pairs = a[:, 1:]
         pred = self.predict_change(prev, pairs)
         loss = (pred - change).pow(2).mean() / change.pow(2).mean().detach().clamp_min(1e-8)
         return loss if pre is None else loss + self.range_loss(pre)
@@ -238,9 +238,9 @@ class LatentActionModel(nn.Module):
         """The encoder's values -> latent actions: FSQ (quantised) or tanh (continuous)."""
         return self.fsq(pre) if self.config.quantize else torch.tanh(pre)
 
-    def encode_pairs(self, prev: torch.Tensor, cur: torch.Tensor, older: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_pairs(self, prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
         """(..., N, C) latents of frames t - 1 and t -> (..., dims) latent action (quantised unless disabled)."""
-        return self.bound(self.encode_pre(prev, cur, older))
+        return self.bound(self.encode_pre(prev, cur))
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, T, N, C) clean latents -> (B, T, dims) latent actions; frame 0 (no frame before it) is NaN."""
