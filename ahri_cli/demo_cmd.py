@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ahri_core.settings import load
+from ahri_core.config.settings import load
 
 from .common import (
     STATE,

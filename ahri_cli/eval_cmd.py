@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from ahri_core.config.settings import SamplingSettings, load
 from ahri_core.errors import ConfigError
-from ahri_core.settings import SamplingSettings, load
 
 from .common import (
     STATE,
@@ -206,8 +206,8 @@ def eval_(
 
     Example:  ahri eval dynamics-20250101-120000 --steps 4 --steps 64 --clips 16
     """
-    from ahri_core.evaluation import evaluate
-    from ahri_core.rollout import latest_dynamics_run, load_world_model
+    from ahri_core.eval.evaluate import evaluate
+    from ahri_core.inference.world import latest_dynamics_run, load_world_model
     from ahri_core.runtime import resolve_device
 
     flags = dict(

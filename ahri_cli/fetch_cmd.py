@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ahri_core.config.settings import FetchSettings, load
 from ahri_core.errors import ConfigError, FetchError
-from ahri_core.settings import FetchSettings, load
 
 from .common import STATE, RichProgress, console, escape, existing_path, next_step, out
 

@@ -87,7 +87,7 @@ def _global(
     STATE.verbose = verbose
     STATE.quiet = quiet or common.other_rank()
     if config is not None:
-        from ahri_core.settings import check_config_file
+        from ahri_core.config.settings import check_config_file
 
         if not config.is_file():
             raise ConfigError(f"config file {config} does not exist (--config)")

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from ahri_core.config.settings import SamplingSettings, load
 from ahri_core.errors import ConfigError
-from ahri_core.settings import SamplingSettings, load
 
 from .common import (
     STATE,
@@ -64,7 +64,8 @@ def play(
 
     Example:  ahri play RUN --port 7860
     """
-    from ahri_core.play import (
+    from ahri_core.inference.world import load_world_model
+    from ahri_core.play.server import (
         PlayServer,
         is_local_host,
         play_threads,
@@ -72,7 +73,6 @@ def play(
         start_from_clip,
         start_from_run,
     )
-    from ahri_core.rollout import load_world_model
     from ahri_core.runtime import resolve_device
 
     require_server_library()

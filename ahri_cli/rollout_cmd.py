@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
+from ahri_core.config.settings import SamplingSettings, load
 from ahri_core.errors import ConfigError
-from ahri_core.settings import SamplingSettings, load
 
 from .common import (
     STATE,
@@ -64,7 +64,7 @@ def rollout(
 
     Example:  ahri rollout clip.mp4 --steps 4 --horizon 32
     """
-    from ahri_core.rollout import load_world_model, rollout_clip
+    from ahri_core.inference.world import load_world_model, rollout_clip
     from ahri_core.runtime import resolve_device
 
     flags = dict(steps=[steps] if steps is not None else None, context=context, horizon=horizon, tau_ctx=tau_ctx, seed=seed)

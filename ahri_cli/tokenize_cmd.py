@@ -84,7 +84,7 @@ def tokenize(
         return
 
     from ahri_core.data.frames import find_videos
-    from ahri_core.tokenize import tokenize_videos
+    from ahri_core.data.tokenize import tokenize_videos
 
     root = existing_path(data, "--data", "video folder") if data is not None else ws.videos
     if not root.exists():
@@ -147,8 +147,8 @@ def _decode(
 ) -> None:
     from ahri_core.data.frames import to_uint8
     from ahri_core.data.latents import read_latent_file
+    from ahri_core.data.tokenize import load_decoder
     from ahri_core.models.tokenizer import decode_latents
-    from ahri_core.tokenize import load_decoder
     from ahri_core.video import write_video
 
     if not path.is_file():

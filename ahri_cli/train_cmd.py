@@ -10,8 +10,14 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from ahri_core.config.settings import (
+    DataSettings,
+    DiffusionSettings,
+    LatentActionSettings,
+    TrainSettings,
+    load,
+)
 from ahri_core.errors import ConfigError
-from ahri_core.settings import DataSettings, DiffusionSettings, LatentActionSettings, TrainSettings, load
 from ahri_core.workspace import read_run_meta, run_status
 
 from .common import (
@@ -312,7 +318,7 @@ def train(
     code = launch_nproc(nproc)
     if code is not None:
         raise typer.Exit(code)
-    from ahri_core import distributed
+    from ahri_core.train import distributed
 
     distributed.setup(device or "auto")  # joins the process group under torchrun; else nothing
     train_flags: dict[str, Any] = dict(

@@ -18,10 +18,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from .errors import ConfigError, DataError
-from .fileio import write_json_atomic
-from .progress import Progress, ensure
-from .settings import (
+from .config.settings import (
     DataSettings,
     DiffusionSettings,
     FetchSettings,
@@ -31,6 +28,9 @@ from .settings import (
     TrainSettings,
     is_power_of_two,
 )
+from .errors import ConfigError, DataError
+from .fileio import write_json_atomic
+from .progress import Progress, ensure
 from .workspace import Workspace
 
 MIN_TRAIN_SECONDS = 5  # the least a training stage gets, even when the budget is already spent
@@ -170,7 +170,7 @@ def estimate_sampling_seconds(s: DemoSettings, config, trials: int = 5, cache_di
 def _tokenize(tokenizer_run: Path, videos: list, out_root: Path, val_fraction: float, progress: Progress,
               precision: str = "auto") -> Path:
     """Tokenize ``videos`` with the tokenizer stage's library function; returns the latent set directory."""
-    from .tokenize import tokenize_videos
+    from .data.tokenize import tokenize_videos
 
     res = tokenize_videos(tokenizer_run, videos, out_root, val_fraction=val_fraction, progress=progress,
                           precision=precision)
@@ -186,8 +186,8 @@ def run_demo(
 ) -> DemoResult:
     """Run every stage inside ``settings.minutes``; returns the summary (also written as JSON)."""
     from .data.windows import load_latent_set
-    from .evaluation import evaluate
-    from .rollout import load_world_model, rollout_clip
+    from .eval.evaluate import evaluate
+    from .inference.world import load_world_model, rollout_clip
     from .sources import record_game
     from .sources.store import list_videos
     from .train.dynamics import train_dynamics

@@ -5,7 +5,7 @@ Works in a game workspace that ``bench_atari.py`` made (its tokenizer ``runs/tok
 ``cpu``, ``--alternating --long-ratio 0.1``, seed 0, the library's defaults otherwise); for each width in
 ``--dims`` one more run at ``--size-minutes``. A finished run of the same name is reused, and so is
 bench_atari's own ``runs/dyn`` for the budget it was trained with. Every run is then scored by
-``ahri_core.evaluation.evaluate`` on the same held-out windows (seed 0): PSNR by horizon for 4 sampling steps
+``ahri_core.eval.evaluate.evaluate`` on the same held-out windows (seed 0): PSNR by horizon for 4 sampling steps
 against copy-last and the tokenizer ceiling, and the teacher-forced next-frame probe.
 
 Runs one after another on every core (the budgets are wall-clock minutes, so nothing else should run).
@@ -50,7 +50,7 @@ def check_reusable(run: Path, minutes: float, dim: int | None, seed: int) -> Non
 
 
 def train_run(run: Path, latents: Path, minutes: float, dim: int | None, seed: int) -> None:
-    from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings
+    from ahri_core.config.settings import DataSettings, DiffusionSettings, TrainSettings
     from ahri_core.train.dynamics import train_dynamics
 
     if finished(run) is None:  # new, or stopped part way (then continued with the same budget)
@@ -63,10 +63,10 @@ def train_run(run: Path, latents: Path, minutes: float, dim: int | None, seed: i
 
 
 def score(ws, run: Path, args: argparse.Namespace) -> dict:
-    from ahri_core.evaluation import evaluate
+    from ahri_core.config.settings import SamplingSettings
+    from ahri_core.eval.evaluate import evaluate
+    from ahri_core.inference.world import load_world_model
     from ahri_core.models.dynamics import param_count
-    from ahri_core.rollout import load_world_model
-    from ahri_core.settings import SamplingSettings
 
     world = load_world_model(run, ws, tokenizer=str(Path(args.game_work) / "runs" / "tok"))
     s = SamplingSettings(steps=[4], horizon=args.horizon, clips=args.clips, seed=0)

@@ -2,7 +2,7 @@
 
 Each arm trains a dynamics model for ``--max-steps`` optimizer steps (equal steps, not equal minutes, so a
 machine shared with other work does not decide the outcome; the seconds are reported too) with the preset's
-defaults plus the arm's overrides, then ``ahri_core.evaluation.evaluate`` scores it on the same held-out clips
+defaults plus the arm's overrides, then ``ahri_core.eval.evaluate.evaluate`` scores it on the same held-out clips
 (seed fixed): PSNR per horizon for 1 and 4 sampling steps against copy-last and the tokenizer ceiling, and
 the probes (teacher-forced next-frame latent MSE against copy-last and the mean latent; context sensitivity).
 
@@ -30,9 +30,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def run_arm(name: str, spec: dict, args: argparse.Namespace) -> dict:
-    from ahri_core.evaluation import evaluate
-    from ahri_core.rollout import load_world_model
-    from ahri_core.settings import DataSettings, DiffusionSettings, SamplingSettings, TrainSettings
+    from ahri_core.config.settings import DataSettings, DiffusionSettings, SamplingSettings, TrainSettings
+    from ahri_core.eval.evaluate import evaluate
+    from ahri_core.inference.world import load_world_model
     from ahri_core.train.dynamics import train_dynamics
     from ahri_core.workspace import Workspace
 

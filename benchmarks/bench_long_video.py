@@ -5,7 +5,7 @@ and resized one by one and encoded in batches, so the peak resident set should s
 and must not grow with the video's length. For each length a synthetic h264 video is generated once (a scrolling gradient and a moving
 rectangle, x264 ultrafast, crf 28; kept under ``--work`` for reruns), then two fresh subprocesses measure:
 - decode: iterate ``ahri_core.video.iter_frames`` at 20 fps, letterboxed to ``--decode-size``;
-- tokenize: ``ahri_core.tokenize.tokenize_videos`` (what ``ahri tokenize`` runs: latents are written to
+- tokenize: ``ahri_core.data.tokenize.tokenize_videos`` (what ``ahri tokenize`` runs: latents are written to
   their file as they are made) with a freshly built (untrained: the speed and memory do not depend on the
   weights) tokenizer of ``--preset`` at the shape the preset gives a 16:9 source (48x80 for ``cpu``).
 Each records frames per second (frames produced at 20 fps, and source frames at 30 fps) and the peak
@@ -124,8 +124,8 @@ def child(spec: dict) -> dict:
     else:
         from ahri_core.checkpoint import save_weights
         from ahri_core.data.latents import read_latent_metadata
+        from ahri_core.data.tokenize import tokenize_videos
         from ahri_core.models.tokenizer import build_tokenizer, preset_shape
-        from ahri_core.tokenize import tokenize_videos
 
         torch.manual_seed(0)
         size = spec.get("tokenizer_size") or preset_shape(spec["preset"], WIDTH / HEIGHT)

@@ -36,9 +36,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ahri_core.inference.sampler import ModelTraits, Sampler
+from ahri_core.inference.world import WorldModel
 from ahri_core.models.dynamics import build_dynamics
 from ahri_core.models.tokenizer import build_tokenizer
-from ahri_core.play import (
+from ahri_core.play.server import (
     Frame,
     PlayServer,
     PlaySession,
@@ -47,9 +49,7 @@ from ahri_core.play import (
     parse_frame_message,
     play_threads,
 )
-from ahri_core.rollout import WorldModel
 from ahri_core.runtime import apply_threads, cpu_name
-from ahri_core.sampler import ModelTraits, Sampler
 from ahri_core.sources.game import ACTION_MEANINGS
 from ahri_core.visual import to_uint8
 

@@ -1,6 +1,6 @@
 """Sampling speed: 64 vs 4 denoising steps, per-frame cost with and without the KV cache, eval/rollout frames/s.
 
-Everything runs the one sampler (``ahri_core.sampler``) on a dynamics model of the given preset with random
+Everything runs the one sampler (``ahri_core.inference.sampler``) on a dynamics model of the given preset with random
 weights (speed does not depend on the weights) and latents of 16 x 32 values per frame
 (16 model tokens: the cpu tokenizer's 64 x 12 latents run packed as 16 x 48 under the cpu dynamics preset).
 
@@ -32,10 +32,10 @@ from pathlib import Path
 
 import torch
 
+from ahri_core.inference.sampler import ModelTraits, Sampler
 from ahri_core.models.dynamics import build_dynamics
 from ahri_core.models.tokenizer import build_tokenizer, tokenizer_config
 from ahri_core.runtime import choose_precision
-from ahri_core.sampler import ModelTraits, Sampler
 
 _TOK = tokenizer_config("cpu")
 TOKENS, CHANNELS = _TOK.tokens, _TOK.channels  # the cpu tokenizer's latents

@@ -59,7 +59,7 @@ def time_decode(path: Path, fps: float, size: int, repeats: int) -> float:
 def time_tokenize(path: Path, weights_dir: Path, out: Path, batch: int, device: str, precision: str, repeats: int) -> tuple[float, int]:
     import shutil
 
-    from ahri_core.tokenize import tokenize_videos
+    from ahri_core.data.tokenize import tokenize_videos
 
     best, n = float("inf"), 0
     for _ in range(repeats):

@@ -15,7 +15,7 @@ The parts, in order (each part's wall time is in the JSON under "seconds"):
    with shortcut bootstrap targets (the teacher's two extra forward passes on the bootstrap items are in the
    time), backward, gradient clipping, AdamW and, where the preset trains with one, the EMA update. bf16
    autocast on CUDA; on a CPU the precision ``auto`` picks. A batch that does not fit is halved until it does.
-3. rollout: the KV-cached sampler (``ahri_core.sampler``, as ``benchmarks/bench_sampling.py`` uses it), the same
+3. rollout: the KV-cached sampler (``ahri_core.inference.sampler``, as ``benchmarks/bench_sampling.py`` uses it), the same
    rollout at 4 and at 64 denoising steps per frame (the ratio: ideal 16, and 65 / 5 = 13 with the one commit
    call per frame), and the cost of one new frame (4 steps + its commit) with 8 and with 64 frames of context.
 4. memory: the peak of one training step (as in 2.) at each T in ``--lengths``, batch 1, with gradient
@@ -63,12 +63,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ahri_core.config.settings import DiffusionSettings, TrainSettings
 from ahri_core.diffusion import forcing_loss, sample_noise_levels
+from ahri_core.inference.sampler import ModelTraits, Sampler
 from ahri_core.models.dynamics import PRESETS, DynamicsModel, build_dynamics, dynamics_config, param_count
 from ahri_core.models.tokenizer import tokenizer_config
 from ahri_core.runtime import autocast, choose_precision, cpu_name, process_memory, resolve_device
-from ahri_core.sampler import ModelTraits, Sampler
-from ahri_core.settings import DiffusionSettings, TrainSettings
 from ahri_core.train.common import EMA, PRESET_TRAINING, RunningRMS, make_adamw
 
 RESULTS = Path(__file__).resolve().parent / "results"

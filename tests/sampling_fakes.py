@@ -152,12 +152,12 @@ def make_world(root, videos: int = 4, frames: int = 40, size: int = 32, train_st
     from pathlib import Path
 
     from ahri_core.checkpoint import save_weights
+    from ahri_core.config.settings import DataSettings, DiffusionSettings, TrainSettings
+    from ahri_core.data.tokenize import tokenize_videos
     from ahri_core.fileio import write_json_atomic
     from ahri_core.models.tokenizer import build_tokenizer
-    from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings
     from ahri_core.sources import record_game
     from ahri_core.sources.store import list_videos
-    from ahri_core.tokenize import tokenize_videos
     from ahri_core.train.dynamics import train_dynamics
     from ahri_core.workspace import Workspace
 

@@ -243,10 +243,10 @@ def test_a_square_run_of_the_one_number_era_resumes(tmp_path, capsys):
 def test_a_wide_latent_set_packs_blocks_of_its_token_grid(tmp_path):
     """16:9 at the cpu budget is 6 x 10 tokens: the dynamics model packs 2 x 2 blocks of them, never the end of
     one row with the start of the next (the plain runs of 4 would)."""
+    from ahri_core.config.settings import DataSettings, DiffusionSettings, TrainSettings
     from ahri_core.data.latents import LatentStore, write_index, write_latent_file
     from ahri_core.data.windows import load_latent_set
     from ahri_core.models.tokenizer import tokenizer_config
-    from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings
     from ahri_core.train.dynamics import model_config_for
 
     cfg = tokenizer_config("cpu", size=(48, 80))

@@ -9,9 +9,9 @@ import pytest
 from ahri_cli.main import main
 from ahri_core.checkpoint import read_metadata
 from ahri_core.data.frames import SplitRule, split_videos
+from ahri_core.data.tokenize import tokenize_videos
 from ahri_core.errors import ConfigError
 from ahri_core.sources.store import list_videos
-from ahri_core.tokenize import tokenize_videos
 from tests.tokenizer_fixtures import make_store, tokenizer_workspace
 
 IDS = ["match-0412", "match-0419", "match-0501", "scrim-01"]

@@ -7,8 +7,8 @@ import os
 import pytest
 
 from ahri_cli.main import main
+from ahri_core.config.settings import FetchSettings, check_config_file, config_problems, known_sections, load
 from ahri_core.errors import ConfigError
-from ahri_core.settings import FetchSettings, check_config_file, config_problems, known_sections, load
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ahri_core.settings import (
+from ahri_core.config.settings import (
     DataSettings,
     DiffusionSettings,
     SamplingSettings,

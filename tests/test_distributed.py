@@ -16,10 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ahri_core import distributed
+from ahri_core.data.tokenize import assign_videos
 from ahri_core.data.windows import LatentVideo, WindowBatchSampler
 from ahri_core.errors import ConfigError
-from ahri_core.tokenize import assign_videos
+from ahri_core.train import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

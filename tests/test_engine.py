@@ -12,9 +12,9 @@ from tokenizer_fixtures import make_store, tiny_train
 
 from ahri_core import runtime
 from ahri_core.checkpoint import CheckpointError, load_weights, save_weights
+from ahri_core.config.settings import DataSettings, DiffusionSettings, TrainSettings
 from ahri_core.data.windows import LatentVideo, make_latent_set
 from ahri_core.errors import ConfigError, DataError
-from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings
 from ahri_core.train.loop import DivergedError
 from ahri_core.train.tokenizer import TokenizerSettings, train_tokenizer
 
@@ -337,8 +337,8 @@ def test_non_finite_weights_are_refused_without_a_run(tmp_path):
 
 def test_a_tokenizer_with_non_finite_output_is_refused_at_the_first_batch(tmp_path, videos):
     """Weights that load (finite) but make NaN latents: tokenize stops at once, naming the file, writes nothing."""
+    from ahri_core.data.tokenize import tokenize_videos
     from ahri_core.models.tokenizer import load_tokenizer
-    from ahri_core.tokenize import tokenize_videos
 
     root, recs = videos
     train_tokenizer(tmp_path / "runs" / "tok", recs, tiny_train(max_steps=2), cache_dir=root / "cache")

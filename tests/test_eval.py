@@ -11,8 +11,9 @@ import torch
 from sampling_fakes import held_out, make_world
 
 from ahri_cli.main import main
-from ahri_core.evaluation import evaluate, select_clips
-from ahri_core.metrics import (
+from ahri_core.config.settings import SamplingSettings
+from ahri_core.eval.evaluate import evaluate, select_clips
+from ahri_core.eval.metrics import (
     image_metrics,
     mse_per_image,
     psnr_average_over,
@@ -22,8 +23,7 @@ from ahri_core.metrics import (
     summarize,
     t95,
 )
-from ahri_core.rollout import load_world_model
-from ahri_core.settings import SamplingSettings
+from ahri_core.inference.world import load_world_model
 from ahri_core.video import probe, read_frames
 from ahri_core.visual import to_float
 

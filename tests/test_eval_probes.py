@@ -10,7 +10,8 @@ import torch
 from sampling_fakes import ContextMeanModel, CopyLastModel, GaussianDenoiser, make_world
 
 from ahri_cli.main import main
-from ahri_core.evaluation import (
+from ahri_core.config.settings import SamplingSettings
+from ahri_core.eval.evaluate import (
     context_probe,
     evaluate,
     mean_latent,
@@ -19,9 +20,8 @@ from ahri_core.evaluation import (
     sensitivity,
     teacher_forced_next,
 )
-from ahri_core.rollout import load_world_model
-from ahri_core.sampler import Sampler, traits_of
-from ahri_core.settings import SamplingSettings
+from ahri_core.inference.sampler import Sampler, traits_of
+from ahri_core.inference.world import load_world_model
 
 
 def _clips(n=6, frames=7, tokens=3, ch=4, seed=0):

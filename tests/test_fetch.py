@@ -13,10 +13,10 @@ import time
 import pytest
 
 from ahri_cli.main import main
+from ahri_core.config.settings import FetchSettings
 from ahri_core.errors import FetchError
 from ahri_core.fileio import sha256_file
 from ahri_core.progress import RecordingProgress
-from ahri_core.settings import FetchSettings
 from ahri_core.sources import list_videos, youtube
 from ahri_core.sources.store import ARCHIVE, STAGING
 from tests.video_fixtures import serve, small_clip

@@ -12,12 +12,12 @@ from ahri_cli.main import main
 from ahri_core.checkpoint import save_weights
 from ahri_core.data.frames import VideoRef, default_decoder, load_frame_data, resample_actions
 from ahri_core.data.latents import LatentStore, read_latent_file
+from ahri_core.data.tokenize import tokenize_videos
 from ahri_core.data.windows import load_latent_set
 from ahri_core.errors import DataError
 from ahri_core.models.tokenizer import build_tokenizer
 from ahri_core.sources.game import ACTION_MEANINGS, render_clip
 from ahri_core.sources.store import list_videos, store_frames
-from ahri_core.tokenize import tokenize_videos
 from ahri_core.video import capped_fps, read_frames, resampled_count, same_rate, source_indices
 from tests.video_fixtures import decode_index, encode, index_frame
 
@@ -168,7 +168,7 @@ def test_tokenizer_training_reads_each_video_at_most_at_its_own_rate(tmp_path):
 def test_rollout_reads_clip_actions_at_the_models_rate(tmp_path):
     """A 20 fps clip with actions, rolled out by a model trained at 10 fps: its actions are carried over by the
     discrete rule (the action in force at each kept frame), not dropped."""
-    from ahri_core.rollout import load_clip_actions
+    from ahri_core.inference.world import load_clip_actions
 
     rec = _game_clip(tmp_path / "videos", "fast", 20, frames=16)
     path = next((tmp_path / "videos").glob("fast*.mp4"))

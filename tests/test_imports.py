@@ -104,21 +104,23 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_ahri_core_has_no_import_cycle():
     graph = import_graph(ROOT, "ahri_core")
-    assert len(graph) > 20 and "ahri_core.evaluation" in graph and "ahri_core.sources.game.render" in graph
+    assert len(graph) > 20 and "ahri_core.eval.evaluate" in graph and "ahri_core.sources.game.render" in graph
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_evaluation_and_rollout_share_metrics_and_pictures_not_each_other():
-    graph = import_graph(ROOT, "ahri_core")
-    for a, b in (("evaluation", "rollout"), ("rollout", "evaluation")):
-        assert f"ahri_core.{b}" not in graph[f"ahri_core.{a}"]
-        assert {"ahri_core.metrics", "ahri_core.visual"} <= graph[f"ahri_core.{a}"]
-    # the old homes still give the moved names
-    from ahri_core import evaluation, metrics, rollout, visual
+def test_inference_never_imports_evaluation():
+    """Layers: eval scores what inference makes; inference (world model, sampler) never needs eval's code.
 
-    assert evaluation.psnr_per_image is metrics.psnr_per_image and evaluation.plot_curves is visual.plot_curves
-    assert rollout.grid_video is visual.grid_video and rollout.to_float is visual.to_float
+    Both draw frames and scores from the shared picture and metric modules."""
+    graph = import_graph(ROOT, "ahri_core")
+    inference = [m for m in graph if m.startswith("ahri_core.inference")]
+    assert {"ahri_core.inference.world", "ahri_core.inference.sampler"} <= set(inference)
+    for m in inference:
+        bad = {t for t in graph[m] if t.startswith("ahri_core.eval") and t != "ahri_core.eval.metrics"}
+        assert not bad, f"{m} imports {bad}"
+    assert {"ahri_core.eval.metrics", "ahri_core.visual"} <= graph["ahri_core.eval.evaluate"]
+    assert {"ahri_core.eval.metrics", "ahri_core.visual"} <= graph["ahri_core.inference.world"]
 
 
 def _write(root: Path, files: dict[str, str]) -> Path:

@@ -17,6 +17,7 @@ from sampling_fakes import held_out, make_world  # noqa: E402
 from test_train_dynamics import clip, tiny_settings  # noqa: E402
 
 from ahri_core.checkpoint import read_metadata  # noqa: E402
+from ahri_core.config.settings import DataSettings, DiffusionSettings, LatentActionSettings  # noqa: E402
 from ahri_core.data.windows import make_latent_set  # noqa: E402
 from ahri_core.diffusion import forcing_loss, sample_noise_levels  # noqa: E402
 from ahri_core.errors import CheckpointError, ConfigError  # noqa: E402
@@ -36,7 +37,6 @@ from ahri_core.models.latent_actions import (  # noqa: E402
     probe_accuracy,
     video_codes,
 )
-from ahri_core.settings import DataSettings, DiffusionSettings, LatentActionSettings  # noqa: E402
 from ahri_core.train.dynamics import train_dynamics  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- FSQ
@@ -443,7 +443,7 @@ def test_action_map_prefers_the_code_that_means_the_action_over_the_busiest_one(
 def lam_world(tmp_path_factory):
     ws, lat_dir, _ = make_world(tmp_path_factory.mktemp("lamws"), videos=4)
     run = ws.run_dir("dyn-lam")
-    from ahri_core.settings import TrainSettings
+    from ahri_core.config.settings import TrainSettings
 
     train_dynamics(
         lat_dir, run,
@@ -456,7 +456,7 @@ def lam_world(tmp_path_factory):
 
 
 def test_action_map_rollout_with_codes_names_and_another_clip(lam_world, tmp_path):
-    from ahri_core.rollout import load_world_model, rollout_clip
+    from ahri_core.inference.world import load_world_model, rollout_clip
 
     ws, lat_dir, run = lam_world
     res = fit_action_map(run, label_share=0.5)
@@ -484,9 +484,9 @@ def test_action_map_rollout_with_codes_names_and_another_clip(lam_world, tmp_pat
 
 
 def test_eval_of_a_latent_action_run_reports_controllability(lam_world, tmp_path):
-    from ahri_core.evaluation import evaluate
-    from ahri_core.rollout import load_world_model
-    from ahri_core.settings import SamplingSettings
+    from ahri_core.config.settings import SamplingSettings
+    from ahri_core.eval.evaluate import evaluate
+    from ahri_core.inference.world import load_world_model
 
     ws, lat_dir, run = lam_world
     wm = load_world_model(run, ws)

@@ -19,7 +19,7 @@ FRAME_BYTES = TOKENS * CHANNELS * 2
 TRAIN = r"""
 import json, sys
 from ahri_core.runtime import process_memory
-from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings
+from ahri_core.config.settings import DataSettings, DiffusionSettings, TrainSettings
 from ahri_core.train.dynamics import train_dynamics
 
 before = process_memory().get("VmHWM", 0)

@@ -121,7 +121,7 @@ def test_make_loader_iterates_a_mapped_set(tmp_path: Path):
 
 
 def test_training_is_bit_identical_mapped_or_in_memory(tmp_path: Path):
-    from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings
+    from ahri_core.config.settings import DataSettings, DiffusionSettings, TrainSettings
     from ahri_core.train.dynamics import train_dynamics
 
     d = write_set(tmp_path / "set", [24, 20, 16])

@@ -21,7 +21,8 @@ from sampling_fakes import make_world
 
 from ahri_cli.main import main
 from ahri_core.errors import CheckpointError, ConfigError, DataError
-from ahri_core.play import (
+from ahri_core.inference.world import load_world_model
+from ahri_core.play.server import (
     MAX_IN_FLIGHT,
     ActionSpace,
     LiveDream,
@@ -34,7 +35,6 @@ from ahri_core.play import (
     start_from_clip,
     start_from_run,
 )
-from ahri_core.rollout import load_world_model
 from ahri_core.video import probe, read_frames
 from ahri_core.visual import HEADER
 
@@ -143,9 +143,9 @@ def test_a_latent_action_run_is_steered_through_its_code_book(world):
     its number key, and the model is given the code's vector."""
     from dataclasses import fields
 
+    from ahri_core.inference.sampler import ModelTraits
+    from ahri_core.inference.world import WorldModel
     from ahri_core.models.dynamics import build_dynamics
-    from ahri_core.rollout import WorldModel
-    from ahri_core.sampler import ModelTraits
 
     ws, _, _, wm, start = world
     book = _CodeBook()

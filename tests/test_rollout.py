@@ -10,7 +10,7 @@ from sampling_fakes import held_out, make_world
 
 from ahri_cli.main import main
 from ahri_core.errors import ConfigError, DataError
-from ahri_core.rollout import latest_dynamics_run, load_world_model, rollout_clip
+from ahri_core.inference.world import latest_dynamics_run, load_world_model, rollout_clip
 from ahri_core.video import probe, read_frames, write_video
 from ahri_core.visual import HEADER, Column, grid_video
 from ahri_core.workspace import Workspace
@@ -190,9 +190,9 @@ def test_a_dynamics_model_with_non_finite_output_is_refused_naming_its_file(worl
     before anything is decoded or written."""
     import torch
 
+    from ahri_core.config.settings import SamplingSettings
     from ahri_core.errors import CheckpointError
-    from ahri_core.evaluation import evaluate
-    from ahri_core.settings import SamplingSettings
+    from ahri_core.eval.evaluate import evaluate
 
     ws, lat_dir, run = world
     wm = load_world_model(run, ws)

@@ -7,7 +7,7 @@ import torch
 from sampling_fakes import GaussianDenoiser, OracleModel, TinyCausal
 
 from ahri_core.errors import ConfigError
-from ahri_core.sampler import ModelTraits, Sampler, check_steps, rollout, tau_grid, traits_of
+from ahri_core.inference.sampler import ModelTraits, Sampler, check_steps, rollout, tau_grid, traits_of
 
 B, T_TOTAL, N, C = 2, 12, 5, 8
 
@@ -300,9 +300,9 @@ def test_more_steps_are_not_worse_than_fewer_on_a_trained_model(tmp_path):
     samples, and those must not get worse as the steps get finer. Re-noising with the initial noise instead
     of the implied noise (PITFALLS 3) makes 8 steps about twice as bad as 2 on this model and fails here.
     """
+    from ahri_core.config.settings import DataSettings, DiffusionSettings, TrainSettings
     from ahri_core.data.windows import LatentVideo, make_latent_set
     from ahri_core.models.dynamics import load_dynamics_run as load_dynamics
-    from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings
     from ahri_core.train.dynamics import train_dynamics
 
     train = [LatentVideo(f"t{i}", _flipping_video(i).half()) for i in range(16)]

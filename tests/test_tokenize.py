@@ -14,10 +14,10 @@ from ahri_cli.main import main
 from ahri_core.checkpoint import save_weights
 from ahri_core.data.frames import split_videos
 from ahri_core.data.latents import LatentStore
+from ahri_core.data.tokenize import resolve_tokenizer, tokenize_videos
 from ahri_core.errors import ConfigError, DataError
 from ahri_core.models.tokenizer import build_tokenizer, decode_latents, load_tokenizer
 from ahri_core.sources.store import list_videos
-from ahri_core.tokenize import resolve_tokenizer, tokenize_videos
 from tests.tokenizer_fixtures import frames_of, make_store, tokenizer_workspace
 
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from ahri_core.config.settings import DataSettings, DiffusionSettings, TrainSettings
 from ahri_core.data.windows import LatentVideo, make_latent_set
 from ahri_core.errors import CheckpointError, ConfigError
 from ahri_core.fileio import read_jsonl
 from ahri_core.models.dynamics import load_dynamics_run as load_dynamics
 from ahri_core.progress import RecordingProgress
-from ahri_core.settings import DataSettings, DiffusionSettings, TrainSettings
 from ahri_core.train.dynamics import train_dynamics
 
 
@@ -74,7 +74,7 @@ def test_validation_reports_memorising_of_the_training_clip(tmp_path: Path):
 
 
 def test_memorising_gap_arithmetic():
-    from ahri_core.metrics import memorising_gap
+    from ahri_core.eval.metrics import memorising_gap
 
     assert memorising_gap(0.5, 1.0, 0.1, 1.0) == pytest.approx(5.0)
     assert memorising_gap(0.2, 0.4, 0.1, 0.2) == pytest.approx(1.0)  # both halve copy-last's error
@@ -110,7 +110,7 @@ def test_metrics_run_info_and_load(tmp_path: Path):
     assert info["latents"]["tokens"] == 4 and not model.training
     assert model.config.action_kind == "discrete" and model.config.action_count == 3
     # the weights file alone rebuilds the model, and the sampler reads its traits from info
-    from ahri_core.sampler import traits_of
+    from ahri_core.inference.sampler import traits_of
 
     t = traits_of(model, info)
     assert t.shortcut and t.k_max == 16 and t.max_frames == 16
@@ -154,7 +154,7 @@ KILL_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     torch.set_num_threads({threads})
     from test_train_dynamics import lset, tiny_settings
-    from ahri_core.settings import DiffusionSettings
+    from ahri_core.config.settings import DiffusionSettings
     from ahri_core.train.dynamics import train_dynamics
     train, dset, _ = tiny_settings(max_steps=14, checkpoint_every=4, val_every=5, ema=0.9)
     diff = DiffusionSettings(shortcut=True, k_max=8)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ahri_core.settings import TrainSettings
+from ahri_core.config.settings import TrainSettings
 from ahri_core.sources.game import ACTION_MEANINGS, GAME_FPS, render_clip
 from ahri_core.sources.store import list_videos, store_frames
 

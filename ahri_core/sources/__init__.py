@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..config.settings import FetchSettings
 from ..errors import VideoError
 from ..progress import Progress, ensure
-from ..settings import FetchSettings
 from .store import (
     FetchResult,
     VideoRecord,

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config.settings import FetchSettings
 from ..errors import FetchError, VideoError
 from ..progress import Progress, ensure
-from ..settings import FetchSettings
 from ..video import resize_frames
 from .store import FetchResult, content_hash, existing, rebuild_manifest, safe_id, store_frames
 

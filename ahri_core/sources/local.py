@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..config.settings import FetchSettings
 from ..errors import DataError, FetchError, VideoError
 from ..fileio import sha256_file
 from ..progress import Progress, ensure
-from ..settings import FetchSettings
 from ..video import VIDEO_EXTENSIONS, check_video
 from .store import FetchResult, existing, load_actions, read_sidecar, rebuild_manifest, store_file, unique_id
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..config.settings import FetchSettings
 from ..errors import FetchError, VideoError
 from ..progress import Progress, ensure
-from ..settings import FetchSettings
 from ..video import check_video
 from .store import ARCHIVE, STAGING, FetchResult, rebuild_manifest, store_file, unique_id
 

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import distributed
 from ..errors import ConfigError
 from ..fileio import append_jsonl, write_json_atomic
 from ..workspace import read_run_meta
+from . import distributed
 
 # ---------------------------------------------------------------------------------------------- presets
 # Training defaults per stage and preset, used for any TrainSettings field that was not set explicitly

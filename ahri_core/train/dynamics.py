@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from .. import distributed
 from ..checkpoint import config_mismatch
+from ..config.settings import DataSettings, DiffusionSettings, LatentActionSettings, TrainSettings
 from ..data.windows import (
     LatentSet,
     LatentVideo,
@@ -41,8 +41,8 @@ from ..data.windows import (
 )
 from ..diffusion import add_noise, forcing_loss, sample_noise_levels
 from ..errors import CheckpointError, ConfigError, DataError
+from ..eval.metrics import memorising_gap
 from ..fileio import read_jsonl
-from ..metrics import memorising_gap
 from ..models.dynamics import KIND, DynamicsConfig, DynamicsModel, dynamics_config, param_count
 from ..models.dynamics import describe as describe_dynamics
 from ..models.latent_actions import KIND as LAM_KIND
@@ -54,7 +54,7 @@ from ..models.latent_actions import (
 )
 from ..progress import Progress, ensure
 from ..runtime import autocast, resolve_device
-from ..settings import DataSettings, DiffusionSettings, LatentActionSettings, TrainSettings
+from . import distributed
 from .common import (
     RunDir,
     RunningRMS,

@@ -35,13 +35,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import distributed
 from ..checkpoint import save_state, save_weights
+from ..config.settings import TrainSettings
 from ..errors import AhriError, CheckpointError
 from ..fileio import read_jsonl, write_text_atomic
 from ..progress import Progress, ensure
 from ..runtime import PrecisionChoice, choose_precision, threads_in_use
-from ..settings import TrainSettings
+from . import distributed
 from .common import EMA, Budget, RunDir, StopRequest, lr_factor, make_adamw, rng_state, set_lr, set_rng_state
 
 STATE_VERSION = 2

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from .. import distributed
 from ..checkpoint import read_metadata
+from ..config.settings import Section, TrainSettings
 from ..data.frames import (
     FrameSampler,
     FrameSet,
@@ -40,8 +40,8 @@ from ..data.frames import (
     to_uint8,
 )
 from ..errors import ConfigError
+from ..eval.metrics import psnr_per_image as psnr  # per-frame dB, prediction clipped to [0, 1]
 from ..fileio import atomic_path
-from ..metrics import psnr_per_image as psnr  # per-frame dB, prediction clipped to [0, 1]
 from ..models.tokenizer import (
     KIND,
     Tokenizer,
@@ -53,7 +53,7 @@ from ..models.tokenizer import (
 )
 from ..progress import Progress, ensure
 from ..runtime import autocast, resolve_device
-from ..settings import Section, TrainSettings
+from . import distributed
 from .common import (
     RunDir,
     RunningRMS,

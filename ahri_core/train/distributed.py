@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as tdist
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 T = TypeVar("T")
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")

@@ -34,11 +34,11 @@ from typing import Any
 
 import torch
 
-from .diffusion import add_noise, euler_step
-from .errors import ConfigError
-from .progress import Progress, ensure
-from .runtime import autocast
-from .settings import is_power_of_two
+from ..config.settings import is_power_of_two
+from ..diffusion import add_noise, euler_step
+from ..errors import ConfigError
+from ..progress import Progress, ensure
+from ..runtime import autocast
 
 
 @dataclass(frozen=True)

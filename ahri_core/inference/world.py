@@ -1,7 +1,7 @@
 """``ahri rollout``: dream the continuation of any video clip, and the pieces eval shares with it.
 
 - :class:`WorldModel` bundles what sampling from a trained run needs: the dynamics model and its
-  :class:`~ahri_core.sampler.ModelTraits`, the tokenizer that made its latents, the frame rate and size.
+  :class:`~ahri_core.inference.sampler.ModelTraits`, the tokenizer that made its latents, the frame rate and size.
   :func:`load_world_model` builds it from a run directory (or the latest finished dynamics run).
 - :func:`rollout_clip` reads a video at the model's fps and size, encodes the first ``context`` frames,
   predicts ``horizon`` frames with the sampler, decodes them and writes an mp4 in which predicted frames
@@ -12,7 +12,7 @@
   which and why. The tokenizer encodes and decodes in fp32.
 
 Frame pictures (grids, error frames, conversions) live in :mod:`ahri_core.visual`, the metrics in
-:mod:`ahri_core.metrics`; this module and :mod:`ahri_core.evaluation` both use them and never each other.
+:mod:`ahri_core.eval.metrics`; this module and :mod:`ahri_core.eval.evaluate` both use them and never each other.
 """
 
 from __future__ import annotations
@@ -27,12 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import CheckpointError, ConfigError, DataError
-from .metrics import psnr_per_image
-from .progress import Progress, ensure
-from .runtime import PrecisionChoice
-from .sampler import ModelTraits, Sampler, traits_of
-from .visual import (
+from ..errors import CheckpointError, ConfigError, DataError
+from ..eval.metrics import psnr_per_image
+from ..progress import Progress, ensure
+from ..runtime import PrecisionChoice
+from ..visual import (
     CTX_COLOR,
     HEADER,
     PRED_COLOR,
@@ -43,7 +42,8 @@ from .visual import (
     to_float,
     to_uint8,
 )
-from .workspace import Workspace, read_run_meta, run_status
+from ..workspace import Workspace, read_run_meta, run_status
+from .sampler import ModelTraits, Sampler, traits_of
 
 __all__ = [
     "RolloutReport",
@@ -109,14 +109,14 @@ class WorldModel:
         rollout context latents match the latents the dynamics model was trained on; here in fp32 (tokenize
         may have run in bf16, which changes the latents by bf16 rounding only).
         """
-        from .models.tokenizer import encode_frames
+        from ..models.tokenizer import encode_frames
 
         out = [encode_frames(self.tokenizer, frames[i : i + batch], self.device) for i in range(0, len(frames), batch)]
         return torch.cat(out) if out else torch.zeros(0)
 
     def decode(self, latents: torch.Tensor, batch: int = 64) -> torch.Tensor:
         """Latents (..., N, C) -> frames (..., 3, H, W) in [0, 1], decoded in float32 for the metrics."""
-        from .models.tokenizer import decode_latents
+        from ..models.tokenizer import decode_latents
 
         lead = latents.shape[:-2]
         flat = latents.reshape(-1, *latents.shape[-2:]).float()
@@ -124,7 +124,7 @@ class WorldModel:
         return x.reshape(*lead, *x.shape[1:])
 
     def sampler(self, steps: int, tau_ctx: float, cache: bool = True, precision: str = "fp32") -> Sampler:
-        """A :class:`~ahri_core.sampler.Sampler` of this model in a resolved precision ("bf16" or "fp32")."""
+        """A :class:`~ahri_core.inference.sampler.Sampler` of this model in a resolved precision ("bf16" or "fp32")."""
         if precision == "auto":
             raise ConfigError("precision 'auto' must be resolved first (WorldModel.choose_precision)")
         return Sampler(self.dynamics, self.traits, steps=steps, tau_ctx=tau_ctx, cache=cache, precision=precision)
@@ -150,7 +150,7 @@ class WorldModel:
         ``runtime.autocast``, inside ``torch.inference_mode()``. The result is cached in
         ``<cache_dir>/precision.json`` per machine and per :meth:`precision_key`.
         """
-        from . import runtime
+        from .. import runtime
 
         dev = self.device
         cfg = self.dynamics.config
@@ -191,7 +191,7 @@ class WorldModel:
     @torch.no_grad()
     def infer_codes(self, latents: torch.Tensor) -> torch.Tensor:
         """Latent codes of a clip's latents (T, N, C) -> (T,) int64, frame 0 = -1 (latent-action runs)."""
-        from .models.latent_actions import video_codes
+        from ..models.latent_actions import video_codes
 
         if self.latent_actions is None:
             raise ConfigError(f"run {self.name} has no latent actions (train with ahri train --latent-actions)")
@@ -262,7 +262,7 @@ def _tokenizer_candidates(info: dict[str, Any], workspace: Workspace) -> list[Pa
 
 def _load_tokenizer_file(path: Path, device: torch.device) -> torch.nn.Module:
     """A tokenizer from a run directory (its inference weights: EMA when present) or a weights file."""
-    from .models.tokenizer import load_tokenizer, weights_for_inference
+    from ..models.tokenizer import load_tokenizer, weights_for_inference
 
     w = weights_for_inference(path) if path.is_dir() else path
     tok, _ = load_tokenizer(w, device=device)
@@ -276,7 +276,7 @@ def load_world_model(
     device: str | torch.device = "cpu",
 ) -> WorldModel:
     """Load a dynamics run (path or name; None = the latest finished one) and the tokenizer it was trained on."""
-    from .models.latent_actions import load_world_dynamics
+    from ..models.latent_actions import load_world_dynamics
 
     ws = workspace or Workspace.resolve()
     run_dir = resolve_run(run, ws)
@@ -346,7 +346,7 @@ def load_clip_actions(video: Path, fps: float, count: int | None = None) -> np.n
     if not side.is_file():
         return None
     try:
-        from .sources.store import load_record
+        from ..sources.store import load_record
 
         rec = load_record(side)
     except Exception:  # noqa: BLE001 - a foreign or damaged sidecar simply means "no actions"
@@ -356,8 +356,8 @@ def load_clip_actions(video: Path, fps: float, count: int | None = None) -> np.n
     acts = np.asarray(rec.actions)
     if not rec.fps or abs(rec.fps - fps) <= 1e-3 * fps:
         return acts
-    from .data.frames import resample_actions
-    from .video import resampled_count
+    from ..data.frames import resample_actions
+    from ..video import resampled_count
 
     n = count if count is not None else resampled_count(len(acts), rec.fps, fps)
     return resample_actions(acts, rec.fps, fps, n)
@@ -395,7 +395,7 @@ def rollout_clip(
     :meth:`WorldModel.choose_precision`, cached in the cache of ``workspace`` or of the world's workspace),
     "bf16" or "fp32"; the report records the precision used and why.
     """
-    from .video import read_frames, write_video
+    from ..video import read_frames, write_video
 
     prog = ensure(progress)
     clip = Path(clip)
@@ -405,7 +405,7 @@ def rollout_clip(
         raise DataError(f"clip {clip} does not exist")
     world.sampler(steps, tau_ctx)  # refuses impossible steps or tau_ctx before any timing or decoding
     t_all = time.perf_counter()
-    from .video import capped_fps, content_box, probe
+    from ..video import capped_fps, content_box, probe
 
     try:
         info = probe(clip, count=False)
@@ -483,7 +483,7 @@ def rollout_clip(
 
 def _rollout_actions(world, clip, frames, ctx_lat, context, horizon, rate, actions, future, codes_from, prog):
     """The (1, context + horizon, ...) actions of a rollout, the future ones as a list, and their source."""
-    from .video import read_frames
+    from ..video import read_frames
 
     total = context + horizon
     if future is not None and codes_from is not None:

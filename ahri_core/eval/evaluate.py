@@ -3,7 +3,7 @@
 For every evaluation clip (a window of ``context + horizon`` frames from a *validation* video of the latent
 store, PITFALLS 14) and every horizon step h = 1..H:
 
-* prediction: the sampler (:mod:`ahri_core.sampler`) rolls the dynamics model out from the true context
+* prediction: the sampler (:mod:`ahri_core.inference.sampler`) rolls the dynamics model out from the true context
   latents; the predicted latents are decoded by the run's tokenizer and compared with the real frame;
 * copy-last-frame baseline: the last real context frame compared with the real frame h steps later
   ("nothing moves", PITFALLS 13);
@@ -18,8 +18,8 @@ kept as ``psnr_clip_mean``). Latent MSE (prediction vs true latents) is reported
 video file is gone the decoded true latents stand in and the report says so. Only the clips' frames are
 decoded and kept (:func:`read_clip_frames`), so memory does not grow with the length of the videos.
 
-The metrics come from :mod:`ahri_core.metrics`, the plot and the sample videos from :mod:`ahri_core.visual`
-(shared with :mod:`ahri_core.rollout`; this module does not import that one). The dynamics model samples in
+The metrics come from :mod:`ahri_core.eval.metrics`, the plot and the sample videos from :mod:`ahri_core.visual`
+(shared with :mod:`ahri_core.inference.world`; this module does not import that one). The dynamics model samples in
 the precision ``auto`` resolves to (the world model's ``choose_precision``), recorded in ``metrics.json``.
 """
 
@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..progress import Progress
+from ..visual import Column, crop_box, error_frames, grid_video, plot_curves, to_float, to_uint8
 from .metrics import (
     average_over,
     image_metrics,
@@ -47,8 +49,6 @@ from .metrics import (
     summarize,
     t95,
 )
-from .progress import Progress
-from .visual import Column, crop_box, error_frames, grid_video, plot_curves, to_float, to_uint8
 
 __all__ = [
     "ClipRef",
@@ -61,7 +61,7 @@ __all__ = [
     "evaluate",
     "select_clips",
     "read_clip_frames",
-    # metrics live in ahri_core.metrics and the plot in ahri_core.visual; the names stay importable here
+    # metrics live in ahri_core.eval.metrics and the plot in ahri_core.visual; the names stay importable here
     "average_over",
     "image_metrics",
     "mse_per_image",
@@ -296,8 +296,8 @@ def teacher_forced_next(
     per-horizon latent MSEs (numpy (n, H)): ``model``, ``copy_last`` (frame t - 1 as the guess) and, with
     ``mean`` (N, Ch), ``mean_latent`` (that one latent as the guess for every frame).
     """
-    from .diffusion import add_noise
-    from .runtime import autocast
+    from ..diffusion import add_noise
+    from ..runtime import autocast
 
     x_all = latents.float()
     n, total = x_all.shape[:2]
@@ -429,7 +429,7 @@ def clip_content_box(refs: list[ClipRef], latent_dir: Path, world) -> tuple[int,
     """(top, left, height, width) of the tokenizer's frames that shows the picture of the clips' videos (the
     ``content_box`` their latent set records), for scoring and videos; the whole frame when it is not
     recorded or when the clips' videos differ."""
-    from .data.latents import LatentStore
+    from ..data.latents import LatentStore
 
     whole = (0, 0, *world.size)
     store = LatentStore(latent_dir)
@@ -459,8 +459,8 @@ def read_clip_frames(
     scored frames, never a whole video, and decoding stops after the last clip of the video. None: the
     video file is not found, or it has fewer frames than the clip needs.
     """
-    from .progress import ensure
-    from .video import read_ranges
+    from ..progress import ensure
+    from ..video import read_ranges
 
     prog = ensure(progress)
     by_video: dict[str, list[int]] = {}
@@ -493,10 +493,10 @@ def evaluate(
     split: str = "val",
     probes: bool = True,
 ) -> EvalReport:
-    """Evaluate a :class:`~ahri_core.rollout.WorldModel` on held-out videos; see the module docstring.
+    """Evaluate a :class:`~ahri_core.inference.world.WorldModel` on held-out videos; see the module docstring.
 
     ``latents``: the latent set (default: the one the run was trained on); only its validation split is
-    used. ``settings``: :class:`~ahri_core.settings.SamplingSettings` (steps, context, horizon, tau_ctx,
+    used. ``settings``: :class:`~ahri_core.config.settings.SamplingSettings` (steps, context, horizon, tau_ctx,
     clips, seed, batch_size). ``precision``: of the dynamics model while sampling, "auto" (default: resolved
     by :func:`ahri_core.runtime.choose_precision` for this model and batch shape, measured once per machine
     and cached in the workspace's cache), "bf16" or "fp32"; the tokenizer decodes in fp32 for the metrics.
@@ -506,13 +506,13 @@ def evaluate(
     the two; never a substitute for held-out numbers). ``probes``: also run the context probes
     (:func:`context_probe` with the first step count, :func:`teacher_forced_next`), stored under ``probes``.
     """
-    from .data.windows import load_latent_set
-    from .errors import DataError
-    from .fileio import write_json_atomic
-    from .progress import ensure
-    from .sampler import check_steps
-    from .settings import SamplingSettings
-    from .video import write_video
+    from ..config.settings import SamplingSettings
+    from ..data.windows import load_latent_set
+    from ..errors import DataError
+    from ..fileio import write_json_atomic
+    from ..inference.sampler import check_steps
+    from ..progress import ensure
+    from ..video import write_video
 
     s = settings or SamplingSettings()
     prog = ensure(progress)

@@ -27,8 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import distributed
-from .data.frames import (
+from ..errors import AhriError, CheckpointError, ConfigError
+from ..fileio import sha256_file
+from ..models.tokenizer import Tokenizer, encode_frames, load_tokenizer, weights_for_inference
+from ..progress import Progress, ensure
+from ..runtime import autocast, choose_precision, resolve_device
+from ..train import distributed
+from ..video import content_box, resampled_count, same_rate
+from ..workspace import read_run_meta
+from .frames import (
     Decoder,
     SplitRule,
     VideoRef,
@@ -37,14 +44,7 @@ from .data.frames import (
     default_decoder,
     resample_actions,
 )
-from .data.latents import INDEX_FORMAT, LatentFileWriter, read_latent_metadata, write_index
-from .errors import AhriError, CheckpointError, ConfigError
-from .fileio import sha256_file
-from .models.tokenizer import Tokenizer, encode_frames, load_tokenizer, weights_for_inference
-from .progress import Progress, ensure
-from .runtime import autocast, choose_precision, resolve_device
-from .video import content_box, resampled_count, same_rate
-from .workspace import read_run_meta
+from .latents import INDEX_FORMAT, LatentFileWriter, read_latent_metadata, write_index
 
 
 # ---------------------------------------------------------------------------------------------- resolve

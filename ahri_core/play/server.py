@@ -3,7 +3,7 @@
 - :class:`ActionSpace`: the run's own actions, their meanings and which held keys choose which action.
 - :func:`start_from_clip` / :func:`start_from_run`: the real frames a session starts from (a clip, or the
   first frames of a held-out video of the run's latent set).
-- :class:`LiveDream`: the sampler of :mod:`ahri_core.sampler` one frame at a time, the action of each frame
+- :class:`LiveDream`: the sampler of :mod:`ahri_core.inference.sampler` one frame at a time, the action of each frame
   chosen when it is made (KV cache, sliding window, context corruption: the sampler's own pieces, so a live
   session with the same actions and seed makes exactly the frames of :meth:`Sampler.rollout`).
 - :class:`PlaySession`: one page's dream: a worker thread that makes frames at the model's frame rate (or as
@@ -42,10 +42,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import AhriError, ConfigError, DataError
-from .rollout import WorldModel, load_clip_actions
-from .sampler import Stream
-from .visual import Column, crop_box, grid_video, to_uint8
+from ..errors import AhriError, ConfigError, DataError
+from ..inference.sampler import Stream
+from ..inference.world import WorldModel, load_clip_actions
+from ..visual import Column, crop_box, grid_video, to_uint8
 
 __all__ = [
     "ActionSpace",
@@ -272,7 +272,7 @@ def _clip_actions(world: WorldModel, actions: Any, count: int, where: str,
 def start_from_clip(world: WorldModel, clip: str | os.PathLike, context: int) -> Start:
     """The first ``context`` frames of a video, read at the model's rate and size (as ``ahri rollout``
     reads them), their latents and the actions of the clip's sidecar when it has one."""
-    from .video import capped_fps, content_box, probe, read_frames
+    from ..video import capped_fps, content_box, probe, read_frames
 
     clip = Path(clip)
     if context < 1:
@@ -300,7 +300,7 @@ def start_from_clip(world: WorldModel, clip: str | os.PathLike, context: int) ->
 def start_from_run(world: WorldModel, context: int) -> Start:
     """The first ``context`` frames of the first held-out video of the run's latent set: read from its video
     when the workspace still holds it, else decoded from the stored latents."""
-    from .data.latents import LatentStore
+    from ..data.latents import LatentStore
 
     if context < 1:
         raise ConfigError(f"--context {context}: must be at least 1")
@@ -335,7 +335,7 @@ def start_from_run(world: WorldModel, context: int) -> Start:
 
 
 class LiveDream:
-    """:class:`~ahri_core.sampler.Sampler` one frame at a time, each frame's action given when it is made.
+    """:class:`~ahri_core.inference.sampler.Sampler` one frame at a time, each frame's action given when it is made.
 
     The same steps as the sampler's cached rollout, in the same order and with the same noise: the context
     is corrupted and committed to the KV cache (frames older than the model's window are skipped), then each
@@ -467,7 +467,7 @@ class Recorder:
             yield grid_video([col], scale=self.scale, status=[status])[0]
 
     def _write(self) -> None:
-        from .video import write_video
+        from ..video import write_video
 
         try:
             write_video(self.path, self._compose(), self.fps)
@@ -740,7 +740,7 @@ class PlaySession:
 
 # ---------------------------------------------------------------------------------------------- server
 
-STATIC = {  # the only files served: name -> (file in play_static, content type)
+STATIC = {  # the only files served: name -> (file in play/static, content type)
     "/": ("index.html", "text/html; charset=utf-8"),
     "/play.js": ("play.js", "text/javascript; charset=utf-8"),
     "/play.css": ("play.css", "text/css; charset=utf-8"),
@@ -762,7 +762,7 @@ def play_threads() -> int:
     the server and the page. At batch 1 a second thread barely speeds the model up (the cpu preset: 10.0 vs
     10.6 ms a frame), while it takes the core the server and the browser run on: on 2 idle cores play
     reached 25 frames/s end to end with two threads and 55 with one (docs/benchmarks.md, "Play")."""
-    from .runtime import default_threads
+    from ..runtime import default_threads
 
     return max(1, default_threads() - 1)
 
@@ -788,7 +788,7 @@ def require_server_library() -> None:
 def _static_text(name: str) -> bytes:
     from importlib import resources
 
-    return (resources.files("ahri_core") / "play_static" / name).read_bytes()
+    return (resources.files("ahri_core.play") / "static" / name).read_bytes()
 
 
 def frame_message(frame: Frame, stats: dict[str, Any]) -> bytes:
