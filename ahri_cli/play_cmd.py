@@ -65,14 +65,8 @@ def play(
     Example:  ahri play RUN --port 7860
     """
     from ahri_core.inference.world import load_world_model
-    from ahri_core.play.server import (
-        PlayServer,
-        is_local_host,
-        play_threads,
-        require_server_library,
-        start_from_clip,
-        start_from_run,
-    )
+    from ahri_core.play.server import PlayServer, is_local_host, play_threads, require_server_library
+    from ahri_core.play.start import start_from_clip, start_from_run
     from ahri_core.runtime import resolve_device
 
     require_server_library()

@@ -40,15 +40,11 @@ from ahri_core.inference.sampler import ModelTraits, Sampler
 from ahri_core.inference.world import WorldModel
 from ahri_core.models.dynamics import build_dynamics
 from ahri_core.models.tokenizer import build_tokenizer
-from ahri_core.play.server import (
-    Frame,
-    PlayServer,
-    PlaySession,
-    Start,
-    frame_message,
-    parse_frame_message,
-    play_threads,
-)
+from ahri_core.play.frames import Frame
+from ahri_core.play.protocol import frame_message, parse_frame_message
+from ahri_core.play.server import PlayServer, play_threads
+from ahri_core.play.session import PlaySession
+from ahri_core.play.start import Start
 from ahri_core.runtime import apply_threads, cpu_name
 from ahri_core.sources.game import ACTION_MEANINGS
 from ahri_core.visual import to_uint8

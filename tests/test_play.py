@@ -22,19 +22,12 @@ from sampling_fakes import make_world
 from ahri_cli.main import main
 from ahri_core.errors import CheckpointError, ConfigError, DataError
 from ahri_core.inference.world import load_world_model
-from ahri_core.play.server import (
-    MAX_IN_FLIGHT,
-    ActionSpace,
-    LiveDream,
-    PlayServer,
-    PlaySession,
-    is_local_host,
-    meaning_parts,
-    parse_frame_message,
-    run_action_meanings,
-    start_from_clip,
-    start_from_run,
-)
+from ahri_core.play.actions import ActionSpace, meaning_parts, run_action_meanings
+from ahri_core.play.dream import LiveDream
+from ahri_core.play.protocol import MAX_IN_FLIGHT, parse_frame_message
+from ahri_core.play.server import PlayServer, is_local_host
+from ahri_core.play.session import PlaySession
+from ahri_core.play.start import start_from_clip, start_from_run
 from ahri_core.video import probe, read_frames
 from ahri_core.visual import HEADER
 

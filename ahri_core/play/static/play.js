@@ -1,5 +1,5 @@
 // The page of `ahri play`: draws the frames the server sends, sends the held keys and the controls.
-// Protocol: see ahri_core/play.py. Frames are raw RGB after a JSON header; each drawn frame is acknowledged,
+// Protocol: see ahri_core/play/protocol.py. Frames are raw RGB after a JSON header; each drawn frame is acknowledged,
 // and the server sends the newest frame when the page is ready, so a slow page skips frames, never lags.
 "use strict";
 (() => {
