@@ -43,8 +43,9 @@ import numpy as np
 import torch
 
 from ..errors import AhriError, ConfigError, DataError
+from ..inference.rollout import load_clip_actions
 from ..inference.sampler import Stream
-from ..inference.world import WorldModel, load_clip_actions
+from ..inference.world import WorldModel
 from ..visual import Column, crop_box, grid_video, to_uint8
 
 __all__ = [
