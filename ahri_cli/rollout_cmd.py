@@ -64,7 +64,8 @@ def rollout(
 
     Example:  ahri rollout clip.mp4 --steps 4 --horizon 32
     """
-    from ahri_core.inference.world import load_world_model, rollout_clip
+    from ahri_core.inference.rollout import rollout_clip
+    from ahri_core.inference.world import load_world_model
     from ahri_core.runtime import resolve_device
 
     flags = dict(steps=[steps] if steps is not None else None, context=context, horizon=horizon, tau_ctx=tau_ctx, seed=seed)

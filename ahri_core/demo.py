@@ -187,7 +187,8 @@ def run_demo(
     """Run every stage inside ``settings.minutes``; returns the summary (also written as JSON)."""
     from .data.windows import load_latent_set
     from .eval.evaluate import evaluate
-    from .inference.world import load_world_model, rollout_clip
+    from .inference.rollout import rollout_clip
+    from .inference.world import load_world_model
     from .sources import record_game
     from .sources.store import list_videos
     from .train.dynamics import train_dynamics

@@ -12,7 +12,8 @@ from sampling_fakes import held_out, make_world
 
 from ahri_cli.main import main
 from ahri_core.config.settings import SamplingSettings
-from ahri_core.eval.evaluate import evaluate, select_clips
+from ahri_core.eval.clips import select_clips
+from ahri_core.eval.evaluate import evaluate
 from ahri_core.eval.metrics import (
     image_metrics,
     mse_per_image,

@@ -11,9 +11,9 @@ from sampling_fakes import ContextMeanModel, CopyLastModel, GaussianDenoiser, ma
 
 from ahri_cli.main import main
 from ahri_core.config.settings import SamplingSettings
-from ahri_core.eval.evaluate import (
+from ahri_core.eval.evaluate import evaluate
+from ahri_core.eval.probes import (
     context_probe,
-    evaluate,
     mean_latent,
     memorisation_probe,
     other_clip,

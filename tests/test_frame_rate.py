@@ -168,7 +168,7 @@ def test_tokenizer_training_reads_each_video_at_most_at_its_own_rate(tmp_path):
 def test_rollout_reads_clip_actions_at_the_models_rate(tmp_path):
     """A 20 fps clip with actions, rolled out by a model trained at 10 fps: its actions are carried over by the
     discrete rule (the action in force at each kept frame), not dropped."""
-    from ahri_core.inference.world import load_clip_actions
+    from ahri_core.inference.rollout import load_clip_actions
 
     rec = _game_clip(tmp_path / "videos", "fast", 20, frames=16)
     path = next((tmp_path / "videos").glob("fast*.mp4"))

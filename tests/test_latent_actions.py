@@ -456,7 +456,8 @@ def lam_world(tmp_path_factory):
 
 
 def test_action_map_rollout_with_codes_names_and_another_clip(lam_world, tmp_path):
-    from ahri_core.inference.world import load_world_model, rollout_clip
+    from ahri_core.inference.rollout import rollout_clip
+    from ahri_core.inference.world import load_world_model
 
     ws, lat_dir, run = lam_world
     res = fit_action_map(run, label_share=0.5)

@@ -10,7 +10,8 @@ from sampling_fakes import held_out, make_world
 
 from ahri_cli.main import main
 from ahri_core.errors import ConfigError, DataError
-from ahri_core.inference.world import latest_dynamics_run, load_world_model, rollout_clip
+from ahri_core.inference.rollout import rollout_clip
+from ahri_core.inference.world import latest_dynamics_run, load_world_model
 from ahri_core.video import probe, read_frames, write_video
 from ahri_core.visual import HEADER, Column, grid_video
 from ahri_core.workspace import Workspace

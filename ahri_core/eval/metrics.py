@@ -1,4 +1,5 @@
-"""Image metrics of [0, 1] RGB frames in pixel space (PITFALLS 15), and their summaries over clips.
+"""Image metrics of [0, 1] RGB frames in pixel space (where models with different tokenizers and the baselines
+compare, which latent errors do not), and their summaries over clips.
 
 - per image: :func:`mse_per_image`, :func:`psnr_per_image` (peak 1), :func:`ssim_per_image` (Wang et al.
   2004), all three at once with :func:`image_metrics`; shapes (..., 3, H, W) -> (...,);

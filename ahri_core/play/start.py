@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from ..inference.world import WorldModel, load_clip_actions
+from ..inference.rollout import load_clip_actions
+from ..inference.world import WorldModel
 from ..visual import crop_box, to_uint8
 
 __all__ = [
