@@ -11,22 +11,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ahri_core.config.settings import load
+from ahri_core.config.base import load
 
-from .common import (
-    STATE,
-    DynamicsPreset,
-    PrecisionChoice,
-    RichProgress,
-    ThreadsOption,
-    TokenizerPreset,
-    console,
-    escape,
-    info,
-    out,
-    run_log,
-    setup_threads,
-)
+from .options import DynamicsPreset, PrecisionChoice, ThreadsOption, TokenizerPreset, setup_threads
+from .output import console, escape, info, out
+from .progress import RichProgress, run_log
+from .state import STATE
 
 
 def demo(
@@ -54,7 +44,8 @@ def demo(
 
     Example:  ahri demo --minutes 15
     """
-    from ahri_core.demo import STAGES, DemoSettings, run_demo
+    from ahri_core.config.settings import DemoSettings
+    from ahri_core.demo import STAGES, run_demo
 
     flags = dict(
         minutes=minutes, clips=clips, seed=seed,

@@ -9,26 +9,24 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ahri_core.config.settings import SamplingSettings, load
+from ahri_core.config.base import load
+from ahri_core.config.settings import SamplingSettings
 from ahri_core.errors import ConfigError
 
-from .common import (
-    STATE,
+from .options import (
     DeviceOption,
     PrecisionChoice,
     PrecisionOption,
-    RichProgress,
     TauCtxOption,
     ThreadsOption,
     TokenizerOption,
-    console,
-    escape,
     existing_path,
-    info,
-    out,
     run_or_path,
     setup_threads,
 )
+from .output import console, escape, info, out
+from .progress import RichProgress
+from .state import STATE
 
 
 def _pm(block: dict[str, Any], i: int, fmt: str = "{:.2f}") -> str:

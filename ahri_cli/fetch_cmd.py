@@ -9,10 +9,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ahri_core.config.settings import FetchSettings, load
+from ahri_core.config.base import load
+from ahri_core.config.settings import FetchSettings
 from ahri_core.errors import ConfigError, FetchError
 
-from .common import STATE, RichProgress, console, escape, existing_path, next_step, out
+from .options import existing_path
+from .output import console, escape, next_step, out
+from .progress import RichProgress
+from .state import STATE
 
 
 class Verify(str, Enum):

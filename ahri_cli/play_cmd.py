@@ -7,23 +7,21 @@ from typing import Annotated, Any
 
 import typer
 
-from ahri_core.config.settings import SamplingSettings, load
+from ahri_core.config.base import load
+from ahri_core.config.settings import SamplingSettings
 from ahri_core.errors import ConfigError
 
-from .common import (
-    STATE,
+from .options import (
     DeviceOption,
     PrecisionChoice,
     PrecisionOption,
     TokenizerOption,
-    escape,
     existing_path,
-    info,
-    out,
     run_or_path,
     setup_threads,
-    warn,
 )
+from .output import escape, info, out, warn
+from .state import STATE
 
 
 def play(

@@ -10,24 +10,19 @@ from rich.table import Table
 
 from ahri_core.errors import ConfigError
 
-from .common import (
-    STATE,
+from .launch import NprocOption, launch_nproc
+from .options import (
     DeviceOption,
-    NprocOption,
     PrecisionChoice,
     PrecisionOption,
-    RichProgress,
     ThreadsOption,
-    console,
-    escape,
     existing_path,
-    info,
-    launch_nproc,
-    next_step,
-    out,
     resolve_precision,
     setup_threads,
 )
+from .output import console, escape, info, next_step, out
+from .progress import RichProgress
+from .state import STATE
 
 
 def tokenize(

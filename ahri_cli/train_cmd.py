@@ -10,36 +10,25 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ahri_core.config.settings import (
-    DataSettings,
-    DiffusionSettings,
-    LatentActionSettings,
-    TrainSettings,
-    load,
-)
+from ahri_core.config.base import load
+from ahri_core.config.settings import DataSettings, DiffusionSettings, LatentActionSettings, TrainSettings
 from ahri_core.errors import ConfigError
 from ahri_core.workspace import read_run_meta, run_status
 
-from .common import (
-    STATE,
+from .launch import NprocOption, launch_nproc
+from .options import (
     DeviceOption,
     DynamicsPreset,
     FitChoice,
-    NprocOption,
     PrecisionChoice,
-    RichProgress,
     ThreadsOption,
     TokenizerPreset,
     check_size,
-    command_line,
-    escape,
-    info,
-    launch_nproc,
-    next_step,
-    out,
-    run_log,
     setup_threads,
 )
+from .output import command_line, escape, info, next_step, out
+from .progress import RichProgress, run_log
+from .state import STATE
 
 INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C or SIGTERM (after its checkpoint)
 Preset = Enum(  # type: ignore[misc]
@@ -455,7 +444,8 @@ def _fit_action_map(run: str | None, latents: Path | None, seed: int | None, giv
 
 
 def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None:
-    from ahri_core.train.tokenizer import TokenizerSettings, summary_lines, train_tokenizer
+    from ahri_core.config.settings import TokenizerSettings
+    from ahri_core.train.tokenizer import summary_lines, train_tokenizer
 
     wrong = [f"--{k.replace('_', '-')}" for k in DYNAMICS_ONLY if k in given]
     if wrong:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import ahri_core
-from ahri_cli import common
+from ahri_cli import options, output
 from ahri_cli.main import main
 
 AHRI = Path(sys.executable).parent / "ahri"
@@ -157,7 +157,7 @@ def test_guarded_stream_stops_writing_after_a_broken_pipe(monkeypatch):
             raise OSError("no descriptor")
 
     monkeypatch.setattr(sys, "stderr", Gone())
-    g = common.GuardedStream("stderr")
+    g = output.GuardedStream("stderr")
     assert g.write("one\n") == 4  # swallowed, reported as written
     g.flush()
     assert g.broken and g.write("two\n") == 4
@@ -200,14 +200,14 @@ def test_error_text_keeps_brackets(tmp_path, capsys):
 
 
 def test_device_values():
-    assert common.check_device("cuda:1") == "cuda:1"
-    assert common.check_device("CPU") == "cpu"
-    assert common.check_device(None) is None
+    assert options.check_device("cuda:1") == "cuda:1"
+    assert options.check_device("CPU") == "cpu"
+    assert options.check_device(None) is None
     import typer
 
     for bad in ("gpu", "cuda:", "cuda:x", ""):
         with pytest.raises(typer.BadParameter):
-            common.check_device(bad)
+            options.check_device(bad)
 
 
 def test_choices_are_listed_in_help():
@@ -224,11 +224,11 @@ def test_choices_are_listed_in_help():
 
 
 def test_preset_enums_come_from_the_model_tables():
-    from ahri_core.models import dynamics, tokenizer
+    from ahri_core.config.presets import DYNAMICS_PRESETS, PRESET_NAMES, TOKENIZER_PRESETS
 
-    assert [p.value for p in common.TokenizerPreset] == list(tokenizer.PRESETS)
-    assert [p.value for p in common.DynamicsPreset] == list(dynamics.PRESETS)
-    assert common._preset_names("ahri_core.models.tokenizer") == list(tokenizer.PRESETS)
+    assert [p.value for p in options.TokenizerPreset] == list(TOKENIZER_PRESETS)
+    assert [p.value for p in options.DynamicsPreset] == list(DYNAMICS_PRESETS)
+    assert list(PRESET_NAMES) == list(TOKENIZER_PRESETS)
 
 
 def test_setup_threads_applies_the_count():
@@ -236,7 +236,7 @@ def test_setup_threads_applies_the_count():
 
     before = torch.get_num_threads()
     try:
-        assert common.setup_threads(1) == 1 and torch.get_num_threads() == 1
+        assert options.setup_threads(1) == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
 

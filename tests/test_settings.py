@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from ahri_cli.main import main
-from ahri_core.config.settings import DiffusionSettings, FetchSettings, SamplingSettings, TrainSettings, load
+from ahri_core.config.base import load
+from ahri_core.config.settings import DiffusionSettings, FetchSettings, SamplingSettings, TrainSettings
 from ahri_core.errors import ConfigError
 
 
