@@ -11,7 +11,15 @@ import typer
 from rich.table import Table
 
 from ahri_core.config.base import load
-from ahri_core.config.settings import DataSettings, DiffusionSettings, LatentActionSettings, TrainSettings
+from ahri_core.config.presets import DYNAMICS_PRESETS
+from ahri_core.config.settings import (
+    MODEL_SHAPE,
+    DataSettings,
+    DiffusionSettings,
+    LatentActionSettings,
+    ModelSettings,
+    TrainSettings,
+)
 from ahri_core.errors import ConfigError
 from ahri_core.workspace import read_run_meta, run_status
 
@@ -296,6 +304,17 @@ def train(
     no_actions: Annotated[
         bool | None, typer.Option("--no-actions", help="Ignore the latent set's real actions (train as if from video alone).")
     ] = None,
+    dim: Annotated[
+        int | None, typer.Option("--dim", metavar="N", help="Dynamics model width (new runs). \\[default: the preset's]")
+    ] = None,
+    depth: Annotated[
+        int | None, typer.Option("--depth", metavar="N", help="Dynamics model blocks, spatial and temporal (new runs). "
+                                 "\\[default: the preset's]")
+    ] = None,
+    heads: Annotated[
+        int | None, typer.Option("--heads", metavar="N", help="Dynamics model attention heads; --dim must be divisible "
+                                 "by them (new runs). \\[default: the preset's]")
+    ] = None,
 ) -> None:
     """Train the dynamics model on tokenized latents (or the tokenizer with --stage tokenizer).
 
@@ -364,6 +383,7 @@ def train(
     dset = load(DataSettings, data_flags, STATE.config)
     fset = load(DiffusionSettings, diff_flags, STATE.config)
     aset = load(LatentActionSettings, lat_flags, STATE.config)
+    mset = load(ModelSettings, dict(dim=dim, depth=depth, heads=heads), STATE.config)
     if not dset.alternating:
         extra = [f"--{k.replace('_', '-')}" for k in ALTERNATING_ONLY if k in given]
         if extra:
@@ -374,10 +394,10 @@ def train(
         raise ConfigError("give a training budget: --max-steps N, --minutes M or --epochs E")
 
     from ahri_core.data.windows import resolve_latents
-    from ahri_core.models.dynamics import PRESETS
 
-    if tset.preset not in PRESETS:
-        raise ConfigError(f"unknown dynamics preset {tset.preset!r} (--preset); accepted: {', '.join(PRESETS)}")
+    if tset.preset not in DYNAMICS_PRESETS:
+        raise ConfigError(f"unknown dynamics preset {tset.preset!r} (--preset); accepted: {', '.join(DYNAMICS_PRESETS)}")
+    shape = _model_shape(mset, tset.preset, read_run_meta(ws.run_dir(name)) if resume else None, name)
 
     if latents is None and resume:
         p = (read_run_meta(ws.run_dir(name)).get("latents") or {}).get("path")
@@ -391,7 +411,8 @@ def train(
     with run_log(run_dir / "log.txt"):
         info(f"[bold]dynamics[/] run [cyan]{escape(name)}[/] on latents {escape(str(lat_path))}")
         with RichProgress() as progress:
-            result = train_dynamics(lat_path, run_dir, tset, dset, fset, progress=progress, latent_actions=aset)
+            result = train_dynamics(lat_path, run_dir, tset, dset, fset, progress=progress, latent_actions=aset,
+                                    model_overrides=shape)
         out.print(_summary(result))
         if result.stopped:
             info(f"stopped by {result.stopped}; continue with: {escape(command_line('train', '--run', name, '--resume'))}")
@@ -399,8 +420,24 @@ def train(
         next_step("eval", name)
 
 
+def _model_shape(mset: ModelSettings, preset: str, meta: dict[str, Any] | None, name: str) -> dict[str, int]:
+    """The dynamics model's dim, depth and heads for the run: a new run's from ``[model]`` (the preset's where
+    unset); a resumed run keeps its own (``meta``: its run.json) and refuses a different one."""
+    if meta is None:
+        mset.shape(preset)  # checks the combination against the preset before any work
+        return mset.overrides()
+    model = meta.get("model") or {}
+    stored = model.get("dynamics", model) if isinstance(model, dict) else {}
+    kept = {k: int(stored[k]) for k in MODEL_SHAPE if isinstance(stored.get(k), int)}
+    for k, v in mset.overrides().items():
+        if k in kept and kept[k] != v:
+            raise ConfigError(f"--{k}: run {name} was made with {k} {kept[k]}, not {v}; "
+                              "a resumed run keeps its model's shape")
+    return kept
+
+
 DYNAMICS_ONLY = (
-    "latents", "seq_len", "stride", "alternating", "seq_len_short", "seq_len_long", "batch_size_short",
+    "latents", "dim", "depth", "heads", "seq_len", "stride", "alternating", "seq_len_short", "seq_len_long", "batch_size_short",
     "batch_size_long", "long_ratio", "shortcut", "k_max", "step_sampling", "bootstrap_fraction", "bootstrap_warmup",
     "ema_teacher", "single_image_fraction", "context_fraction", "grad_checkpointing", "latent_actions",
     "latent_action_codes", "latent_action_history", "no_actions",
