@@ -13,7 +13,14 @@ from rich.table import Table
 
 from ahri_core.config.base import load
 
-from .options import DynamicsPreset, PrecisionChoice, ThreadsOption, TokenizerPreset, setup_threads
+from .options import (
+    DynamicsPreset,
+    PrecisionChoice,
+    ThreadsOption,
+    TokenizerPreset,
+    check_square_size,
+    setup_threads,
+)
 from .output import console, escape, info, out
 from .progress import RichProgress, run_log
 from .state import STATE
@@ -34,7 +41,7 @@ def demo(
     tokenizer_preset: Annotated[TokenizerPreset | None, typer.Option("--tokenizer-preset", hidden=True)] = None,
     dynamics_preset: Annotated[DynamicsPreset | None, typer.Option("--dynamics-preset", hidden=True)] = None,
     frames: Annotated[int | None, typer.Option("--frames", hidden=True)] = None,
-    size: Annotated[int | None, typer.Option("--size", hidden=True)] = None,
+    size: Annotated[str | None, typer.Option("--size", hidden=True, callback=check_square_size)] = None,
     context: Annotated[int | None, typer.Option("--context", hidden=True)] = None,
     horizon: Annotated[int | None, typer.Option("--horizon", hidden=True)] = None,
     eval_clips: Annotated[int | None, typer.Option("--eval-clips", hidden=True)] = None,

@@ -4,6 +4,7 @@ path checks, and the renamed options' old spellings (hidden, with a note)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -68,6 +69,19 @@ def check_size(value: str | None) -> str | None:
     except ConfigError as e:
         raise typer.BadParameter(str(e).removeprefix("--size ")) from None
     return f"{h}x{w}"
+
+
+def check_square_size(value: str | None) -> int | None:
+    """``--size`` of square clips (fetch, demo): one number or NxN, the same spelling as train's HxW."""
+    if value is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", str(value))
+    if not m:
+        raise typer.BadParameter(f"{value!r} is not a frame size; give N or NxN pixels")
+    h, w = int(m[1]), int(m[2] or m[1])
+    if h != w:
+        raise typer.BadParameter(f"{value}: these clips are square; give N or NxN")
+    return h
 
 
 # Shared option types. Commands give the default, e.g. ``device: DeviceOption = "auto"``.
@@ -142,3 +156,44 @@ def run_or_path(value: str | Path | None, flag: str) -> Path | None:
     if q.exists():
         return q
     raise ConfigError(f"{flag} {value}: neither a path nor a run in {STATE.workspace.runs}")
+
+
+# ---------------------------------------------------------------------------------------------- renamed options
+def _given(value: Any) -> bool:
+    return value is not None and value != [] and value is not False
+
+
+def renamed(old: str, new: str) -> Callable[[Any], Any]:
+    """The callback of an option kept under its old spelling (hidden from --help, so old scripts keep working):
+    when it is used, one line on stderr says the new name."""
+
+    def note(value: Any) -> Any:
+        if _given(value):
+            from .output import console
+
+            console.print(f"note: {old} is now {new}", markup=False, highlight=False, soft_wrap=True)
+        return value
+
+    return note
+
+
+def either(new: Any, old: Any, new_flag: str, old_flag: str) -> Any:
+    """The value of a renamed option: the new spelling's, else the old one's; both with different values is a
+    settings error."""
+    if not _given(old):
+        return new
+    if _given(new) and new != old:
+        raise ConfigError(f"{old_flag} is the old name of {new_flag}; give {new_flag} only")
+    return old
+
+
+def run_argument(positional: str | None, option: str | None) -> str | None:
+    """A run named as the positional RUN or with ``--run`` (both: they must agree)."""
+    if positional is not None and option is not None and positional != option:
+        raise ConfigError(f"two runs given: RUN {positional} and --run {option}; give one")
+    return positional if positional is not None else option
+
+
+RunOption = Annotated[
+    str | None, typer.Option("--run", help="Dynamics run (the same as RUN).", show_default=False)
+]

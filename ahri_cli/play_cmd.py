@@ -15,8 +15,10 @@ from .options import (
     DeviceOption,
     PrecisionChoice,
     PrecisionOption,
+    RunOption,
     TokenizerOption,
     existing_path,
+    run_argument,
     run_or_path,
     setup_threads,
 )
@@ -31,6 +33,7 @@ def play(
             help="Dynamics run (name in the workspace or path). Default: the latest finished one.", metavar="RUN"
         ),
     ] = None,
+    run_option: RunOption = None,
     clip: Annotated[
         Path | None,
         typer.Option("--clip", help="Start from this video. \\[default: a held-out video of the run's latent set]"),
@@ -74,6 +77,7 @@ def play(
     from ahri_core.runtime import resolve_device
 
     require_server_library()
+    run = run_argument(run, run_option)
     flags = dict(steps=[steps] if steps is not None else None, context=context, seed=seed)
     s = load(SamplingSettings, flags, STATE.config)
     if len(s.steps) != 1:

@@ -32,6 +32,7 @@ from .options import (
     ThreadsOption,
     TokenizerPreset,
     check_size,
+    renamed,
     setup_threads,
 )
 from .output import command_line, escape, info, next_step, out
@@ -173,11 +174,10 @@ def train(
         Path | None,
         typer.Option("--latents", help="Latent set (from ahri tokenize). \\[default: the newest in the workspace]"),
     ] = None,
-    data: Annotated[
-        Path | None, typer.Option("--data", help="tokenizer stage: folder of videos. \\[default: <workspace>/videos]")
-    ] = None,
     videos: Annotated[
-        list[Path] | None, typer.Option("--videos", help="tokenizer stage: video files (instead of --data). Repeatable.")
+        list[Path] | None,
+        typer.Option("--videos", help="tokenizer stage: a folder of videos, or video files (repeatable). "
+                     "\\[default: <workspace>/videos]"),
     ] = None,
     size: Annotated[
         str | None,
@@ -315,6 +315,7 @@ def train(
         int | None, typer.Option("--heads", metavar="N", help="Dynamics model attention heads; --dim must be divisible "
                                  "by them (new runs). \\[default: the preset's]")
     ] = None,
+    data: Annotated[Path | None, typer.Option("--data", hidden=True, callback=renamed("--data", "--videos"))] = None,
 ) -> None:
     """Train the dynamics model on tokenized latents (or the tokenizer with --stage tokenizer).
 
@@ -515,15 +516,17 @@ def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None
     tok = load(TokenizerSettings, tok_flags, STATE.config)
     if tset.max_steps is None and tset.minutes is None and tset.epochs is None:
         raise ConfigError("give a training budget: --max-steps N, --minutes M or --epochs E")
-    if given.get("videos"):
-        missing = [str(p) for p in given["videos"] if not Path(p).is_file()]
+    paths = list(given.get("videos") or [])
+    one_folder = len(paths) == 1 and Path(paths[0]).is_dir()  # --videos DIR: a folder, as --data DIR was
+    if paths and not one_folder:
+        missing = [str(p) for p in paths if not Path(p).is_file()]
         if missing:
             raise ConfigError(f"--videos: no such file {missing[0]}")
         videos: list[Any] = list(given["videos"])
     else:
         from ahri_core.sources.store import list_videos
 
-        src = Path(given["data"]) if given.get("data") else ws.videos
+        src = Path(paths[0]) if one_folder else Path(given["data"]) if given.get("data") else ws.videos
         if not src.is_dir():
             raise ConfigError(f"video folder {src} does not exist; run `ahri fetch` first (e.g. ahri fetch --source game)")
         videos = list_videos(src)
