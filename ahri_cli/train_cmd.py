@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ahri_core.config.base import load
+from ahri_core.config.base import Section, load
 from ahri_core.config.presets import DYNAMICS_PRESETS
 from ahri_core.config.settings import (
     MODEL_SHAPE,
@@ -18,6 +18,7 @@ from ahri_core.config.settings import (
     DiffusionSettings,
     LatentActionSettings,
     ModelSettings,
+    TokenizerSettings,
     TrainSettings,
 )
 from ahri_core.errors import ConfigError
@@ -323,47 +324,38 @@ def train(
 
     Example:  ahri train --alternating --long-ratio 0.1 --minutes 30
     """
-    given = {k: v for k, v in locals().items() if v is not None and v != []}
+    params = dict(locals())
+    given = {k: v for k, v in params.items() if v is not None and v != []}
     code = launch_nproc(nproc)
     if code is not None:
         raise typer.Exit(code)
     from ahri_core.train import distributed
 
     distributed.setup(device or "auto")  # joins the process group under torchrun; else nothing
-    train_flags: dict[str, Any] = dict(
-        stage=stage.value, preset=preset.value if preset is not None else None, run=run, max_steps=max_steps,
-        minutes=minutes, epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, ema=ema, seed=seed,
-        device=device, precision=precision.value if precision is not None else None, threads=threads,
-        grad_checkpointing=grad_checkpointing, checkpoint_every=checkpoint_every, val_every=val_every,
-        log_every=log_every, resume=resume or None, grad_accum=grad_accum, fsdp=fsdp, compile=compile_model,
-    )
-    data_flags: dict[str, Any] = dict(
-        seq_len=seq_len, stride=stride, alternating=alternating, seq_len_short=seq_len_short, seq_len_long=seq_len_long,
-        batch_size_short=batch_size_short, batch_size_long=batch_size_long, long_ratio=long_ratio,
-        val_fraction=val_fraction,
-    )
-    diff_flags: dict[str, Any] = dict(
-        shortcut=shortcut, k_max=k_max, step_sampling=step_sampling.value if step_sampling else None,
-        bootstrap_fraction=bootstrap_fraction, bootstrap_warmup=bootstrap_warmup, ema_teacher=ema_teacher,
-        single_image_fraction=single_image_fraction, context_fraction=context_fraction,
-    )
+    train_flags = {**section_flags(TrainSettings, params), "resume": resume or None}
     if stage is Stage.tokenizer:
         _train_tokenizer(train_flags, given)
         return
     if stage is Stage.action_map:
         _fit_action_map(run, latents, seed, given)
         return
-    for flag, value in (("--latent-action-codes", latent_action_codes), ("--latent-action-history", latent_action_history)):
-        if value is not None and not latent_actions:
+    _train_dynamics(params, train_flags, given)
+
+
+def _train_dynamics(params: dict[str, Any], train_flags: dict[str, Any], given: dict[str, Any]) -> None:
+    """The dynamics stage of ``ahri train``: ``params`` are the command's parameters, ``given`` those given."""
+    for flag, key in (("--latent-action-codes", "latent_action_codes"), ("--latent-action-history", "latent_action_history")):
+        if key in given and not params["latent_actions"]:
             raise ConfigError(f"{flag}: only used with --latent-actions")
-    lat_flags: dict[str, Any] = dict(enabled=latent_actions, codes=latent_action_codes, history=latent_action_history,
-                                     ignore_actions=no_actions)
     wrong = [f"--{k.replace('_', '-')}" for k in TOKENIZER_ONLY if k in given]
     if wrong:
         raise ConfigError(f"{', '.join(wrong)}: only used by --stage tokenizer (the dynamics stage reads --latents)")
+    data_flags = section_flags(DataSettings, params)
+    diff_flags = section_flags(DiffusionSettings, params)
+    lat_flags = section_flags(LatentActionSettings, params)
 
     ws = STATE.workspace
-    name = run
+    name, resume, latents = params["run"], params["resume"], params["latents"]
     stored: dict[str, Any] = {}
     if resume:
         name = _resume_target("dynamics", name)
@@ -371,7 +363,7 @@ def train(
         train_flags = _resume_budget({**train_flags, "run": name}, stored, ws.run_dir(name))
         train_flags["resume"] = True
         data_flags = _merged(stored, "data", data_flags)
-        if val_fraction is None and not read_run_meta(ws.run_dir(name)).get("val_fraction_given"):
+        if params["val_fraction"] is None and not read_run_meta(ws.run_dir(name)).get("val_fraction_given"):
             data_flags.pop("val_fraction", None)  # the run used the latent set's own split: keep using it
         diff_flags = _merged(stored, "diffusion", diff_flags)
         lat_flags = _merged(stored, "latent_actions", lat_flags)
@@ -384,7 +376,7 @@ def train(
     dset = load(DataSettings, data_flags, STATE.config)
     fset = load(DiffusionSettings, diff_flags, STATE.config)
     aset = load(LatentActionSettings, lat_flags, STATE.config)
-    mset = load(ModelSettings, dict(dim=dim, depth=depth, heads=heads), STATE.config)
+    mset = load(ModelSettings, section_flags(ModelSettings, params), STATE.config)
     if not dset.alternating:
         extra = [f"--{k.replace('_', '-')}" for k in ALTERNATING_ONLY if k in given]
         if extra:
@@ -437,13 +429,32 @@ def _model_shape(mset: ModelSettings, preset: str, meta: dict[str, Any] | None, 
     return kept
 
 
-DYNAMICS_ONLY = (
-    "latents", "dim", "depth", "heads", "seq_len", "stride", "alternating", "seq_len_short", "seq_len_long", "batch_size_short",
-    "batch_size_long", "long_ratio", "shortcut", "k_max", "step_sampling", "bootstrap_fraction", "bootstrap_warmup",
-    "ema_teacher", "single_image_fraction", "context_fraction", "grad_checkpointing", "latent_actions",
-    "latent_action_codes", "latent_action_history", "no_actions",
-)
-TOKENIZER_ONLY = ("data", "videos", "size", "fit", "tokens", "channels", "mask_max", "val_videos", "split", "fps")
+# Parameters of ``train`` whose settings field has another name.
+FIELD_OF = {"compile_model": "compile", "latent_actions": "enabled", "latent_action_codes": "codes",
+            "latent_action_history": "history", "no_actions": "ignore_actions"}
+
+
+def section_flags(cls: type[Section], params: dict[str, Any], skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields of ``cls`` that parameters of ``train`` set (None: not given), choices as their values."""
+    flags = {}
+    for param, value in params.items():
+        field = FIELD_OF.get(param, param)
+        if field in cls.model_fields and field not in skip:
+            flags[field] = value.value if isinstance(value, Enum) else value
+    return flags
+
+
+def _stage_params(classes: tuple[type[Section], ...], extra: tuple[str, ...]) -> tuple[str, ...]:
+    """The parameters of ``train`` used by one stage only: those setting a field of ``classes``, and ``extra``;
+    ``val_fraction`` is both stages'."""
+    names = inspect.signature(train).parameters
+    return tuple(p for p in names if p != "val_fraction"
+                 and (p in extra or any(FIELD_OF.get(p, p) in c.model_fields for c in classes)))
+
+
+DYNAMICS_ONLY = _stage_params((DataSettings, DiffusionSettings, LatentActionSettings, ModelSettings),
+                              ("latents", "grad_checkpointing"))
+TOKENIZER_ONLY = _stage_params((TokenizerSettings,), ("data", "videos", "split"))
 
 
 def _fit_action_map(run: str | None, latents: Path | None, seed: int | None, given: dict[str, Any]) -> None:
@@ -482,7 +493,6 @@ def _fit_action_map(run: str | None, latents: Path | None, seed: int | None, giv
 
 
 def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None:
-    from ahri_core.config.settings import TokenizerSettings
     from ahri_core.train.tokenizer import summary_lines, train_tokenizer
 
     wrong = [f"--{k.replace('_', '-')}" for k in DYNAMICS_ONLY if k in given]
@@ -502,9 +512,7 @@ def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None
         name = default_run_name("tokenizer")
     train_flags = {**train_flags, "run": name}
     tset = load(TrainSettings, train_flags, STATE.config)
-    tok_flags = {k: given.get(k) for k in ("size", "fit", "tokens", "channels", "mask_max", "val_fraction", "fps")}
-    if isinstance(tok_flags.get("fit"), FitChoice):
-        tok_flags["fit"] = tok_flags["fit"].value
+    tok_flags = section_flags(TokenizerSettings, given, skip=("val_videos",))
     from .tokenize_cmd import chosen_split
 
     rule = chosen_split(given.get("val_videos"), given.get("split"), given.get("val_fraction"))
