@@ -11,22 +11,19 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ahri_core.config.settings import load
+from ahri_core.config.base import load
 
-from .common import (
-    STATE,
+from .options import (
     DynamicsPreset,
     PrecisionChoice,
-    RichProgress,
     ThreadsOption,
     TokenizerPreset,
-    console,
-    escape,
-    info,
-    out,
-    run_log,
+    check_square_size,
     setup_threads,
 )
+from .output import console, escape, info, out
+from .progress import RichProgress, run_log
+from .state import STATE
 
 
 def demo(
@@ -44,7 +41,7 @@ def demo(
     tokenizer_preset: Annotated[TokenizerPreset | None, typer.Option("--tokenizer-preset", hidden=True)] = None,
     dynamics_preset: Annotated[DynamicsPreset | None, typer.Option("--dynamics-preset", hidden=True)] = None,
     frames: Annotated[int | None, typer.Option("--frames", hidden=True)] = None,
-    size: Annotated[int | None, typer.Option("--size", hidden=True)] = None,
+    size: Annotated[str | None, typer.Option("--size", hidden=True, callback=check_square_size)] = None,
     context: Annotated[int | None, typer.Option("--context", hidden=True)] = None,
     horizon: Annotated[int | None, typer.Option("--horizon", hidden=True)] = None,
     eval_clips: Annotated[int | None, typer.Option("--eval-clips", hidden=True)] = None,
@@ -54,7 +51,8 @@ def demo(
 
     Example:  ahri demo --minutes 15
     """
-    from ahri_core.demo import STAGES, DemoSettings, run_demo
+    from ahri_core.config.settings import DemoSettings
+    from ahri_core.demo import STAGES, run_demo
 
     flags = dict(
         minutes=minutes, clips=clips, seed=seed,

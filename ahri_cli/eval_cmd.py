@@ -9,26 +9,28 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ahri_core.config.settings import SamplingSettings, load
+from ahri_core.config.base import load
+from ahri_core.config.settings import SamplingSettings
 from ahri_core.errors import ConfigError
 
-from .common import (
-    STATE,
+from .options import (
     DeviceOption,
     PrecisionChoice,
     PrecisionOption,
-    RichProgress,
+    RunOption,
     TauCtxOption,
     ThreadsOption,
     TokenizerOption,
-    console,
-    escape,
+    either,
     existing_path,
-    info,
-    out,
+    renamed,
+    run_argument,
     run_or_path,
     setup_threads,
 )
+from .output import console, escape, info, out
+from .progress import RichProgress
+from .state import STATE
 
 
 def _pm(block: dict[str, Any], i: int, fmt: str = "{:.2f}") -> str:
@@ -175,10 +177,11 @@ def eval_(
         str | None,
         typer.Argument(help="Dynamics run (name in the workspace or path). Default: the latest finished one."),
     ] = None,
-    data: Annotated[
+    latents: Annotated[
         Path | None,
-        typer.Option("--data", help="Latent set (folder with index.json); its val split is used. Default: the run's."),
+        typer.Option("--latents", help="Latent set (folder with index.json); its val split is used. Default: the run's."),
     ] = None,
+    run_option: RunOption = None,
     context: Annotated[int | None, typer.Option("--context", help="Context frames. \\[default: 16]")] = None,
     horizon: Annotated[int | None, typer.Option("--horizon", help="Frames to predict. \\[default: 16]")] = None,
     steps: Annotated[
@@ -201,6 +204,7 @@ def eval_(
     device: DeviceOption = "auto",
     precision: PrecisionOption = PrecisionChoice.auto,
     threads: ThreadsOption = None,
+    data: Annotated[Path | None, typer.Option("--data", hidden=True, callback=renamed("--data", "--latents"))] = None,
 ) -> None:
     """Evaluate a dynamics run on held-out videos: PSNR/SSIM/MSE per horizon step against baselines.
 
@@ -217,7 +221,9 @@ def eval_(
     settings = load(SamplingSettings, flags, STATE.config)
     if split not in ("val", "train"):
         raise ConfigError(f"--split {split!r}: allowed val, train")
-    data = existing_path(data, "--data", "latent set folder")
+    run = run_argument(run, run_option)
+    data = existing_path(either(latents, data, "--latents", "--data"), "--latents" if latents is not None else "--data",
+                         "latent set folder")
     tok = run_or_path(tokenizer, "--tokenizer")
     ws = STATE.workspace
     if run is None:

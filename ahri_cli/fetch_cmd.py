@@ -9,10 +9,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ahri_core.config.settings import FetchSettings, load
+from ahri_core.config.base import load
+from ahri_core.config.settings import FetchSettings
 from ahri_core.errors import ConfigError, FetchError
 
-from .common import STATE, RichProgress, console, escape, existing_path, next_step, out
+from .options import check_square_size, either, existing_path, renamed
+from .output import console, escape, next_step, out
+from .progress import RichProgress
+from .state import STATE
 
 
 class Verify(str, Enum):
@@ -102,15 +106,16 @@ def fetch(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Store directory (default: <workspace>/videos/<source>).")
     ] = None,
-    count: Annotated[
-        int | None, typer.Option("--count", help="game/gym: number of clips. \\[default: 16]")
+    clips: Annotated[
+        int | None, typer.Option("--clips", help="game/gym: number of clips. \\[default: 16]")
     ] = None,
     frames: Annotated[
         int | None, typer.Option("--frames", help="game/gym: frames per clip. \\[default: 200]")
     ] = None,
     size: Annotated[
-        int | None,
-        typer.Option("--size", help="game/gym: frame size in pixels (even). \\[default: game 64, gym native]"),
+        str | None,
+        typer.Option("--size", metavar="N", callback=check_square_size,
+                     help="game/gym: frame size in pixels (even; N or NxN, square). \\[default: game 64, gym native]"),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="game/gym: first seed. \\[default: 0]")] = None,
     env: Annotated[
@@ -156,11 +161,12 @@ def fetch(
             "--verify", help="full: decode every frame of each new video; quick: keyframes. \\[default: full]"
         ),
     ] = None,
+    count: Annotated[int | None, typer.Option("--count", hidden=True, callback=renamed("--count", "--clips"))] = None,
 ) -> None:
     """Fetch videos: YouTube channels and URLs, local files, the built-in game, or a Gymnasium env.
 
     Example:  ahri fetch --channel domisumReplay-Garen --max-videos 10
-    (offline:  ahri fetch --source game --count 16)
+    (offline:  ahri fetch --source game --clips 16)
     """
     flags = dict(
         max_height=max_height,
@@ -173,7 +179,7 @@ def fetch(
         socket_timeout=socket_timeout,
         connect_timeout=connect_timeout,
         verify=verify.value if verify is not None else None,
-        count=count,
+        count=either(clips, count, "--clips", "--count"),
         frames=frames,
         size=size,
         seed=seed,
@@ -226,7 +232,7 @@ def fetch(
     if result.stored or result.skipped:
         hint = ["train", "--stage", "tokenizer", "--minutes", "10"]
         if out_dir is not None:
-            hint += ["--data", str(dest)]
+            hint += ["--videos", str(dest)]
         next_step(*hint)
 
 

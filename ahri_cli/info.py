@@ -7,7 +7,8 @@ import platform
 import typer
 from rich.table import Table
 
-from .common import STATE, escape, out
+from .output import escape, out
+from .state import STATE
 
 
 def info() -> None:

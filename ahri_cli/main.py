@@ -21,8 +21,9 @@ import ahri_core
 from ahri_core.errors import AhriError, ConfigError
 from ahri_core.workspace import Workspace
 
-from . import common
-from .common import STATE, console, error_line
+from .launch import other_rank, quiet_other_ranks
+from .output import console, error_line, out
+from .state import STATE
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_CODES = (
@@ -49,7 +50,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        common.out.print(f"ahri {ahri_core.__version__}", highlight=False)
+        out.print(f"ahri {ahri_core.__version__}", highlight=False)
         raise typer.Exit()
 
 
@@ -85,9 +86,9 @@ def _global(
     STATE.workspace_given = workspace is not None
     STATE.config = config
     STATE.verbose = verbose
-    STATE.quiet = quiet or common.other_rank()
+    STATE.quiet = quiet or other_rank()
     if config is not None:
-        from ahri_core.config.settings import check_config_file
+        from ahri_core.config.check import check_config_file
 
         if not config.is_file():
             raise ConfigError(f"config file {config} does not exist (--config)")
@@ -181,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         argv = sys.argv[1:]
     if argv[:1] == ["--"]:  # `torchrun ... $(which ahri) -- train ...` (the launcher may pass the "--" on)
         argv = argv[1:]
-    common.quiet_other_ranks()
-    common.STATE.argv = list(argv)
+    quiet_other_ranks()
+    STATE.argv = list(argv)
     old_term = None
     if threading.current_thread() is threading.main_thread():
         with contextlib.suppress(ValueError, OSError):
@@ -220,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(ValueError, OSError):
                 signal.signal(signal.SIGTERM, old_term)
         with contextlib.suppress(Exception):
-            common.console.file.flush()
-            common.out.file.flush()
+            console.file.flush()
+            out.file.flush()
 
 
 def entry() -> None:
@@ -231,4 +232,4 @@ def entry() -> None:
 if __name__ == "__main__":
     entry()
 
-__all__ = ["app", "main", "entry", "common", "EXIT_CODES"]
+__all__ = ["app", "main", "entry", "EXIT_CODES"]

@@ -7,23 +7,23 @@ from typing import Annotated, Any
 
 import typer
 
-from ahri_core.config.settings import SamplingSettings, load
+from ahri_core.config.base import load
+from ahri_core.config.settings import SamplingSettings
 from ahri_core.errors import ConfigError
 
-from .common import (
-    STATE,
+from .options import (
     DeviceOption,
     PrecisionChoice,
     PrecisionOption,
+    RunOption,
     TokenizerOption,
-    escape,
     existing_path,
-    info,
-    out,
+    run_argument,
     run_or_path,
     setup_threads,
-    warn,
 )
+from .output import escape, info, out, warn
+from .state import STATE
 
 
 def play(
@@ -33,6 +33,7 @@ def play(
             help="Dynamics run (name in the workspace or path). Default: the latest finished one.", metavar="RUN"
         ),
     ] = None,
+    run_option: RunOption = None,
     clip: Annotated[
         Path | None,
         typer.Option("--clip", help="Start from this video. \\[default: a held-out video of the run's latent set]"),
@@ -70,6 +71,7 @@ def play(
     from ahri_core.runtime import resolve_device
 
     require_server_library()
+    run = run_argument(run, run_option)
     flags = dict(steps=[steps] if steps is not None else None, context=context, seed=seed)
     s = load(SamplingSettings, flags, STATE.config)
     if len(s.steps) != 1:

@@ -7,26 +7,26 @@ from typing import Annotated
 
 import typer
 
-from ahri_core.config.settings import SamplingSettings, load
+from ahri_core.config.base import load
+from ahri_core.config.settings import SamplingSettings
 from ahri_core.errors import ConfigError
 
-from .common import (
-    STATE,
+from .options import (
     DeviceOption,
     PrecisionChoice,
     PrecisionOption,
-    RichProgress,
     TauCtxOption,
     ThreadsOption,
     TokenizerOption,
-    console,
-    escape,
+    either,
     existing_path,
-    info,
-    out,
+    renamed,
     run_or_path,
     setup_threads,
 )
+from .output import console, escape, info, out
+from .progress import RichProgress
+from .state import STATE
 
 DEFAULT_HORIZON = 32
 
@@ -34,8 +34,8 @@ DEFAULT_HORIZON = 32
 def rollout(
     clip: Annotated[Path, typer.Argument(help="Any video file; it is resampled to the model's fps and size.")],
     steps: Annotated[int | None, typer.Option("--steps", help="Denoising steps per frame (power of two). \\[default: 4]")] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", help="Dynamics run (name or path). Default: the latest finished one.")
+    run: Annotated[
+        str | None, typer.Option("--run", help="Dynamics run (name or path). Default: the latest finished one.")
     ] = None,
     context: Annotated[int | None, typer.Option("--context", help="Frames of the clip given as context. \\[default: 16]")] = None,
     horizon: Annotated[int | None, typer.Option("--horizon", help="Frames to predict. \\[default: 32]")] = None,
@@ -59,6 +59,7 @@ def rollout(
     device: DeviceOption = "auto",
     precision: PrecisionOption = PrecisionChoice.auto,
     threads: ThreadsOption = None,
+    model: Annotated[str | None, typer.Option("--model", hidden=True, callback=renamed("--model", "--run"))] = None,
 ) -> None:
     """Predict what happens after the first --context frames of a clip; predicted frames have a red border.
 
@@ -83,7 +84,7 @@ def rollout(
         raise ConfigError("give --actions or --actions-from, not both")
     if actions_from is not None:
         actions_from = existing_path(actions_from, "--actions-from", "video file")
-    world = load_world_model(model, STATE.workspace, tokenizer=tok, device=dev)
+    world = load_world_model(either(run, model, "--run", "--model"), STATE.workspace, tokenizer=tok, device=dev)
     future = None
     if actions is not None:
         from ahri_core.models.latent_actions import parse_action_tokens

@@ -14,7 +14,8 @@ from rich.table import Table
 
 from ahri_core.workspace import run_status
 
-from .common import STATE, escape, info, out
+from .output import escape, info, out
+from .state import STATE
 
 
 class StageFilter(str, Enum):

@@ -10,32 +10,30 @@ from rich.table import Table
 
 from ahri_core.errors import ConfigError
 
-from .common import (
-    STATE,
+from .launch import NprocOption, launch_nproc
+from .options import (
     DeviceOption,
-    NprocOption,
     PrecisionChoice,
     PrecisionOption,
-    RichProgress,
     ThreadsOption,
-    console,
-    escape,
+    either,
     existing_path,
-    info,
-    launch_nproc,
-    next_step,
-    out,
+    renamed,
     resolve_precision,
     setup_threads,
 )
+from .output import console, escape, info, next_step, out
+from .progress import RichProgress
+from .state import STATE
 
 
 def tokenize(
     tokenizer: Annotated[
         str, typer.Option("--tokenizer", "-t", help="Tokenizer: a run name in the workspace, a run directory or a weights file.")
     ],
-    data: Annotated[Path | None, typer.Option("--data", help="Folder of videos (searched recursively). \\[default: <workspace>/videos]")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Latent root; files go to OUT/<tokenizer-id>/. \\[default: <workspace>/latents]")] = None,
+    videos: Annotated[Path | None, typer.Option("--videos", help="Folder of videos (searched recursively). \\[default: <workspace>/videos]")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Latent root; files go to OUT/<tokenizer-id>/ (with --decode: the mp4 to "
+                                                 "write). \\[default: <workspace>/latents; --decode: <file>.decoded.mp4]")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Frames encoded per batch.", min=1)] = 64,
     device: DeviceOption = "auto",
     precision: PrecisionOption = PrecisionChoice.auto,
@@ -54,10 +52,11 @@ def tokenize(
                      'lists of ids, or text lines "val ID ..." / "train ID ...".'),
     ] = None,
     decode: Annotated[
-        Path | None, typer.Option("--decode", help="Instead: decode this latent file back into an mp4 (see --output).")
+        Path | None, typer.Option("--decode", help="Instead: decode this latent file back into an mp4 (see --out).")
     ] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="--decode: the mp4 to write. \\[default: <file>.decoded.mp4]")] = None,
     nproc: NprocOption = None,
+    data: Annotated[Path | None, typer.Option("--data", hidden=True, callback=renamed("--data", "--videos"))] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", hidden=True, callback=renamed("--output", "--out"))] = None,
 ) -> None:
     """Encode every video at the tokenizer's fps and size into one latent file per video, plus an index.
 
@@ -74,28 +73,29 @@ def tokenize(
     code = launch_nproc(nproc)
     if code is not None:
         raise typer.Exit(code)
+    videos = either(videos, data, "--videos", "--data")
     if val_fraction is not None and not 0 <= val_fraction < 1:
         raise ConfigError(f"--val-fraction {val_fraction}: must be in [0, 1)")
     rule = chosen_split(val_videos, split, val_fraction)
     ws = STATE.workspace
     setup_threads(threads)
     if decode is not None:
-        _decode(tokenizer, decode, output, batch_size, device or "auto", precision)
+        _decode(tokenizer, decode, either(out_dir, output, "--out", "--output"), batch_size, device or "auto", precision)
         return
 
     from ahri_core.data.frames import find_videos
     from ahri_core.data.tokenize import tokenize_videos
 
-    root = existing_path(data, "--data", "video folder") if data is not None else ws.videos
+    root = existing_path(videos, "--data" if data is not None else "--videos", "video folder") if videos is not None else ws.videos
     if not root.exists():
         raise ConfigError(f"no videos: {root} does not exist (fetch some first: ahri fetch --source game)")
-    videos = find_videos(root)
-    if not videos:
+    found = find_videos(root)
+    if not found:
         raise ConfigError(f"no videos under {root} (fetch some first: ahri fetch --source game)")
     dest = out_dir if out_dir is not None else ws.latents
     with RichProgress(console) as progress:
         res = tokenize_videos(
-            tokenizer, videos, dest, batch_size=batch_size, device=device or "auto", precision=precision.value,
+            tokenizer, found, dest, batch_size=batch_size, device=device or "auto", precision=precision.value,
             val_fraction=val_fraction, runs_dir=ws.runs, progress=progress, split=rule,
         )
     t = Table(title=f"latents {escape(str(res.out_dir))}", show_header=False)

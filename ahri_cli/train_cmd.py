@@ -10,36 +10,35 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from ahri_core.config.base import Section, load
+from ahri_core.config.presets import DYNAMICS_PRESETS
 from ahri_core.config.settings import (
+    MODEL_SHAPE,
     DataSettings,
     DiffusionSettings,
     LatentActionSettings,
+    ModelSettings,
+    TokenizerSettings,
     TrainSettings,
-    load,
 )
 from ahri_core.errors import ConfigError
 from ahri_core.workspace import read_run_meta, run_status
 
-from .common import (
-    STATE,
+from .launch import NprocOption, launch_nproc
+from .options import (
     DeviceOption,
     DynamicsPreset,
     FitChoice,
-    NprocOption,
     PrecisionChoice,
-    RichProgress,
     ThreadsOption,
     TokenizerPreset,
     check_size,
-    command_line,
-    escape,
-    info,
-    launch_nproc,
-    next_step,
-    out,
-    run_log,
+    renamed,
     setup_threads,
 )
+from .output import command_line, escape, info, next_step, out
+from .progress import RichProgress, run_log
+from .state import STATE
 
 INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C or SIGTERM (after its checkpoint)
 Preset = Enum(  # type: ignore[misc]
@@ -176,11 +175,10 @@ def train(
         Path | None,
         typer.Option("--latents", help="Latent set (from ahri tokenize). \\[default: the newest in the workspace]"),
     ] = None,
-    data: Annotated[
-        Path | None, typer.Option("--data", help="tokenizer stage: folder of videos. \\[default: <workspace>/videos]")
-    ] = None,
     videos: Annotated[
-        list[Path] | None, typer.Option("--videos", help="tokenizer stage: video files (instead of --data). Repeatable.")
+        list[Path] | None,
+        typer.Option("--videos", help="tokenizer stage: a folder of videos, or video files (repeatable). "
+                     "\\[default: <workspace>/videos]"),
     ] = None,
     size: Annotated[
         str | None,
@@ -307,6 +305,18 @@ def train(
     no_actions: Annotated[
         bool | None, typer.Option("--no-actions", help="Ignore the latent set's real actions (train as if from video alone).")
     ] = None,
+    dim: Annotated[
+        int | None, typer.Option("--dim", metavar="N", help="Dynamics model width (new runs). \\[default: the preset's]")
+    ] = None,
+    depth: Annotated[
+        int | None, typer.Option("--depth", metavar="N", help="Dynamics model blocks, spatial and temporal (new runs). "
+                                 "\\[default: the preset's]")
+    ] = None,
+    heads: Annotated[
+        int | None, typer.Option("--heads", metavar="N", help="Dynamics model attention heads; --dim must be divisible "
+                                 "by them (new runs). \\[default: the preset's]")
+    ] = None,
+    data: Annotated[Path | None, typer.Option("--data", hidden=True, callback=renamed("--data", "--videos"))] = None,
 ) -> None:
     """Train the dynamics model on tokenized latents (or the tokenizer with --stage tokenizer).
 
@@ -314,47 +324,38 @@ def train(
 
     Example:  ahri train --alternating --long-ratio 0.1 --minutes 30
     """
-    given = {k: v for k, v in locals().items() if v is not None and v != []}
+    params = dict(locals())
+    given = {k: v for k, v in params.items() if v is not None and v != []}
     code = launch_nproc(nproc)
     if code is not None:
         raise typer.Exit(code)
     from ahri_core.train import distributed
 
     distributed.setup(device or "auto")  # joins the process group under torchrun; else nothing
-    train_flags: dict[str, Any] = dict(
-        stage=stage.value, preset=preset.value if preset is not None else None, run=run, max_steps=max_steps,
-        minutes=minutes, epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, ema=ema, seed=seed,
-        device=device, precision=precision.value if precision is not None else None, threads=threads,
-        grad_checkpointing=grad_checkpointing, checkpoint_every=checkpoint_every, val_every=val_every,
-        log_every=log_every, resume=resume or None, grad_accum=grad_accum, fsdp=fsdp, compile=compile_model,
-    )
-    data_flags: dict[str, Any] = dict(
-        seq_len=seq_len, stride=stride, alternating=alternating, seq_len_short=seq_len_short, seq_len_long=seq_len_long,
-        batch_size_short=batch_size_short, batch_size_long=batch_size_long, long_ratio=long_ratio,
-        val_fraction=val_fraction,
-    )
-    diff_flags: dict[str, Any] = dict(
-        shortcut=shortcut, k_max=k_max, step_sampling=step_sampling.value if step_sampling else None,
-        bootstrap_fraction=bootstrap_fraction, bootstrap_warmup=bootstrap_warmup, ema_teacher=ema_teacher,
-        single_image_fraction=single_image_fraction, context_fraction=context_fraction,
-    )
+    train_flags = {**section_flags(TrainSettings, params), "resume": resume or None}
     if stage is Stage.tokenizer:
         _train_tokenizer(train_flags, given)
         return
     if stage is Stage.action_map:
         _fit_action_map(run, latents, seed, given)
         return
-    for flag, value in (("--latent-action-codes", latent_action_codes), ("--latent-action-history", latent_action_history)):
-        if value is not None and not latent_actions:
+    _train_dynamics(params, train_flags, given)
+
+
+def _train_dynamics(params: dict[str, Any], train_flags: dict[str, Any], given: dict[str, Any]) -> None:
+    """The dynamics stage of ``ahri train``: ``params`` are the command's parameters, ``given`` those given."""
+    for flag, key in (("--latent-action-codes", "latent_action_codes"), ("--latent-action-history", "latent_action_history")):
+        if key in given and not params["latent_actions"]:
             raise ConfigError(f"{flag}: only used with --latent-actions")
-    lat_flags: dict[str, Any] = dict(enabled=latent_actions, codes=latent_action_codes, history=latent_action_history,
-                                     ignore_actions=no_actions)
     wrong = [f"--{k.replace('_', '-')}" for k in TOKENIZER_ONLY if k in given]
     if wrong:
         raise ConfigError(f"{', '.join(wrong)}: only used by --stage tokenizer (the dynamics stage reads --latents)")
+    data_flags = section_flags(DataSettings, params)
+    diff_flags = section_flags(DiffusionSettings, params)
+    lat_flags = section_flags(LatentActionSettings, params)
 
     ws = STATE.workspace
-    name = run
+    name, resume, latents = params["run"], params["resume"], params["latents"]
     stored: dict[str, Any] = {}
     if resume:
         name = _resume_target("dynamics", name)
@@ -362,7 +363,7 @@ def train(
         train_flags = _resume_budget({**train_flags, "run": name}, stored, ws.run_dir(name))
         train_flags["resume"] = True
         data_flags = _merged(stored, "data", data_flags)
-        if val_fraction is None and not read_run_meta(ws.run_dir(name)).get("val_fraction_given"):
+        if params["val_fraction"] is None and not read_run_meta(ws.run_dir(name)).get("val_fraction_given"):
             data_flags.pop("val_fraction", None)  # the run used the latent set's own split: keep using it
         diff_flags = _merged(stored, "diffusion", diff_flags)
         lat_flags = _merged(stored, "latent_actions", lat_flags)
@@ -375,6 +376,7 @@ def train(
     dset = load(DataSettings, data_flags, STATE.config)
     fset = load(DiffusionSettings, diff_flags, STATE.config)
     aset = load(LatentActionSettings, lat_flags, STATE.config)
+    mset = load(ModelSettings, section_flags(ModelSettings, params), STATE.config)
     if not dset.alternating:
         extra = [f"--{k.replace('_', '-')}" for k in ALTERNATING_ONLY if k in given]
         if extra:
@@ -385,10 +387,10 @@ def train(
         raise ConfigError("give a training budget: --max-steps N, --minutes M or --epochs E")
 
     from ahri_core.data.windows import resolve_latents
-    from ahri_core.models.dynamics import PRESETS
 
-    if tset.preset not in PRESETS:
-        raise ConfigError(f"unknown dynamics preset {tset.preset!r} (--preset); accepted: {', '.join(PRESETS)}")
+    if tset.preset not in DYNAMICS_PRESETS:
+        raise ConfigError(f"unknown dynamics preset {tset.preset!r} (--preset); accepted: {', '.join(DYNAMICS_PRESETS)}")
+    shape = _model_shape(mset, tset.preset, read_run_meta(ws.run_dir(name)) if resume else None, name)
 
     if latents is None and resume:
         p = (read_run_meta(ws.run_dir(name)).get("latents") or {}).get("path")
@@ -402,7 +404,8 @@ def train(
     with run_log(run_dir / "log.txt"):
         info(f"[bold]dynamics[/] run [cyan]{escape(name)}[/] on latents {escape(str(lat_path))}")
         with RichProgress() as progress:
-            result = train_dynamics(lat_path, run_dir, tset, dset, fset, progress=progress, latent_actions=aset)
+            result = train_dynamics(lat_path, run_dir, tset, dset, fset, progress=progress, latent_actions=aset,
+                                    model_overrides=shape)
         out.print(_summary(result))
         if result.stopped:
             info(f"stopped by {result.stopped}; continue with: {escape(command_line('train', '--run', name, '--resume'))}")
@@ -410,13 +413,48 @@ def train(
         next_step("eval", name)
 
 
-DYNAMICS_ONLY = (
-    "latents", "seq_len", "stride", "alternating", "seq_len_short", "seq_len_long", "batch_size_short",
-    "batch_size_long", "long_ratio", "shortcut", "k_max", "step_sampling", "bootstrap_fraction", "bootstrap_warmup",
-    "ema_teacher", "single_image_fraction", "context_fraction", "grad_checkpointing", "latent_actions",
-    "latent_action_codes", "latent_action_history", "no_actions",
-)
-TOKENIZER_ONLY = ("data", "videos", "size", "fit", "tokens", "channels", "mask_max", "val_videos", "split", "fps")
+def _model_shape(mset: ModelSettings, preset: str, meta: dict[str, Any] | None, name: str) -> dict[str, int]:
+    """The dynamics model's dim, depth and heads for the run: a new run's from ``[model]`` (the preset's where
+    unset); a resumed run keeps its own (``meta``: its run.json) and refuses a different one."""
+    if meta is None:
+        mset.shape(preset)  # checks the combination against the preset before any work
+        return mset.overrides()
+    model = meta.get("model") or {}
+    stored = model.get("dynamics", model) if isinstance(model, dict) else {}
+    kept = {k: int(stored[k]) for k in MODEL_SHAPE if isinstance(stored.get(k), int)}
+    for k, v in mset.overrides().items():
+        if k in kept and kept[k] != v:
+            raise ConfigError(f"--{k}: run {name} was made with {k} {kept[k]}, not {v}; "
+                              "a resumed run keeps its model's shape")
+    return kept
+
+
+# Parameters of ``train`` whose settings field has another name.
+FIELD_OF = {"compile_model": "compile", "latent_actions": "enabled", "latent_action_codes": "codes",
+            "latent_action_history": "history", "no_actions": "ignore_actions"}
+
+
+def section_flags(cls: type[Section], params: dict[str, Any], skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields of ``cls`` that parameters of ``train`` set (None: not given), choices as their values."""
+    flags = {}
+    for param, value in params.items():
+        field = FIELD_OF.get(param, param)
+        if field in cls.model_fields and field not in skip:
+            flags[field] = value.value if isinstance(value, Enum) else value
+    return flags
+
+
+def _stage_params(classes: tuple[type[Section], ...], extra: tuple[str, ...]) -> tuple[str, ...]:
+    """The parameters of ``train`` used by one stage only: those setting a field of ``classes``, and ``extra``;
+    ``val_fraction`` is both stages'."""
+    names = inspect.signature(train).parameters
+    return tuple(p for p in names if p != "val_fraction"
+                 and (p in extra or any(FIELD_OF.get(p, p) in c.model_fields for c in classes)))
+
+
+DYNAMICS_ONLY = _stage_params((DataSettings, DiffusionSettings, LatentActionSettings, ModelSettings),
+                              ("latents", "grad_checkpointing"))
+TOKENIZER_ONLY = _stage_params((TokenizerSettings,), ("data", "videos", "split"))
 
 
 def _fit_action_map(run: str | None, latents: Path | None, seed: int | None, given: dict[str, Any]) -> None:
@@ -455,7 +493,7 @@ def _fit_action_map(run: str | None, latents: Path | None, seed: int | None, giv
 
 
 def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None:
-    from ahri_core.train.tokenizer import TokenizerSettings, summary_lines, train_tokenizer
+    from ahri_core.train.tokenizer import summary_lines, train_tokenizer
 
     wrong = [f"--{k.replace('_', '-')}" for k in DYNAMICS_ONLY if k in given]
     if wrong:
@@ -474,9 +512,7 @@ def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None
         name = default_run_name("tokenizer")
     train_flags = {**train_flags, "run": name}
     tset = load(TrainSettings, train_flags, STATE.config)
-    tok_flags = {k: given.get(k) for k in ("size", "fit", "tokens", "channels", "mask_max", "val_fraction", "fps")}
-    if isinstance(tok_flags.get("fit"), FitChoice):
-        tok_flags["fit"] = tok_flags["fit"].value
+    tok_flags = section_flags(TokenizerSettings, given, skip=("val_videos",))
     from .tokenize_cmd import chosen_split
 
     rule = chosen_split(given.get("val_videos"), given.get("split"), given.get("val_fraction"))
@@ -488,15 +524,17 @@ def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None
     tok = load(TokenizerSettings, tok_flags, STATE.config)
     if tset.max_steps is None and tset.minutes is None and tset.epochs is None:
         raise ConfigError("give a training budget: --max-steps N, --minutes M or --epochs E")
-    if given.get("videos"):
-        missing = [str(p) for p in given["videos"] if not Path(p).is_file()]
+    paths = list(given.get("videos") or [])
+    one_folder = len(paths) == 1 and Path(paths[0]).is_dir()  # --videos DIR: a folder, as --data DIR was
+    if paths and not one_folder:
+        missing = [str(p) for p in paths if not Path(p).is_file()]
         if missing:
             raise ConfigError(f"--videos: no such file {missing[0]}")
         videos: list[Any] = list(given["videos"])
     else:
         from ahri_core.sources.store import list_videos
 
-        src = Path(given["data"]) if given.get("data") else ws.videos
+        src = Path(paths[0]) if one_folder else Path(given["data"]) if given.get("data") else ws.videos
         if not src.is_dir():
             raise ConfigError(f"video folder {src} does not exist; run `ahri fetch` first (e.g. ahri fetch --source game)")
         videos = list_videos(src)

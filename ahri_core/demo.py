@@ -14,19 +14,16 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar
-
-from pydantic import Field, field_validator
+from typing import Any
 
 from .config.settings import (
     DataSettings,
+    DemoSettings,
     DiffusionSettings,
     FetchSettings,
-    Precision,
     SamplingSettings,
-    Section,
+    TokenizerSettings,
     TrainSettings,
-    is_power_of_two,
 )
 from .errors import ConfigError, DataError
 from .fileio import write_json_atomic
@@ -35,66 +32,6 @@ from .workspace import Workspace
 
 MIN_TRAIN_SECONDS = 5  # the least a training stage gets, even when the budget is already spent
 STAGES = ("game clips", "tokenizer", "tokenize", "dynamics", "evaluate", "rollout")
-
-
-class DemoSettings(Section):
-    """``ahri demo`` (``[demo]`` in a config file, ``AHRI_DEMO_*``). Defaults are tuned for 2 CPU cores, 15 min."""
-
-    section: ClassVar[str] = "demo"
-    minutes: float = Field(15.0, gt=0, le=24 * 60, description="wall-clock budget of the whole demo")
-    clips: int = Field(96, ge=2, description="built-in game clips to render")
-    frames: int = Field(160, ge=8, description="frames per clip (20 fps)")
-    size: int = Field(64, ge=16, description="frame size of the clips")
-    seed: int = Field(0, ge=0)
-    tokenizer_preset: str = "cpu"
-    dynamics_preset: str = "cpu"
-    tokenizer_share: float = Field(0.35, gt=0, lt=1, description="share of the training time for the tokenizer")
-    eval_share: float = Field(0.04, ge=0, lt=0.5, description="share of the budget reserved for eval and rollout")
-    val_fraction: float = Field(0.15, gt=0, lt=1, description="clips held out (by whole clip)")
-    # dynamics training
-    seq_len_short: int = Field(16, ge=2)
-    seq_len_long: int = Field(32, ge=2)
-    batch_size_short: int = Field(8, ge=1)
-    batch_size_long: int = Field(4, ge=1)
-    long_ratio: float = Field(0.1, ge=0, le=1)
-    stride: int = Field(4, ge=1)
-    k_max: int = Field(64, ge=1)
-    dynamics_lr: float = Field(3e-3, gt=0, description="the cpu preset's default too")
-    single_image_fraction: float = Field(
-        0.1, ge=0, le=1, description="dynamics items trained as single images (the library default too)"
-    )
-    dynamics_ema: float = Field(0.99, ge=0, lt=1, description="EMA decay of the dynamics weights (0 = off)")
-    tokenizer_batch_size: int | None = Field(None, ge=1)
-    tokenizer_mask_max: float = Field(
-        0.9, ge=0, lt=1,
-        description="MAE drop rate bound of the demo's tokenizer (the preset's 0.9: better rollouts than 0, docs/evaluation.md)",
-    )
-    precision: Precision = Field("auto", description="auto (measured on this machine per model), bf16 or fp32")
-    # optional step caps (reproducible runs on a busy machine: the time budget still applies)
-    tokenizer_max_steps: int | None = Field(None, ge=1)
-    dynamics_max_steps: int | None = Field(None, ge=1)
-    # evaluation
-    steps: list[int] = Field(default_factory=lambda: [4, 64])
-    context: int = Field(16, ge=1)
-    horizon: int = Field(16, ge=1)
-    eval_clips: int = Field(32, ge=1, description="held-out windows scored (more = a tighter estimate)")
-    tau_ctx: float = Field(0.1, ge=0, lt=1)
-    rollout_horizon: int = Field(32, ge=1)
-    samples: int = Field(2, ge=0, description="side-by-side mp4s written by the evaluation")
-
-    @field_validator("k_max")
-    @classmethod
-    def _k(cls, v: int) -> int:
-        if not is_power_of_two(v):
-            raise ValueError("must be a power of two")
-        return v
-
-    @field_validator("steps")
-    @classmethod
-    def _steps(cls, v: list[int]) -> list[int]:
-        if not v or any(not is_power_of_two(k) for k in v):
-            raise ValueError("step counts must be powers of two")
-        return v
 
 
 @dataclass
@@ -192,7 +129,7 @@ def run_demo(
     from .sources import record_game
     from .sources.store import list_videos
     from .train.dynamics import train_dynamics
-    from .train.tokenizer import TokenizerSettings, train_tokenizer
+    from .train.tokenizer import train_tokenizer
 
     s = settings or DemoSettings()
     ws = workspace or Workspace.resolve()

@@ -72,7 +72,7 @@ def one_game(game: str, args: argparse.Namespace) -> dict:
         raise SystemExit(f"{ws} holds {len(have)} clips, not --clips {args.clips}: use another --work or --clips {len(have)}")
     if not have:
         source = ["game"] if game.lower() == BUILTIN else ["gym", "--env", f"ALE/{game}-v5"]
-        ahri(*W, "fetch", "--source", *source, "--count", str(args.clips), "--frames", str(args.frames), "--seed",
+        ahri(*W, "fetch", "--source", *source, "--clips", str(args.clips), "--frames", str(args.frames), "--seed",
              str(args.seed), log=log)
     tok = ws / "runs" / "tok"
     if not (tok / "run.json").is_file() or json.loads((tok / "run.json").read_text()).get("status") != "finished":

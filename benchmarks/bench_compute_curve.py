@@ -3,7 +3,8 @@
 Works in a game workspace that ``bench_atari.py`` made (its tokenizer ``runs/tok`` and latent set
 ``latents/tok``). For each budget in ``--minutes`` a dynamics run is trained with the README's recipe (preset
 ``cpu``, ``--alternating --long-ratio 0.1``, seed 0, the library's defaults otherwise); for each width in
-``--dims`` one more run at ``--size-minutes``. A finished run of the same name is reused, and so is
+``--dims`` one more run at ``--size-minutes``, its width set through ``[model] dim`` (the same model as
+``ahri train --dim N``). A finished run of the same name is reused, and so is
 bench_atari's own ``runs/dyn`` for the budget it was trained with. Every run is then scored by
 ``ahri_core.eval.evaluate.evaluate`` on the same held-out windows (seed 0): PSNR by horizon for 4 sampling steps
 against copy-last and the tokenizer ceiling, and the teacher-forced next-frame probe.
@@ -21,6 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ahri_core.config.presets import DYNAMICS_PRESETS
 from ahri_core.runtime import cpu_name
 
 HERE = Path(__file__).resolve().parent
@@ -40,7 +42,7 @@ def check_reusable(run: Path, minutes: float, dim: int | None, seed: int) -> Non
     s = meta.get("settings", {})
     t, d = s.get("train", {}) or {}, s.get("data", {}) or {}
     want = {"preset": "cpu", "minutes": minutes, "seed": seed, "alternating": True, "long_ratio": 0.1,
-            "dim": dim or 128}
+            "dim": dim or DYNAMICS_PRESETS["cpu"]["dim"]}
     have = {"preset": t.get("preset"), "minutes": t.get("minutes"), "seed": t.get("seed"),
             "alternating": d.get("alternating"), "long_ratio": d.get("long_ratio"),
             "dim": (meta.get("model") or {}).get("dim")}
@@ -50,14 +52,15 @@ def check_reusable(run: Path, minutes: float, dim: int | None, seed: int) -> Non
 
 
 def train_run(run: Path, latents: Path, minutes: float, dim: int | None, seed: int) -> None:
-    from ahri_core.config.settings import DataSettings, DiffusionSettings, TrainSettings
+    from ahri_core.config.settings import DataSettings, DiffusionSettings, ModelSettings, TrainSettings
     from ahri_core.train.dynamics import train_dynamics
 
     if finished(run) is None:  # new, or stopped part way (then continued with the same budget)
         train = TrainSettings(preset="cpu", minutes=minutes, seed=seed, resume=(run / "run.json").is_file())
         data = DataSettings(alternating=True, long_ratio=0.1)
-        train_dynamics(latents, run, train, data, DiffusionSettings(),
-                       model_overrides={"dim": dim} if dim else None)
+        model = ModelSettings(dim=dim)  # what `ahri train --dim N` builds
+        model.shape(train.preset)
+        train_dynamics(latents, run, train, data, DiffusionSettings(), model_overrides=model.overrides() or None)
         if finished(run) is None:  # stopped (SIGTERM, Ctrl-C): score nothing half-trained
             raise SystemExit(f"{run} was stopped before its {minutes:g} minutes; run the same command again to continue it")
 

@@ -5,7 +5,7 @@ actions and the few-label map, all on held-out videos (docs/actions.md).
     python benchmarks/bench_latent_actions.py --work /tmp/lamws             # measure the two runs
 
 ``--prepare`` runs, one at a time (``--steps`` the same for both dynamics runs):
-    ahri fetch --source game --count 48 --frames 160
+    ahri fetch --source game --clips 48 --frames 160
     ahri train --stage tokenizer --preset cpu --mask-max 0 --max-steps 600 --run tok
     ahri tokenize --tokenizer tok
     ahri train --latent-actions --no-actions --max-steps N --run dyn-lam
@@ -42,7 +42,7 @@ from ahri_core.workspace import Workspace
 def prepare(work: Path, steps: int, threads: int) -> None:
     base = ["ahri", "-q", "--workspace", str(work)]
     cmds = [
-        ["fetch", "--source", "game", "--count", "48", "--frames", "160"],
+        ["fetch", "--source", "game", "--clips", "48", "--frames", "160"],
         ["train", "--stage", "tokenizer", "--preset", "cpu", "--mask-max", "0", "--max-steps", "600", "--run", "tok"],
         ["tokenize", "--tokenizer", "tok"],
         ["train", "--latent-actions", "--no-actions", "--max-steps", str(steps), "--run", "dyn-lam",

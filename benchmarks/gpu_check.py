@@ -63,13 +63,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ahri_core.config.presets import DYNAMICS_PRESETS, TRAINING_PRESETS
 from ahri_core.config.settings import DiffusionSettings, TrainSettings
 from ahri_core.diffusion import forcing_loss, sample_noise_levels
 from ahri_core.inference.sampler import ModelTraits, Sampler
-from ahri_core.models.dynamics import PRESETS, DynamicsModel, build_dynamics, dynamics_config, param_count
+from ahri_core.models.dynamics import DynamicsModel, build_dynamics, dynamics_config, param_count
 from ahri_core.models.tokenizer import tokenizer_config
 from ahri_core.runtime import autocast, choose_precision, cpu_name, process_memory, resolve_device
-from ahri_core.train.common import EMA, PRESET_TRAINING, RunningRMS, make_adamw
+from ahri_core.train.common import EMA, RunningRMS, make_adamw
 
 RESULTS = Path(__file__).resolve().parent / "results"
 K_MAX = 64
@@ -231,7 +232,7 @@ class Trainer:
 
     def __init__(self, model: DynamicsModel, preset: str, dev: torch.device, precision: str) -> None:
         train, self.diff = TrainSettings(), DiffusionSettings()
-        rec = PRESET_TRAINING.get("dynamics", {}).get(preset, {})
+        rec = TRAINING_PRESETS.get("dynamics", {}).get(preset, {})
         self.model, self.dev, self.precision = model, dev, precision
         self.opt = make_adamw(model, rec.get("lr", train.lr), train.weight_decay)
         self.clip = train.grad_clip
@@ -441,7 +442,7 @@ def _per_item(preset, frames, tokens, channels, dev, precision, ckpt) -> dict:
 
 def presets_table(tokens, channels, dev, precision, measure_memory, train_seconds, frames, batch, deadline) -> list:
     rows = []
-    for name in PRESETS:
+    for name in DYNAMICS_PRESETS:
         cfg = dynamics_config(name, tokens=tokens, channels=channels)
         with torch.device("meta"):
             meta = DynamicsModel(cfg)

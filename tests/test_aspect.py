@@ -187,7 +187,7 @@ def test_wide_videos_go_through_the_whole_flow_with_the_whole_frame(tmp_path, ca
     assert (info.width // cols) / (info.height - 14) == pytest.approx(w / h, rel=0.1)
     clip = next((ws / "videos" / "local").glob("*.mp4"))
     out = tmp_path / "dream.mp4"
-    assert main([*W, "rollout", str(clip), "--model", "dyn", "--steps", "2", "--context", "4", "--horizon", "4",
+    assert main([*W, "rollout", str(clip), "--run", "dyn", "--steps", "2", "--context", "4", "--horizon", "4",
                  "--out", str(out), "--precision", "fp32"]) == 0
     info = probe(out)
     # truth | model, each the source's aspect (scaled 4x, a 14-pixel label band on top, even sizes)

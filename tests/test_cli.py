@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import ahri_core
-from ahri_cli import common
+from ahri_cli import options, output
 from ahri_cli.main import main
 
 AHRI = Path(sys.executable).parent / "ahri"
@@ -124,7 +124,7 @@ def test_runs_without_the_click_package(tmp_path):
 def test_closed_stderr_pipe_does_not_stop_the_work(tmp_path):
     ws = tmp_path / "ws"
     proc = subprocess.Popen(
-        [str(AHRI), "--workspace", str(ws), "fetch", "--source", "game", "--count", "2", "--frames", "20"],
+        [str(AHRI), "--workspace", str(ws), "fetch", "--source", "game", "--clips", "2", "--frames", "20"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "COLUMNS": "80"},
@@ -157,7 +157,7 @@ def test_guarded_stream_stops_writing_after_a_broken_pipe(monkeypatch):
             raise OSError("no descriptor")
 
     monkeypatch.setattr(sys, "stderr", Gone())
-    g = common.GuardedStream("stderr")
+    g = output.GuardedStream("stderr")
     assert g.write("one\n") == 4  # swallowed, reported as written
     g.flush()
     assert g.broken and g.write("two\n") == 4
@@ -179,7 +179,7 @@ def test_exit_codes_follow_one_table(tmp_path, capsys, monkeypatch):
     assert "ahri eval RUN" in err and "--model" not in err
     # a runtime failure of the operating system: 1 and the system's own words
     (tmp_path / "file").write_text("x")
-    assert main(["-w", str(tmp_path / "file" / "ws"), "fetch", "--source", "game", "--count", "1", "--frames", "4"]) == 1
+    assert main(["-w", str(tmp_path / "file" / "ws"), "fetch", "--source", "game", "--clips", "1", "--frames", "4"]) == 1
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith("error: Not a directory") and "Traceback" not in err
     # Ctrl-C during a command: 130 and one line
@@ -189,7 +189,7 @@ def test_exit_codes_follow_one_table(tmp_path, capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(sources, "record_game", interrupted)
-    assert main(["-w", str(ws), "fetch", "--source", "game", "--count", "1"]) == 130
+    assert main(["-w", str(ws), "fetch", "--source", "game", "--clips", "1"]) == 130
     assert capsys.readouterr().err.strip() == "interrupted"
 
 
@@ -200,14 +200,14 @@ def test_error_text_keeps_brackets(tmp_path, capsys):
 
 
 def test_device_values():
-    assert common.check_device("cuda:1") == "cuda:1"
-    assert common.check_device("CPU") == "cpu"
-    assert common.check_device(None) is None
+    assert options.check_device("cuda:1") == "cuda:1"
+    assert options.check_device("CPU") == "cpu"
+    assert options.check_device(None) is None
     import typer
 
     for bad in ("gpu", "cuda:", "cuda:x", ""):
         with pytest.raises(typer.BadParameter):
-            common.check_device(bad)
+            options.check_device(bad)
 
 
 def test_choices_are_listed_in_help():
@@ -224,11 +224,11 @@ def test_choices_are_listed_in_help():
 
 
 def test_preset_enums_come_from_the_model_tables():
-    from ahri_core.models import dynamics, tokenizer
+    from ahri_core.config.presets import DYNAMICS_PRESETS, PRESET_NAMES, TOKENIZER_PRESETS
 
-    assert [p.value for p in common.TokenizerPreset] == list(tokenizer.PRESETS)
-    assert [p.value for p in common.DynamicsPreset] == list(dynamics.PRESETS)
-    assert common._preset_names("ahri_core.models.tokenizer") == list(tokenizer.PRESETS)
+    assert [p.value for p in options.TokenizerPreset] == list(TOKENIZER_PRESETS)
+    assert [p.value for p in options.DynamicsPreset] == list(DYNAMICS_PRESETS)
+    assert list(PRESET_NAMES) == list(TOKENIZER_PRESETS)
 
 
 def test_setup_threads_applies_the_count():
@@ -236,17 +236,17 @@ def test_setup_threads_applies_the_count():
 
     before = torch.get_num_threads()
     try:
-        assert common.setup_threads(1) == 1 and torch.get_num_threads() == 1
+        assert options.setup_threads(1) == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
 
 
 def test_fetch_ends_with_the_next_command_and_quiet_keeps_only_results(tmp_path, capsys):
     ws = tmp_path / "my ws"
-    assert main(["-w", str(ws), "fetch", "--source", "game", "--count", "1", "--frames", "6"]) == 0
+    assert main(["-w", str(ws), "fetch", "--source", "game", "--clips", "1", "--frames", "6"]) == 0
     err = capsys.readouterr().err
     assert f"next: ahri -w '{ws}' train --stage tokenizer --minutes 10" in " ".join(err.split())
-    assert main(["-w", str(ws), "-q", "fetch", "--source", "game", "--count", "2", "--frames", "6"]) == 0
+    assert main(["-w", str(ws), "-q", "fetch", "--source", "game", "--clips", "2", "--frames", "6"]) == 0
     cap = capsys.readouterr()
     assert "next:" not in cap.err and "render" not in cap.err  # no hint, no progress display
     assert "done: 1 stored" in cap.err and "game-s0-0001" in cap.out  # the results remain
@@ -258,7 +258,7 @@ def test_sigterm_stops_with_130_and_leaves_only_whole_files(tmp_path):
 
     ws = tmp_path / "ws"
     proc = subprocess.Popen(
-        [str(AHRI), "-w", str(ws), "fetch", "--source", "game", "--count", "400", "--frames", "100"],
+        [str(AHRI), "-w", str(ws), "fetch", "--source", "game", "--clips", "400", "--frames", "100"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     store = ws / "videos" / "game"

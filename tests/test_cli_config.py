@@ -7,7 +7,9 @@ import os
 import pytest
 
 from ahri_cli.main import main
-from ahri_core.config.settings import FetchSettings, check_config_file, config_problems, known_sections, load
+from ahri_core.config.base import load
+from ahri_core.config.check import check_config_file, config_problems, known_sections
+from ahri_core.config.settings import FetchSettings
 from ahri_core.errors import ConfigError
 
 

@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ahri_core.config.settings import (
-    DataSettings,
-    DiffusionSettings,
-    SamplingSettings,
-    TrainSettings,
-    config_problems,
-    load,
-    read_toml,
-)
+from ahri_core.config.base import load, read_toml
+from ahri_core.config.check import config_problems
+from ahri_core.config.settings import DataSettings, DiffusionSettings, SamplingSettings, TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -87,8 +81,8 @@ def test_cli_doc_has_one_config_example_per_preset_size():
 
 @pytest.mark.parametrize("preset", ["tiny", "cpu", "small", "medium"])
 def test_cli_doc_config_examples_load(tmp_path, preset, monkeypatch):
-    from ahri_core.models import dynamics
-    from ahri_core.train.tokenizer import TokenizerSettings
+    from ahri_core.config.presets import DYNAMICS_PRESETS
+    from ahri_core.config.settings import TokenizerSettings
 
     for k in ("AHRI_TRAIN_PRESET", "AHRI_DATA_SEQ_LEN"):
         monkeypatch.delenv(k, raising=False)
@@ -105,5 +99,5 @@ def test_cli_doc_config_examples_load(tmp_path, preset, monkeypatch):
     assert train.preset == preset
     assert tok.size is None and tok.fit == "pad"  # the frame shape follows the videos' aspect
     longest = max(dset.seq_len_short, dset.seq_len_long) if dset.alternating else dset.seq_len
-    assert longest <= dynamics.PRESETS[preset]["max_frames"]
+    assert longest <= DYNAMICS_PRESETS[preset]["max_frames"]
     assert all(k <= diff.k_max for k in samp.steps)

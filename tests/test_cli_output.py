@@ -10,8 +10,9 @@ import pytest
 from rich.console import Console
 from rich.table import Table
 
-from ahri_cli import common
-from ahri_cli.common import RichProgress, run_log
+from ahri_cli import output
+from ahri_cli.progress import RichProgress, run_log
+from ahri_cli.state import STATE
 from ahri_core.errors import DataError
 from ahri_core.fileio import write_json_atomic, write_text_atomic
 
@@ -60,7 +61,7 @@ def test_progress_without_total_and_finish():
 
 
 def test_quiet_progress_shows_only_problems(capsys, monkeypatch):
-    monkeypatch.setattr(common.STATE, "quiet", True)
+    monkeypatch.setattr(STATE, "quiet", True)
     with RichProgress() as p:
         p.start("work", total=2)
         p.advance("work", 2, loss=1.0)
@@ -77,16 +78,16 @@ def test_run_log_tees_messages_tables_and_errors_without_colour(tmp_path, capsys
     t.add_column("metric")
     t.add_row("psnr \\[dB]")
     with pytest.raises(DataError), run_log(log):
-        common.console.print("[bold red]loud[/] message with [brackets]", markup=False)
-        common.info("[green]coloured[/] info")
-        common.out.print(t)
+        output.console.print("[bold red]loud[/] message with [brackets]", markup=False)
+        output.info("[green]coloured[/] info")
+        output.out.print(t)
         with RichProgress() as p:
             p.start("train", total=4)
             p.advance("train", 4, loss=0.5)
             p.log("checkpoint at step 4")
             p.finish("train")
         raise DataError("latents are damaged")
-    common.console.print("after the block")  # not logged any more
+    output.console.print("after the block")  # not logged any more
     text = log.read_text()
     assert text.startswith("--- ")  # a header line with the time and the command
     assert "[bold red]loud[/] message with [brackets]" in text
@@ -97,7 +98,7 @@ def test_run_log_tees_messages_tables_and_errors_without_colour(tmp_path, capsys
     assert text.rstrip().endswith("error: latents are damaged")
     assert "\x1b[" not in text and "4/4 -/s" not in text  # no colour codes, no progress bar
     assert "after the block" not in text
-    assert common._ACTIVE_LOGS == [] and log.name not in str(common.console._render_hooks)
+    assert output._ACTIVE_LOGS == [] and log.name not in str(output.console._render_hooks)
     assert "coloured info" in capsys.readouterr().err  # the console showed it too
 
 
@@ -107,10 +108,10 @@ def test_run_log_quiet_still_logs_and_refusals_leave_no_file(tmp_path, capsys, m
     with pytest.raises(ConfigError), run_log(tmp_path / "a" / "log.txt"):
         raise ConfigError("bad flag")
     assert not (tmp_path / "a").exists()
-    monkeypatch.setattr(common.STATE, "quiet", True)
+    monkeypatch.setattr(STATE, "quiet", True)
     with run_log(tmp_path / "b.txt"):
-        common.info("only in the log")
-        common.warn("shown [everywhere]")
+        output.info("only in the log")
+        output.warn("shown [everywhere]")
     assert "only in the log" in (tmp_path / "b.txt").read_text()
     err = capsys.readouterr().err
     assert "only in the log" not in err and "warning: shown [everywhere]" in err

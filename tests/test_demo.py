@@ -7,7 +7,8 @@ import json
 import pytest
 
 from ahri_cli.main import main
-from ahri_core.demo import DemoSettings, _sampling_calls
+from ahri_core.config.settings import DemoSettings
+from ahri_core.demo import _sampling_calls
 from ahri_core.video import probe
 
 TINY = """

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ahri_core.checkpoint import load_weights, save_weights
+from ahri_core.config.presets import DYNAMICS_MAX_TOKENS, DYNAMICS_PRESETS
 from ahri_core.errors import CheckpointError, ConfigError, DataError
 from ahri_core.models.dynamics import (
-    PRESETS,
     DynamicsConfig,
     build_dynamics,
     dynamics_config,
@@ -296,7 +296,7 @@ def test_grad_checkpointing_really_recomputes():
 
 # ---------------------------------------------------------------------------------------------- configs
 def test_presets_build_and_sizes():
-    counts = {p: param_count(p, tokens=16, channels=32) for p in PRESETS}
+    counts = {p: param_count(p, tokens=16, channels=32) for p in DYNAMICS_PRESETS}
     assert counts["tiny"] < counts["cpu"] < counts["small"] < counts["medium"] < counts["large"]
     assert 50e6 < counts["small"] < 70e6  # the seed's ~60M model
     assert counts["cpu"] < 5e6
@@ -377,11 +377,11 @@ def test_presets_pack_many_latent_tokens_into_their_token_budget():
 @pytest.mark.parametrize("grid", [(6, 10), (10, 6), (7, 9), (9, 7), (8, 8), (5, 12), (3, 20), (4, 4), (6, 11),
                                   (19, 13), (18, 14), (14, 18)])
 def test_packing_makes_each_model_token_a_block_of_the_token_grid(grid):
-    from ahri_core.models.dynamics import PRESET_MAX_TOKENS, auto_pack
+    from ahri_core.models.dynamics import auto_pack
 
     rows, cols = grid
     tokens = rows * cols
-    for budget in sorted(set(PRESET_MAX_TOKENS.values())):
+    for budget in sorted(set(DYNAMICS_MAX_TOKENS.values())):
         p, a = auto_pack(tokens, budget, grid)
         plain, _ = auto_pack(tokens, budget)
         assert tokens % p == 0 and tokens // p <= budget and p >= plain

@@ -12,11 +12,11 @@ from tokenizer_fixtures import make_store, tiny_train
 
 from ahri_core import runtime
 from ahri_core.checkpoint import CheckpointError, load_weights, save_weights
-from ahri_core.config.settings import DataSettings, DiffusionSettings, TrainSettings
+from ahri_core.config.settings import DataSettings, DiffusionSettings, TokenizerSettings, TrainSettings
 from ahri_core.data.windows import LatentVideo, make_latent_set
 from ahri_core.errors import ConfigError, DataError
 from ahri_core.train.loop import DivergedError
-from ahri_core.train.tokenizer import TokenizerSettings, train_tokenizer
+from ahri_core.train.tokenizer import train_tokenizer
 
 
 # ---------------------------------------------------------------------------------------------- precision

@@ -34,7 +34,7 @@ def test_record_game_stores_clips_with_actions(tmp_path):
 def test_cli_game(tmp_path, capsys):
     ws = tmp_path / "ws"
     rc = main(
-        ["--workspace", str(ws), "fetch", "--source", "game", "--count", "2", "--frames", "8", "--seed", "1"]
+        ["--workspace", str(ws), "fetch", "--source", "game", "--clips", "2", "--frames", "8", "--seed", "1"]
     )
     err = capsys.readouterr().err
     assert rc == 0, err

@@ -66,7 +66,7 @@ def test_atari_keeps_its_rate_actions_and_whole_frame_through_tokenize(tmp_path)
 
     ws = tmp_path / "ws"
     W = ["-w", str(ws)]
-    assert main([*W, "fetch", "--source", "gym", "--env", "ALE/Pong-v5", "--count", "2", "--frames", "12"]) == 0
+    assert main([*W, "fetch", "--source", "gym", "--env", "ALE/Pong-v5", "--clips", "2", "--frames", "12"]) == 0
     assert main([*W, "train", "--stage", "tokenizer", "--preset", "cpu", "--run", "tok", "--max-steps", "1",
                  "--precision", "fp32"]) == 0
     assert main([*W, "tokenize", "--tokenizer", "tok", "--precision", "fp32"]) == 0

@@ -511,7 +511,7 @@ def test_cli_flags(lam_world, tmp_path):
 
     ws, lat_dir, run = lam_world
     clip_path = ws.videos / "game" / f"{held_out(lat_dir)[0]}.mp4"
-    code = main(["--workspace", str(ws.root), "-q", "rollout", str(clip_path), "--model", str(run), "--steps", "2",
+    code = main(["--workspace", str(ws.root), "-q", "rollout", str(clip_path), "--run", str(run), "--steps", "2",
                  "--context", "4", "--horizon", "3", "--actions", "1,2", "--out", str(tmp_path / "r.mp4"),
                  "--precision", "fp32"])
     assert code in (0, None) and (tmp_path / "r.mp4").is_file()

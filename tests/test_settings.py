@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from ahri_cli.main import main
-from ahri_core.config.settings import DiffusionSettings, FetchSettings, SamplingSettings, TrainSettings, load
+from ahri_core.config.base import load
+from ahri_core.config.settings import DiffusionSettings, FetchSettings, SamplingSettings, TrainSettings
 from ahri_core.errors import ConfigError
 
 
@@ -105,7 +106,7 @@ def test_cli_flag_toml_and_env_errors_exit_2_before_any_work(tmp_path, capsys, m
 def test_flag_beats_env_in_the_cli(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("AHRI_FETCH_COUNT", "0")  # invalid, but the flag overrides it
     monkeypatch.setenv("AHRI_FETCH_FRAMES", "6")
-    rc, err = _cli(capsys, "--workspace", str(tmp_path), "fetch", "--source", "game", "--count", "1")
+    rc, err = _cli(capsys, "--workspace", str(tmp_path), "fetch", "--source", "game", "--clips", "1")
     assert rc == 0, err
     assert "1 stored (6 frames)" in err  # count from the flag, frames from the environment
 

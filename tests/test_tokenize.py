@@ -113,7 +113,7 @@ def test_cli_tokenize_exit_codes_and_decode(ws, tmp_path, capsys):
     assert len(files) == 5
     # --decode turns a latent file back into an mp4 with one frame per latent frame
     dest = tmp_path / "back.mp4"
-    assert main(["-w", str(ws), "tokenize", "--tokenizer", "tok1", "--decode", str(files[0]), "--output", str(dest)]) == 0
+    assert main(["-w", str(ws), "tokenize", "--tokenizer", "tok1", "--decode", str(files[0]), "--out", str(dest)]) == 0
     from ahri_core.video import probe
 
     info = probe(dest)

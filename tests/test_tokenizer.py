@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from ahri_core.checkpoint import load_weights, save_weights
+from ahri_core.config.presets import TOKENIZER_PRESETS
+from ahri_core.config.settings import TokenizerSettings
 from ahri_core.data.frames import (
     FrameSampler,
     FrameSet,
@@ -27,14 +29,13 @@ from ahri_core.data.frames import (
 )
 from ahri_core.errors import CheckpointError, ConfigError, DataError
 from ahri_core.models.tokenizer import (
-    PRESETS,
     Tokenizer,
     build_tokenizer,
     describe,
     load_tokenizer,
     tokenizer_config,
 )
-from ahri_core.train.tokenizer import TokenizerSettings, psnr, train_tokenizer
+from ahri_core.train.tokenizer import psnr, train_tokenizer
 from tests.tokenizer_fixtures import make_store, tiny_train
 
 
@@ -59,13 +60,13 @@ def test_shapes_and_latent_range():
 
 
 def test_presets_compress_at_least_16x_and_describe():
-    for name in PRESETS:
+    for name in TOKENIZER_PRESETS:
         cfg = tokenizer_config(name)
         assert cfg.compression >= 16, name
         assert f"{cfg.compression:.1f}x compression" in describe(cfg)
     cpu = tokenizer_config("cpu")
     assert cpu.size == (64, 64) and cpu.compression >= 16
-    assert max(tokenizer_config(n).width for n in PRESETS) == 256
+    assert max(tokenizer_config(n).width for n in TOKENIZER_PRESETS) == 256
     with pytest.raises(ConfigError, match="unknown tokenizer preset"):
         tokenizer_config("huge")
     with pytest.raises(ConfigError, match="patch_size"):

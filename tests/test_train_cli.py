@@ -23,7 +23,7 @@ def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ws")
-    p = _run("-w", str(root), "fetch", "--source", "game", "--count", "3", "--frames", "24", "--size", "32")
+    p = _run("-w", str(root), "fetch", "--source", "game", "--clips", "3", "--frames", "24", "--size", "32")
     assert p.returncode == 0, p.stderr
     return root
 
@@ -87,7 +87,7 @@ def test_resume_of_a_missing_run_names_the_runs_that_exist(ws):
 def test_default_train_then_eval_works_on_the_built_in_game(tmp_path):
     """The defaults fit together: a default dynamics run (shortcut forcing) evaluates with eval's defaults."""
     ws = tmp_path / "ws"
-    p = _run("-w", str(ws), "fetch", "--source", "game", "--count", "4", "--frames", "48", "--size", "32")
+    p = _run("-w", str(ws), "fetch", "--source", "game", "--clips", "4", "--frames", "48", "--size", "32")
     assert p.returncode == 0, p.stderr
     p = _run("-w", str(ws), "train", "--stage", "tokenizer", "--preset", "tiny", "--run", "tok", "--max-steps", "20",
              "--precision", "fp32")

@@ -257,13 +257,14 @@ def test_cli_preset_unknown_is_a_config_error(tmp_path: Path, capsys):
 
 
 def test_preset_training_defaults_fill_only_what_was_not_given():
-    from ahri_core.train.common import PRESET_TRAINING, with_preset_defaults
+    from ahri_core.config.presets import TRAINING_PRESETS
+    from ahri_core.train.common import with_preset_defaults
 
-    rec = PRESET_TRAINING["dynamics"]["cpu"]
+    rec = TRAINING_PRESETS["dynamics"]["cpu"]
     t = with_preset_defaults(TrainSettings(preset="cpu", max_steps=5))
     assert (t.lr, t.batch_size, t.ema) == (rec["lr"], rec["batch_size"], rec["ema"])
     tok = with_preset_defaults(TrainSettings(stage="tokenizer", preset="cpu", max_steps=5))
-    assert tok.lr == PRESET_TRAINING["tokenizer"]["cpu"]["lr"] != t.lr
+    assert tok.lr == TRAINING_PRESETS["tokenizer"]["cpu"]["lr"] != t.lr
     t = with_preset_defaults(TrainSettings(preset="cpu", max_steps=5, lr=5e-4, ema=0.0))
     assert t.lr == 5e-4 and t.ema == 0.0
 
@@ -311,7 +312,7 @@ def test_gradient_accumulation_takes_k_batches_per_step_and_resumes_exactly(tmp_
 
 
 def test_cpu_preset_windows_are_the_demos_recipe():
-    from ahri_core.demo import DemoSettings
+    from ahri_core.config.settings import DemoSettings
     from ahri_core.train.common import with_preset_data, with_preset_defaults
 
     demo = DemoSettings()

@@ -1,273 +1,21 @@
-"""Validated settings, one pydantic model per component.
+"""Validated settings, one pydantic model per component (one table of a config file each).
 
-Precedence, lowest first: the model's defaults < a TOML config file (``--config``, one table per
-component, e.g. ``[train]``) < ``AHRI_<SECTION>_<FIELD>`` environment variables < command-line flags.
-Every model forbids unknown keys, so a typo in a config file is an error rather than a silent default.
-Invalid values raise :class:`ConfigError` with a one-line message naming field, value and what is allowed.
+How a section is read (defaults, presets, config file, environment, flags) is in ``config/base.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import difflib
-import os
-import re
-import sys
-from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
 
 from ..errors import ConfigError
+from .base import Section, is_power_of_two
+from .presets import DYNAMICS_PRESETS
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-_CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("ahri_config_file", default=None)
-
-
-def read_toml(path: str | os.PathLike) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
-    try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
-    except OSError as e:
-        raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}") from None
-
-
-class _TomlSection(PydanticBaseSettingsSource):
-    """Reads the component's table from the active config file (see :func:`config_file`)."""
-
-    def get_field_value(self, field, field_name):  # pragma: no cover - unused, __call__ does the work
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        path = _CONFIG_FILE.get()
-        if path is None:
-            return {}
-        section = self.settings_cls.section
-        table = read_toml(path).get(section, {})
-        if not isinstance(table, dict):
-            line = _line_of(Path(path), [section])
-            raise ConfigError(f"{_where(path, line)}: {section} must be a table ([{section}] followed by its settings)")
-        return table
-
-
-class Section(BaseSettings):
-    """Base for every component's settings."""
-
-    section: ClassVar[str] = ""
-    model_config = SettingsConfigDict(extra="forbid", validate_default=True, env_ignore_empty=True)
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.section:
-            cls.model_config = {**cls.model_config, "env_prefix": f"AHRI_{cls.section.upper()}_"}
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _TomlSection(settings_cls))
-
-
-@contextlib.contextmanager
-def config_file(path: str | os.PathLike | None) -> Iterator[None]:
-    """Make ``path`` the TOML file that settings read inside the ``with`` block."""
-    token = _CONFIG_FILE.set(Path(path) if path is not None else None)
-    try:
-        yield
-    finally:
-        _CONFIG_FILE.reset(token)
-
-
-def format_validation_error(
-    err: ValidationError, section: str, fields: Iterable[str] | None = None, config: str | os.PathLike | None = None
-) -> str:
-    """One line for the first error: the setting, the value given and what is allowed.
-
-    ``fields``: the section's field names, for "did you mean" on an unknown key; ``config``: the config
-    file, to name the line an unknown key is on.
-    """
-    e = err.errors()[0]
-    loc = ".".join(str(x) for x in e.get("loc", ()))
-    name = f"{section}.{loc}" if loc else section
-    value = e.get("input")
-    msg = e.get("msg", "invalid value")
-    if e.get("type") == "extra_forbidden":
-        key = str(e.get("loc", ("",))[0])
-        where = ""
-        if config is not None:
-            line = _line_of(Path(config), [section, key])
-            if line is not None:
-                where = f" ({_where(config, line)})"
-        return f"unknown setting {name}{where}{_key_hint(key, section, sorted(fields or ()))}"
-    if isinstance(value, dict):
-        return f"invalid setting {name}: {msg}"
-    return f"invalid setting {name}={value!r}: {msg}"
-
-
-# ----------------------------------------------------------------------------------------------
-# The whole config file: every table and key must be known
-# ----------------------------------------------------------------------------------------------
-
-# Modules that define Section subclasses outside this file; imported by known_sections().
-SECTION_MODULES = ("ahri_core.train.tokenizer", "ahri_core.demo")
-
-
-def known_sections() -> dict[str, list[str]]:
-    """Every config table (a :class:`Section` subclass's ``section``) and its field names, sorted."""
-    import importlib
-
-    for mod in SECTION_MODULES:
-        importlib.import_module(mod)
-    found: dict[str, set[str]] = {}
-    stack: list[type[Section]] = list(Section.__subclasses__())
-    while stack:
-        cls = stack.pop()
-        stack.extend(cls.__subclasses__())
-        if cls.section:
-            found.setdefault(cls.section, set()).update(cls.model_fields)
-    return {k: sorted(v) for k, v in sorted(found.items())}
-
-
-def _where(path: str | os.PathLike, line: int | None) -> str:
-    return f"config file {path}, line {line}" if line is not None else f"config file {path}"
-
-
-_KEY_PART = r"""(?:"[^"]*"|'[^']*'|[A-Za-z0-9_-]+)"""
-_HEADER = re.compile(rf"^\s*\[\[?\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*\]\]?\s*(?:#.*)?$")
-_KEY = re.compile(rf"^\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*=")
-
-
-def _parts(dotted: str) -> list[str]:
-    return [p.strip("\"'") for p in re.findall(_KEY_PART, dotted)]
-
-
-def _line_of(path: Path, target: list[str]) -> int | None:
-    """The first line (1-based) that defines the table or key ``target`` (e.g. ["train", "lr"]), if found."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return None
-    current: list[str] = []
-    for i, raw in enumerate(lines, 1):
-        m = _HEADER.match(raw)
-        if m:
-            current = _parts(m.group(1))
-            full = current
-        else:
-            k = _KEY.match(raw)
-            if not k:
-                continue
-            full = current + _parts(k.group(1))
-        if full[: len(target)] == target:
-            return i
-    return None
-
-
-def _close(word: str, choices: Iterable[str]) -> list[str]:
-    choices = list(choices)
-    # whole words first ("lr" for "lr_rate", "seq_len" for "seq"), then spelling ("max_height" for "max_heigth")
-    near = [c for c in choices if word.startswith(c + "_") or c.startswith(word + "_")]
-    near += [c for c in difflib.get_close_matches(word, choices, n=2, cutoff=0.6) if c not in near]
-    return near[:3]
-
-
-def _key_hint(key: str, section: str, fields: list[str], sections: dict[str, list[str]] | None = None) -> str:
-    hint = ""
-    near = _close(key, fields)
-    if near:
-        hint += f"; did you mean {' or '.join(near)}?"
-    if sections is not None:
-        elsewhere = [f"[{name}]" for name, fs in sections.items() if name != section and key in fs]
-        if elsewhere:
-            hint += f"; {key} is a setting of {', '.join(elsewhere)}"
-    if fields:
-        hint += f" (settings of [{section}]: {', '.join(fields)})"
-    return hint
-
-
-def config_problems(path: str | os.PathLike) -> list[str]:
-    """Every unknown table or key in the config file at ``path``, one message each (empty: the file is fine).
-
-    Values are not checked here; each component validates its own table when it loads its settings.
-    """
-    p = Path(path)
-    data = read_toml(p)
-    sections = known_sections()
-    tables = ", ".join(f"[{n}]" for n in sections)
-    problems: list[str] = []
-    for name, value in data.items():
-        line = _line_of(p, [name])
-        if name not in sections:
-            if isinstance(value, dict):
-                near = _close(name, sections)
-                hint = f"; did you mean {' or '.join(f'[{n}]' for n in near)}?" if near else ""
-                problems.append(f"{_where(p, line)}: unknown table [{name}]{hint} (tables: {tables})")
-            else:
-                owners = [f"[{n}]" for n, fs in sections.items() if name in fs]
-                hint = f"; put it under {' or '.join(owners)}" if owners else ""
-                problems.append(
-                    f"{_where(p, line)}: setting {name} is outside any table{hint} (every setting belongs to a table: {tables})"
-                )
-            continue
-        if not isinstance(value, dict):
-            problems.append(f"{_where(p, line)}: {name} must be a table ([{name}] followed by its settings)")
-            continue
-        fields = sections[name]
-        for key in value:
-            if key not in fields:
-                kline = _line_of(p, [name, key])
-                problems.append(f"{_where(p, kline)}: unknown setting {name}.{key}{_key_hint(key, name, fields, sections)}")
-    return problems
-
-
-def check_config_file(path: str | os.PathLike) -> None:
-    """Raise :class:`ConfigError` naming the file, line and known names at the first unknown table or key."""
-    problems = config_problems(path)
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ConfigError(problems[0] + more)
-
-
-S = TypeVar("S", bound=Section)
-
-
-def load(cls: type[S], flags: dict[str, Any] | None = None, config: str | os.PathLike | None = None) -> S:
-    """Build ``cls`` from defaults, the config file, the environment and ``flags`` (None values skipped)."""
-    given = {k: v for k, v in (flags or {}).items() if v is not None}
-    try:
-        if config is not None:
-            with config_file(config):
-                return cls(**given)
-        return cls(**given)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, cls.section, cls.model_fields, config)) from None
-    except ValueError as e:  # malformed env values (e.g. bad JSON list)
-        raise ConfigError(f"invalid setting in [{cls.section}]: {e}") from None
-
-
-def is_power_of_two(n: int) -> bool:
-    return n > 0 and (n & (n - 1)) == 0
-
-
-# ----------------------------------------------------------------------------------------------
-# Components
-# ----------------------------------------------------------------------------------------------
+if TYPE_CHECKING:
+    from ..data.frames import SplitRule
 
 
 class FetchSettings(Section):
@@ -460,4 +208,199 @@ class LatentActionSettings(Section):
     def _mixing(cls, v: int) -> int:
         if v not in (0, 1, 2, 4, 8, 16):
             raise ValueError("allowed: 0, 1, 2, 4, 8, 16")
+        return v
+
+
+MODEL_SHAPE = ("dim", "depth", "heads")  # the dynamics model's fields that [model] can set
+
+
+def _head_width(dim: int, heads: int) -> str | None:
+    """Why ``dim`` cannot be split into ``heads`` heads (None: it can)."""
+    if dim % heads:
+        return f"dim {dim} is not divisible by heads {heads}"
+    if (dim // heads) % 2:
+        return f"head width dim/heads = {dim // heads} must be even (rotary position encoding)"
+    return None
+
+
+class ModelSettings(Section):
+    """The dynamics model's shape (``[model]``, ``AHRI_MODEL_*``, ``ahri train --dim/--depth/--heads``).
+
+    None: the preset's value. Only a new run takes them: a resumed run keeps the shape it was made with.
+    """
+
+    section: ClassVar[str] = "model"
+    dim: int | None = Field(None, ge=8, le=16384, description="model width (default: the preset's)")
+    depth: int | None = Field(None, ge=1, le=512, description="blocks, spatial and temporal (default: the preset's)")
+    heads: int | None = Field(None, ge=1, le=256, description="attention heads; dim must be divisible by heads "
+                              "(default: the preset's)")
+
+    @field_validator("heads")
+    @classmethod
+    def _heads(cls, v: int | None, info: Any) -> int | None:
+        dim = info.data.get("dim")
+        if v is not None and dim is not None:
+            why = _head_width(dim, v)
+            if why:
+                raise ValueError(why)
+        return v
+
+    def overrides(self) -> dict[str, int]:
+        """The shape fields given (for ``dynamics_config``); the rest stay the preset's."""
+        return {k: getattr(self, k) for k in MODEL_SHAPE if getattr(self, k) is not None}
+
+    def shape(self, preset: str) -> dict[str, int]:
+        """dim, depth and heads of a new model of ``preset``: the ones given, else the preset's; checked
+        against the preset's other fields (key/value heads, temporal layers)."""
+        base = DYNAMICS_PRESETS.get(preset)
+        if base is None:
+            raise ConfigError(f"unknown dynamics preset {preset!r}; accepted: {', '.join(DYNAMICS_PRESETS)}")
+        shape = {**{k: int(base[k]) for k in MODEL_SHAPE}, **self.overrides()}
+        dim, depth, heads = shape["dim"], shape["depth"], shape["heads"]
+        which = "heads" if self.heads is not None else "dim"
+        why = _head_width(dim, heads)
+        kv = base.get("kv_heads")
+        if why is None and kv and heads % kv:
+            why = f"heads {heads} is not divisible by the {preset} preset's key/value heads {kv}"
+        if why is not None:
+            raise ConfigError(f"invalid setting model.{which}={shape[which]}: {why} (preset {preset})")
+        every = int(base["temporal_every"])
+        if depth < every:
+            raise ConfigError(f"invalid setting model.depth={depth}: the {preset} preset makes every {every}th block "
+                              f"temporal, so depth must be >= {every}")
+        return shape
+
+
+class TokenizerSettings(Section):
+    """Tokenizer-stage settings (``[tokenizer]`` in a config file, ``AHRI_TOKENIZER_*``).
+
+    Model overrides (None = the preset's value) apply only to a new run; a resumed run rebuilds its
+    model from the checkpoint.
+    """
+
+    section: ClassVar[str] = "tokenizer"
+    size: str | None = Field(
+        None, description='frame size "HxW" in pixels (e.g. 48x80) or one number for a square; default: the '
+        "preset's pixel budget shaped to the videos' aspect"
+    )
+    fit: Literal["pad", "crop", "squash"] = Field(
+        "pad", description="how frames of another aspect are made HxW: pad (whole frame kept), crop or squash"
+    )
+    fps: float | None = Field(
+        None, gt=0, le=240, description="highest frame rate videos are read at (a slower video keeps its own)"
+    )
+    patch_size: int | None = Field(None, ge=1, le=64)
+    tokens: int | None = Field(None, ge=1, le=4096, description="latent tokens per frame")
+    channels: int | None = Field(None, ge=1, le=1024, description="bottleneck width per token")
+    mask_max: float | None = Field(None, ge=0, lt=1, description="MAE drop rate drawn from U(0, mask_max)")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="fraction of videos held out for validation")
+    val_videos: list[str] | None = Field(
+        None, description="ids of the videos held out (instead of the hash split with val_fraction)"
+    )
+    split_file: Path | None = Field(
+        None, description='file naming the held-out videos: JSON {"val": [...], "train": [...]} or lines "val ID ..."'
+    )
+    val_frames: int = Field(256, ge=1, description="held-out frames scored at each validation")
+    max_frames_per_video: int = Field(
+        20_000, ge=1, description="frames cached per video; a longer video keeps every k-th frame, spread over all of it"
+    )
+    perceptual_weight: float = Field(0.0, ge=0, description="weight of the perceptual term (needs perceptual_model)")
+    perceptual_model: Path | None = Field(
+        None, description="local torch.export file (.pt2) f(recon, target) -> per-item distance; nothing is downloaded"
+    )
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> str | None:
+        from ..models.tokenizer import parse_size
+
+        hw = parse_size(v)
+        return None if hw is None else f"{hw[0]}x{hw[1]}"
+
+    def split_rule(self) -> SplitRule:
+        """The train/validation split: chosen videos (``split_file`` or ``val_videos``) or the hash rule."""
+        from ..data.frames import SplitRule
+
+        if self.split_file is not None and self.val_videos:
+            raise ConfigError("--split and --val-videos both choose the held-out videos; give one of them")
+        if self.split_file is not None:
+            return SplitRule.from_file(self.split_file)
+        if self.val_videos:
+            return SplitRule.chosen(self.val_videos)
+        return SplitRule.by_hash(self.val_fraction)
+
+    def overrides(self) -> dict[str, Any]:
+        """Model settings given (None: the preset's); ``height``/``width`` from ``size``."""
+        from ..models.tokenizer import parse_size
+
+        hw = parse_size(self.size)
+        return {
+            "height": hw[0] if hw else None,
+            "width": hw[1] if hw else None,
+            "fit": self.fit if "fit" in self.model_fields_set else None,
+            "fps": self.fps,
+            "patch_size": self.patch_size,
+            "tokens": self.tokens,
+            "channels": self.channels,
+            "mask_max": self.mask_max,
+        }
+
+
+class DemoSettings(Section):
+    """``ahri demo`` (``[demo]`` in a config file, ``AHRI_DEMO_*``). Defaults are tuned for 2 CPU cores, 15 min."""
+
+    section: ClassVar[str] = "demo"
+    minutes: float = Field(15.0, gt=0, le=24 * 60, description="wall-clock budget of the whole demo")
+    clips: int = Field(96, ge=2, description="built-in game clips to render")
+    frames: int = Field(160, ge=8, description="frames per clip (20 fps)")
+    size: int = Field(64, ge=16, description="frame size of the clips")
+    seed: int = Field(0, ge=0)
+    tokenizer_preset: str = "cpu"
+    dynamics_preset: str = "cpu"
+    tokenizer_share: float = Field(0.35, gt=0, lt=1, description="share of the training time for the tokenizer")
+    eval_share: float = Field(0.04, ge=0, lt=0.5, description="share of the budget reserved for eval and rollout")
+    val_fraction: float = Field(0.15, gt=0, lt=1, description="clips held out (by whole clip)")
+    # dynamics training
+    seq_len_short: int = Field(16, ge=2)
+    seq_len_long: int = Field(32, ge=2)
+    batch_size_short: int = Field(8, ge=1)
+    batch_size_long: int = Field(4, ge=1)
+    long_ratio: float = Field(0.1, ge=0, le=1)
+    stride: int = Field(4, ge=1)
+    k_max: int = Field(64, ge=1)
+    dynamics_lr: float = Field(3e-3, gt=0, description="the cpu preset's default too")
+    single_image_fraction: float = Field(
+        0.1, ge=0, le=1, description="dynamics items trained as single images (the library default too)"
+    )
+    dynamics_ema: float = Field(0.99, ge=0, lt=1, description="EMA decay of the dynamics weights (0 = off)")
+    tokenizer_batch_size: int | None = Field(None, ge=1)
+    tokenizer_mask_max: float = Field(
+        0.9, ge=0, lt=1,
+        description="MAE drop rate bound of the demo's tokenizer (the preset's 0.9: better rollouts than 0, docs/evaluation.md)",
+    )
+    precision: Precision = Field("auto", description="auto (measured on this machine per model), bf16 or fp32")
+    # optional step caps (reproducible runs on a busy machine: the time budget still applies)
+    tokenizer_max_steps: int | None = Field(None, ge=1)
+    dynamics_max_steps: int | None = Field(None, ge=1)
+    # evaluation
+    steps: list[int] = Field(default_factory=lambda: [4, 64])
+    context: int = Field(16, ge=1)
+    horizon: int = Field(16, ge=1)
+    eval_clips: int = Field(32, ge=1, description="held-out windows scored (more = a tighter estimate)")
+    tau_ctx: float = Field(0.1, ge=0, lt=1)
+    rollout_horizon: int = Field(32, ge=1)
+    samples: int = Field(2, ge=0, description="side-by-side mp4s written by the evaluation")
+
+    @field_validator("k_max")
+    @classmethod
+    def _k(cls, v: int) -> int:
+        if not is_power_of_two(v):
+            raise ValueError("must be a power of two")
+        return v
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: list[int]) -> list[int]:
+        if not v or any(not is_power_of_two(k) for k in v):
+            raise ValueError("step counts must be powers of two")
         return v

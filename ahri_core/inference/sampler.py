@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from ..config.settings import is_power_of_two
+from ..config.base import is_power_of_two
 from ..diffusion import add_noise, euler_step
 from ..errors import ConfigError
 from ..progress import Progress, ensure

@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..checkpoint import config_mismatch, load_weights, read_metadata
+from ..config.presets import DYNAMICS_MAX_TOKENS, DYNAMICS_PRESETS
 from ..errors import CheckpointError, ConfigError, DataError
 from .layers import Attention, RMSNorm, Rotary, SwiGLU
 
@@ -133,27 +134,6 @@ class DynamicsConfig(BaseModel):
         return ["T" if (i + 1) % self.temporal_every == 0 else "S" for i in range(self.depth)]
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # unit tests: milliseconds per step; GQA on so the path is exercised.
-    "tiny": dict(dim=32, depth=4, heads=4, kv_heads=2, registers=2, temporal_every=2, mlp_ratio=2.0, max_frames=16),
-    # the CPU demo (2 cores, minutes): a few hundred thousand parameters.
-    "cpu": dict(dim=128, depth=6, heads=4, registers=4, temporal_every=3, mlp_ratio=3.0, max_frames=32),
-    # the seed's model: 512 wide, 12 layers, 8 heads (about 60M parameters).
-    "small": dict(dim=512, depth=12, heads=8, registers=8, temporal_every=4, mlp_ratio=4.0, max_frames=64),
-    # one size up, for a single larger GPU.
-    "medium": dict(dim=768, depth=16, heads=12, kv_heads=4, registers=8, temporal_every=4, mlp_ratio=4.0,
-                   max_frames=64),
-    # several GPUs (docs/scaling.md): train with --fsdp and --grad-checkpointing.
-    "large": dict(dim=1024, depth=24, heads=16, kv_heads=4, registers=16, temporal_every=4, mlp_ratio=4.0,
-                  max_frames=128),
-}
-
-# Most model tokens per frame for each preset: a tokenizer with more latent tokens is packed (``pack``
-# consecutive latent tokens become one model token) so that spatial attention and the per-token MLPs cost
-# what the preset was sized for. A 64-token tokenizer under the cpu preset runs as 16 tokens of 4 x C.
-PRESET_MAX_TOKENS: dict[str, int] = {"tiny": 16, "cpu": 16, "small": 64, "medium": 256, "large": 256}
-
-
 def auto_pack(tokens: int, max_tokens: int | None, grid: tuple[int, int] | None = None) -> tuple[int, int]:
     """(pack, pack_rows): the fewest latent tokens per model token with tokens / pack <= ``max_tokens``
     ((1, 1) when there is no limit).
@@ -214,11 +194,11 @@ def dynamics_config(
     elif isinstance(preset_or_config, dict):
         fields = dict(preset_or_config)
     elif isinstance(preset_or_config, str):
-        if preset_or_config not in PRESETS:
+        if preset_or_config not in DYNAMICS_PRESETS:
             raise ConfigError(
-                f"unknown dynamics preset {preset_or_config!r}; accepted: {', '.join(PRESETS)}"
+                f"unknown dynamics preset {preset_or_config!r}; accepted: {', '.join(DYNAMICS_PRESETS)}"
             )
-        fields = dict(PRESETS[preset_or_config])
+        fields = dict(DYNAMICS_PRESETS[preset_or_config])
     else:
         raise ConfigError(f"dynamics model: expected a preset name or a config, got {type(preset_or_config).__name__}")
     if tokens is not None:
@@ -228,7 +208,7 @@ def dynamics_config(
     fields.update(overrides)
     grid = tuple(latent_grid) if latent_grid else None
     if isinstance(preset_or_config, str) and "pack" not in overrides and isinstance(fields.get("tokens"), int):
-        fields["pack"], rows = auto_pack(fields["tokens"], PRESET_MAX_TOKENS.get(preset_or_config), grid)
+        fields["pack"], rows = auto_pack(fields["tokens"], DYNAMICS_MAX_TOKENS.get(preset_or_config), grid)
         if rows > 1:  # blocks of several rows: the model must know the grid (else consecutive tokens)
             fields["pack_rows"] = rows
     if int(fields.get("pack_rows") or 1) > 1 and fields.get("token_grid") is None and grid is not None:

@@ -30,6 +30,7 @@ from einops import rearrange
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
+from ..config.presets import TOKENIZER_PRESETS
 from ..errors import CheckpointError, ConfigError
 from ..runtime import autocast
 from .layers import Block, RMSNorm
@@ -216,23 +217,6 @@ class TokenizerConfig(BaseModel):
             raise ConfigError(f"invalid tokenizer config{' ' + loc if loc else ''}: {msg}") from None
 
 
-# Presets. ``tiny`` is for tests (seconds); ``cpu`` is the demo preset (trains in minutes on 2 cores);
-# the rest are GPU sizes. ``image_size`` is the square frame of the preset; for another aspect it sets the
-# pixel budget (image_size squared), and the latent tokens keep the preset's tokens per patch (the side of
-# each token's square of patches), so a 16:9 source at the cpu budget is 48x80 with 60 tokens.
-# All compress 16x or more.
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(image_size=32, patch_size=8, dim=64, depth=1, decoder_depth=1, heads=2, tokens=4, channels=16),
-    # cpu: one latent token per 8x8 patch (64 x 12 = 16x). Sized by measured 3-minute runs on 2 cores
-    # (docs/benchmarks.md): per-patch tokens beat 16 x 32 by 1.4 dB, width 128 beats 192 and a one-block
-    # encoder with a three-block decoder beats 2 + 2, because more steps fit in the time.
-    "cpu": dict(image_size=64, patch_size=8, dim=128, depth=1, decoder_depth=3, heads=4, tokens=64, channels=12),
-    "small": dict(image_size=128, patch_size=8, dim=384, depth=6, decoder_depth=6, heads=6, tokens=64, channels=32),
-    "medium": dict(image_size=256, patch_size=16, dim=512, depth=8, decoder_depth=8, heads=8, tokens=256, channels=32),
-    "large": dict(image_size=256, patch_size=16, dim=768, depth=12, decoder_depth=12, heads=12, tokens=256, channels=32),
-}
-
-
 def preset_shape(preset: str | TokenizerConfig | dict, aspect: float) -> tuple[int, int]:
     """The (height, width) a preset gives a source of ``aspect`` = width / height: the grid of the preset's
     pixel budget that keeps most of the picture (see :func:`grid_for_aspect`), in units of one token's
@@ -251,9 +235,9 @@ def _base(preset: str | TokenizerConfig | dict) -> dict[str, Any]:
         return preset.to_dict()
     if isinstance(preset, dict):
         return dict(preset)
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown tokenizer preset {preset!r} (allowed: {', '.join(PRESETS)})")
-    return {"preset": preset, **PRESETS[preset]}
+    if preset not in TOKENIZER_PRESETS:
+        raise ConfigError(f"unknown tokenizer preset {preset!r} (allowed: {', '.join(TOKENIZER_PRESETS)})")
+    return {"preset": preset, **TOKENIZER_PRESETS[preset]}
 
 
 def tokenizer_config(

@@ -18,45 +18,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config.presets import DATA_PRESETS, TRAINING_PRESETS
 from ..errors import ConfigError
 from ..fileio import append_jsonl, write_json_atomic
 from ..workspace import read_run_meta
 from . import distributed
 
+
 # ---------------------------------------------------------------------------------------------- presets
-# Training defaults per stage and preset, used for any TrainSettings field that was not set explicitly
-# (flag, config file, environment or constructor argument). cpu: tuned for 2 CPU cores (the demo);
-# small / medium / large: single GPUs.
-PRESET_TRAINING: dict[str, dict[str, dict[str, Any]]] = {
-    "tokenizer": {
-        "tiny": {"batch_size": 16, "lr": 3e-3, "warmup_steps": 10},
-        "cpu": {"batch_size": 16, "lr": 4e-3, "warmup_steps": 50},
-        "small": {"batch_size": 64, "lr": 1e-3, "warmup_steps": 500},
-        "medium": {"batch_size": 64, "lr": 6e-4, "warmup_steps": 1000},
-        "large": {"batch_size": 64, "lr": 4e-4, "warmup_steps": 2000},
-    },
-    "dynamics": {
-        "tiny": {"batch_size": 8, "lr": 3e-3, "warmup_steps": 20},
-        "cpu": {"batch_size": 8, "lr": 3e-3, "warmup_steps": 50, "ema": 0.99},  # lr measured in the demo (docs)
-        "small": {"batch_size": 8, "lr": 3e-4, "warmup_steps": 1000, "ema": 0.999},
-        "medium": {"batch_size": 8, "lr": 2e-4, "warmup_steps": 2000, "ema": 0.999},
-        "large": {"batch_size": 16, "lr": 1.5e-4, "warmup_steps": 4000, "ema": 0.9995},
-    },
-}
-
-
-# Window defaults of the dynamics stage per preset, for any DataSettings field not set explicitly. cpu (and tiny):
-# the demo's measured recipe, so `ahri train --alternating` on a CPU trains what the demo trains; small and up:
-# the lengths that fit a 16 GB card (32 x 2 and 64 x 1).
-PRESET_DATA: dict[str, dict[str, Any]] = {
-    "tiny": {"seq_len_short": 16, "seq_len_long": 32, "batch_size_short": 8, "batch_size_long": 4, "stride": 4},
-    "cpu": {"seq_len_short": 16, "seq_len_long": 32, "batch_size_short": 8, "batch_size_long": 4, "stride": 4},
-}
-
-
+# The preset defaults (config/presets.py) apply to any field that was not set explicitly (flag, config file,
+# environment or constructor argument).
 def with_preset_data(data: Any, preset: str) -> Any:
     """``data`` (DataSettings) with the preset's window defaults where a field was not given."""
-    rec = PRESET_DATA.get(preset, {})
+    rec = DATA_PRESETS.get(preset, {})
     upd = {k: v for k, v in rec.items() if k not in data.model_fields_set}
     if not upd:
         return data
@@ -67,7 +41,7 @@ def with_preset_data(data: Any, preset: str) -> Any:
 
 def with_preset_defaults(train: Any, stage: str | None = None) -> Any:
     """``train`` (TrainSettings) with its stage's preset defaults where a field was not given."""
-    rec = PRESET_TRAINING.get(stage or train.stage, {}).get(train.preset, {})
+    rec = TRAINING_PRESETS.get(stage or train.stage, {}).get(train.preset, {})
     upd = {k: v for k, v in rec.items() if k not in train.model_fields_set}
     return train.model_copy(update=upd) if upd else train
 

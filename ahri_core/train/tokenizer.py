@@ -19,14 +19,13 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
 
 from ..checkpoint import read_metadata
-from ..config.settings import Section, TrainSettings
+from ..config.settings import TokenizerSettings, TrainSettings
 from ..data.frames import (
     FrameSampler,
     FrameSet,
@@ -46,7 +45,6 @@ from ..models.tokenizer import (
     KIND,
     Tokenizer,
     TokenizerConfig,
-    parse_size,
     preset_shape,
     tokenizer_config,
     weights_for_inference,
@@ -63,75 +61,6 @@ from .common import (
     with_preset_defaults,
 )
 from .loop import Objective, StepOut, load_resume_state, run_loop
-
-
-class TokenizerSettings(Section):
-    """Tokenizer-stage settings (``[tokenizer]`` in a config file, ``AHRI_TOKENIZER_*``).
-
-    Model overrides (None = the preset's value) apply only to a new run; a resumed run rebuilds its
-    model from the checkpoint.
-    """
-
-    section: ClassVar[str] = "tokenizer"
-    size: str | None = Field(
-        None, description='frame size "HxW" in pixels (e.g. 48x80) or one number for a square; default: the '
-        "preset's pixel budget shaped to the videos' aspect"
-    )
-    fit: Literal["pad", "crop", "squash"] = Field(
-        "pad", description="how frames of another aspect are made HxW: pad (whole frame kept), crop or squash"
-    )
-    fps: float | None = Field(
-        None, gt=0, le=240, description="highest frame rate videos are read at (a slower video keeps its own)"
-    )
-    patch_size: int | None = Field(None, ge=1, le=64)
-    tokens: int | None = Field(None, ge=1, le=4096, description="latent tokens per frame")
-    channels: int | None = Field(None, ge=1, le=1024, description="bottleneck width per token")
-    mask_max: float | None = Field(None, ge=0, lt=1, description="MAE drop rate drawn from U(0, mask_max)")
-    val_fraction: float = Field(0.1, ge=0, lt=1, description="fraction of videos held out for validation")
-    val_videos: list[str] | None = Field(
-        None, description="ids of the videos held out (instead of the hash split with val_fraction)"
-    )
-    split_file: Path | None = Field(
-        None, description='file naming the held-out videos: JSON {"val": [...], "train": [...]} or lines "val ID ..."'
-    )
-    val_frames: int = Field(256, ge=1, description="held-out frames scored at each validation")
-    max_frames_per_video: int = Field(
-        20_000, ge=1, description="frames cached per video; a longer video keeps every k-th frame, spread over all of it"
-    )
-    perceptual_weight: float = Field(0.0, ge=0, description="weight of the perceptual term (needs perceptual_model)")
-    perceptual_model: Path | None = Field(
-        None, description="local torch.export file (.pt2) f(recon, target) -> per-item distance; nothing is downloaded"
-    )
-
-    @field_validator("size", mode="before")
-    @classmethod
-    def _size(cls, v: Any) -> str | None:
-        hw = parse_size(v)
-        return None if hw is None else f"{hw[0]}x{hw[1]}"
-
-    def split_rule(self) -> SplitRule:
-        """The train/validation split: chosen videos (``split_file`` or ``val_videos``) or the hash rule."""
-        if self.split_file is not None and self.val_videos:
-            raise ConfigError("--split and --val-videos both choose the held-out videos; give one of them")
-        if self.split_file is not None:
-            return SplitRule.from_file(self.split_file)
-        if self.val_videos:
-            return SplitRule.chosen(self.val_videos)
-        return SplitRule.by_hash(self.val_fraction)
-
-    def overrides(self) -> dict[str, Any]:
-        """Model settings given (None: the preset's); ``height``/``width`` from ``size``."""
-        hw = parse_size(self.size)
-        return {
-            "height": hw[0] if hw else None,
-            "width": hw[1] if hw else None,
-            "fit": self.fit if "fit" in self.model_fields_set else None,
-            "fps": self.fps,
-            "patch_size": self.patch_size,
-            "tokens": self.tokens,
-            "channels": self.channels,
-            "mask_max": self.mask_max,
-        }
 
 
 # ---------------------------------------------------------------------------------------------- metrics
