@@ -196,7 +196,8 @@ def test_wide_videos_go_through_the_whole_flow_with_the_whole_frame(tmp_path, ca
 
 
 def test_frame_cache_of_a_long_video_keeps_every_kth_frame(tmp_path):
-    from ahri_core.data.frames import VideoRef, cache_stride, cached_frames
+    from ahri_core.data.frame_cache import cache_stride, cached_frames
+    from ahri_core.data.videos import VideoRef
     from tests.video_fixtures import decode_index, index_frame
 
     clip = encode(tmp_path / "long.mp4", [index_frame(i, 64, 64, 8) for i in range(30)], 20)

@@ -10,7 +10,7 @@ Layout: ``<latents>/<tokenizer-id>/<video-id>.safetensors`` holds
 ``<latents>/<tokenizer-id>/index.json``: {tokenizer_id, tokens, channels, fps (null when the videos' rates
 differ), tokenizer_fps, frame_size, split_rule, videos: [{id, file, frames, fps, split: "train" | "val",
 has_actions, action_kind, action_count}], ...}. The split is by whole video, made by a
-:class:`ahri_core.data.frames.SplitRule` (the hash rule of tokenizer training, or videos chosen by the user).
+:class:`ahri_core.data.split.SplitRule` (the hash rule of tokenizer training, or videos chosen by the user).
 
 One file per video, never one per frame (PITFALLS 17); every write is atomic.
 

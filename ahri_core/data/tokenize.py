@@ -3,7 +3,7 @@
 Each video is streamed at the tokenizer's fps (or at its own rate when that is lower: frames are never
 repeated) and the tokenizer's frame size, encoded in batches, and written as one safetensors file (see
 ``data/latents.py`` for the format) with the rate it was read at; its actions are carried over to the frames
-kept (``data.frames.resample_actions``). Resumable: a video whose file exists with the
+kept (``data.videos.resample_actions``). Resumable: a video whose file exists with the
 same video sha256 and the same tokenizer weights (sha256) is skipped; files are written under a temporary
 name and renamed, so an interrupted run never leaves a half-written file under a final name. A video that
 fails to decode is reported and skipped; the result lists it and the CLI exits non-zero.
@@ -35,16 +35,10 @@ from ..runtime import autocast, choose_precision, resolve_device
 from ..train import distributed
 from ..video import content_box, resampled_count, same_rate
 from ..workspace import read_run_meta
-from .frames import (
-    Decoder,
-    SplitRule,
-    VideoRef,
-    as_shape,
-    as_video_refs,
-    default_decoder,
-    resample_actions,
-)
+from .frame_cache import Decoder, as_shape, default_decoder
 from .latents import INDEX_FORMAT, LatentFileWriter, read_latent_metadata, write_index
+from .split import SplitRule
+from .videos import VideoRef, as_video_refs, resample_actions
 
 
 # ---------------------------------------------------------------------------------------------- resolve

@@ -340,7 +340,7 @@ class RolloutReport:
 
 def load_clip_actions(video: Path, fps: float, count: int | None = None) -> np.ndarray | None:
     """Actions from the clip's sidecar (``<clip>.json``), carried over to frames read at ``fps``
-    (``data.frames.resample_actions``: discrete, the action in force; continuous, the mean since the
+    (``data.videos.resample_actions``: discrete, the action in force; continuous, the mean since the
     previous kept frame). ``count``: frames read (default: as many as the actions cover)."""
     side = video.with_suffix(".json")
     if not side.is_file():
@@ -356,7 +356,7 @@ def load_clip_actions(video: Path, fps: float, count: int | None = None) -> np.n
     acts = np.asarray(rec.actions)
     if not rec.fps or abs(rec.fps - fps) <= 1e-3 * fps:
         return acts
-    from ..data.frames import resample_actions
+    from ..data.videos import resample_actions
     from ..video import resampled_count
 
     n = count if count is not None else resampled_count(len(acts), rec.fps, fps)
