@@ -5,7 +5,7 @@
   (``data/split.py``).
 - ``FrameSet``: the frames of several videos addressed by one global index.
 - ``FrameSampler``: shuffled epochs over all frames of a ``FrameSet``; its state is two integers
-  (epoch, position) plus the seed, so a resumed run draws exactly the batches it would have drawn.
+  (epoch, position) plus its random seed, so a resumed run draws exactly the batches it would have drawn.
 """
 
 from __future__ import annotations
