@@ -83,8 +83,8 @@ def tokenize(
         _decode(tokenizer, decode, either(out_dir, output, "--out", "--output"), batch_size, device or "auto", precision)
         return
 
-    from ahri_core.data.frames import find_videos
     from ahri_core.data.tokenize import tokenize_videos
+    from ahri_core.data.videos import find_videos
 
     root = existing_path(videos, "--data" if data is not None else "--videos", "video folder") if videos is not None else ws.videos
     if not root.exists():
@@ -128,7 +128,7 @@ def tokenize(
 
 def chosen_split(val_videos: list[str] | None, split: Path | None, val_fraction: float | None = None):
     """The ``SplitRule`` of ``--val-videos`` / ``--split`` (None when neither is given); conflicts refused."""
-    from ahri_core.data.frames import SplitRule
+    from ahri_core.data.split import SplitRule
 
     ids = [i.strip() for v in (val_videos or []) for i in v.split(",") if i.strip()]
     if val_videos is not None and not ids:

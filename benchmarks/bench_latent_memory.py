@@ -86,7 +86,7 @@ def build_videos(work: Path, gb: float, tokens: int, channels: int, frames: int)
 
 def write_set(work: Path, entries: list[dict], gb: float, tokens: int, channels: int) -> Path:
     """A latent set (index.json) of the first videos of ``entries`` holding about ``gb`` GB of latents."""
-    from ahri_core.data.latents import INDEX_FORMAT, write_index
+    from ahri_core.data.index import INDEX_FORMAT, write_index
 
     per_video = entries[0]["frames"] * tokens * channels * 2
     n = max(2, min(len(entries), round(gb * 1e9 / per_video)))

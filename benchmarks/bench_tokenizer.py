@@ -25,7 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ahri_core.checkpoint import save_weights  # noqa: E402
-from ahri_core.data.frames import FrameSampler, FrameSet, cached_frames, to_tensor  # noqa: E402
+from ahri_core.data.frame_cache import cached_frames  # noqa: E402
+from ahri_core.data.frames import FrameSampler, FrameSet, to_tensor  # noqa: E402
 from ahri_core.models.tokenizer import build_tokenizer  # noqa: E402
 from ahri_core.runtime import (
     autocast,  # noqa: E402

@@ -196,7 +196,8 @@ def test_wide_videos_go_through_the_whole_flow_with_the_whole_frame(tmp_path, ca
 
 
 def test_frame_cache_of_a_long_video_keeps_every_kth_frame(tmp_path):
-    from ahri_core.data.frames import VideoRef, cache_stride, cached_frames
+    from ahri_core.data.frame_cache import cache_stride, cached_frames
+    from ahri_core.data.videos import VideoRef
     from tests.video_fixtures import decode_index, index_frame
 
     clip = encode(tmp_path / "long.mp4", [index_frame(i, 64, 64, 8) for i in range(30)], 20)
@@ -208,7 +209,8 @@ def test_frame_cache_of_a_long_video_keeps_every_kth_frame(tmp_path):
 
 
 def test_latent_sets_of_square_tokenizers_keep_their_frame_size(tmp_path):
-    from ahri_core.data.latents import INDEX, LatentStore
+    from ahri_core.data.index import INDEX
+    from ahri_core.data.latents import LatentStore
 
     for value, expect in ((64, (64, 64)), ("48x80", (48, 80)), (None, (0, 0))):
         d = tmp_path / str(value)
@@ -244,7 +246,8 @@ def test_a_wide_latent_set_packs_blocks_of_its_token_grid(tmp_path):
     """16:9 at the cpu budget is 6 x 10 tokens: the dynamics model packs 2 x 2 blocks of them, never the end of
     one row with the start of the next (the plain runs of 4 would)."""
     from ahri_core.config.settings import DataSettings, DiffusionSettings, TrainSettings
-    from ahri_core.data.latents import LatentStore, write_index, write_latent_file
+    from ahri_core.data.index import write_index
+    from ahri_core.data.latents import LatentStore, write_latent_file
     from ahri_core.data.windows import load_latent_set
     from ahri_core.models.tokenizer import tokenizer_config
     from ahri_core.train.dynamics import model_config_for

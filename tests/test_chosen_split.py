@@ -8,7 +8,7 @@ import pytest
 
 from ahri_cli.main import main
 from ahri_core.checkpoint import read_metadata
-from ahri_core.data.frames import SplitRule, split_videos
+from ahri_core.data.split import SplitRule, split_videos
 from ahri_core.data.tokenize import tokenize_videos
 from ahri_core.errors import ConfigError
 from ahri_core.sources.store import list_videos

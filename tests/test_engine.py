@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_dynamics import lset, tiny_settings
+from dynamics_fixtures import lset, tiny_settings
 from tokenizer_fixtures import make_store, tiny_train
 
 from ahri_core import runtime
@@ -404,7 +404,7 @@ def test_one_non_finite_loss_does_not_poison_the_loss_normaliser(tmp_path):
 
 
 def test_resume_refuses_a_changed_split(tmp_path):
-    from test_train_dynamics import clip
+    from dynamics_fixtures import clip
 
     from ahri_core.train.dynamics import train_dynamics
 

@@ -10,9 +10,11 @@ import torch
 
 from ahri_cli.main import main
 from ahri_core.checkpoint import save_weights
-from ahri_core.data.frames import VideoRef, default_decoder, load_frame_data, resample_actions
+from ahri_core.data.frame_cache import default_decoder
+from ahri_core.data.frames import load_frame_data
 from ahri_core.data.latents import LatentStore, read_latent_file
 from ahri_core.data.tokenize import tokenize_videos
+from ahri_core.data.videos import VideoRef, resample_actions
 from ahri_core.data.windows import load_latent_set
 from ahri_core.errors import DataError
 from ahri_core.models.tokenizer import build_tokenizer

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from dynamics_fixtures import clip, tiny_settings  # noqa: E402
 from sampling_fakes import held_out, make_world  # noqa: E402
-from test_train_dynamics import clip, tiny_settings  # noqa: E402
 
 from ahri_core.checkpoint import read_metadata  # noqa: E402
 from ahri_core.config.settings import DataSettings, DiffusionSettings, LatentActionSettings  # noqa: E402

@@ -10,14 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ahri_core.data.latents import (
-    INDEX_FORMAT,
-    MappedLatents,
-    map_tensor,
-    read_latent_file,
-    write_index,
-    write_latent_file,
-)
+from ahri_core.data.index import INDEX_FORMAT, write_index
+from ahri_core.data.latents import MappedLatents, map_tensor, read_latent_file, write_latent_file
 from ahri_core.data.windows import (
     WindowDataset,
     all_finite,

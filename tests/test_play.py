@@ -4,7 +4,6 @@ server (its files, its sockets, a client that goes away or never acknowledges) a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
@@ -17,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sampling_fakes import make_world
+from play_fixtures import CONTEXT, play_world, serving
 
 from ahri_cli.main import main
 from ahri_core.errors import CheckpointError, ConfigError, DataError
-from ahri_core.inference.world import load_world_model
 from ahri_core.play.actions import ActionSpace, meaning_parts, run_action_meanings
 from ahri_core.play.dream import LiveDream
 from ahri_core.play.protocol import MAX_IN_FLIGHT, parse_frame_message
@@ -34,26 +32,6 @@ from ahri_core.visual import HEADER
 aiohttp = pytest.importorskip("aiohttp")
 
 GAME = ["idle", "up", "up_right", "right", "down_right", "down", "down_left", "left", "up_left", "attack"]
-CONTEXT = 4
-_WORLDS: dict[str, tuple] = {}
-
-
-def play_world(tmp_path_factory):
-    """The tiny trained run of the rollout tests, made once per test process (the browser test shares it),
-    loaded with two changes that make the plumbing visible in pixels: the untrained tokenizer decodes every
-    latent to flat grey (its output layer starts at zero), so that layer gets random weights; and four
-    training steps leave the action embedding at its small initial values, so it gets unit-size ones."""
-    if "world" not in _WORLDS:
-        ws, lat, run = make_world(tmp_path_factory.mktemp("playws"), videos=2)
-        wm = load_world_model(run, ws)
-        g = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            px = wm.tokenizer.to_pixels.weight
-            px.copy_(torch.randn(px.shape, generator=g) * 0.2)
-            emb = wm.dynamics.action_embed.weight
-            emb.copy_(torch.randn(emb.shape, generator=g))
-        _WORLDS["world"] = (ws, lat, run, wm, start_from_run(wm, CONTEXT))
-    return _WORLDS["world"]
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +39,7 @@ def world(tmp_path_factory):
     return play_world(tmp_path_factory)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second torch thread, and on a busy machine two threads wait for each
-    other (a test that takes 2 s alone took 20 s beside another job)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------- actions
@@ -316,16 +287,6 @@ def test_a_model_slower_than_the_target_is_reported_and_frames_are_not_queued(wo
 
 
 # ---------------------------------------------------------------------------------------------- server
-
-
-@contextlib.contextmanager
-def serving(wm, start, **kw):
-    server = PlayServer(wm, start, port=0, **kw)
-    url = server.start()
-    try:
-        yield server, url
-    finally:
-        server.close()
 
 
 async def _frames(w, n: int, ack: bool = True, timeout: float = 20.0) -> tuple[list, list]:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_play import CONTEXT, one_thread, play_world, serving  # noqa: F401 - one_thread applies here too
+from play_fixtures import CONTEXT, play_world, serving
 
 CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/lib/chromium/chromium")
 
@@ -27,7 +27,8 @@ def find_chromium() -> str | None:
 
 
 CHROMIUM = find_chromium()
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found (apt-get install chromium)")
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found (apt-get install chromium)"),
+              pytest.mark.usefixtures("one_thread")]
 
 # Every dreamed frame the page draws, as its pixels, by start and step (installed once the page runs).
 CAPTURE = """() => {

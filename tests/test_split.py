@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ahri_core.data.frames import VideoRef, _unit_hash, load_frame_data, split_videos
+from ahri_core.data.frames import load_frame_data
+from ahri_core.data.split import _unit_hash, split_videos
+from ahri_core.data.videos import VideoRef
 from ahri_core.errors import DataError
 
 

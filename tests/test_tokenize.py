@@ -12,8 +12,8 @@ from safetensors import safe_open
 
 from ahri_cli.main import main
 from ahri_core.checkpoint import save_weights
-from ahri_core.data.frames import split_videos
 from ahri_core.data.latents import LatentStore
+from ahri_core.data.split import split_videos
 from ahri_core.data.tokenize import resolve_tokenizer, tokenize_videos
 from ahri_core.errors import ConfigError, DataError
 from ahri_core.models.tokenizer import build_tokenizer, decode_latents, load_tokenizer

@@ -17,16 +17,10 @@ from safetensors.torch import load_file
 from ahri_core.checkpoint import load_weights, save_weights
 from ahri_core.config.presets import TOKENIZER_PRESETS
 from ahri_core.config.settings import TokenizerSettings
-from ahri_core.data.frames import (
-    FrameSampler,
-    FrameSet,
-    VideoRef,
-    cache_path,
-    cached_frames,
-    load_frame_data,
-    split_videos,
-    to_tensor,
-)
+from ahri_core.data.frame_cache import cache_path, cached_frames
+from ahri_core.data.frames import FrameSampler, FrameSet, load_frame_data, to_tensor
+from ahri_core.data.split import split_videos
+from ahri_core.data.videos import VideoRef
 from ahri_core.errors import CheckpointError, ConfigError, DataError
 from ahri_core.models.tokenizer import (
     Tokenizer,

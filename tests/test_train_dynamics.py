@@ -11,38 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from dynamics_fixtures import clip, lset, tiny_settings
 from safetensors.torch import load_file, save_file
 
 from ahri_core.config.settings import DataSettings, DiffusionSettings, TrainSettings
-from ahri_core.data.windows import LatentVideo, make_latent_set
+from ahri_core.data.windows import make_latent_set
 from ahri_core.errors import CheckpointError, ConfigError
 from ahri_core.fileio import read_jsonl
 from ahri_core.models.dynamics import load_dynamics_run as load_dynamics
 from ahri_core.progress import RecordingProgress
 from ahri_core.train.dynamics import train_dynamics
-
-
-def clip(
-    seed: int, frames: int = 40, tokens: int = 4, channels: int = 4, actions: bool = True, speed: float = 0.25
-) -> LatentVideo:
-    """Latents of a smooth periodic 'video' in (-1, 1), with actions."""
-    g = torch.Generator().manual_seed(seed)
-    phase = torch.rand(tokens, channels, generator=g) * 6.28
-    t = torch.arange(frames, dtype=torch.float32)[:, None, None]
-    lat = 0.8 * torch.sin(speed * t + phase)
-    act = torch.randint(0, 3, (frames,), generator=g) if actions else None
-    return LatentVideo(f"c{seed}", lat.half(), act)
-
-
-def tiny_settings(**train_kw):
-    kw = dict(preset="tiny", batch_size=4, lr=3e-3, warmup_steps=5, log_every=5, val_every=1000,
-              checkpoint_every=1000, seed=0, device="cpu", precision="fp32")
-    kw.update(train_kw)
-    return TrainSettings(**kw), DataSettings(seq_len=8, stride=4), DiffusionSettings()
-
-
-def lset(n_train: int = 2, frames: int = 40):
-    return make_latent_set([clip(i, frames) for i in range(n_train)], [clip(100, frames)], action_count=3)
 
 
 def test_tiny_model_overfits_a_short_clip(tmp_path: Path):
@@ -153,7 +131,7 @@ KILL_SCRIPT = textwrap.dedent(
     import os, signal, sys, torch
     sys.path.insert(0, {tests!r})
     torch.set_num_threads({threads})
-    from test_train_dynamics import lset, tiny_settings
+    from dynamics_fixtures import lset, tiny_settings
     from ahri_core.config.settings import DiffusionSettings
     from ahri_core.train.dynamics import train_dynamics
     train, dset, _ = tiny_settings(max_steps=14, checkpoint_every=4, val_every=5, ema=0.9)

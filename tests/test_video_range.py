@@ -7,6 +7,7 @@ import pytest
 
 from ahri_core import video
 from ahri_core.errors import VideoError
+from ahri_core.video.fit import _Resizer
 from tests.video_fixtures import decode_index, encode, index_frame, noise_clip
 
 SRC_FPS, SRC_FRAMES = 30, 90
@@ -34,13 +35,13 @@ def test_ranges_equal_slices_of_the_whole_video(clip, fps):
 
 def test_only_frames_inside_a_range_are_converted(clip, monkeypatch):
     calls = []
-    real = video._Resizer.__call__
+    real = _Resizer.__call__
 
     def spy(self, frame):
         calls.append(1)
         return real(self, frame)
 
-    monkeypatch.setattr(video._Resizer, "__call__", spy)
+    monkeypatch.setattr(_Resizer, "__call__", spy)
     parts = video.read_ranges(clip, [(80, 84), (60, 62)], size=32)
     assert [len(p) for p in parts] == [4, 2] and len(calls) == 6  # not the 84 frames before the end
     assert [decode_index(f) for f in parts[1]] == [60, 61]

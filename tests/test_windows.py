@@ -159,7 +159,7 @@ def test_load_latent_set_from_store_split_by_video(tmp_path: Path):
 
 
 def test_load_latent_set_val_fraction_resplits_with_the_tokenize_rule(tmp_path: Path):
-    from ahri_core.data.frames import split_videos
+    from ahri_core.data.split import split_videos
 
     d = _write_store(tmp_path / "latents", n=6)
     ids = [f"g{i}" for i in range(6)]
@@ -185,7 +185,7 @@ def test_load_latent_set_val_fraction_resplits_with_the_tokenize_rule(tmp_path: 
 
 
 def test_load_latent_set_resplit_of_a_lone_video_trains_on_it(tmp_path: Path):
-    from ahri_core.data.frames import _unit_hash
+    from ahri_core.data.split import _unit_hash
 
     d = _write_store(tmp_path / "latents", n=1)
     index = json.loads((d / "index.json").read_text())

@@ -7,12 +7,12 @@ Layout: ``<latents>/<tokenizer-id>/<video-id>.safetensors`` holds
   when lower), video_id, source, sha256 (of the video file), tokenizer_id, tokenizer_sha256, frames,
   frame_size ("HxW"), fit, source_size, content_box, action_kind ("discrete" | "continuous" | "none"), action_count, action_meanings (JSON).
 
-``<latents>/<tokenizer-id>/index.json``: {tokenizer_id, tokens, channels, fps (null when the videos' rates
-differ), tokenizer_fps, frame_size, split_rule, videos: [{id, file, frames, fps, split: "train" | "val",
-has_actions, action_kind, action_count}], ...}. The split is by whole video, made by a
-:class:`ahri_core.data.frames.SplitRule` (the hash rule of tokenizer training, or videos chosen by the user).
+``<latents>/<tokenizer-id>/index.json`` lists the videos of the set, their split (by whole video, made by a
+:class:`ahri_core.data.split.SplitRule`) and the set-wide facts: :class:`ahri_core.data.index.LatentIndex`
+writes and reads it.
 
-One file per video, never one per frame (PITFALLS 17); every write is atomic.
+One file per video, never one per frame: a file per frame would mean millions of small files, slow to list,
+copy and open; every write is atomic.
 
 Reading: :meth:`LatentStore.load` reads a video's latents into memory; :meth:`LatentStore.map` leaves them in
 the file as a :class:`MappedLatents` (a read-only memory map located from the safetensors header) that
@@ -39,11 +39,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import ConfigError, DataError
-from ..fileio import atomic_path, write_json_atomic
-
-INDEX = "index.json"
-INDEX_FORMAT = "ahri-latents/1"
-SPLITS = ("train", "val")
+from ..fileio import atomic_path
+from .index import INDEX, SPLITS, LatentEntry, LatentIndex
 
 
 def write_latent_file(
@@ -365,12 +362,6 @@ def read_latent_metadata(path: str | os.PathLike) -> dict[str, str] | None:
         return None
 
 
-def write_index(directory: str | os.PathLike, index: dict[str, Any]) -> Path:
-    path = Path(directory) / INDEX
-    write_json_atomic(path, index)
-    return path
-
-
 def one_rate(rates: dict[str, float], where: str) -> float:
     """The one frame rate of a latent set's videos ({id: fps}); rates within ``video.RATE_TOLERANCE`` count as
     one (the highest is returned). Several rates raise :class:`DataError` naming the videos of each rate."""
@@ -402,55 +393,44 @@ class LatentStore:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        ip = self.path / INDEX
-        if not ip.is_file():
-            raise DataError(f"{self.path} is not a latent set (no {INDEX}); run `ahri tokenize` first")
-        try:
-            self.index: dict[str, Any] = json.loads(ip.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataError(f"latent index {ip} cannot be read ({e})") from None
-        for key in ("tokenizer_id", "tokens", "channels", "fps", "videos"):
-            if key not in self.index:
-                raise DataError(f"latent index {ip} lacks '{key}'")
-        self._by_id = {v["id"]: v for v in self.index["videos"]}
+        self.index = LatentIndex.read(self.path)
+        self._by_id: dict[str, LatentEntry] = {v.id: v for v in self.index.videos}
 
     # ---- set-wide properties
     @property
     def tokenizer_id(self) -> str:
-        return str(self.index["tokenizer_id"])
+        return str(self.index.tokenizer_id)
 
     @property
     def tokens(self) -> int:
-        return int(self.index["tokens"])
+        return int(self.index.tokens)
 
     @property
     def channels(self) -> int:
-        return int(self.index["channels"])
+        return int(self.index.channels)
 
     @property
     def fps(self) -> float:
         """The set's frame rate; a set whose videos have different rates raises :class:`DataError` naming them."""
         rates = self.rates()
-        if not rates and self.index.get("fps") is not None:
-            return float(self.index["fps"])
+        if not rates and self.index.fps is not None:
+            return float(self.index.fps)
         return one_rate(rates, str(self.path))
 
     def rates(self) -> dict[str, float]:
         """{video id: frame rate of its latents}; entries without their own rate have the set's."""
-        default = self.index.get("fps")
         out = {}
-        for v in self.index["videos"]:
-            r = v.get("fps", default)
-            if r is None:
-                raise DataError(f"latent index {self.path / INDEX} gives no frame rate for video {v.get('id')!r}")
-            out[str(v["id"])] = float(r)
+        for v in self.index.videos:
+            if v.fps is None:
+                raise DataError(f"latent index {self.path / INDEX} gives no frame rate for video {v.id!r}")
+            out[str(v.id)] = float(v.fps)
         return out
 
     @property
     def frame_size(self) -> tuple[int, int]:
         """(height, width) of the tokenizer's frames ("HxW" in the index; one number in sets of square
         tokenizers made before frames could have another shape); (0, 0) when not recorded."""
-        v = self.index.get("frame_size")
+        v = self.index.frame_size
         try:
             if isinstance(v, str) and "x" in v:
                 h, w = (int(x) for x in v.split("x"))
@@ -465,7 +445,7 @@ class LatentStore:
         when the tokens are not a grid (``regions=False``) or the index does not say."""
         from ..models.tokenizer import TokenizerConfig
 
-        cfg = self.index.get("tokenizer_config")
+        cfg = self.index.tokenizer_config
         if not isinstance(cfg, dict):
             return None
         try:
@@ -483,12 +463,12 @@ class LatentStore:
         """Index entries {id, file, frames, split, has_actions, ...}, optionally of one split."""
         if split is not None and split not in SPLITS:
             raise DataError(f"split must be one of {SPLITS}, got {split!r}")
-        return [dict(v) for v in self.index["videos"] if split is None or v.get("split") == split]
+        return [v.to_dict() for v in self.index.videos if split is None or v.split == split]
 
     def entry(self, video_id: str) -> dict[str, Any]:
         if video_id not in self._by_id:
             raise DataError(f"video {video_id!r} is not in the latent set {self.path}")
-        return dict(self._by_id[video_id])
+        return self._by_id[video_id].to_dict()
 
     def file(self, video_id: str) -> Path:
         return self.path / self.entry(video_id)["file"]
@@ -537,8 +517,8 @@ class LatentStore:
             return read_latent_file(self.file(video_id))[2]
         return {
             "tokenizer_id": self.tokenizer_id,
-            "fps": str(self.index.get("fps")),
-            "action_kind": str(self.index.get("action_kind", "none")),
-            "action_count": str(self.index.get("action_count") or 0),
-            "action_meanings": json.dumps(self.index.get("action_meanings") or []),
+            "fps": str(self.index.fps),
+            "action_kind": str(self.index.action_kind),
+            "action_count": str(self.index.action_count or 0),
+            "action_meanings": json.dumps(self.index.action_meanings or []),
         }

@@ -3,7 +3,7 @@
 Each video is streamed at the tokenizer's fps (or at its own rate when that is lower: frames are never
 repeated) and the tokenizer's frame size, encoded in batches, and written as one safetensors file (see
 ``data/latents.py`` for the format) with the rate it was read at; its actions are carried over to the frames
-kept (``data.frames.resample_actions``). Resumable: a video whose file exists with the
+kept (``data.videos.resample_actions``). Resumable: a video whose file exists with the
 same video sha256 and the same tokenizer weights (sha256) is skipped; files are written under a temporary
 name and renamed, so an interrupted run never leaves a half-written file under a final name. A video that
 fails to decode is reported and skipped; the result lists it and the CLI exits non-zero.
@@ -35,16 +35,11 @@ from ..runtime import autocast, choose_precision, resolve_device
 from ..train import distributed
 from ..video import content_box, resampled_count, same_rate
 from ..workspace import read_run_meta
-from .frames import (
-    Decoder,
-    SplitRule,
-    VideoRef,
-    as_shape,
-    as_video_refs,
-    default_decoder,
-    resample_actions,
-)
-from .latents import INDEX_FORMAT, LatentFileWriter, read_latent_metadata, write_index
+from .frame_cache import Decoder, as_shape, default_decoder
+from .index import INDEX, INDEX_FORMAT, LatentEntry, LatentIndex
+from .latents import LatentFileWriter, read_latent_metadata
+from .split import SplitRule
+from .videos import VideoRef, as_video_refs, resample_actions
 
 
 # ---------------------------------------------------------------------------------------------- resolve
@@ -115,27 +110,6 @@ def encode_video(
         raise AhriError(f"{ref.path}: no frames decoded")
 
 
-def tokenize_video(
-    model: Tokenizer,
-    video: VideoRef | Any,
-    batch_size: int = 64,
-    device: torch.device | str | None = None,
-    precision: str = "fp32",
-    decoder: Decoder | None = None,
-    on_batch: Any = None,
-    weights: str | os.PathLike | None = None,
-    fps: float | None = None,
-) -> torch.Tensor:
-    """All frames of one video at ``fps`` and the tokenizer's shape -> latents fp16 (T, N, C) in memory
-    (see :func:`encode_video`, which streams them)."""
-    parts = []
-    for z in encode_video(model, video, batch_size, device, precision, decoder, weights, fps):
-        parts.append(z)
-        if on_batch is not None:
-            on_batch(len(z))
-    return torch.cat(parts)
-
-
 # ---------------------------------------------------------------------------------------------- actions
 def _aligned_actions(ref: VideoRef, frames: int, fps: float, notes: list[str]) -> tuple[np.ndarray | None, str]:
     """The video's actions carried over to ``frames`` latents read at ``fps`` (``resample_actions``).
@@ -203,22 +177,6 @@ class TokenizeResult:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def _entry(vid: str, file: str, meta: dict[str, str], default_fps: float) -> dict[str, Any]:
-    kind = meta.get("action_kind", "none")
-    return {
-        "id": vid,
-        "file": file,
-        "frames": int(meta.get("frames", 0)),
-        "fps": float(meta.get("fps") or default_fps),
-        "has_actions": kind != "none",
-        "action_kind": kind,
-        "action_count": int(meta.get("action_count") or 0),
-        "sha256": meta.get("sha256"),
-        "source": meta.get("source"),
-        "content_box": parse_box(meta.get("content_box")),
-    }
-
-
 def picture_meta(ref: VideoRef, cfg: Any) -> dict[str, str]:
     """``source_size`` ("WxH") and ``content_box`` ("top,left,height,width": the part of each H x W frame
     that shows the picture, without the bars of ``pad``) of a video, for its latent file."""
@@ -229,13 +187,205 @@ def picture_meta(ref: VideoRef, cfg: Any) -> dict[str, str]:
     return {"source_size": f"{wh[0]}x{wh[1]}", "content_box": f"{t},{left},{h},{w}"}
 
 
-def parse_box(text: Any) -> list[int] | None:
-    """A ``content_box`` string back as [top, left, height, width]; None when absent or malformed."""
-    try:
-        box = [int(x) for x in str(text).split(",")]
-    except (TypeError, ValueError):
+def _file_meta(ref: VideoRef, rate: float, count: int, actions: np.ndarray | None, kind: str, job: _Job) -> dict[str, str]:
+    """The string metadata of a video's latent file."""
+    cfg = job.cfg
+    return {
+        "format": INDEX_FORMAT,
+        "fps": _fps_text(rate),
+        "video_id": ref.id,
+        "source": str(ref.meta.get("source") or ref.path.parent.name),
+        "source_path": str(ref.path),
+        "sha256": ref.sha256,
+        "tokenizer_id": job.tid,
+        "tokenizer_sha256": job.wsha,
+        "frames": str(count),
+        "frame_size": f"{cfg.height}x{cfg.width}",
+        "fit": cfg.fit,
+        **picture_meta(ref, cfg),
+        "tokens": str(cfg.tokens),
+        "channels": str(cfg.channels),
+        "action_kind": kind,
+        "action_count": str(_action_count(ref, actions, kind)),
+        "action_meanings": json.dumps(ref.meta.get("action_meanings") if kind != "none" else None),
+    }
+
+
+def _split_rule(split: SplitRule | None, val_fraction: float | None, extra: dict[str, Any]) -> SplitRule:
+    """The chosen split, else the hash split with ``val_fraction``, else the tokenizer's own (in its weights)."""
+    if split is not None:
+        return split
+    if val_fraction is not None:
+        return SplitRule.by_hash(val_fraction)
+    return SplitRule.from_record(extra.get("split") or extra)
+
+
+def _choose_precision(model: Tokenizer, dev: torch.device, precision: str, batch_size: int, cache_dir: Any,
+                      dist: Any) -> Any:
+    """The encoder's precision: measured on rank 0 (``auto``: by timing the encoder), used by every rank."""
+    cfg = model.cfg
+
+    @torch.inference_mode()
+    def encode_once(p: str) -> None:
+        x = torch.rand(batch_size, 3, *cfg.size, device=dev)
+        with autocast(dev, p):
+            model.encode(x)
+
+    choice = None
+    if dist.main:  # rank 0 measures, every rank uses its choice
+        choice = choose_precision(precision, dev, step=encode_once, key=f"tokenize {json.dumps(cfg.to_dict(), sort_keys=True)} "
+                                  f"batch {batch_size}", cache_dir=cache_dir)
+    return distributed.broadcast(choice)
+
+
+@dataclass
+class _Job:
+    """What one ``tokenize_videos`` call works with: the tokenizer, where the set goes, its split rule, the
+    entries of earlier runs it keeps, the file metadata of every video done, and the result so far."""
+
+    model: Tokenizer
+    weights: Path
+    tid: str
+    wsha: str
+    dev: torch.device
+    precision: str
+    rule: SplitRule
+    out_dir: Path
+    kept: list[LatentEntry]  # earlier videos of the set, not given this time, whose files still exist
+    res: TokenizeResult
+    dist: Any
+    progress: Progress
+    meta_of: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def cfg(self) -> Any:
+        return self.model.cfg
+
+    def up_to_date(self, ref: VideoRef) -> dict[str, str] | None:
+        """The metadata of the video's latent file when it is current (same video, same weights, same rate)."""
+        meta = read_latent_metadata(self.out_dir / f"{ref.id}.safetensors")
+        if (meta and meta.get("sha256") == ref.sha256 and meta.get("tokenizer_sha256") == self.wsha
+                and meta.get("fps") == _fps_text(ref.rate(self.cfg.fps))):  # older files may repeat frames
+            return meta
         return None
-    return box if len(box) == 4 and all(b >= 0 for b in box) and box[2] > 0 and box[3] > 0 else None
+
+    def to_do(self, refs: list[VideoRef]) -> list[VideoRef]:
+        """The videos this rank encodes: those without a current file, shared out among the ranks."""
+        todo: list[VideoRef] = []
+        for r in refs:
+            try:
+                m = self.up_to_date(r)
+            except OSError as e:
+                self.res.failed.append((r.id, str(e)))
+                continue
+            if m is not None:
+                self.res.skipped.append(r.id)
+                self.meta_of[r.id] = m
+            else:
+                todo.append(r)
+        distributed.barrier()  # every rank has looked at the files before any is rewritten
+        if self.dist.enabled:
+            sizes = [int(round(float(r.meta.get("duration") or 0) * r.rate(self.cfg.fps))) or 1 for r in todo]
+            owner = assign_videos(sizes, self.dist.world)
+            todo = [r for r, o in zip(todo, owner) if o == self.dist.rank]
+        return todo
+
+    def encode(self, r: VideoRef, batch_size: int, decoder: Decoder | None, t0: float) -> bool:
+        """Encode one video into its latent file; False (reported) when it fails to decode."""
+        res, cfg, p = self.res, self.cfg, self.progress
+        t_video = time.perf_counter()
+        n_before = res.frames
+
+        def advanced(n: int, vid: str = r.id) -> None:
+            res.frames += n
+            dt = max(time.perf_counter() - t0, 1e-9)
+            p.advance("tokenize", n, video=vid, fps=res.frames / dt)
+
+        try:
+            rate = r.rate(cfg.fps)
+            with LatentFileWriter(self.out_dir / f"{r.id}.safetensors", cfg.tokens, cfg.channels) as writer:
+                for z in encode_video(self.model, r, batch_size, self.dev, self.precision, decoder,
+                                      weights=self.weights, fps=rate):
+                    writer.append(z)
+                    advanced(len(z))
+                count = writer.frames
+                actions, kind = _aligned_actions(r, count, rate, res.notes)
+                meta = _file_meta(r, rate, count, actions, kind, self)
+                writer.finish(actions, meta)
+            self.meta_of[r.id] = meta
+            res.written.append(r.id)
+            if rate < cfg.fps:
+                res.notes.append(f"{r.id}: read at its own {rate:g} fps (the tokenizer's rate is {cfg.fps:g})")
+            dt = time.perf_counter() - t_video
+            p.log(f"{r.id}: {count} frames in {dt:.1f}s ({(res.frames - n_before) / max(dt, 1e-9):.0f} frames/s)")
+        except CheckpointError:
+            raise  # the tokenizer itself is bad: no later video would fare better
+        except (AhriError, OSError) as e:
+            res.failed.append((r.id, str(e)))
+            p.log(f"failed {r.id}: {e}")
+            return False
+        return True
+
+    def index(self) -> LatentIndex:
+        """The index of the set: the entries of this run, plus the kept entries of earlier runs."""
+        cfg = self.cfg
+        entries = {vid: LatentEntry.from_file_meta(vid, f"{vid}.safetensors", m, cfg.fps)
+                   for vid, m in self.meta_of.items()}
+        for e in self.kept:
+            if e.id not in entries:
+                entries[e.id] = e
+        split = self.rule.assign(sorted(entries))
+        vids = [replace(entries[k], split=split[k]) for k in sorted(entries)]
+        kinds = {e.action_kind for e in vids if e.has_actions}
+        rates = sorted({e.fps for e in vids}, reverse=True)
+        common = rates[0] if rates and all(same_rate(r, rates[0]) for r in rates) else None
+        meanings = None
+        for vid in sorted(self.meta_of):
+            if self.meta_of[vid].get("action_meanings"):
+                try:
+                    meanings = json.loads(self.meta_of[vid]["action_meanings"])
+                except json.JSONDecodeError:
+                    meanings = None
+                break
+        return LatentIndex(
+            format=INDEX_FORMAT,
+            tokenizer_id=self.tid,
+            tokenizer_weights=str(self.weights),
+            tokenizer_sha256=self.wsha,
+            tokenizer_config=cfg.to_dict(),
+            tokens=cfg.tokens,
+            channels=cfg.channels,
+            fps=common if rates else cfg.fps,  # null when the videos have different rates (see videos[].fps)
+            tokenizer_fps=cfg.fps,
+            frame_size=f"{cfg.height}x{cfg.width}",
+            fit=cfg.fit,
+            split=self.rule.record(),
+            action_kind=kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "none"),
+            action_count=max((e.action_count for e in vids if e.has_actions), default=0),
+            action_meanings=meanings,
+            frames=sum(e.frames for e in vids),
+            updated=datetime.now().isoformat(timespec="seconds"),
+            videos=vids,
+        )
+
+    def write_index(self) -> None:
+        """Rank 0 writes the index as it stands (after every video, so an interrupted run keeps its work)."""
+        if not self.dist.main:
+            return
+        index = self.index()
+        self.res.index = index.to_dict()
+        index.write(self.out_dir)
+
+    def gather(self) -> None:
+        """Every rank's videos into the one index (rank 0 writes it) and into every rank's result."""
+        res = self.res
+        parts = distributed.gather((self.meta_of, res.written, res.failed, res.notes, res.frames))
+        for part in parts[1:] if self.dist.main else []:
+            self.meta_of.update(part[0])
+        res.written = [v for part in parts for v in part[1]]
+        res.failed = [tuple(v) for part in parts for v in part[2]]
+        res.notes = [v for part in parts for v in part[3]]
+        res.frames = sum(part[4] for part in parts)
 
 
 def tokenize_videos(
@@ -275,180 +425,36 @@ def tokenize_videos(
     model, extra = load_tokenizer(weights, dev)
     cfg = model.cfg
     wsha = sha256_file(weights)
-    if split is not None:
-        rule = split
-    elif val_fraction is not None:
-        rule = SplitRule.by_hash(val_fraction)
-    else:
-        rule = SplitRule.from_record(extra.get("split") or extra)
+    rule = _split_rule(split, val_fraction, extra)
     if cache_dir is None:
         cache_dir = Path(out_root).parent / "cache"
-
-    @torch.inference_mode()
-    def encode_once(p: str) -> None:
-        x = torch.rand(batch_size, 3, *cfg.size, device=dev)
-        with autocast(dev, p):
-            model.encode(x)
-
-    choice = None
-    if dist.main:  # rank 0 measures, every rank uses its choice
-        choice = choose_precision(precision, dev, step=encode_once, key=f"tokenize {json.dumps(cfg.to_dict(), sort_keys=True)} "
-                                  f"batch {batch_size}", cache_dir=cache_dir)
-    choice = distributed.broadcast(choice)
-    precision = choice.precision
+    choice = _choose_precision(model, dev, precision, batch_size, cache_dir, dist)
     out_dir = Path(out_root) / tid
     refs = as_video_refs(videos)
-    prev_index: dict[str, Any] = {}
-    if (out_dir / "index.json").is_file():
-        try:
-            prev_index = json.loads((out_dir / "index.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            prev_index = {}
+    prev = LatentIndex.previous(out_dir, cfg.fps)
     given = {r.id for r in refs}
-    kept = [e for e in prev_index.get("videos", []) if isinstance(e, dict) and e.get("id") not in given
-            and (out_dir / str(e.get("file", ""))).is_file()]  # earlier videos of the set, not given this time
-    rule.assign([*(r.id for r in refs), *(str(e["id"]) for e in kept)])  # refuses unknown ids, no training video
-    rule = replace(rule, strict=False)
+    kept = [e for e in (prev.videos if prev is not None else []) if e.id not in given
+            and (out_dir / str(e.file)).is_file()]  # earlier videos of the set, not given this time
+    rule.assign([*(r.id for r in refs), *(str(e.id) for e in kept)])  # refuses unknown ids, no training video
     with distributed.main_first():
         out_dir.mkdir(parents=True, exist_ok=True)
     res = TokenizeResult(out_dir=out_dir, tokenizer_id=tid, precision=choice.to_dict())
     p.log(f"{model.summary()}; weights {weights}; {choice.line()}")
-
-    meta_of: dict[str, dict[str, str]] = {}
-
-    def up_to_date(ref: VideoRef) -> dict[str, str] | None:
-        meta = read_latent_metadata(out_dir / f"{ref.id}.safetensors")
-        if (meta and meta.get("sha256") == ref.sha256 and meta.get("tokenizer_sha256") == wsha
-                and meta.get("fps") == _fps_text(ref.rate(cfg.fps))):  # older files may repeat frames
-            return meta
-        return None
-
-    todo: list[VideoRef] = []
-    for r in refs:
-        try:
-            m = up_to_date(r)
-        except OSError as e:
-            res.failed.append((r.id, str(e)))
-            continue
-        if m is not None:
-            res.skipped.append(r.id)
-            meta_of[r.id] = m
-        else:
-            todo.append(r)
-    distributed.barrier()  # every rank has looked at the files before any is rewritten
-    if dist.enabled:
-        sizes = [int(round(float(r.meta.get("duration") or 0) * r.rate(cfg.fps))) or 1 for r in todo]
-        owner = assign_videos(sizes, dist.world)
-        todo = [r for r, o in zip(todo, owner) if o == dist.rank]
+    job = _Job(model, weights, tid, wsha, dev, choice.precision, replace(rule, strict=False), out_dir,
+               [replace(e, split=None) for e in kept], res, dist, p)
+    todo = job.to_do(refs)
     est = sum(int(round(float(r.meta.get("duration") or 0) * r.rate(cfg.fps))) for r in todo)
     p.start("tokenize", total=est or None)
     t0 = time.perf_counter()
-
-    def write_index_now() -> None:
-        if not dist.main:
-            return
-        # entries of this run, plus earlier entries of videos not given this time whose files still exist
-        entries = {vid: _entry(vid, f"{vid}.safetensors", m, cfg.fps) for vid, m in meta_of.items()}
-        old_fps = prev_index.get("fps") or prev_index.get("tokenizer_fps") or cfg.fps
-        for e in kept:
-            if e["id"] not in entries:
-                entries[e["id"]] = {"fps": float(old_fps), **{k: v for k, v in e.items() if k != "split"}}
-        split = rule.assign(sorted(entries))
-        vids = [{**entries[k], "split": split[k]} for k in sorted(entries)]
-        kinds = {e["action_kind"] for e in vids if e["has_actions"]}
-        rates = sorted({e["fps"] for e in vids}, reverse=True)
-        common = rates[0] if rates and all(same_rate(r, rates[0]) for r in rates) else None
-        meanings = None
-        for vid in sorted(meta_of):
-            if meta_of[vid].get("action_meanings"):
-                try:
-                    meanings = json.loads(meta_of[vid]["action_meanings"])
-                except json.JSONDecodeError:
-                    meanings = None
-                break
-        res.index = {
-            "format": INDEX_FORMAT,
-            "tokenizer_id": tid,
-            "tokenizer_weights": str(weights),
-            "tokenizer_sha256": wsha,
-            "tokenizer_config": cfg.to_dict(),
-            "tokens": cfg.tokens,
-            "channels": cfg.channels,
-            "fps": common if rates else cfg.fps,  # null when the videos have different rates (see videos[].fps)
-            "tokenizer_fps": cfg.fps,
-            "frame_size": f"{cfg.height}x{cfg.width}",
-            "fit": cfg.fit,
-            **rule.record(),
-            "action_kind": kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "none"),
-            "action_count": max((e["action_count"] for e in vids if e["has_actions"]), default=0),
-            "action_meanings": meanings,
-            "frames": sum(e["frames"] for e in vids),
-            "updated": datetime.now().isoformat(timespec="seconds"),
-            "videos": vids,
-        }
-        write_index(out_dir, res.index)
-
     for r in todo:
-        t_video = time.perf_counter()
-        n_before = res.frames
-
-        def advanced(n: int, vid: str = r.id) -> None:
-            res.frames += n
-            dt = max(time.perf_counter() - t0, 1e-9)
-            p.advance("tokenize", n, video=vid, fps=res.frames / dt)
-
-        try:
-            rate = r.rate(cfg.fps)
-            with LatentFileWriter(out_dir / f"{r.id}.safetensors", cfg.tokens, cfg.channels) as writer:
-                for z in encode_video(model, r, batch_size, dev, precision, decoder, weights=weights, fps=rate):
-                    writer.append(z)
-                    advanced(len(z))
-                count = writer.frames
-                actions, kind = _aligned_actions(r, count, rate, res.notes)
-                meta = {
-                    "format": INDEX_FORMAT,
-                    "fps": _fps_text(rate),
-                    "video_id": r.id,
-                    "source": str(r.meta.get("source") or r.path.parent.name),
-                    "source_path": str(r.path),
-                    "sha256": r.sha256,
-                    "tokenizer_id": tid,
-                    "tokenizer_sha256": wsha,
-                    "frames": str(count),
-                    "frame_size": f"{cfg.height}x{cfg.width}",
-                    "fit": cfg.fit,
-                    **picture_meta(r, cfg),
-                    "tokens": str(cfg.tokens),
-                    "channels": str(cfg.channels),
-                    "action_kind": kind,
-                    "action_count": str(_action_count(r, actions, kind)),
-                    "action_meanings": json.dumps(r.meta.get("action_meanings") if kind != "none" else None),
-                }
-                writer.finish(actions, meta)
-            meta_of[r.id] = meta
-            res.written.append(r.id)
-            if rate < cfg.fps:
-                res.notes.append(f"{r.id}: read at its own {rate:g} fps (the tokenizer's rate is {cfg.fps:g})")
-            dt = time.perf_counter() - t_video
-            p.log(f"{r.id}: {count} frames in {dt:.1f}s ({(res.frames - n_before) / max(dt, 1e-9):.0f} frames/s)")
-        except CheckpointError:
-            raise  # the tokenizer itself is bad: no later video would fare better
-        except (AhriError, OSError) as e:
-            res.failed.append((r.id, str(e)))
-            p.log(f"failed {r.id}: {e}")
-            continue
-        write_index_now()
-    if dist.enabled:  # every rank's videos into the one index (rank 0 writes it) and into every rank's result
-        parts = distributed.gather((meta_of, res.written, res.failed, res.notes, res.frames))
-        for part in parts[1:] if dist.main else []:
-            meta_of.update(part[0])
-        res.written = [v for part in parts for v in part[1]]
-        res.failed = [tuple(v) for part in parts for v in part[2]]
-        res.notes = [v for part in parts for v in part[3]]
-        res.frames = sum(part[4] for part in parts)
-    write_index_now()
+        if job.encode(r, batch_size, decoder, t0):
+            job.write_index()
+    if dist.enabled:
+        job.gather()
+    job.write_index()
     distributed.barrier()  # the index is written before any rank returns
-    res.index = res.index or (json.loads((out_dir / "index.json").read_text()) if (out_dir / "index.json").is_file() else {})
+    if not res.index and (out_dir / INDEX).is_file():
+        res.index = LatentIndex.read(out_dir).to_dict()
     res.seconds = time.perf_counter() - t0
     p.finish("tokenize", frames=res.frames, fps=res.frames_per_s)
     for n in res.notes:

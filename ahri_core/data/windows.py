@@ -4,14 +4,15 @@
   video's latents stay in their file (:class:`ahri_core.data.latents.MappedLatents`) and a window reads only
   its own frames, so a set larger than RAM trains with bounded memory, while the page cache still serves
   repeated windows from memory (latents are small: the cpu tokenizer turns a 64x64 frame into 64 x 12 fp16
-  values, 1.5 KiB; PITFALLS 17). ``mmap=False`` reads every video into memory instead; both give the same
-  windows bit for bit.
+  values, 1.5 KiB, and one file per video keeps them in few large reads). ``mmap=False`` reads every video
+  into memory instead; both give the same windows bit for bit.
 - A window is ``(video, start, length)``: ``length`` consecutive frames of ONE video (never across videos),
   starting every ``stride`` frames (``seq_len 16, stride 8``: 50% overlap). Actions travel with their frames.
 - :class:`WindowBatchSampler` is the batch sampler of a single ``DataLoader``. With alternating lengths it
   picks, batch by batch, a short batch (``seq_len_short`` x ``batch_size_short``) or a long one
   (``seq_len_long`` x ``batch_size_long``) so that a fraction ``long_ratio`` of the batches are long
-  (PITFALLS 18: one loader, not two). An epoch is one pass over the short windows plus the long batches
+  (one loader, not two: two loaders would each keep their own order and workers, and the mix of lengths
+  would drift from the ratio). An epoch is one pass over the short windows plus the long batches
   that the ratio adds; its plan depends only on (seed, epoch), so a position (epoch, batch) resumes exactly.
 """
 
@@ -184,14 +185,15 @@ def resolve_latents(path: str | os.PathLike | None, workspace_latents: str | os.
 
 
 def load_latent_set(path: str | os.PathLike, val_fraction: float | None = None, mmap: bool = True) -> LatentSet:
-    """The videos of a latent set, split by whole video (PITFALLS 14).
+    """The videos of a latent set, split by whole video (frames of one video are near duplicates, so a split by
+    frame would leak training frames into validation).
 
     ``mmap`` (default): each video's latents stay in their file as :class:`MappedLatents` (the header is
     checked now, frames are read when a window is taken); actions are read into memory. ``mmap=False``:
     every video's latents in memory (fp16). Both give the same windows, bit for bit.
 
     ``val_fraction``: None keeps the split written in the set's index by ``ahri tokenize``; a number
-    re-splits the set's videos with :func:`ahri_core.data.frames.split_videos` (the same hash of the video
+    re-splits the set's videos with :func:`ahri_core.data.split.split_videos` (the same hash of the video
     id, so a video's split does not depend on the others), which lets the held-out fraction change after
     tokenizing. Either way the index file is left as it is.
 
@@ -199,7 +201,7 @@ def load_latent_set(path: str | os.PathLike, val_fraction: float | None = None, 
     slower than the tokenizer keeps its own rate) is refused with a :class:`DataError` naming the videos of
     each rate, before any latent is read.
     """
-    from .frames import split_videos
+    from .split import split_videos
 
     store = LatentStore(path)
     fps = store.fps  # raises when the videos' rates differ

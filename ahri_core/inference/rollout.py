@@ -85,7 +85,7 @@ def load_clip_actions(video: Path, fps: float, count: int | None = None) -> np.n
     acts = np.asarray(rec.actions)
     if not rec.fps or abs(rec.fps - fps) <= 1e-3 * fps:
         return acts
-    from ..data.frames import resample_actions
+    from ..data.videos import resample_actions
     from ..video import resampled_count
 
     n = count if count is not None else resampled_count(len(acts), rec.fps, fps)

@@ -2,7 +2,7 @@
 
 The stage is a :class:`TokenizerObjective` run by the one training loop (``train/loop.py``: budget, precision,
 EMA, divergence guard, checkpoints, exact resume). One step: a batch of random frames from the training
-videos (uint8 cache, see ``data/frames.py``), MAE-masked reconstruction, MSE divided by its running RMS
+videos (uint8 cache, see ``data/frame_cache.py``), MAE-masked reconstruction, MSE divided by its running RMS
 (plus an optional perceptual term, also normalised). Validation: PSNR/MSE of held-out frames at mask 0,
 and ``reconstructions.png`` (held-out originals over their reconstructions); the best checkpoint is the
 highest validation PSNR.
@@ -26,18 +26,10 @@ import torch
 
 from ..checkpoint import read_metadata
 from ..config.settings import TokenizerSettings, TrainSettings
-from ..data.frames import (
-    FrameSampler,
-    FrameSet,
-    SplitRule,
-    as_shape,
-    as_video_refs,
-    common_aspect,
-    load_frame_data,
-    steps_per_epoch,
-    to_tensor,
-    to_uint8,
-)
+from ..data.frame_cache import as_shape
+from ..data.frames import FrameSampler, FrameSet, load_frame_data, steps_per_epoch, to_tensor, to_uint8
+from ..data.split import SplitRule
+from ..data.videos import as_video_refs, common_aspect
 from ..errors import ConfigError
 from ..eval.metrics import psnr_per_image as psnr  # per-frame dB, prediction clipped to [0, 1]
 from ..fileio import atomic_path
@@ -317,7 +309,7 @@ def train_tokenizer(
 
 def new_config(preset: str, tok: TokenizerSettings, videos: Sequence[Any], progress: Progress | None = None) -> TokenizerConfig:
     """The model of a new run: the preset with ``tok``'s overrides, at ``tok.size`` or else at the preset's
-    pixel budget shaped to the aspect most of the videos share (``frames.common_aspect``)."""
+    pixel budget shaped to the aspect most of the videos share (``videos.common_aspect``)."""
     over = tok.overrides()
     if over["height"] is None:
         aspect, note = common_aspect(as_video_refs(videos))

@@ -111,6 +111,70 @@ def _water_colour(arg: np.ndarray, phase: int) -> np.ndarray:
     return np.stack([0.12 + 0.1 * ripples, 0.32 + 0.12 * ripples, 0.5 + 0.12 * ripples], axis=-1)
 
 
+def _trees(n: int, scale: float, c: np.ndarray, lane_field: np.ndarray, river_field: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Jungle trees (jittered grid, skipped near lanes, river, bases and walls) on the ``n`` x ``n`` ground of
+    :func:`_ground_float`: (their dark shadow, their canopy colour, how much of each pixel the canopy covers)."""
+    u, v = c[None, :], c[:, None]
+    shape = (n, n)
+    rng = np.random.default_rng(71)
+    shade = np.zeros(shape, np.float32)
+    canopy = np.zeros(shape + (3,), np.float32)
+    cover = np.zeros(shape, np.float32)
+    spacing = 10.0
+    for gy in np.arange(spacing / 2, WORLD_UNITS, spacing):
+        for gx in np.arange(spacing / 2, WORLD_UNITS, spacing):
+            x, y = float(gx + rng.uniform(-3.5, 3.5)), float(gy + rng.uniform(-3.5, 3.5))
+            r = float(rng.uniform(3.2, 4.8))
+            tone = float(rng.uniform(0.0, 1.0))
+            p = np.array([x, y])
+            if min(x, y, WORLD_UNITS - x, WORLD_UNITS - y) < 12:
+                continue
+            if _field_at(lane_field, x, y) < 14 or _field_at(river_field, x, y) < 15:
+                continue
+            if np.min(np.hypot(*(_BASES - p).T)) < 30 or np.min(np.hypot(*(_TOWER_POS - p).T)) < 12:
+                continue
+            if rng.random() < 0.3:
+                continue
+            lo_x = int(max(0, (x + PAD_UNITS - r - 3) * scale))
+            hi_x = int(min(n, (x + PAD_UNITS + r + 3) * scale + 1))
+            lo_y = int(max(0, (y + PAD_UNITS - r - 3) * scale))
+            hi_y = int(min(n, (y + PAD_UNITS + r + 3) * scale + 1))
+            su, sv = u[:, lo_x:hi_x], v[lo_y:hi_y, :]
+            sh = _smooth(r + 0.6, r - 0.4, np.hypot(su - x - 1.6, sv - y - 1.6))
+            shade[lo_y:hi_y, lo_x:hi_x] = np.maximum(shade[lo_y:hi_y, lo_x:hi_x], sh)
+            d = np.hypot(su - x, sv - y)
+            inside = _smooth(r + 0.4, r - 0.4, d)
+            light = np.clip(1.0 - ((su - x) + (sv - y)) / (2.2 * r), 0.3, 1.6)
+            leaf = 0.75 + 0.5 * _value_noise(c[lo_x:hi_x], c[lo_y:hi_y], 1.1, 79)
+            col = np.float32([0.08 + 0.06 * tone, 0.22 + 0.1 * tone, 0.1])
+            tree_col = col[None, None] * (light * leaf)[..., None]
+            cur = cover[lo_y:hi_y, lo_x:hi_x]
+            canopy[lo_y:hi_y, lo_x:hi_x] = (
+                canopy[lo_y:hi_y, lo_x:hi_x] * (1 - inside[..., None]) + tree_col * (inside[..., None])
+            )
+            cover[lo_y:hi_y, lo_x:hi_x] = np.maximum(cur, inside)
+    return shade, canopy, cover
+
+
+def _draw_bases(img: np.ndarray, water: np.ndarray, u: np.ndarray, v: np.ndarray, blades: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The bases drawn over the ground: team-tinted stone platforms with rings and a nexus crystal; returns
+    (the picture, the water left visible)."""
+    for team, centre in enumerate(_BASES):
+        tint = np.float32([0.35, 0.45, 0.75] if team == _BLUE else [0.75, 0.35, 0.3])
+        d = np.hypot(u - float(centre[0]), v - float(centre[1]))
+        plat = _smooth(20.0, 18.5, d)
+        rings = 0.85 + 0.15 * np.cos(d * 1.4)
+        base_col = (0.45 * tint + 0.3) * rings[..., None] * (0.9 + 0.2 * blades)[..., None]
+        img = img + (base_col - img) * plat[..., None]
+        water = water * (1 - plat)
+        crystal = _smooth(5.0, 4.0, d)
+        glow = np.clip(1.2 - d / 5.0, 0.0, 1.0)
+        img = img + ((0.6 * tint + 0.4) * (0.7 + 0.5 * glow)[..., None] - img) * crystal[..., None]
+    return img, water
+
+
 def _ground_float(n: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The padded world as float RGB, ``n`` x ``n`` pixels, ``scale`` pixels per unit, water at phase 0.
 
@@ -167,60 +231,13 @@ def _ground_float(n: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndar
     img = img + (stone - img) * paved[..., None]
     water = water * (1 - dirt * 0.9) * (1 - paved)
 
-    # Jungle trees (jittered grid, skipped near lanes, river, bases and walls); dark shadow first.
-    rng = np.random.default_rng(71)
-    shade = np.zeros(shape, np.float32)
-    canopy = np.zeros(shape + (3,), np.float32)
-    cover = np.zeros(shape, np.float32)
-    spacing = 10.0
-    for gy in np.arange(spacing / 2, WORLD_UNITS, spacing):
-        for gx in np.arange(spacing / 2, WORLD_UNITS, spacing):
-            x, y = float(gx + rng.uniform(-3.5, 3.5)), float(gy + rng.uniform(-3.5, 3.5))
-            r = float(rng.uniform(3.2, 4.8))
-            tone = float(rng.uniform(0.0, 1.0))
-            p = np.array([x, y])
-            if min(x, y, WORLD_UNITS - x, WORLD_UNITS - y) < 12:
-                continue
-            if _field_at(lane_field, x, y) < 14 or _field_at(river_field, x, y) < 15:
-                continue
-            if np.min(np.hypot(*(_BASES - p).T)) < 30 or np.min(np.hypot(*(_TOWER_POS - p).T)) < 12:
-                continue
-            if rng.random() < 0.3:
-                continue
-            lo_x = int(max(0, (x + PAD_UNITS - r - 3) * scale))
-            hi_x = int(min(n, (x + PAD_UNITS + r + 3) * scale + 1))
-            lo_y = int(max(0, (y + PAD_UNITS - r - 3) * scale))
-            hi_y = int(min(n, (y + PAD_UNITS + r + 3) * scale + 1))
-            su, sv = u[:, lo_x:hi_x], v[lo_y:hi_y, :]
-            sh = _smooth(r + 0.6, r - 0.4, np.hypot(su - x - 1.6, sv - y - 1.6))
-            shade[lo_y:hi_y, lo_x:hi_x] = np.maximum(shade[lo_y:hi_y, lo_x:hi_x], sh)
-            d = np.hypot(su - x, sv - y)
-            inside = _smooth(r + 0.4, r - 0.4, d)
-            light = np.clip(1.0 - ((su - x) + (sv - y)) / (2.2 * r), 0.3, 1.6)
-            leaf = 0.75 + 0.5 * _value_noise(c[lo_x:hi_x], c[lo_y:hi_y], 1.1, 79)
-            col = np.float32([0.08 + 0.06 * tone, 0.22 + 0.1 * tone, 0.1])
-            tree_col = col[None, None] * (light * leaf)[..., None]
-            cur = cover[lo_y:hi_y, lo_x:hi_x]
-            canopy[lo_y:hi_y, lo_x:hi_x] = (
-                canopy[lo_y:hi_y, lo_x:hi_x] * (1 - inside[..., None]) + tree_col * (inside[..., None])
-            )
-            cover[lo_y:hi_y, lo_x:hi_x] = np.maximum(cur, inside)
+    # Jungle trees, their dark shadow first.
+    shade, canopy, cover = _trees(n, scale, c, lane_field, river_field)
     img = img * (1 - 0.5 * shade)[..., None]
     img = img * (1 - cover[..., None]) + canopy
     water = water * (1 - 0.5 * shade) * (1 - cover)
 
-    # Bases: team-tinted stone platforms with rings and a nexus crystal.
-    for team, centre in enumerate(_BASES):
-        tint = np.float32([0.35, 0.45, 0.75] if team == _BLUE else [0.75, 0.35, 0.3])
-        d = np.hypot(u - float(centre[0]), v - float(centre[1]))
-        plat = _smooth(20.0, 18.5, d)
-        rings = 0.85 + 0.15 * np.cos(d * 1.4)
-        base_col = (0.45 * tint + 0.3) * rings[..., None] * (0.9 + 0.2 * blades)[..., None]
-        img = img + (base_col - img) * plat[..., None]
-        water = water * (1 - plat)
-        crystal = _smooth(5.0, 4.0, d)
-        glow = np.clip(1.2 - d / 5.0, 0.0, 1.0)
-        img = img + ((0.6 * tint + 0.4) * (0.7 + 0.5 * glow)[..., None] - img) * crystal[..., None]
+    img, water = _draw_bases(img, water, u, v, blades)
     return img, water, ripple_arg
 
 
