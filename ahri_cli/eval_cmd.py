@@ -103,6 +103,35 @@ def summary_table(metrics: dict[str, Any]) -> Table:
     return t
 
 
+def detail_table(metrics: dict[str, Any]) -> Table | None:
+    """What did not move, and how sharp: PSNR on the pixels unchanged since the last context frame, and the
+    high-frequency energy relative to the tokenizer ceiling, at a few horizon steps."""
+    st, sh = metrics.get("static_region"), metrics.get("sharpness")
+    if not st or not sh:
+        return None
+    H = metrics["settings"]["horizon"]
+    hs = [h for h in (1, 4, 16) if h <= H] or [H]
+    t = Table(title="what did not move (PSNR on unchanged pixels) and sharpness (vs ceiling, 1 = as sharp)")
+    t.add_column("")
+    for h in hs:
+        t.add_column(f"static h{h}", justify="right")
+    for h in hs:
+        t.add_column(f"sharp h{h}", justify="right")
+
+    def cell(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    names = [f"steps_{k}" for k in metrics["steps"]] + ["copy_last", "tokenizer_ceiling"]
+    labels = {"copy_last": "[dim]copy last[/]", "tokenizer_ceiling": "[dim]ceiling[/]"}
+    for name in names:
+        row = [labels.get(name, name.replace("steps_", "") + " steps")]
+        row += [cell(st["psnr"][name][h - 1], ".2f") for h in hs]
+        row += [cell(sh["ratio"][name][h - 1], ".2f") for h in hs]
+        t.add_row(*row)
+    t.add_row("[dim]unchanged share[/]", *[f"{st['fraction'][h - 1]:.0%}" for h in hs], *[""] * len(hs))
+    return t
+
+
 MEMORISING = 1.5  # held-out / training error ratio above which eval warns (docs/evaluation.md)
 
 
@@ -252,6 +281,9 @@ def eval_(
         info(escape(f"precision {chosen['precision']} ({chosen.get('reason', '')})"))
     out.print(horizon_table(m, "psnr"))
     out.print(summary_table(m))
+    dt = detail_table(m)
+    if dt is not None:
+        out.print(dt)
     pt = probe_table(m)
     if pt is not None:
         out.print(pt)

@@ -15,12 +15,18 @@ from ahri_core.config.settings import SamplingSettings
 from ahri_core.eval.clips import select_clips
 from ahri_core.eval.evaluate import evaluate
 from ahri_core.eval.metrics import (
+    STATIC_TOLERANCE,
+    high_frequency_energy,
     image_metrics,
+    masked_squared_error,
     mse_per_image,
+    pooled_psnr,
     psnr_average_over,
     psnr_over_clips,
     psnr_per_image,
+    sharpness_ratio,
     ssim_per_image,
+    static_mask,
     summarize,
     t95,
 )
@@ -80,6 +86,38 @@ def test_psnr_over_clips_is_the_psnr_of_the_mean_error_and_an_exact_frame_does_n
     assert math.isnan(psnr_over_clips(mse[:1])["ci95"][0])
 
 
+def test_static_region_error_counts_only_unchanged_pixels():
+    last = torch.zeros(2, 3, 4, 4)
+    target = last.clone()
+    target[0, :, 0, 0] = 1.0  # one pixel changed in the first frame
+    target[1, 1, 2, 3] = STATIC_TOLERANCE / 2  # within the tolerance: still unchanged
+    mask = static_mask(last, target)
+    assert mask.shape == (2, 4, 4) and mask[0].sum() == 15 and mask[1].all()
+    pred = torch.full_like(target, 0.1)
+    pred[0, :, 0, 0] = 0.9  # a large error on the changed pixel is not counted
+    se, n = masked_squared_error(pred, target, mask)
+    assert n.tolist() == [45, 48]
+    assert se[0].item() == pytest.approx(45 * 0.01, rel=1e-5)
+    assert se[1].item() == pytest.approx(47 * 0.01 + (0.1 - STATIC_TOLERANCE / 2) ** 2, rel=1e-5)
+    # pooled over clips: every scored value weighs the same; nothing scored gives None
+    got = pooled_psnr(np.array([[0.5, 0.0], [1.5, 0.0]]), np.array([[100, 0], [100, 0]]))
+    assert got[0] == pytest.approx(-10 * math.log10(2.0 / 200)) and got[1] is None
+
+
+def test_high_frequency_energy_falls_with_blur_and_is_zero_on_flat_images():
+    flat = torch.full((1, 3, 8, 8), 0.5)
+    assert high_frequency_energy(flat).item() == 0.0
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2
+    sharp = checker.float().expand(1, 3, 8, 8)
+    assert high_frequency_energy(sharp).item() == pytest.approx(16.0)  # |laplacian| = 4 at every inner pixel
+    blurred = torch.nn.functional.avg_pool2d(sharp, 3, stride=1, padding=1, count_include_pad=False)
+    assert high_frequency_energy(blurred).item() < 0.2 * high_frequency_energy(sharp).item()
+    e = np.array([[1.0, 2.0], [3.0, 0.0]])
+    ref = np.array([[2.0, 1.0], [2.0, 0.0]])
+    assert sharpness_ratio(e, ref) == [1.0, 2.0]
+    assert sharpness_ratio(e, np.zeros_like(ref)) == [None, None]
+
+
 def test_clips_are_inside_videos_and_do_not_overlap():
     lengths = {"a": 100, "b": 40, "c": 10}
     clips = select_clips(lengths, context=8, horizon=8, clips=50, seed=3)
@@ -108,14 +146,21 @@ def test_eval_on_held_out_video_with_baselines_on_the_same_frames(world, tmp_pat
     # Recompute both baselines independently from the real frames of the same clips.
     from safetensors.torch import load_file
 
-    copy, ceil = [], []
+    copy, ceil, st_copy, st_ceil, hf_ceil, hf_real = [], [], [], [], [], []
     for c in m["clips"]:
         vid, st = c["video"], c["start"]
         real = to_float(read_frames(ws.videos / "game" / f"{vid}.mp4", fps=20, size=32))
         true_lat = load_file(str(lat_dir / f"{vid}.safetensors"))["latents"].float()
         target = real[st + 4 : st + 9]
         copy.append(mse_per_image(real[st + 3].expand_as(target), target))
-        ceil.append(mse_per_image(wm.decode(true_lat[st + 4 : st + 9]), target))
+        dec = wm.decode(true_lat[st + 4 : st + 9])
+        ceil.append(mse_per_image(dec, target))
+        same = ((real[st + 3] - target).abs().amax(dim=1) <= STATIC_TOLERANCE).float()  # (5, h, w)
+        st_copy.append([((real[st + 3] - target[i]).pow(2).sum(0) * same[i]).sum() / (3 * same[i].sum()) for i in range(5)])
+        st_ceil.append((((dec.clamp(0, 1) - target).pow(2).sum(1) * same).sum((1, 2)), 3 * same.sum((1, 2))))
+        lap = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]]).expand(3, 1, 3, 3)
+        hf_ceil.append(torch.nn.functional.conv2d(dec.clamp(0, 1), lap, groups=3).pow(2).mean((1, 2, 3)))
+        hf_real.append(torch.nn.functional.conv2d(target, lap, groups=3).pow(2).mean((1, 2, 3)))
     copy_psnr = -10 * torch.log10(torch.stack(copy).double().mean(0))  # the PSNR of the mean MSE over clips
     ceil_psnr = -10 * torch.log10(torch.stack(ceil).double().mean(0))
     np.testing.assert_allclose(m["baselines"]["copy_last"]["psnr"]["mean"], copy_psnr.numpy(), rtol=1e-5)
@@ -129,6 +174,24 @@ def test_eval_on_held_out_video_with_baselines_on_the_same_frames(world, tmp_pat
     assert info.frames == 9 and info.fps == 20
     assert info.width == 5 * 32 * 3  # truth | (prediction, error) per step count, scale 3
     assert "gain_over_copy_last_db_h1_5" in m["summary"]
+    # What did not move: copy-last is right there up to the tolerance; the ceiling is recomputed by hand.
+    sr = m["static_region"]
+    assert set(sr["psnr"]) == {"copy_last", "tokenizer_ceiling", "steps_2", "steps_8"} and len(sr["fraction"]) == 5
+    assert all(0 < f <= 1 for f in sr["fraction"])  # the built-in game's background stands still
+    floor = -10 * math.log10(STATIC_TOLERANCE**2)
+    assert all(v >= floor for v in sr["psnr"]["copy_last"])
+    se = torch.stack([s for s, _ in st_ceil]).double().sum(0)
+    cnt = torch.stack([n for _, n in st_ceil]).double().sum(0)
+    np.testing.assert_allclose(sr["psnr"]["tokenizer_ceiling"], (-10 * torch.log10(se / cnt)).numpy(), rtol=1e-4)
+    assert sr["gap_to_ceiling_db_h1"]["steps_2"] == pytest.approx(sr["psnr_h1"]["tokenizer_ceiling"] - sr["psnr_h1"]["steps_2"])
+    sh = m["sharpness"]
+    ref = torch.stack(hf_ceil).double().mean(0)
+    real_e = torch.stack(hf_real).double().mean(0)
+    assert sh["ratio"]["tokenizer_ceiling"] == [1.0 if r > 0 else None for r in ref.tolist()]
+    expect = [None if r <= 0 else float(e / r) for e, r in zip(real_e, ref, strict=True)]
+    np.testing.assert_allclose([np.nan if x is None else x for x in sh["ratio"]["truth"]],
+                               [np.nan if x is None else x for x in expect], rtol=1e-4)
+    assert sh["ratio_h1"]["steps_2"] == sh["ratio"]["steps_2"][0]
 
 
 def test_eval_cli_writes_report_and_refuses_bad_steps(world, tmp_path, capsys):

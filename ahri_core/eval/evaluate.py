@@ -47,9 +47,15 @@ from ..progress import Progress
 from ..visual import Column, crop_box, error_frames, grid_video, plot_curves, to_uint8
 from ..workspace import Workspace
 from .clips import ClipRef, clip_content_box, clip_latents, read_clip_frames, select_clips
-from .metrics import image_metrics, psnr_over_clips
+from .metrics import (
+    high_frequency_energy,
+    image_metrics,
+    masked_squared_error,
+    psnr_over_clips,
+    static_mask,
+)
 from .probes import latent_action_conditions, run_probes
-from .report import EvalMetrics, EvalReport, ScoredSettings, metric_block, summarize_curves
+from .report import EvalMetrics, EvalReport, ScoredSettings, detail_blocks, metric_block, summarize_curves
 
 if TYPE_CHECKING:
     from ..config.settings import SamplingSettings
@@ -107,6 +113,7 @@ def evaluate(
     target = truth.frames[:, C:]  # (clips, H, 3, h, w): the real frames every curve is compared with
     curves = _baseline_curves(truth, target, C)
     per_steps, preds = _rollouts(world, s, truth, target, decode, choice.precision, curves, prog)
+    static, sharp = detail_blocks(_detail(truth, target, C, preds))
     probe_block = None
     if probes:
         probe_block = run_probes(world, s, z_true=truth.latents, actions=truth.actions, target=target,
@@ -126,8 +133,10 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     plot = _plot(out, world, s, per_steps, curves, n, split)
     vids = _sample_videos(out, world, truth.frames, preds, target, s, samples)
-    return _metrics(world, s, lat_path, split, refs, truth, choice, curves, per_steps, summary, probe_block,
-                    latent_block, plot, vids).write(out)
+    metrics = _metrics(world, s, lat_path, split, refs, truth, choice, curves, per_steps, summary, probe_block,
+                       latent_block, plot, vids)
+    metrics.static_region, metrics.sharpness = static, sharp
+    return metrics.write(out)
 
 
 def _check_and_load(
@@ -222,6 +231,21 @@ def _baseline_curves(truth: _Truth, target: torch.Tensor, C: int) -> dict[str, d
     curves["copy_last"] = {k: v.numpy() for k, v in image_metrics(last, target).items()}
     curves["tokenizer_ceiling"] = {k: v.numpy() for k, v in image_metrics(truth.decoded[:, C:], target).items()}
     return curves
+
+
+def _detail(
+    truth: _Truth, target: torch.Tensor, C: int, preds: dict[int, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, tuple[np.ndarray, np.ndarray]], dict[str, np.ndarray]]:
+    """Per image, for copy-last, the ceiling and every step count: the squared error summed over the pixels
+    that did not change since the last context frame (and how many values that is), and the high-frequency
+    energy (of the real frames too). Returns the static mask's share of each frame as well."""
+    last = truth.frames[:, C - 1 : C].expand_as(target)
+    mask = static_mask(last, target)  # (clips, H, h, w)
+    shown = {"copy_last": last, "tokenizer_ceiling": truth.decoded[:, C:], **{f"steps_{k}": p for k, p in preds.items()}}
+    static = {name: tuple(t.numpy() for t in masked_squared_error(x, target, mask)) for name, x in shown.items()}
+    energy = {name: high_frequency_energy(x).numpy() for name, x in shown.items()}
+    energy["truth"] = high_frequency_energy(target).numpy()
+    return mask.float().mean(dim=(-2, -1)), static, energy
 
 
 def _rollouts(

@@ -134,3 +134,55 @@ def memorising_gap(val_next: float, val_copy: float, train_next: float, train_co
     if val_copy <= 0 or train_copy <= 0 or train_next <= 0:
         return None
     return (val_next / val_copy) / (train_next / train_copy)
+
+
+# ---------------------------------------------------------------------------------------------- what did not move
+STATIC_TOLERANCE = 3 / 255  # a pixel within this of the last context frame in every channel counts as unchanged:
+# stored video is lossy, so an overlay that never moves still differs by a level or two between frames
+
+
+def static_mask(last: torch.Tensor, target: torch.Tensor, tol: float = STATIC_TOLERANCE) -> torch.Tensor:
+    """Pixels unchanged between the last context frame and the true frame: (..., 3, H, W) -> (..., H, W) bool.
+
+    These are what copying the last frame gets right by construction (overlays, a HUD, a held weapon, a still
+    background); a model that keeps what does not move scores there as well as the tokenizer allows."""
+    return (last.float() - target.float()).abs().amax(dim=-3) <= tol
+
+
+def masked_squared_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of squared errors over the pixels of ``mask`` (all three channels) and the number of values summed:
+    (..., 3, H, W) and (..., H, W) -> two (...,) tensors. The prediction is clipped to [0, 1] first."""
+    err = (pred.float().clamp(0, 1) - target.float()).pow(2).sum(dim=-3)
+    m = mask.to(err.dtype)
+    return (err * m).sum(dim=(-2, -1)), 3 * m.sum(dim=(-2, -1))
+
+
+def pooled_psnr(se: np.ndarray, count: np.ndarray) -> list[float | None]:
+    """(clips, horizon) sums of squared errors and counts -> per horizon step the PSNR of the pooled mean
+    (every scored value weighs the same, whichever clip it is in); None where nothing was scored."""
+    s = np.asarray(se, dtype=np.float64).sum(axis=0)
+    n = np.asarray(count, dtype=np.float64).sum(axis=0)
+    out: list[float | None] = []
+    for a, b in zip(s, n, strict=True):
+        out.append(None if b <= 0 else float(_psnr_of(np.array(a / b))))
+    return out
+
+
+def high_frequency_energy(x: torch.Tensor) -> torch.Tensor:
+    """Sharpness of [0, 1] images: the mean squared response of the 3x3 Laplacian over the image and its three
+    channels, (..., 3, H, W) -> (...,). Blur removes it; a mean of several possible futures has less of it
+    than any one of them."""
+    lead = x.shape[:-3]
+    c, h, w = x.shape[-3:]
+    y = x.float().clamp(0, 1).reshape(-1, c, h, w)
+    k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], device=y.device).expand(c, 1, 3, 3)
+    lap = F.conv2d(y, k, groups=c)
+    return lap.pow(2).mean(dim=(-3, -2, -1)).reshape(lead)
+
+
+def sharpness_ratio(energy: np.ndarray, reference: np.ndarray) -> list[float | None]:
+    """(clips, horizon) high-frequency energies -> per horizon step the ratio of their means over clips (1: as
+    sharp as the reference; below 1: blurred); None where the reference has none."""
+    a = np.asarray(energy, dtype=np.float64).mean(axis=0)
+    b = np.asarray(reference, dtype=np.float64).mean(axis=0)
+    return [None if y <= 0 else float(x / y) for x, y in zip(a, b, strict=True)]

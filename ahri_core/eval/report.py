@@ -15,15 +15,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..fileio import write_json_atomic
 from .clips import ClipRef
-from .metrics import average_over, psnr_average_over, psnr_over_clips, summarize
+from .metrics import (
+    STATIC_TOLERANCE,
+    average_over,
+    pooled_psnr,
+    psnr_average_over,
+    psnr_over_clips,
+    sharpness_ratio,
+    summarize,
+)
 
 __all__ = [
     "EvalMetrics",
     "EvalReport",
     "ScoredSettings",
+    "detail_blocks",
     "metric_block",
     "summarize_curves",
 ]
@@ -67,6 +77,40 @@ def summarize_curves(curves: dict[str, dict[str, np.ndarray]], steps: list[int],
             summary[f"psnr_h1_{near}"][f"steps_{lo}"] - summary[f"psnr_h1_{near}"][f"steps_{hi}"]
         )
     return summary
+
+
+def detail_blocks(
+    detail: tuple[torch.Tensor, dict[str, tuple[np.ndarray, np.ndarray]], dict[str, np.ndarray]],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``static_region`` and ``sharpness`` blocks of ``metrics.json`` from the evaluation's per-image details.
+
+    ``static_region``: PSNR per horizon step on the pixels that did not change since the last context frame
+    (pooled over clips), for copy-last (right there up to compression), the tokenizer ceiling and every step
+    count; ``gap_to_ceiling_db_h1`` is how far each step count falls below the ceiling there one frame ahead.
+    ``sharpness``: high-frequency energy per horizon step relative to the tokenizer ceiling's (1 = as sharp as
+    the ceiling, below 1 = blurred), so that a blurred mean cannot pass as quality on PSNR alone."""
+    fraction, static, energy = detail
+    psnr = {name: pooled_psnr(se, n) for name, (se, n) in static.items()}
+    first = {name: v[0] for name, v in psnr.items()}
+    ceiling = first["tokenizer_ceiling"]
+    gap = {
+        name: (None if ceiling is None or v is None else ceiling - v)
+        for name, v in first.items() if name.startswith("steps_")
+    }
+    static_block = {
+        "tolerance": STATIC_TOLERANCE,
+        "fraction": [float(x) for x in fraction.mean(dim=0)],
+        "psnr": psnr,
+        "psnr_h1": first,
+        "gap_to_ceiling_db_h1": gap,
+    }
+    ratio = {name: sharpness_ratio(e, energy["tokenizer_ceiling"]) for name, e in energy.items()}
+    sharp_block = {
+        "reference": "tokenizer_ceiling",
+        "ratio": ratio,
+        "ratio_h1": {name: v[0] for name, v in ratio.items()},
+    }
+    return static_block, sharp_block
 
 
 @dataclass
@@ -128,6 +172,8 @@ class EvalMetrics:
     decode_true_seconds: float
     plot: Path | str
     videos: list[str]
+    static_region: dict[str, Any] | None = None  # :func:`detail_blocks`
+    sharpness: dict[str, Any] | None = None
     created: str = field(default_factory=lambda: datetime.now().isoformat(timespec="seconds"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,6 +191,8 @@ class EvalMetrics:
             "baselines": self.baselines,
             "steps": self.steps,
             "summary": self.summary,
+            "static_region": self.static_region,
+            "sharpness": self.sharpness,
             "probes": self.probes,
             "latent_actions": self.latent_actions,
             "precision": self.precision,
