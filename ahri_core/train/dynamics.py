@@ -55,6 +55,7 @@ from ..models.latent_actions import (
 from ..progress import Progress, ensure
 from ..runtime import autocast, resolve_device
 from . import distributed
+from .checkpointing import load_resume_state
 from .common import (
     RunDir,
     RunningRMS,
@@ -64,7 +65,8 @@ from .common import (
     with_preset_data,
     with_preset_defaults,
 )
-from .loop import Objective, StepOut, load_resume_state, run_loop
+from .loop import run_loop
+from .objectives.base import Objective, StepOut
 
 STAGE = "dynamics"
 VAL_TAUS = (0.1, 0.5, 0.9)  # validation: every frame noised to each of these levels

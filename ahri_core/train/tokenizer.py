@@ -54,6 +54,7 @@ from ..models.tokenizer import (
 from ..progress import Progress, ensure
 from ..runtime import autocast, resolve_device
 from . import distributed
+from .checkpointing import load_resume_state
 from .common import (
     RunDir,
     RunningRMS,
@@ -62,7 +63,8 @@ from .common import (
     seed_everything,
     with_preset_defaults,
 )
-from .loop import Objective, StepOut, load_resume_state, run_loop
+from .loop import run_loop
+from .objectives.base import Objective, StepOut
 
 
 class TokenizerSettings(Section):
