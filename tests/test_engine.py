@@ -220,7 +220,7 @@ def test_nan_gradients_stop_a_tokenizer_run_and_keep_the_last_good_checkpoint(vi
 
 def test_a_non_finite_loss_is_not_backpropagated(tmp_path):
     """A NaN loss (not only a NaN gradient) is caught before backward and before the optimizer step."""
-    from ahri_core.train import dynamics as dyn
+    from ahri_core.train.objectives import dynamics as dyn
 
     orig = dyn.forcing_loss
     calls = {"n": 0}
@@ -375,8 +375,8 @@ def test_default_dynamics_training_uses_shortcut_forcing():
 # ---------------------------------------------------------------------------------------------- review fixes
 def test_one_non_finite_loss_does_not_poison_the_loss_normaliser(tmp_path):
     """A single NaN or inf loss is skipped; the running RMS keeps its value and the run finishes."""
-    from ahri_core.train import dynamics as dyn
     from ahri_core.train.common import RunningRMS
+    from ahri_core.train.objectives import dynamics as dyn
 
     rms = RunningRMS().train()
     rms(torch.tensor(2.0))

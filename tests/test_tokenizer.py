@@ -26,6 +26,7 @@ from ahri_core.data.frames import (
     to_tensor,
 )
 from ahri_core.errors import CheckpointError, ConfigError, DataError
+from ahri_core.eval.metrics import psnr_per_image as psnr
 from ahri_core.models.tokenizer import (
     PRESETS,
     Tokenizer,
@@ -34,7 +35,7 @@ from ahri_core.models.tokenizer import (
     load_tokenizer,
     tokenizer_config,
 )
-from ahri_core.train.tokenizer import TokenizerSettings, psnr, train_tokenizer
+from ahri_core.train.tokenizer import TokenizerSettings, train_tokenizer
 from tests.tokenizer_fixtures import make_store, tiny_train
 
 
