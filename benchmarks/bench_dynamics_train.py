@@ -25,7 +25,8 @@ import torch
 from train_steps import BenchStep, bootstrap_items
 
 from ahri_core.config.settings import DiffusionSettings, TrainSettings
-from ahri_core.models.dynamics import DynamicsConfig, build_dynamics, param_count
+from ahri_core.models.dynamics import build_dynamics, param_count
+from ahri_core.models.dynamics_config import DynamicsConfig
 from ahri_core.runtime import choose_precision
 
 

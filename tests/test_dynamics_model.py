@@ -9,15 +9,9 @@ import torch
 
 from ahri_core.checkpoint import load_weights, save_weights
 from ahri_core.errors import CheckpointError, ConfigError, DataError
-from ahri_core.models.dynamics import (
-    PRESETS,
-    DynamicsConfig,
-    build_dynamics,
-    dynamics_config,
-    load_dynamics,
-    param_count,
-    save_dynamics,
-)
+from ahri_core.models.dynamics import PRESETS, build_dynamics, dynamics_config, param_count
+from ahri_core.models.dynamics_config import DynamicsConfig
+from ahri_core.models.dynamics_io import load_dynamics, save_dynamics
 
 N, C = 5, 3  # tokens, channels
 
@@ -377,7 +371,8 @@ def test_presets_pack_many_latent_tokens_into_their_token_budget():
 @pytest.mark.parametrize("grid", [(6, 10), (10, 6), (7, 9), (9, 7), (8, 8), (5, 12), (3, 20), (4, 4), (6, 11),
                                   (19, 13), (18, 14), (14, 18)])
 def test_packing_makes_each_model_token_a_block_of_the_token_grid(grid):
-    from ahri_core.models.dynamics import PRESET_MAX_TOKENS, auto_pack
+    from ahri_core.models.dynamics import PRESET_MAX_TOKENS
+    from ahri_core.models.dynamics_config import auto_pack
 
     rows, cols = grid
     tokens = rows * cols
@@ -400,7 +395,7 @@ def test_packing_makes_each_model_token_a_block_of_the_token_grid(grid):
 
 
 def test_a_wide_grid_packs_square_blocks_not_across_the_row_end():
-    from ahri_core.models.dynamics import auto_pack, describe
+    from ahri_core.models.dynamics_config import auto_pack, describe
 
     assert auto_pack(60, 16) == (4, 1)  # without the grid: runs of 4, which straddle rows of 10
     assert auto_pack(60, 16, (6, 10)) == (4, 2)  # 16:9 at the cpu budget: 2 x 2 blocks, still 15 model tokens

@@ -306,7 +306,7 @@ def _damage(path: Path) -> None:
 
 
 def test_damaged_weights_are_refused_for_both_models(tmp_path, videos):
-    from ahri_core.models.dynamics import load_dynamics_run
+    from ahri_core.models.dynamics_io import load_dynamics_run
     from ahri_core.models.tokenizer import load_tokenizer
 
     train, _, _ = tiny_settings(max_steps=2)

@@ -302,7 +302,7 @@ def test_more_steps_are_not_worse_than_fewer_on_a_trained_model(tmp_path):
     """
     from ahri_core.config.settings import DataSettings, DiffusionSettings, TrainSettings
     from ahri_core.data.windows import LatentVideo, make_latent_set
-    from ahri_core.models.dynamics import load_dynamics_run as load_dynamics
+    from ahri_core.models.dynamics_io import load_dynamics_run as load_dynamics
     from ahri_core.train.dynamics import train_dynamics
 
     train = [LatentVideo(f"t{i}", _flipping_video(i).half()) for i in range(16)]

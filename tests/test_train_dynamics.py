@@ -17,7 +17,7 @@ from ahri_core.config.settings import DataSettings, DiffusionSettings, TrainSett
 from ahri_core.data.windows import LatentVideo, make_latent_set
 from ahri_core.errors import CheckpointError, ConfigError
 from ahri_core.fileio import read_jsonl
-from ahri_core.models.dynamics import load_dynamics_run as load_dynamics
+from ahri_core.models.dynamics_io import load_dynamics_run as load_dynamics
 from ahri_core.progress import RecordingProgress
 from ahri_core.train.dynamics import train_dynamics
 

@@ -25,112 +25,21 @@ RoPE scores depend only on index differences, so sliding the window needs no re-
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..checkpoint import config_mismatch, load_weights, read_metadata
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import ConfigError, DataError
+from .dynamics_config import DynamicsConfig, auto_pack, one_line
 from .layers import Attention, RMSNorm, Rotary, SwiGLU
 
 KIND = "dynamics"
 TAU_FREQS = 256  # sinusoidal features of tau before the conditioning MLP
-
-
-# ---------------------------------------------------------------------------------------------- config
-class DynamicsConfig(BaseModel):
-    """Everything needed to rebuild the model; stored as JSON in every checkpoint."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tokens: int = Field(..., ge=1, description="latent tokens per frame (N)")
-    channels: int = Field(..., ge=1, description="channels per latent token (C)")
-    pack: int = Field(1, ge=1, description="latent tokens joined into one model token (N / pack tokens of pack * C)")
-    pack_rows: int = Field(
-        1, ge=1, description="rows of the token grid one model token spans: > 1 packs pack_rows x (pack / pack_rows) "
-        "blocks of token_grid (1: pack consecutive tokens)"
-    )
-    token_grid: tuple[int, int] | None = Field(
-        None, description="(rows, columns) of the latent tokens, row-major; needed when pack_rows > 1"
-    )
-    dim: int = Field(128, ge=8, description="model width")
-    depth: int = Field(8, ge=1, description="number of blocks (spatial + temporal)")
-    heads: int = Field(4, ge=1)
-    kv_heads: int | None = Field(None, ge=1, description="grouped-query attention: key/value heads (None = heads)")
-    registers: int = Field(4, ge=0, description="learned register tokens per frame")
-    temporal_every: int = Field(4, ge=1, description="every k-th block is temporal (4: S,S,S,T)")
-    mlp_ratio: float = Field(4.0, gt=0)
-    qk_norm: bool = True
-    softcap: float | None = Field(None, gt=0, description="tanh soft-cap of attention logits (None = off)")
-    rope_base: float = Field(10000.0, gt=1)
-    action_kind: Literal["none", "discrete", "continuous"] = "none"
-    action_count: int = Field(0, ge=0, description="number of discrete actions")
-    action_dim: int = Field(0, ge=0, description="width of a continuous action vector")
-    k_max: int = Field(64, ge=1, le=4096, description="finest step count; d_min = 1/k_max")
-    max_frames: int = Field(64, ge=1, description="trained sequence length: default KV-cache window")
-    prev_frame: bool = Field(
-        False, description="each token also reads the same token of the previous frame (and its tau) at the input"
-    )
-    prev_skip: bool = Field(
-        False,
-        description="the output adds the previous frame's latents times a gate read from each token's final state "
-        "(and the previous frame's tau): a still region can be copied exactly",
-    )
-    grad_checkpointing: bool = Field(False, description="recompute each block in backward (runtime only)")
-
-    # Fields that do not change the weights: ignored when a checkpoint's config is compared.
-    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"grad_checkpointing"})
-
-    @model_validator(mode="after")
-    def _consistent(self) -> DynamicsConfig:
-        if self.tokens % self.pack:
-            raise ValueError(f"pack {self.pack} must divide the {self.tokens} latent tokens per frame")
-        if self.pack_rows > 1:
-            if self.token_grid is None or self.token_grid[0] * self.token_grid[1] != self.tokens:
-                raise ValueError(f"pack_rows {self.pack_rows} needs token_grid (rows, columns) of the {self.tokens} tokens")
-            rows, cols = self.token_grid
-            if self.pack % self.pack_rows or rows % self.pack_rows or cols % (self.pack // self.pack_rows):
-                raise ValueError(
-                    f"pack {self.pack} as blocks of {self.pack_rows} rows does not tile the {rows}x{cols} token grid"
-                )
-        if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
-        if (self.dim // self.heads) % 2:
-            raise ValueError(f"head width dim/heads = {self.dim // self.heads} must be even (RoPE)")
-        kv = self.kv_heads or self.heads
-        if self.heads % kv:
-            raise ValueError(f"heads {self.heads} must be divisible by kv_heads {kv}")
-        if self.k_max & (self.k_max - 1):
-            raise ValueError(f"k_max {self.k_max} must be a power of two (1, 2, 4, ..., 4096)")
-        if self.depth < self.temporal_every:
-            raise ValueError(
-                f"depth {self.depth} < temporal_every {self.temporal_every}: the model would have no temporal layer"
-            )
-        if self.action_kind == "discrete" and self.action_count < 1:
-            raise ValueError("action_kind 'discrete' needs action_count >= 1")
-        if self.action_kind == "continuous" and self.action_dim < 1:
-            raise ValueError("action_kind 'continuous' needs action_dim >= 1")
-        return self
-
-    def weights_fields(self) -> dict[str, Any]:
-        """The config as JSON-able dict without runtime-only fields (for checkpoint comparisons)."""
-        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.RUNTIME_FIELDS}
-
-    @property
-    def model_tokens(self) -> int:
-        """Tokens per frame inside the model (latent tokens after packing)."""
-        return self.tokens // self.pack
-
-    def layer_kinds(self) -> list[str]:
-        """'S' or 'T' per block; block i is temporal when (i + 1) % temporal_every == 0."""
-        return ["T" if (i + 1) % self.temporal_every == 0 else "S" for i in range(self.depth)]
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -152,49 +61,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 # consecutive latent tokens become one model token) so that spatial attention and the per-token MLPs cost
 # what the preset was sized for. A 64-token tokenizer under the cpu preset runs as 16 tokens of 4 x C.
 PRESET_MAX_TOKENS: dict[str, int] = {"tiny": 16, "cpu": 16, "small": 64, "medium": 256, "large": 256}
-
-
-def auto_pack(tokens: int, max_tokens: int | None, grid: tuple[int, int] | None = None) -> tuple[int, int]:
-    """(pack, pack_rows): the fewest latent tokens per model token with tokens / pack <= ``max_tokens``
-    ((1, 1) when there is no limit).
-
-    Without ``grid`` the model token is ``pack`` consecutive latent tokens, the smallest divisor that fits.
-    ``grid``: (rows, columns) of the latent tokens on the picture (row-major). Then each model token is a
-    block of whole grid cells, a rows x b columns with a dividing the rows and b the columns, never the end of
-    one row joined to the start of the next. The smallest block wins, and among equal ones the flattest (a
-    piece of one row, or whole rows: consecutive tokens, pack_rows 1). A 16:9 frame of 6 x 10 tokens packs
-    into 2 x 2 blocks (15 model tokens; the plain rule's runs of 4 straddled rows), 4:3's 7 x 9 into columns
-    of 7, a square 8 x 8 into runs of 4 and Atari's 9 x 7 into rows, as before.
-    """
-    if not max_tokens or tokens <= max_tokens:
-        return 1, 1
-    if grid is not None and grid[0] * grid[1] == tokens:
-        rows, cols = grid
-        blocks = [(a * b, a, b) for a in range(1, rows + 1) if rows % a == 0 for b in range(1, cols + 1)
-                  if cols % b == 0 and (rows // a) * (cols // b) <= max_tokens]
-        size, a, b = min(blocks)
-        return size, (a if 1 < a and b < cols else 1)
-    return next(p for p in range(1, tokens + 1) if tokens % p == 0 and tokens // p <= max_tokens), 1
-
-
-def describe(cfg: DynamicsConfig, params: int | None = None) -> str:
-    """One line for a run's log: width, blocks, parameters and how the latent tokens become model tokens."""
-    p = f", {params / 1e6:.2f}M params" if params is not None else ""
-    size = f"{cfg.pack_rows} x {cfg.pack // cfg.pack_rows}" if cfg.pack_rows > 1 else f"{cfg.pack}"
-    tokens = f"{cfg.tokens} latent tokens x {cfg.channels} channels"
-    if cfg.pack > 1:
-        tokens += f", packed as {cfg.model_tokens} model tokens of {size}"
-    acts = {"discrete": f", {cfg.action_count} discrete actions", "continuous": f", action vectors of {cfg.action_dim}"}
-    return (f"dynamics model: width {cfg.dim}, {cfg.depth} blocks ({cfg.layer_kinds().count('T')} temporal){p}; "
-            f"{tokens}, + {cfg.registers} registers per frame{acts.get(cfg.action_kind, '')}")
-
-
-def _one_line(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "config"
-        parts.append(f"{loc}: {e['msg']}")
-    return "; ".join(parts)
 
 
 def dynamics_config(
@@ -228,6 +94,7 @@ def dynamics_config(
     fields.update(overrides)
     grid = tuple(latent_grid) if latent_grid else None
     if isinstance(preset_or_config, str) and "pack" not in overrides and isinstance(fields.get("tokens"), int):
+
         fields["pack"], rows = auto_pack(fields["tokens"], PRESET_MAX_TOKENS.get(preset_or_config), grid)
         if rows > 1:  # blocks of several rows: the model must know the grid (else consecutive tokens)
             fields["pack_rows"] = rows
@@ -236,7 +103,7 @@ def dynamics_config(
     try:
         return DynamicsConfig(**fields)
     except ValidationError as e:
-        raise ConfigError(f"dynamics model config: {_one_line(e)}") from None
+        raise ConfigError(f"dynamics model config: {one_line(e)}") from None
 
 
 def build_dynamics(
@@ -642,84 +509,3 @@ class DynamicsModel(nn.Module):
     def set_grad_checkpointing(self, on: bool = True) -> None:
         """Recompute each block's activations in backward (saves memory, costs about one extra forward)."""
         self.grad_checkpointing = on
-
-
-# ---------------------------------------------------------------------------------------------- files
-def save_dynamics(path: str | os.PathLike, model: DynamicsModel, extra: dict[str, Any] | None = None) -> Path:
-    """Atomic safetensors with the model config inside (``ahri_core.checkpoint``)."""
-    from ..checkpoint import save_weights
-
-    return save_weights(path, model, kind=KIND, config=model.config.model_dump(mode="json"), extra=extra)
-
-
-def load_dynamics(
-    path: str | os.PathLike,
-    expect: DynamicsConfig | None = None,
-    grad_checkpointing: bool | None = None,
-) -> DynamicsModel:
-    """Rebuild a model from its checkpoint alone, strictly. ``expect`` (optional) must match the stored
-    config in every field that shapes the weights; a mismatch is refused naming the fields."""
-    kind, stored, _ = read_metadata(path)
-    if kind != KIND:
-        raise CheckpointError(f"checkpoint {path} holds a {kind} model, not a {KIND} model")
-    try:
-        cfg = DynamicsConfig(**stored)
-    except ValidationError as e:
-        raise CheckpointError(f"checkpoint {path} has an invalid dynamics config ({_one_line(e)})") from None
-    if expect is not None:
-        diff = config_mismatch(expect.weights_fields(), cfg.weights_fields())
-        if diff:
-            d = ", ".join(f"{k}: checkpoint {getattr(cfg, k)!r} vs expected {getattr(expect, k)!r}" for k in diff[:4])
-            raise CheckpointError(f"checkpoint {path} was made with another dynamics config ({d})")
-    if grad_checkpointing is not None:
-        cfg = cfg.model_copy(update={"grad_checkpointing": grad_checkpointing})
-    model = DynamicsModel(cfg)
-    load_weights(path, model, kind=KIND, config=stored)
-    return model
-
-
-# ---------------------------------------------------------------------------------------------- loading
-def _weights_path(run_or_path: str | os.PathLike) -> Path:
-    """A run directory's inference weights (``ema.safetensors`` when the run keeps an EMA, else
-    ``model.safetensors``), or the weights file itself."""
-    p = Path(run_or_path)
-    if p.is_dir():
-        for name in ("ema.safetensors", "model.safetensors"):
-            if (p / name).is_file():
-                return p / name
-        raise CheckpointError(f"run {p} has no model.safetensors (has it trained a step yet?)")
-    if p.is_file():
-        return p
-    raise CheckpointError(f"{p} is neither a run directory nor a checkpoint file")
-
-
-def load_dynamics_run(
-    run_or_path: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[DynamicsModel, dict[str, Any]]:
-    """Rebuild a trained dynamics model from a run directory or its ``model.safetensors``, strictly.
-
-    Returns ``(model, info)``, the model in eval mode on ``device``; ``info`` holds what samplers and
-    evaluators need: ``k_max``, ``shortcut``, ``max_frames``, ``tokenizer_id``, ``latents`` (the set's
-    path and shape), ``settings``, ``step``, ``weights`` ("ema" or "raw"), ``config``, ``run_dir``, ``path``.
-    """
-    path = _weights_path(run_or_path)
-    model = load_dynamics(path).to(device).eval()  # strict: kind, config, tensors, sha256
-    _, stored, extra = read_metadata(path)
-    return model, run_info(path, model.config, stored, extra)
-
-
-def run_info(path: Path, cfg: DynamicsConfig, stored: Any, extra: dict[str, Any]) -> dict[str, Any]:
-    """The ``info`` of a loaded dynamics checkpoint (see :func:`load_dynamics_run`) from its metadata."""
-    return {
-        "k_max": int(extra.get("k_max", cfg.k_max)),
-        "shortcut": bool(extra.get("shortcut", False)),
-        "max_frames": int(extra.get("max_frames", cfg.max_frames)),
-        "tokenizer_id": extra.get("tokenizer_id", ""),
-        "latents": extra.get("latents", {}),
-        "settings": extra.get("settings", {}),
-        "step": extra.get("step"),
-        "weights": extra.get("weights", "raw"),
-        "config": stored,
-        "path": str(path),
-        "run_dir": str(path.parent),
-    }

@@ -1,7 +1,7 @@
 """Training the dynamics model: diffusion forcing (+ shortcut forcing) on windows of latents.
 
 ``train_dynamics(latents, run_dir, train=..., data=..., diffusion=...)`` is the library entry point that
-``ahri train`` and ``ahri demo`` call; ``models.dynamics.load_dynamics_run(run_or_path)`` rebuilds a trained
+``ahri train`` and ``ahri demo`` call; ``models.dynamics_io.load_dynamics_run(run_or_path)`` rebuilds a trained
 model for eval and rollout. The loss lives in :mod:`ahri_core.diffusion`, the windows and the batch sampler in
 :mod:`ahri_core.data.windows`, the model in :mod:`ahri_core.models.dynamics`.
 
@@ -35,8 +35,9 @@ from ..data.windows import (
 )
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import read_jsonl
-from ..models.dynamics import DynamicsConfig, dynamics_config, param_count
-from ..models.dynamics import describe as describe_dynamics
+from ..models.dynamics import dynamics_config, param_count
+from ..models.dynamics_config import DynamicsConfig
+from ..models.dynamics_config import describe as describe_dynamics
 from ..models.latent_actions import (
     latent_action_config,
     split_config,

@@ -17,7 +17,8 @@ from ...config.settings import DataSettings, DiffusionSettings, LatentActionSett
 from ...data.windows import LatentSet, LatentVideo, make_loader, validation_windows
 from ...diffusion import add_noise, forcing_loss, sample_noise_levels
 from ...eval.metrics import memorising_gap
-from ...models.dynamics import KIND, DynamicsConfig, DynamicsModel
+from ...models.dynamics import KIND, DynamicsModel
+from ...models.dynamics_config import DynamicsConfig
 from ...models.latent_actions import KIND as LAM_KIND
 from ...models.latent_actions import LatentActionConfig, LatentActionDynamics, latent_action_config
 from ...runtime import autocast
