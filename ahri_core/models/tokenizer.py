@@ -17,7 +17,6 @@ see ``TokenizerConfig.fit`` for how a source frame is brought to it). Latents ar
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -25,7 +24,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
@@ -451,14 +449,6 @@ class Tokenizer(nn.Module):
 
 def build_tokenizer(preset: str | TokenizerConfig | dict = "cpu", **overrides: Any) -> Tokenizer:
     return Tokenizer(tokenizer_config(preset, **overrides))
-
-
-def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(recon.float(), target.float())
-
-
-def config_json(cfg: TokenizerConfig) -> str:
-    return json.dumps(cfg.to_dict(), sort_keys=True)
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -34,7 +34,6 @@ from ..data.windows import (
     load_latent_set,
 )
 from ..errors import CheckpointError, ConfigError, DataError
-from ..fileio import read_jsonl
 from ..models.dynamics import dynamics_config, param_count
 from ..models.dynamics_config import DynamicsConfig
 from ..models.dynamics_config import describe as describe_dynamics
@@ -263,8 +262,3 @@ def _check_finite(lset: LatentSet) -> None:
             where = f" in {lset.path}" if lset.path else ""
             raise DataError(f"latents of video {v.id}{where} hold non-finite values; re-run `ahri tokenize` "
                             "with a sound tokenizer")
-
-
-def run_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of ``runs/<name>/metrics.jsonl``."""
-    return read_jsonl(Path(run_dir) / "metrics.jsonl")
