@@ -146,7 +146,8 @@ def test_tau_step_and_actions_change_the_output():
 
 @pytest.mark.parametrize("active", [False, True])
 def test_conditioning_reaches_every_token(active):
-    """PITFALLS 9: each output token depends on the frame's tau/d/action vector, also at init."""
+    """Each output token depends on the frame's tau/d/action vector, also at init (a conditioning that reached
+    only some tokens would leave the others deaf to the noise level)."""
     model = make(active=active, action_kind="discrete", action_count=3)
     z, tau, step = inputs(2, 3)
     cond = model.conditioning(tau, step, None, 2, 3).detach().requires_grad_(True)
@@ -292,7 +293,7 @@ def test_grad_checkpointing_really_recomputes():
 def test_presets_build_and_sizes():
     counts = {p: param_count(p, tokens=16, channels=32) for p in PRESETS}
     assert counts["tiny"] < counts["cpu"] < counts["small"] < counts["medium"] < counts["large"]
-    assert 50e6 < counts["small"] < 70e6  # the seed's ~60M model
+    assert 50e6 < counts["small"] < 70e6  # the ~60M model the small preset is sized as
     assert counts["cpu"] < 5e6
     small = dynamics_config("small", tokens=16, channels=32)
     assert (small.dim, small.depth, small.heads) == (512, 12, 8)

@@ -6,7 +6,7 @@ attention (each token position attends to the same position in itself and earlie
 ``temporal_every`` layers: S, S, S, T for the default 4. The frame's noise level tau and step size d
 (and its action) form one conditioning vector per frame that is added to every token of the frame and
 modulates every block (AdaLN: shift, scale and gate from the vector), so the signal reaches every token
-(PITFALLS 9), never as a lone extra token.
+directly, never as a lone extra token (which attention could ignore, leaving the model deaf to tau and d).
 
 Convention (``ahri_core.diffusion``): tau = 0 clean, tau = 1 pure noise, the model predicts the clean
 latents (x-prediction). Step sizes d are powers of two times d_min = 1 / k_max; the step embedding is a
@@ -251,7 +251,8 @@ class DynamicsModel(nn.Module):
             nn.init.zeros_(self.prev_in.bias)
         self.token_pos = nn.Parameter(torch.randn(cfg.model_tokens, D) * 0.02)
         self.register_tokens = nn.Parameter(torch.randn(cfg.registers, D) * 0.02)
-        # tau: sinusoidal features -> MLP. d: a learned row per power of two (PITFALLS 8).
+        # tau: sinusoidal features -> MLP. d: a learned row per power of two (d takes only those few values, so a
+        # table gives each its own embedding instead of a smooth function that blurs neighbouring step sizes).
         self.tau_mlp = nn.Sequential(nn.Linear(TAU_FREQS, D), nn.SiLU(), nn.Linear(D, D))
         self.step_levels = int(round(math.log2(cfg.k_max))) + 1
         self.step_embed = nn.Embedding(self.step_levels, D)

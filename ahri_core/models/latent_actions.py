@@ -156,7 +156,8 @@ class LatentActionModel(nn.Module):
     """Inverse dynamics: latents of frames t - 1 and t -> one latent action for frame t.
 
     Each token reads (z[t-1], z[t], z[t] - z[t-1]) plus its position, through an MLP, down to
-    ``token_width`` channels (per token, PITFALLS 21); the frame's tokens are then joined and an MLP maps
+    ``token_width`` channels (per token: one Linear shared by all tokens keeps the weights independent of the
+    token count and each token's place); the frame's tokens are then joined and an MLP maps
     them to ``dims`` numbers, which FSQ bounds and rounds. With ``history`` h > 0 each token also reads the
     h changes before that, z[t-1] - z[t-2], ..., z[t-h] - z[t-h-1], so the encoder can tell a change the
     player caused from one that merely continues (momentum). A frame before the first of the latents given

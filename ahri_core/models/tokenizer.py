@@ -3,7 +3,7 @@
 Encoder: the frame is cut into ``patch_size`` patches, each embedded to ``dim`` with a learned position;
 ``tokens`` learned latent queries are appended and a transformer lets them read the patches. Each latent
 token is then projected on its own (one Linear shared by all tokens, never a Linear over the flattened
-tokens, see PITFALLS 21) down to ``channels`` values and squashed by tanh, so latents lie in (-1, 1).
+tokens, whose weights would grow with the token count and mix tokens into one another) down to ``channels`` values and squashed by tanh, so latents lie in (-1, 1).
 
 Decoder: each latent token is projected back up to ``dim``; learned patch queries are appended and a
 transformer lets them read the latents; each query predicts its patch's pixels.
