@@ -181,7 +181,7 @@ def model_flops(model: DynamicsModel, frames: int) -> dict[str, float]:
         if not isinstance(m, nn.Linear):
             continue
         size = m.weight.numel()
-        if name in ("latent_in", "head", "prev_in"):
+        if name in ("latent_in", "head"):
             p_io += size
         elif name.startswith("blocks.") and not name.endswith(".mod"):
             p_block += size

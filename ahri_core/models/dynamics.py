@@ -203,7 +203,6 @@ class DynamicsCache:
         self.frames = 0  # absolute index of the next frame = frames committed so far
         self.k: list[torch.Tensor | None] = [None] * layers
         self.v: list[torch.Tensor | None] = [None] * layers
-        self.prev: tuple[torch.Tensor, torch.Tensor] | None = None  # the last committed frame (z, tau)
 
     def __len__(self) -> int:
         """Context frames held (at most max_frames - 1)."""
@@ -213,7 +212,6 @@ class DynamicsCache:
         self.frames = 0
         self.k = [None] * len(self.k)
         self.v = [None] * len(self.v)
-        self.prev = None
 
     def past(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         n = len(self)
@@ -244,11 +242,6 @@ class DynamicsModel(nn.Module):
         D = cfg.dim
         self.grad_checkpointing = cfg.grad_checkpointing
         self.latent_in = nn.Linear(cfg.pack * cfg.channels, D)
-        if cfg.prev_frame:
-            # the previous frame's token (and its tau) at the input; zero at first, so the model starts as without
-            self.prev_in = nn.Linear(cfg.pack * cfg.channels + 1, D)
-            nn.init.zeros_(self.prev_in.weight)
-            nn.init.zeros_(self.prev_in.bias)
         self.token_pos = nn.Parameter(torch.randn(cfg.model_tokens, D) * 0.02)
         self.register_tokens = nn.Parameter(torch.randn(cfg.registers, D) * 0.02)
         # tau: sinusoidal features -> MLP. d: a learned row per power of two (d takes only those few values, so a
@@ -272,11 +265,6 @@ class DynamicsModel(nn.Module):
         nn.init.zeros_(self.mod_out.weight)
         nn.init.zeros_(self.mod_out.bias)
         self.head = nn.Linear(D, cfg.pack * cfg.channels)
-        if cfg.prev_skip:
-            # per token and channel, how much of the previous frame's latent to add to the output; zero at first
-            self.skip_gate = nn.Linear(D + 1, cfg.pack * cfg.channels)
-            nn.init.zeros_(self.skip_gate.weight)
-            nn.init.zeros_(self.skip_gate.bias)
         nn.init.normal_(self.head.weight, std=0.02 / math.sqrt(D / 128))
         nn.init.zeros_(self.head.bias)
 
@@ -363,68 +351,29 @@ class DynamicsModel(nn.Module):
                 f"latents must be (B, T, {cfg.tokens}, {cfg.channels}) for this dynamics model, got {tuple(z.shape)}"
             )
 
-    def embed(
-        self, z: torch.Tensor, cond: torch.Tensor, prev: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """Latent tokens + registers, conditioning added to every token: (B, T, N + R, D).
-
-        ``prev`` (``prev_frame`` models): the (z, tau) of each frame's previous frame, (B, T, N, C) and (B, T);
-        zeros where there is none (the first frame, single images)."""
+    def embed(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Latent tokens + registers, conditioning added to every token: (B, T, N + R, D)."""
         B, T = z.shape[:2]
         z = self.pack(z)
         x = self.latent_in(z) + self.token_pos
-        if self.config.prev_frame:
-            pz, pt = prev if prev is not None else (torch.zeros(B, T, self.config.tokens, self.config.channels,
-                                                                 device=z.device), torch.zeros(B, T, device=z.device))
-            pz = self.pack(pz)
-            pt = pt.to(pz.dtype)[:, :, None, None].expand(-1, -1, pz.shape[2], 1)
-            x = x + self.prev_in(torch.cat([pz.to(x.dtype), pt.to(x.dtype)], dim=-1))
         if self.config.registers:
             reg = self.register_tokens.to(x.dtype).expand(B, T, -1, -1)
             x = torch.cat([x, reg], dim=2)
         return x + cond.unsqueeze(2)
 
-    def readout(
-        self, x: torch.Tensor, cond: torch.Tensor, prev: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """The final norm and head; ``prev_skip`` models add the gated previous frame (``prev`` as in
-        :meth:`embed`; none: no previous frame)."""
+    def readout(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The final norm and head."""
         shift, scale = self.mod_out(F.silu(cond)).unsqueeze(2).chunk(2, dim=-1)
         x = x[:, :, : self.config.model_tokens]
         h = self.norm_out(x) * (1 + scale) + shift
         out = self.head(h).float()
-        if self.config.prev_skip and prev is not None:
-            pz, pt = prev
-            pz = self.pack(pz)
-            pt = pt.to(h.dtype)[:, :, None, None].expand(-1, -1, h.shape[2], 1)
-            gate = self.skip_gate(torch.cat([h, pt], dim=-1)).float()
-            out = out + gate * pz.float()
         out = self.unpack(out)
         return out
 
-    def previous(
-        self, z: torch.Tensor, tau: torch.Tensor, isolated: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each frame's previous frame (z, tau) within the sequence: zeros for frame 0 and for isolated items."""
-        pz = torch.cat([torch.zeros_like(z[:, :1]), z[:, :-1]], dim=1)
-        pt = torch.cat([torch.zeros_like(tau[:, :1]), tau[:, :-1]], dim=1).to(z.dtype)
-        if isolated is not None:
-            keep = (~isolated.to(torch.bool)).to(z.dtype)
-            pz, pt = pz * keep[:, None, None, None], pt * keep[:, None]
-        return pz, pt
-
-    def trunk(
-        self, z: torch.Tensor, cond: torch.Tensor, isolated: torch.Tensor | None = None, tau: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Everything after the conditioning vector: (B, T, N, C) latents + (B, T, D) cond -> x_hat.
-        ``tau`` (B, T) is needed by ``prev_frame`` models."""
+    def trunk(self, z: torch.Tensor, cond: torch.Tensor, isolated: torch.Tensor | None = None) -> torch.Tensor:
+        """Everything after the conditioning vector: (B, T, N, C) latents + (B, T, D) cond -> x_hat."""
         B, T = z.shape[:2]
-        prev = None
-        if self.config.prev_frame or self.config.prev_skip:
-            if tau is None:
-                raise DataError("a prev_frame or prev_skip dynamics model needs each frame's tau in trunk()")
-            prev = self.previous(z, tau, isolated)
-        x = self.embed(z, cond, prev if self.config.prev_frame else None)
+        x = self.embed(z, cond)
         L = x.shape[2]
         dev = x.device
         rope_s = self.rotary(torch.arange(L, device=dev))
@@ -437,7 +386,7 @@ class DynamicsModel(nn.Module):
                 x, _ = checkpoint(blk, x, cond, rope, iso, use_reentrant=False)
             else:
                 x, _ = blk(x, cond, rope, iso)
-        return self.readout(x, cond, prev)
+        return self.readout(x, cond)
 
     def forward(
         self,
@@ -456,7 +405,7 @@ class DynamicsModel(nn.Module):
             if isolated.shape != (B,):
                 raise DataError(f"isolated must be a (B,) = ({B},) bool tensor, got {tuple(isolated.shape)}")
             isolated = isolated.to(device=z.device, dtype=torch.bool)
-        return self.trunk(z, cond, isolated, tau)
+        return self.trunk(z, cond, isolated)
 
     # ------------------------------------------------------------------ rollout
     def new_cache(self, batch: int, max_frames: int | None = None) -> DynamicsCache:
@@ -486,10 +435,7 @@ class DynamicsModel(nn.Module):
         if B != cache.batch:
             raise DataError(f"the KV cache was made for batch {cache.batch}, got batch {B}")
         cond = self.conditioning(tau, step, actions, B, 1)
-        prev = None
-        if (self.config.prev_frame or self.config.prev_skip) and cache.prev is not None:
-            prev = (cache.prev[0], cache.prev[1])
-        x = self.embed(z, cond, prev if self.config.prev_frame else None)
+        x = self.embed(z, cond)
         dev = x.device
         rope_s = self.rotary(torch.arange(x.shape[2], device=dev))
         rope_t = self.rotary(torch.tensor([cache.frames], device=dev))
@@ -504,8 +450,7 @@ class DynamicsModel(nn.Module):
                 x, _ = blk(x, cond, rope_s)
         if commit:
             cache.frames += 1
-            cache.prev = (z.detach(), tau.detach().to(z.dtype))
-        return self.readout(x, cond, prev)
+        return self.readout(x, cond)
 
     def set_grad_checkpointing(self, on: bool = True) -> None:
         """Recompute each block's activations in backward (saves memory, costs about one extra forward)."""

@@ -38,18 +38,25 @@ class DynamicsConfig(BaseModel):
     action_dim: int = Field(0, ge=0, description="width of a continuous action vector")
     k_max: int = Field(64, ge=1, le=4096, description="finest step count; d_min = 1/k_max")
     max_frames: int = Field(64, ge=1, description="trained sequence length: default KV-cache window")
-    prev_frame: bool = Field(
-        False, description="each token also reads the same token of the previous frame (and its tau) at the input"
-    )
-    prev_skip: bool = Field(
-        False,
-        description="the output adds the previous frame's latents times a gate read from each token's final state "
-        "(and the previous frame's tau): a still region can be copied exactly",
-    )
     grad_checkpointing: bool = Field(False, description="recompute each block in backward (runtime only)")
 
     # Fields that do not change the weights: ignored when a checkpoint's config is compared.
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"grad_checkpointing"})
+
+    # Options that were tried and removed (measured on Boxing and MsPacman: no gain; docs/dynamics.md). A
+    # stored config that has them off still loads; one that has them on was made for another model.
+    REMOVED_FIELDS: ClassVar[tuple[str, ...]] = ("prev_frame", "prev_skip")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_options(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not any(k in data for k in cls.REMOVED_FIELDS):
+            return data
+        on = [k for k in cls.REMOVED_FIELDS if data.get(k)]
+        if on:
+            raise ValueError(f"{' and '.join(on)} {'was' if len(on) == 1 else 'were'} removed from ahri (no gain "
+                             "measured); a model made with it cannot be loaded by this version")
+        return {k: v for k, v in data.items() if k not in cls.REMOVED_FIELDS}
 
     @model_validator(mode="after")
     def _consistent(self) -> DynamicsConfig:

@@ -303,7 +303,6 @@ class LatentActionDynamics(DynamicsModel):
         super().__init__(cfg)
         self.lam_config = lam
         self.action_model = LatentActionModel(lam)
-        self.last_forward_loss: torch.Tensor | None = None  # set by a training forward (``clean`` given)
 
     def config_dict(self) -> dict[str, Any]:
         return {"dynamics": self.config.model_dump(mode="json"), "latent_actions": self.lam_config.model_dump(mode="json")}
@@ -330,14 +329,20 @@ class LatentActionDynamics(DynamicsModel):
         isolated: torch.Tensor | None = None,
         clean: torch.Tensor | None = None,
         keep: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        with_forward_loss: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """As :meth:`DynamicsModel.forward`; with ``clean`` the actions are inferred from it (see the class).
+        ``with_forward_loss``: returns ``(x_hat, loss)``, the loss of the encoder's forward head on ``clean``
+        (None without ``clean`` or without a forward head)."""
+        fwd = None
         if clean is not None:
             # inside the forward, so that under DDP every gradient of the encoder and its head is one graph's
             a, pre = self.action_model.forward_pre(clean)
             actions = self.latent_actions(clean, keep, isolated, inferred=a)
             if self.lam_config.forward_head and pre is not None:
-                self.last_forward_loss = self.action_model.forward_loss(clean, a[:, 1:], pre)
-        return super().forward(z, tau, step, actions=actions, isolated=isolated)
+                fwd = self.action_model.forward_loss(clean, a[:, 1:], pre)
+        out = super().forward(z, tau, step, actions=actions, isolated=isolated)
+        return (out, fwd) if with_forward_loss else out
 
 
 def latent_action_config(

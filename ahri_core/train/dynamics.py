@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from ..checkpoint import config_mismatch
 from ..config.settings import DataSettings, DiffusionSettings, LatentActionSettings, TrainSettings
@@ -35,7 +36,7 @@ from ..data.windows import (
 )
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models.dynamics import dynamics_config, param_count
-from ..models.dynamics_config import DynamicsConfig
+from ..models.dynamics_config import DynamicsConfig, one_line
 from ..models.dynamics_config import describe as describe_dynamics
 from ..models.latent_actions import (
     latent_action_config,
@@ -182,7 +183,7 @@ def train_dynamics(
                          token_grid=stored_dyn.get("token_grid"))
     cfg = model_config_for(lset, train, data, diffusion, latent_actions, **overrides)
     if resuming:
-        diff = config_mismatch(cfg.weights_fields(), DynamicsConfig(**stored_dyn).weights_fields())
+        diff = config_mismatch(cfg.weights_fields(), _stored_config(stored_dyn, run).weights_fields())
         if diff:
             raise CheckpointError(
                 f"--resume of {run.path}: the checkpoint was made with another model config ({', '.join(diff[:4])})"
@@ -254,6 +255,14 @@ def _resume_state(run: RunDir, settings: dict[str, Any]) -> dict[str, Any]:
     check_resume_settings(before, settings, run.path, RESUMABLE)
     return load_resume_state(run, STAGE)
 
+
+
+def _stored_config(stored: dict[str, Any], run: RunDir) -> DynamicsConfig:
+    """The dynamics config a run's checkpoint was made with (refused in one line when it cannot be rebuilt)."""
+    try:
+        return DynamicsConfig(**stored)
+    except ValidationError as e:
+        raise CheckpointError(f"--resume of {run.path}: the checkpoint's dynamics config is not valid ({one_line(e)})") from None
 
 def _check_finite(lset: LatentSet) -> None:
     """Latents from a damaged tokenizer are refused before training, naming the video."""

@@ -7,7 +7,6 @@ model in :mod:`ahri_core.models.dynamics`; the stage's entry point is :func:`ahr
 from __future__ import annotations
 
 import copy
-import functools
 import json
 from typing import Any
 
@@ -167,6 +166,22 @@ class _Windows:
         self.epoch, self.position, self._it = int(state["epoch"]), int(state["position"]), None
 
 
+class _Student:
+    """The student's forward with latent actions: the codes are inferred from the clean latents inside the
+    model's forward (gradients reach the encoder, through DDP), which also returns the forward head's loss;
+    ``forward_loss`` keeps it for :meth:`DynamicsObjective.compute` (None without a forward head)."""
+
+    def __init__(self, net: Any, clean: torch.Tensor, keep: torch.Tensor) -> None:
+        self.net, self.clean, self.keep = net, clean, keep
+        self.forward_loss: torch.Tensor | None = None
+
+    def __call__(self, z: torch.Tensor, tau: torch.Tensor, step: torch.Tensor, actions: torch.Tensor | None = None,
+                 isolated: torch.Tensor | None = None) -> torch.Tensor:
+        x_hat, self.forward_loss = self.net(z, tau, step, actions=actions, isolated=isolated, clean=self.clean,
+                                            keep=self.keep, with_forward_loss=True)
+        return x_hat
+
+
 class DynamicsObjective(Objective):
     stage = STAGE
     kind = KIND
@@ -206,6 +221,8 @@ class DynamicsObjective(Objective):
         self.windows = _Windows(loader, sampler)
         self.short, self.long = short, long
         self.teacher = copy.deepcopy(self.model) if (diffusion.ema_teacher and diffusion.shortcut) else None
+        # whether the teacher copy takes the model's raw weights (the FSDP copy without an EMA teacher) or the EMA's
+        self.raw_teacher = False
         self.val_keys = validation_windows(lset.val, _val_length(data), data.stride, VAL_WINDOWS) if lset.val else []
         # the same prediction on fixed windows of the training videos: held-out against seen video (memorising)
         self.fit_keys = (validation_windows(lset.train, _val_length(data), data.stride, VAL_WINDOWS)
@@ -262,6 +279,7 @@ class DynamicsObjective(Objective):
         net: Any = self.train_net
         actions = batch.actions
         code_logs: dict[str, float] = {}
+        student: _Student | None = None
         if self.lam_cfg is not None:
             # items that train with "no action" instead of their codes, drawn for the global batch like the levels
             keep = torch.rand(Bg, generator=self.gen) >= self.latent_settings.dropout
@@ -272,7 +290,7 @@ class DynamicsObjective(Objective):
             # the shortcut teacher is given the same codes, detached.
             with torch.no_grad():
                 actions = self.model.latent_actions(batch.latents, keep, levels.isolated)
-            net = functools.partial(net, clean=batch.latents, keep=keep)
+            net = student = _Student(net, batch.latents, keep)
             code_logs = self._code_stats(actions)
         elif self.latent_settings is not None:
             actions = None  # real actions ignored
@@ -280,13 +298,12 @@ class DynamicsObjective(Objective):
             parts = forcing_loss(net, batch.latents, levels, noise, actions, self.normalizer, teacher=teacher,
                                  weighting=d.loss_weight)
         loss = parts.loss
-        fwd = self.model.last_forward_loss if self.lam_cfg is not None else None
+        fwd = student.forward_loss if student is not None else None
         if fwd is not None:
             # LAPO-style: the encoder also trains through a small forward model that sees nothing of frame t but
             # the action (computed inside the student's forward above)
             loss = loss + self.latent_settings.forward_weight * fwd
             code_logs["forward_loss"] = float(fwd.detach())
-            self.model.last_forward_loss = None
         logs = {"loss": parts.raw, "flow_loss": parts.flow, "bootstrap_loss": parts.bootstrap,
                 "tau_min": parts.tau_min, "tau_max": parts.tau_max, "short_batches": float(batch.kind == "S"),
                 "long_batches": float(batch.kind == "L"), "batch": batch.kind, "T": T, "B": Bg, **code_logs}
@@ -311,9 +328,9 @@ class DynamicsObjective(Objective):
         Under FSDP a whole (unsharded) copy does it, so that no rank runs a sharded forward the others skip."""
         if self.fsdp and self.diffusion.shortcut and self.teacher is None:
             self.teacher = self._build().to(self.device)
-            self._raw_teacher = not self.diffusion.ema_teacher
+            self.raw_teacher = not self.diffusion.ema_teacher
         if self.teacher is not None and needed:  # the same on every rank: decided on the global batch
-            if getattr(self, "_raw_teacher", False):
+            if self.raw_teacher:
                 self.teacher.load_state_dict(distributed.full_tensors(self.model.state_dict()))
             else:
                 self.teacher.load_state_dict(distributed.full_tensors(self.ema.averaged(self.model)))
