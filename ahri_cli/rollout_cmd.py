@@ -87,7 +87,7 @@ def rollout(
     world = load_world_model(either(run, model, "--run", "--model"), STATE.workspace, tokenizer=tok, device=dev)
     future = None
     if actions is not None:
-        from ahri_core.models.latent_actions import parse_action_tokens
+        from ahri_core.train.action_map import parse_action_tokens
 
         future = parse_action_tokens(actions, world.code_count, world.action_names())
     with RichProgress(console, transient=True) as progress:

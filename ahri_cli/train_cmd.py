@@ -460,7 +460,7 @@ TOKENIZER_ONLY = _stage_params((TokenizerSettings,), ("data", "videos", "split")
 def _fit_action_map(run: str | None, latents: Path | None, seed: int | None, given: dict[str, Any]) -> None:
     """``--stage action-map``: map each real action to a latent code of a latent-action run, from the real actions of
     a few of its training videos (``[latent_actions] label_share`` of them)."""
-    from ahri_core.models.latent_actions import fit_action_map
+    from ahri_core.train.action_map import fit_action_map
 
     allowed = {"stage", "run", "latents", "seed", "device", "threads", "resume"}
     wrong = [f"--{k.replace('_', '-')}" for k in given if k not in allowed]

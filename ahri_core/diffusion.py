@@ -194,8 +194,8 @@ def bootstrap_target(
         b2 = (f(z1, tau - d/2, d/2) - z1) / (tau - d/2),  z2 = z1 + (d/2) b2 = z + (d/2)(b1 + b2)
     The student's single step lands on z2 exactly when its x_hat equals
         x_target = z + tau (b1 + b2) / 2  =  z + tau (z2 - z) / d,
-    so the loss is mse(f(z, tau, d), stopgrad(x_target)) in x-space (PITFALLS item 7: no division of the
-    loss by small numbers, unlike the velocity form). tau >= d is required so that tau - d/2 > 0.
+    so the loss is mse(f(z, tau, d), stopgrad(x_target)) in x-space (no division of the loss by small
+    numbers, unlike the velocity form, whose targets blow up as tau goes to 0). tau >= d is required so that tau - d/2 > 0.
 
     ``mask`` (batch, frames) selects the frames that take the half steps; the others keep (z, tau, d)
     in both teacher calls (they are context for the masked frames) and their returned value is

@@ -27,12 +27,8 @@ from pathlib import Path
 import torch
 
 from ahri_core.data.windows import load_latent_set
-from ahri_core.models.latent_actions import (
-    LatentActionModel,
-    latent_action_config,
-    pair_counts,
-    probe_accuracy,
-)
+from ahri_core.eval.action_probe import pair_counts, probe_accuracy
+from ahri_core.models.latent_actions import LatentActionModel, latent_action_config
 from ahri_core.runtime import cpu_name
 
 ARMS = {"token": (0, True), "mix": (4, True), "token-free": (0, False), "mix-free": (4, False)}

@@ -6,13 +6,13 @@ defaults plus the arm's overrides, then ``ahri_core.eval.evaluate.evaluate`` sco
 (seed fixed): PSNR per horizon for 1 and 4 sampling steps against copy-last and the tokenizer ceiling, and
 the probes (teacher-forced next-frame latent MSE against copy-last and the mean latent; context sensitivity).
 
-An arm is ``name`` plus JSON objects of overrides: ``model`` (DynamicsConfig fields, e.g. {"prev_frame": true}
+An arm is ``name`` plus JSON objects of overrides: ``model`` (DynamicsConfig fields, e.g. {"registers": 8}
 or {"temporal_every": 2}), ``diffusion`` (DiffusionSettings), ``data`` (DataSettings), ``train``
 (TrainSettings).
 
 Example:
     python benchmarks/bench_dynamics_ab.py --latents WS/latents/tok --tokenizer WS/runs/tok --max-steps 1500 \\
-        --arm base '{}' --arm prev '{"model": {"prev_frame": true}}' --arm t2 '{"model": {"temporal_every": 2}}'
+        --arm base '{}' --arm reg8 '{"model": {"registers": 8}}' --arm t2 '{"model": {"temporal_every": 2}}'
 """
 
 from __future__ import annotations

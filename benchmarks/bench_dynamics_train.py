@@ -1,7 +1,7 @@
 """Dynamics training throughput: tokens/s, frames/s and model FLOP/s as a fraction of matmul peaks.
 
-One training step is what ``ahri train`` runs (noise levels, diffusion-forcing loss with shortcut
-bootstrap targets, backward, clipping, AdamW) on synthetic latents of the cpu tokenizer's shape. The
+One training step is ``ahri train``'s own (``TrainStep`` on ``DynamicsObjective``, see ``train_steps.py``:
+noise levels, diffusion-forcing loss with shortcut bootstrap targets, backward, clipping, AdamW) on synthetic latents of the cpu tokenizer's shape. The
 model FLOPs are counted analytically from the config (matmuls and attention, forward x 3 for training;
 the bootstrap teacher's two extra forwards are counted separately). The bf16 and fp32 matmul peaks are
 measured in the same run, so the fractions compare like with like on a shared machine.
@@ -22,11 +22,12 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
+from train_steps import BenchStep, bootstrap_items
 
-from ahri_core.diffusion import forcing_loss, sample_noise_levels
-from ahri_core.models.dynamics import DynamicsConfig, build_dynamics, param_count
-from ahri_core.runtime import autocast, choose_precision
-from ahri_core.train.common import RunningRMS, make_adamw
+from ahri_core.config.settings import DiffusionSettings, TrainSettings
+from ahri_core.models.dynamics import build_dynamics, param_count
+from ahri_core.models.dynamics_config import DynamicsConfig
+from ahri_core.runtime import choose_precision
 
 
 # ---------------------------------------------------------------------------------------------- FLOPs
@@ -77,9 +78,8 @@ def bench_config(
     model = build_dynamics(preset, tokens=tokens, channels=channels, max_frames=frames, k_max=64,
                            action_kind="discrete", action_count=8, grad_checkpointing=grad_checkpointing)
     model.train()
-    device = torch.device("cpu")
-    opt = make_adamw(model, 1e-4, 0.01)
-    norm = RunningRMS()
+    train = TrainSettings(lr=1e-4, weight_decay=0.01, grad_clip=1.0, ema=0.0)
+    step = BenchStep.on_model(model, train, precision, DiffusionSettings(shortcut=shortcut))
     g = torch.Generator().manual_seed(0)
     x = torch.tanh(torch.randn(batch, frames, tokens, channels, generator=g))
     actions = torch.randint(-1, 8, (batch, frames), generator=g)
@@ -87,17 +87,10 @@ def bench_config(
     times = []
     for i in range(warmup + steps):
         t = time.perf_counter()
-        lv = sample_noise_levels(batch, frames, k_max=64, shortcut=shortcut, generator=g)
-        noise = torch.randn(x.shape, generator=g)
-        with autocast(device, precision):
-            parts = forcing_loss(model, x, lv, noise, actions, norm)
-        opt.zero_grad(set_to_none=True)
-        parts.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        res = step(x, actions)
         if i >= warmup:
             times.append(time.perf_counter() - t)
-            boot_items.append(float(lv.bootstrap.any(dim=1).float().mean()))
+            boot_items.append(bootstrap_items(res))
     sec = sorted(times)[len(times) // 2]  # median: robust to a neighbour's burst
     fwd = forward_flops(model.config, batch, frames)
     model_flops = 3 * fwd

@@ -30,12 +30,14 @@ import numpy as np
 import torch
 
 from ahri_core.config.settings import SamplingSettings
+from ahri_core.eval.action_probe import pair_counts, probe_accuracy
 from ahri_core.eval.clips import select_clips
 from ahri_core.eval.evaluate import evaluate
 from ahri_core.eval.metrics import average_over, psnr_per_image, summarize
 from ahri_core.inference.world import load_world_model
-from ahri_core.models.latent_actions import fit_action_map, pair_counts, probe_accuracy, video_codes
+from ahri_core.models.latent_actions import video_codes
 from ahri_core.runtime import cpu_name
+from ahri_core.train.action_map import fit_action_map
 from ahri_core.workspace import Workspace
 
 

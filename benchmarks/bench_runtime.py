@@ -25,12 +25,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_dynamics_train import matmul_peak  # noqa: E402
+from train_steps import BenchStep  # noqa: E402
 
 from ahri_core import runtime  # noqa: E402
-from ahri_core.diffusion import forcing_loss, sample_noise_levels  # noqa: E402
+from ahri_core.config.settings import TrainSettings  # noqa: E402
 from ahri_core.models.dynamics import build_dynamics  # noqa: E402
 from ahri_core.models.tokenizer import Tokenizer, tokenizer_config  # noqa: E402
-from ahri_core.train.common import RunningRMS, make_adamw  # noqa: E402
+from ahri_core.train.common import make_adamw  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -57,23 +58,16 @@ def tokenizer_step(batch: int = 16):
 
 
 def dynamics_step(batch: int = 8, frames: int = 16, tokens: int = 64, channels: int = 12):
-    """One training step of the cpu dynamics preset at the demo's short-batch shape (shortcut forcing on)."""
+    """One training step (``ahri train``'s own, ``train_steps.py``) of the cpu dynamics preset at the demo's
+    short-batch shape (shortcut forcing on)."""
     torch.manual_seed(0)
     model = build_dynamics("cpu", tokens=tokens, channels=channels, max_frames=32, k_max=64).train()
-    opt = make_adamw(model, 1e-4, 0.01)
-    norm = RunningRMS()
+    bench = BenchStep.on_model(model, TrainSettings(lr=1e-4, weight_decay=0.01, grad_clip=1.0, ema=0.0), "fp32")
     g = torch.Generator().manual_seed(0)
     x = torch.tanh(torch.randn(batch, frames, tokens, channels, generator=g))
 
     def step(precision: str) -> None:
-        lv = sample_noise_levels(batch, frames, k_max=64, shortcut=True, generator=g)
-        noise = torch.randn(x.shape, generator=g)
-        with runtime.autocast(CPU, precision):
-            parts = forcing_loss(model, x, lv, noise, None, norm)
-        opt.zero_grad(set_to_none=True)
-        parts.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        bench(x, precision=precision)
 
     return step, batch * frames
 

@@ -11,9 +11,10 @@ The parts, in order (each part's wall time is in the JSON under "seconds"):
 1. matmul rate: the best FLOP/s of square bf16 (and fp32) matmuls, CUDA 4096^2 and 8192^2 timed between
    synchronizations, CPU 1024^2. MFU is taken against this measured bf16 rate, not a data-sheet peak.
 2. training: the preset on random latents of the cpu tokenizer's shape (64 tokens x 12 channels by default)
-   for ``--seconds``. One step is what ``ahri train`` computes: noise levels and the diffusion-forcing loss
-   with shortcut bootstrap targets (the teacher's two extra forward passes on the bootstrap items are in the
-   time), backward, gradient clipping, AdamW and, where the preset trains with one, the EMA update. bf16
+   for ``--seconds``. One step is ``ahri train``'s own (``TrainStep`` on ``DynamicsObjective``, see
+   ``train_steps.py``): noise levels and the diffusion-forcing loss with shortcut bootstrap targets (the
+   teacher's two extra forward passes on the bootstrap items are in the time), backward, gradient clipping,
+   AdamW and, where the preset trains with one, the EMA update with its warm-up. bf16
    autocast on CUDA; on a CPU the precision ``auto`` picks. A batch that does not fit is halved until it does.
 3. rollout: the KV-cached sampler (``ahri_core.inference.sampler``, as ``benchmarks/bench_sampling.py`` uses it), the same
    rollout at 4 and at 64 denoising steps per frame (the ratio: ideal 16, and 65 / 5 = 13 with the one commit
@@ -62,15 +63,15 @@ from typing import Any
 
 import torch
 from torch import nn
+from train_steps import BenchStep, bootstrap_items
 
-from ahri_core.config.presets import DYNAMICS_PRESETS, TRAINING_PRESETS
-from ahri_core.config.settings import DiffusionSettings, TrainSettings
-from ahri_core.diffusion import forcing_loss, sample_noise_levels
+from ahri_core.config.presets import DYNAMICS_PRESETS
+from ahri_core.config.settings import TrainSettings
 from ahri_core.inference.sampler import ModelTraits, Sampler
 from ahri_core.models.dynamics import DynamicsModel, build_dynamics, dynamics_config, param_count
 from ahri_core.models.tokenizer import tokenizer_config
-from ahri_core.runtime import autocast, choose_precision, cpu_name, process_memory, resolve_device
-from ahri_core.train.common import EMA, RunningRMS, make_adamw
+from ahri_core.runtime import choose_precision, cpu_name, process_memory, resolve_device
+from ahri_core.train.common import with_preset_defaults
 
 RESULTS = Path(__file__).resolve().parent / "results"
 K_MAX = 64
@@ -181,7 +182,7 @@ def model_flops(model: DynamicsModel, frames: int) -> dict[str, float]:
         if not isinstance(m, nn.Linear):
             continue
         size = m.weight.numel()
-        if name in ("latent_in", "head", "prev_in"):
+        if name in ("latent_in", "head"):
             p_io += size
         elif name.startswith("blocks.") and not name.endswith(".mod"):
             p_block += size
@@ -228,39 +229,18 @@ def matmul_rate(dev: torch.device, dtype: torch.dtype, sizes: list[int], seconds
 
 # ---------------------------------------------------------------------------------------------- 2. training
 class Trainer:
-    """One training step as ``ahri train`` computes it (see the module docstring), on given latents."""
+    """One training step as ``ahri train`` computes it (see the module docstring), on given latents: the
+    real objective and step (:mod:`train_steps`), with the preset's training settings."""
 
     def __init__(self, model: DynamicsModel, preset: str, dev: torch.device, precision: str) -> None:
-        train, self.diff = TrainSettings(), DiffusionSettings()
-        rec = TRAINING_PRESETS.get("dynamics", {}).get(preset, {})
+        train = with_preset_defaults(TrainSettings(preset=preset), "dynamics")
         self.model, self.dev, self.precision = model, dev, precision
-        self.opt = make_adamw(model, rec.get("lr", train.lr), train.weight_decay)
-        self.clip = train.grad_clip
-        self.norm = RunningRMS().to(dev)
-        self.ema = EMA(model, rec["ema"]) if rec.get("ema") else None
-        self.gen = torch.Generator().manual_seed(0)
-        self.noise_gen = torch.Generator(device=dev).manual_seed(1)
+        self.bench = BenchStep.on_model(model, train, precision)
 
     def step(self, x: torch.Tensor) -> tuple[float, float]:
         """Returns the loss and the fraction of items that took the bootstrap target."""
-        d = self.diff
-        b, t = x.shape[:2]
-        levels = sample_noise_levels(
-            b, t, k_max=K_MAX, shortcut=d.shortcut, step_sampling=d.step_sampling,
-            bootstrap_fraction=d.bootstrap_fraction, single_image_fraction=d.single_image_fraction,
-            context_fraction=d.context_fraction, context_tau_max=d.context_tau_max, generator=self.gen,
-        ).to(self.dev)
-        noise = torch.randn(x.shape, generator=self.noise_gen, device=self.dev)
-        self.opt.zero_grad(set_to_none=True)
-        with autocast(self.dev, self.precision):
-            parts = forcing_loss(self.model, x, levels, noise, None, self.norm)
-        parts.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
-        if math.isfinite(float(grad_norm)):  # the loop's divergence guard reads it too
-            self.opt.step()
-            if self.ema is not None:
-                self.ema.update(self.model)
-        return parts.raw, float(levels.bootstrap.any(dim=1).float().mean())
+        res = self.bench(x)
+        return res.outs[-1].logs["loss"] if res.outs else math.nan, bootstrap_items(res)
 
 
 def make_model(preset: str, tokens: int, channels: int, dev: torch.device, **overrides: Any) -> DynamicsModel:

@@ -273,7 +273,7 @@ def test_a_wide_latent_set_packs_blocks_of_its_token_grid(tmp_path):
         model = model_config_for(lset, *settings)
         assert (model.pack, model.pack_rows, model.model_tokens) == (4, rows, 15)
     # a run of the block-packed model trains, keeps its packing on --resume, and loads with it
-    from ahri_core.models.dynamics import load_dynamics
+    from ahri_core.models.dynamics_io import load_dynamics
     from ahri_core.train.dynamics import train_dynamics
 
     write_index(d, {**index, "tokenizer_config": cfg.to_dict()})

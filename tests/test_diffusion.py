@@ -144,7 +144,7 @@ def test_bootstrap_target_equals_two_explicit_half_steps():
     d = torch.tensor([[0.25, 0.5, 1.0], [0.125, 0.25, 0.5]])
     tau = torch.tensor([[0.5, 1.0, 1.0], [0.375, 0.75, 0.5]])
     target = bootstrap_target(toy, z, tau, d)
-    # by hand, in the order PITFALLS item 7 writes it
+    # by hand, in the order of the derivation in bootstrap_target's docstring
     t = tau[..., None, None]
     h = d[..., None, None] / 2
     b1 = (toy(z, tau, d / 2) - z) / t

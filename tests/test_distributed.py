@@ -130,7 +130,7 @@ def test_fsdp_alternating_matches_one_process_and_loads_in_one(tmp_path: Path):
     _assert_same_run(runs / "one", runs / "fsdp", files=("model.safetensors", "ema.safetensors"))
     assert json.loads((runs / "fsdp" / "run.json").read_text())["sharding"] == "fsdp"
 
-    from ahri_core.models.dynamics import load_dynamics_run
+    from ahri_core.models.dynamics_io import load_dynamics_run
 
     loaded = load_dynamics_run(runs / "fsdp")  # whole tensors: a single process loads the sharded run's files
     model = loaded[0] if isinstance(loaded, tuple) else loaded

@@ -7,17 +7,12 @@ import json
 import pytest
 import torch
 
-from ahri_core.checkpoint import load_weights, save_weights
+from ahri_core.checkpoint import load_weights, read_metadata, save_weights
 from ahri_core.config.presets import DYNAMICS_MAX_TOKENS, DYNAMICS_PRESETS
 from ahri_core.errors import CheckpointError, ConfigError, DataError
-from ahri_core.models.dynamics import (
-    DynamicsConfig,
-    build_dynamics,
-    dynamics_config,
-    load_dynamics,
-    param_count,
-    save_dynamics,
-)
+from ahri_core.models.dynamics import build_dynamics, dynamics_config, param_count
+from ahri_core.models.dynamics_config import DynamicsConfig
+from ahri_core.models.dynamics_io import load_dynamics, save_dynamics
 
 N, C = 5, 3  # tokens, channels
 
@@ -152,7 +147,8 @@ def test_tau_step_and_actions_change_the_output():
 
 @pytest.mark.parametrize("active", [False, True])
 def test_conditioning_reaches_every_token(active):
-    """PITFALLS 9: each output token depends on the frame's tau/d/action vector, also at init."""
+    """Each output token depends on the frame's tau/d/action vector, also at init (a conditioning that reached
+    only some tokens would leave the others deaf to the noise level)."""
     model = make(active=active, action_kind="discrete", action_count=3)
     z, tau, step = inputs(2, 3)
     cond = model.conditioning(tau, step, None, 2, 3).detach().requires_grad_(True)
@@ -298,7 +294,7 @@ def test_grad_checkpointing_really_recomputes():
 def test_presets_build_and_sizes():
     counts = {p: param_count(p, tokens=16, channels=32) for p in DYNAMICS_PRESETS}
     assert counts["tiny"] < counts["cpu"] < counts["small"] < counts["medium"] < counts["large"]
-    assert 50e6 < counts["small"] < 70e6  # the seed's ~60M model
+    assert 50e6 < counts["small"] < 70e6  # the ~60M model the small preset is sized as
     assert counts["cpu"] < 5e6
     small = dynamics_config("small", tokens=16, channels=32)
     assert (small.dim, small.depth, small.heads) == (512, 12, 8)
@@ -377,7 +373,7 @@ def test_presets_pack_many_latent_tokens_into_their_token_budget():
 @pytest.mark.parametrize("grid", [(6, 10), (10, 6), (7, 9), (9, 7), (8, 8), (5, 12), (3, 20), (4, 4), (6, 11),
                                   (19, 13), (18, 14), (14, 18)])
 def test_packing_makes_each_model_token_a_block_of_the_token_grid(grid):
-    from ahri_core.models.dynamics import auto_pack
+    from ahri_core.models.dynamics_config import auto_pack
 
     rows, cols = grid
     tokens = rows * cols
@@ -400,7 +396,7 @@ def test_packing_makes_each_model_token_a_block_of_the_token_grid(grid):
 
 
 def test_a_wide_grid_packs_square_blocks_not_across_the_row_end():
-    from ahri_core.models.dynamics import auto_pack, describe
+    from ahri_core.models.dynamics_config import auto_pack, describe
 
     assert auto_pack(60, 16) == (4, 1)  # without the grid: runs of 4, which straddle rows of 10
     assert auto_pack(60, 16, (6, 10)) == (4, 2)  # 16:9 at the cpu budget: 2 x 2 blocks, still 15 model tokens
@@ -469,69 +465,24 @@ def test_packed_model_keeps_latent_layout_and_cache():
         assert torch.allclose(got[:, 0], full[:, t], atol=1e-5)
 
 
-# ---------------------------------------------------------------------------------------------- previous frame
-PREV_OPTIONS = {"prev_frame": "prev_in", "prev_skip": "skip_gate"}  # option -> its zero-initialised layer
-
-
-def _prev_model(option: str = "prev_frame"):
-    model = make(**{option: True})
-    layer = getattr(model, PREV_OPTIONS[option])
-    with torch.no_grad():  # zero at initialisation: give the path weights so the tests can see it
-        layer.weight.normal_(0, 0.5)
-        layer.bias.normal_(0, 0.5)
-    return model
-
-
-@pytest.mark.parametrize("option", sorted(PREV_OPTIONS))
-def test_prev_frame_starts_as_the_plain_model_and_is_causal(option):
-    torch.manual_seed(0)
-    plain = make()
-    torch.manual_seed(0)
-    fresh = make(**{option: True})
-    layer = PREV_OPTIONS[option]
-    fresh.load_state_dict({**plain.state_dict(), **{k: v for k, v in fresh.state_dict().items() if layer in k}})
-    z, tau, step = inputs(2, 5)
-    assert torch.allclose(fresh(z, tau, step), plain(z, tau, step), atol=0)  # zero-initialised path
-    model = _prev_model(option)
-    out = model(z, tau, step)
-    z2 = z.clone()
-    z2[:, 3] += 1.0
-    out2 = model(z2, tau, step)
-    assert torch.allclose(out2[:, :3], out[:, :3], atol=0)  # the future never leaks
-    assert (out2[:, 4] - out[:, 4]).abs().amax() > 1e-3  # frame 4 reads frame 3
-    # a single image (isolated) sees no previous frame: its frames equal those of one-frame sequences
-    iso = torch.tensor([True, False])
-    got = model(z, tau, step, isolated=iso)
-    for t in range(5):
-        alone = model(z[:1, t : t + 1], tau[:1, t : t + 1], step[:1, t : t + 1])
-        assert torch.allclose(got[0, t], alone[0, 0], atol=1e-5), t
-
-
-@pytest.mark.parametrize("pack", [1, 5])
-def test_prev_skip_can_copy_the_previous_frame_exactly(pack):
-    """With the head silent and the gate open, the output is the previous frame's latents: a still picture
-    can be continued without loss (what the option is for), packed tokens included."""
-    model = make(prev_skip=True, pack=pack)
-    with torch.no_grad():
-        model.head.weight.zero_()
-        model.head.bias.zero_()
-        model.skip_gate.bias.fill_(1.0)
-    z, tau, step = inputs(2, 5)
-    out = model(z, tau, step)
-    torch.testing.assert_close(out[:, 1:], z[:, :-1].float())
-    assert torch.equal(out[:, 0], torch.zeros_like(out[:, 0]))  # frame 0 has no previous frame
-
-
-@pytest.mark.parametrize("option", sorted(PREV_OPTIONS))
-def test_prev_frame_cached_steps_equal_the_forward(option):
-    model = _prev_model(option)
-    B, T = 2, 7
-    z, tau, step = inputs(B, T)
-    full = model(z, tau, step)
-    cache = model.new_cache(B, 16)
-    for t in range(T):
-        model.step(torch.randn(B, 1, N, C), torch.full((B, 1), 0.9), step[:, t : t + 1], None, cache, commit=False)
-        got = model.step(z[:, t : t + 1], tau[:, t : t + 1], step[:, t : t + 1], None, cache, commit=True)
-        assert torch.allclose(got[:, 0], full[:, t], atol=1e-5), t
-    cache.reset()
-    assert cache.prev is None
+# ---------------------------------------------------------------------------------------------- removed options
+def test_configs_with_the_removed_previous_frame_options(tmp_path):
+    """A stored config with ``prev_frame`` / ``prev_skip`` off (older checkpoints) still loads; one with an option
+    on is refused in one line, as a config and as a checkpoint."""
+    model = make()
+    path = save_dynamics(tmp_path / "m.safetensors", model)
+    fields = model.config.model_dump(mode="json")
+    assert DynamicsConfig(**fields, prev_frame=False, prev_skip=False) == model.config
+    for option in ("prev_frame", "prev_skip"):
+        with pytest.raises(ConfigError, match=f"{option} was removed") as err:
+            dynamics_config({**fields, option: True})
+        assert "\n" not in str(err.value)
+    old = tmp_path / "old.safetensors"
+    _, _, extra = read_metadata(path)
+    save_weights(old, model, kind="dynamics", config={**fields, "prev_frame": False, "prev_skip": False}, extra=extra)
+    assert load_dynamics(old).config == model.config
+    on = tmp_path / "on.safetensors"
+    save_weights(on, model, kind="dynamics", config={**fields, "prev_skip": True}, extra=extra)
+    with pytest.raises(CheckpointError, match="prev_skip was removed") as err:
+        load_dynamics(on)
+    assert "\n" not in str(err.value)

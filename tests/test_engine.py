@@ -220,7 +220,7 @@ def test_nan_gradients_stop_a_tokenizer_run_and_keep_the_last_good_checkpoint(vi
 
 def test_a_non_finite_loss_is_not_backpropagated(tmp_path):
     """A NaN loss (not only a NaN gradient) is caught before backward and before the optimizer step."""
-    from ahri_core.train import dynamics as dyn
+    from ahri_core.train.objectives import dynamics as dyn
 
     orig = dyn.forcing_loss
     calls = {"n": 0}
@@ -306,7 +306,7 @@ def _damage(path: Path) -> None:
 
 
 def test_damaged_weights_are_refused_for_both_models(tmp_path, videos):
-    from ahri_core.models.dynamics import load_dynamics_run
+    from ahri_core.models.dynamics_io import load_dynamics_run
     from ahri_core.models.tokenizer import load_tokenizer
 
     train, _, _ = tiny_settings(max_steps=2)
@@ -375,8 +375,8 @@ def test_default_dynamics_training_uses_shortcut_forcing():
 # ---------------------------------------------------------------------------------------------- review fixes
 def test_one_non_finite_loss_does_not_poison_the_loss_normaliser(tmp_path):
     """A single NaN or inf loss is skipped; the running RMS keeps its value and the run finishes."""
-    from ahri_core.train import dynamics as dyn
     from ahri_core.train.common import RunningRMS
+    from ahri_core.train.objectives import dynamics as dyn
 
     rms = RunningRMS().train()
     rms(torch.tensor(2.0))

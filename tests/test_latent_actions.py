@@ -21,22 +21,20 @@ from ahri_core.config.settings import DataSettings, DiffusionSettings, LatentAct
 from ahri_core.data.windows import make_latent_set  # noqa: E402
 from ahri_core.diffusion import forcing_loss, sample_noise_levels  # noqa: E402
 from ahri_core.errors import CheckpointError, ConfigError  # noqa: E402
-from ahri_core.models.dynamics import dynamics_config, load_dynamics_run  # noqa: E402
+from ahri_core.eval.action_probe import pair_counts, probe_accuracy  # noqa: E402
+from ahri_core.models.dynamics import dynamics_config  # noqa: E402
+from ahri_core.models.dynamics_io import load_dynamics_run  # noqa: E402
 from ahri_core.models.latent_actions import (  # noqa: E402
     FSQ,
     KIND,
     LatentActionDynamics,
     LatentActionModel,
-    action_map_from_counts,
-    fit_action_map,
     latent_action_config,
     levels_for,
     load_world_dynamics,
-    pair_counts,
-    parse_action_tokens,
-    probe_accuracy,
     video_codes,
 )
+from ahri_core.train.action_map import action_map_from_counts, fit_action_map, parse_action_tokens  # noqa: E402
 from ahri_core.train.dynamics import train_dynamics  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- FSQ

@@ -270,7 +270,8 @@ def test_bad_arguments_are_refused():
 @pytest.mark.parametrize("cache", [True, False])
 def test_exact_denoiser_samples_the_right_distribution(cache: bool):
     # Euler with the implied noise, given the exact denoiser of N(0.5, 0.3^2), converges to that Gaussian as K
-    # grows. Re-noising with the initial noise (PITFALLS 3) ends near std 0.69 at K = 64, fresh noise near
+    # grows. Re-noising with the initial noise (a common sampler mistake: it
+    # correlates the steps) ends near std 0.69 at K = 64, fresh noise near
     # 0.20: both far outside the bounds below. One step returns the mean exactly.
     model = GaussianDenoiser(0.5, 0.3, k_max=64, shortcut=True)
     ctx = torch.zeros(40, 1, 50, 10)
@@ -298,11 +299,11 @@ def test_more_steps_are_not_worse_than_fewer_on_a_trained_model(tmp_path):
 
     One step returns the model's mean prediction, which MSE favours; from two steps on the sampler draws
     samples, and those must not get worse as the steps get finer. Re-noising with the initial noise instead
-    of the implied noise (PITFALLS 3) makes 8 steps about twice as bad as 2 on this model and fails here.
+    of the implied noise (which correlates the steps) makes 8 steps about twice as bad as 2 on this model and fails here.
     """
     from ahri_core.config.settings import DataSettings, DiffusionSettings, TrainSettings
     from ahri_core.data.windows import LatentVideo, make_latent_set
-    from ahri_core.models.dynamics import load_dynamics_run as load_dynamics
+    from ahri_core.models.dynamics_io import load_dynamics_run as load_dynamics
     from ahri_core.train.dynamics import train_dynamics
 
     train = [LatentVideo(f"t{i}", _flipping_video(i).half()) for i in range(16)]

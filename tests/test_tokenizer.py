@@ -22,6 +22,7 @@ from ahri_core.data.frames import FrameSampler, FrameSet, load_frame_data, to_te
 from ahri_core.data.split import split_videos
 from ahri_core.data.videos import VideoRef
 from ahri_core.errors import CheckpointError, ConfigError, DataError
+from ahri_core.eval.metrics import psnr_per_image as psnr
 from ahri_core.models.tokenizer import (
     Tokenizer,
     build_tokenizer,
@@ -29,7 +30,7 @@ from ahri_core.models.tokenizer import (
     load_tokenizer,
     tokenizer_config,
 )
-from ahri_core.train.tokenizer import psnr, train_tokenizer
+from ahri_core.train.tokenizer import train_tokenizer
 from tests.tokenizer_fixtures import make_store, tiny_train
 
 

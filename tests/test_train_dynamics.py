@@ -18,7 +18,7 @@ from ahri_core.config.settings import DataSettings, DiffusionSettings, TrainSett
 from ahri_core.data.windows import make_latent_set
 from ahri_core.errors import CheckpointError, ConfigError
 from ahri_core.fileio import read_jsonl
-from ahri_core.models.dynamics import load_dynamics_run as load_dynamics
+from ahri_core.models.dynamics_io import load_dynamics_run as load_dynamics
 from ahri_core.progress import RecordingProgress
 from ahri_core.train.dynamics import train_dynamics
 
@@ -77,7 +77,7 @@ def test_metrics_run_info_and_load(tmp_path: Path):
         assert x["batch"] in ("S", "L") and x["T"] in (8, 16) and 0 <= x["tau_min"] <= x["tau_max"] <= 1
     assert {"val_tau=0.1", "val_tau=0.5", "val_tau=0.9", "val_next", "val_copy_last", "val_train_next",
             "val_train_copy_last", "val_memorising"} <= set(va[0])
-    # the progress display carries the seed's log line
+    # the progress display carries the training log line (epoch, batch, loss, tau range, batches/s)
     shown = [e[2] for e in prog.events if e[0] == "advance" and "loss" in e[2]]
     assert shown and {"epoch", "batch", "loss", "tau", "batch/s"} <= set(shown[-1])
     meta = json.loads((tmp_path / "run" / "run.json").read_text())

@@ -6,7 +6,7 @@ attention (each token position attends to the same position in itself and earlie
 ``temporal_every`` layers: S, S, S, T for the default 4. The frame's noise level tau and step size d
 (and its action) form one conditioning vector per frame that is added to every token of the frame and
 modulates every block (AdaLN: shift, scale and gate from the vector), so the signal reaches every token
-(PITFALLS 9), never as a lone extra token.
+directly, never as a lone extra token (which attention could ignore, leaving the model deaf to tau and d).
 
 Convention (``ahri_core.diffusion``): tau = 0 clean, tau = 1 pure noise, the model predicts the clean
 latents (x-prediction). Step sizes d are powers of two times d_min = 1 / k_max; the step embedding is a
@@ -25,156 +25,22 @@ RoPE scores depend only on index differences, so sliding the window needs no re-
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..checkpoint import config_mismatch, load_weights, read_metadata
 from ..config.presets import DYNAMICS_MAX_TOKENS, DYNAMICS_PRESETS
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import ConfigError, DataError
+from .dynamics_config import DynamicsConfig, auto_pack, one_line
 from .layers import Attention, RMSNorm, Rotary, SwiGLU
 
 KIND = "dynamics"
 TAU_FREQS = 256  # sinusoidal features of tau before the conditioning MLP
-
-
-# ---------------------------------------------------------------------------------------------- config
-class DynamicsConfig(BaseModel):
-    """Everything needed to rebuild the model; stored as JSON in every checkpoint."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tokens: int = Field(..., ge=1, description="latent tokens per frame (N)")
-    channels: int = Field(..., ge=1, description="channels per latent token (C)")
-    pack: int = Field(1, ge=1, description="latent tokens joined into one model token (N / pack tokens of pack * C)")
-    pack_rows: int = Field(
-        1, ge=1, description="rows of the token grid one model token spans: > 1 packs pack_rows x (pack / pack_rows) "
-        "blocks of token_grid (1: pack consecutive tokens)"
-    )
-    token_grid: tuple[int, int] | None = Field(
-        None, description="(rows, columns) of the latent tokens, row-major; needed when pack_rows > 1"
-    )
-    dim: int = Field(128, ge=8, description="model width")
-    depth: int = Field(8, ge=1, description="number of blocks (spatial + temporal)")
-    heads: int = Field(4, ge=1)
-    kv_heads: int | None = Field(None, ge=1, description="grouped-query attention: key/value heads (None = heads)")
-    registers: int = Field(4, ge=0, description="learned register tokens per frame")
-    temporal_every: int = Field(4, ge=1, description="every k-th block is temporal (4: S,S,S,T)")
-    mlp_ratio: float = Field(4.0, gt=0)
-    qk_norm: bool = True
-    softcap: float | None = Field(None, gt=0, description="tanh soft-cap of attention logits (None = off)")
-    rope_base: float = Field(10000.0, gt=1)
-    action_kind: Literal["none", "discrete", "continuous"] = "none"
-    action_count: int = Field(0, ge=0, description="number of discrete actions")
-    action_dim: int = Field(0, ge=0, description="width of a continuous action vector")
-    k_max: int = Field(64, ge=1, le=4096, description="finest step count; d_min = 1/k_max")
-    max_frames: int = Field(64, ge=1, description="trained sequence length: default KV-cache window")
-    prev_frame: bool = Field(
-        False, description="each token also reads the same token of the previous frame (and its tau) at the input"
-    )
-    prev_skip: bool = Field(
-        False,
-        description="the output adds the previous frame's latents times a gate read from each token's final state "
-        "(and the previous frame's tau): a still region can be copied exactly",
-    )
-    grad_checkpointing: bool = Field(False, description="recompute each block in backward (runtime only)")
-
-    # Fields that do not change the weights: ignored when a checkpoint's config is compared.
-    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"grad_checkpointing"})
-
-    @model_validator(mode="after")
-    def _consistent(self) -> DynamicsConfig:
-        if self.tokens % self.pack:
-            raise ValueError(f"pack {self.pack} must divide the {self.tokens} latent tokens per frame")
-        if self.pack_rows > 1:
-            if self.token_grid is None or self.token_grid[0] * self.token_grid[1] != self.tokens:
-                raise ValueError(f"pack_rows {self.pack_rows} needs token_grid (rows, columns) of the {self.tokens} tokens")
-            rows, cols = self.token_grid
-            if self.pack % self.pack_rows or rows % self.pack_rows or cols % (self.pack // self.pack_rows):
-                raise ValueError(
-                    f"pack {self.pack} as blocks of {self.pack_rows} rows does not tile the {rows}x{cols} token grid"
-                )
-        if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
-        if (self.dim // self.heads) % 2:
-            raise ValueError(f"head width dim/heads = {self.dim // self.heads} must be even (RoPE)")
-        kv = self.kv_heads or self.heads
-        if self.heads % kv:
-            raise ValueError(f"heads {self.heads} must be divisible by kv_heads {kv}")
-        if self.k_max & (self.k_max - 1):
-            raise ValueError(f"k_max {self.k_max} must be a power of two (1, 2, 4, ..., 4096)")
-        if self.depth < self.temporal_every:
-            raise ValueError(
-                f"depth {self.depth} < temporal_every {self.temporal_every}: the model would have no temporal layer"
-            )
-        if self.action_kind == "discrete" and self.action_count < 1:
-            raise ValueError("action_kind 'discrete' needs action_count >= 1")
-        if self.action_kind == "continuous" and self.action_dim < 1:
-            raise ValueError("action_kind 'continuous' needs action_dim >= 1")
-        return self
-
-    def weights_fields(self) -> dict[str, Any]:
-        """The config as JSON-able dict without runtime-only fields (for checkpoint comparisons)."""
-        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.RUNTIME_FIELDS}
-
-    @property
-    def model_tokens(self) -> int:
-        """Tokens per frame inside the model (latent tokens after packing)."""
-        return self.tokens // self.pack
-
-    def layer_kinds(self) -> list[str]:
-        """'S' or 'T' per block; block i is temporal when (i + 1) % temporal_every == 0."""
-        return ["T" if (i + 1) % self.temporal_every == 0 else "S" for i in range(self.depth)]
-
-
-def auto_pack(tokens: int, max_tokens: int | None, grid: tuple[int, int] | None = None) -> tuple[int, int]:
-    """(pack, pack_rows): the fewest latent tokens per model token with tokens / pack <= ``max_tokens``
-    ((1, 1) when there is no limit).
-
-    Without ``grid`` the model token is ``pack`` consecutive latent tokens, the smallest divisor that fits.
-    ``grid``: (rows, columns) of the latent tokens on the picture (row-major). Then each model token is a
-    block of whole grid cells, a rows x b columns with a dividing the rows and b the columns, never the end of
-    one row joined to the start of the next. The smallest block wins, and among equal ones the flattest (a
-    piece of one row, or whole rows: consecutive tokens, pack_rows 1). A 16:9 frame of 6 x 10 tokens packs
-    into 2 x 2 blocks (15 model tokens; the plain rule's runs of 4 straddled rows), 4:3's 7 x 9 into columns
-    of 7, a square 8 x 8 into runs of 4 and Atari's 9 x 7 into rows, as before.
-    """
-    if not max_tokens or tokens <= max_tokens:
-        return 1, 1
-    if grid is not None and grid[0] * grid[1] == tokens:
-        rows, cols = grid
-        blocks = [(a * b, a, b) for a in range(1, rows + 1) if rows % a == 0 for b in range(1, cols + 1)
-                  if cols % b == 0 and (rows // a) * (cols // b) <= max_tokens]
-        size, a, b = min(blocks)
-        return size, (a if 1 < a and b < cols else 1)
-    return next(p for p in range(1, tokens + 1) if tokens % p == 0 and tokens // p <= max_tokens), 1
-
-
-def describe(cfg: DynamicsConfig, params: int | None = None) -> str:
-    """One line for a run's log: width, blocks, parameters and how the latent tokens become model tokens."""
-    p = f", {params / 1e6:.2f}M params" if params is not None else ""
-    size = f"{cfg.pack_rows} x {cfg.pack // cfg.pack_rows}" if cfg.pack_rows > 1 else f"{cfg.pack}"
-    tokens = f"{cfg.tokens} latent tokens x {cfg.channels} channels"
-    if cfg.pack > 1:
-        tokens += f", packed as {cfg.model_tokens} model tokens of {size}"
-    acts = {"discrete": f", {cfg.action_count} discrete actions", "continuous": f", action vectors of {cfg.action_dim}"}
-    return (f"dynamics model: width {cfg.dim}, {cfg.depth} blocks ({cfg.layer_kinds().count('T')} temporal){p}; "
-            f"{tokens}, + {cfg.registers} registers per frame{acts.get(cfg.action_kind, '')}")
-
-
-def _one_line(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "config"
-        parts.append(f"{loc}: {e['msg']}")
-    return "; ".join(parts)
 
 
 def dynamics_config(
@@ -208,6 +74,7 @@ def dynamics_config(
     fields.update(overrides)
     grid = tuple(latent_grid) if latent_grid else None
     if isinstance(preset_or_config, str) and "pack" not in overrides and isinstance(fields.get("tokens"), int):
+
         fields["pack"], rows = auto_pack(fields["tokens"], DYNAMICS_MAX_TOKENS.get(preset_or_config), grid)
         if rows > 1:  # blocks of several rows: the model must know the grid (else consecutive tokens)
             fields["pack_rows"] = rows
@@ -216,7 +83,7 @@ def dynamics_config(
     try:
         return DynamicsConfig(**fields)
     except ValidationError as e:
-        raise ConfigError(f"dynamics model config: {_one_line(e)}") from None
+        raise ConfigError(f"dynamics model config: {one_line(e)}") from None
 
 
 def build_dynamics(
@@ -316,7 +183,6 @@ class DynamicsCache:
         self.frames = 0  # absolute index of the next frame = frames committed so far
         self.k: list[torch.Tensor | None] = [None] * layers
         self.v: list[torch.Tensor | None] = [None] * layers
-        self.prev: tuple[torch.Tensor, torch.Tensor] | None = None  # the last committed frame (z, tau)
 
     def __len__(self) -> int:
         """Context frames held (at most max_frames - 1)."""
@@ -326,7 +192,6 @@ class DynamicsCache:
         self.frames = 0
         self.k = [None] * len(self.k)
         self.v = [None] * len(self.v)
-        self.prev = None
 
     def past(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         n = len(self)
@@ -357,14 +222,10 @@ class DynamicsModel(nn.Module):
         D = cfg.dim
         self.grad_checkpointing = cfg.grad_checkpointing
         self.latent_in = nn.Linear(cfg.pack * cfg.channels, D)
-        if cfg.prev_frame:
-            # the previous frame's token (and its tau) at the input; zero at first, so the model starts as without
-            self.prev_in = nn.Linear(cfg.pack * cfg.channels + 1, D)
-            nn.init.zeros_(self.prev_in.weight)
-            nn.init.zeros_(self.prev_in.bias)
         self.token_pos = nn.Parameter(torch.randn(cfg.model_tokens, D) * 0.02)
         self.register_tokens = nn.Parameter(torch.randn(cfg.registers, D) * 0.02)
-        # tau: sinusoidal features -> MLP. d: a learned row per power of two (PITFALLS 8).
+        # tau: sinusoidal features -> MLP. d: a learned row per power of two (d takes only those few values, so a
+        # table gives each its own embedding instead of a smooth function that blurs neighbouring step sizes).
         self.tau_mlp = nn.Sequential(nn.Linear(TAU_FREQS, D), nn.SiLU(), nn.Linear(D, D))
         self.step_levels = int(round(math.log2(cfg.k_max))) + 1
         self.step_embed = nn.Embedding(self.step_levels, D)
@@ -384,11 +245,6 @@ class DynamicsModel(nn.Module):
         nn.init.zeros_(self.mod_out.weight)
         nn.init.zeros_(self.mod_out.bias)
         self.head = nn.Linear(D, cfg.pack * cfg.channels)
-        if cfg.prev_skip:
-            # per token and channel, how much of the previous frame's latent to add to the output; zero at first
-            self.skip_gate = nn.Linear(D + 1, cfg.pack * cfg.channels)
-            nn.init.zeros_(self.skip_gate.weight)
-            nn.init.zeros_(self.skip_gate.bias)
         nn.init.normal_(self.head.weight, std=0.02 / math.sqrt(D / 128))
         nn.init.zeros_(self.head.bias)
 
@@ -475,68 +331,29 @@ class DynamicsModel(nn.Module):
                 f"latents must be (B, T, {cfg.tokens}, {cfg.channels}) for this dynamics model, got {tuple(z.shape)}"
             )
 
-    def embed(
-        self, z: torch.Tensor, cond: torch.Tensor, prev: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """Latent tokens + registers, conditioning added to every token: (B, T, N + R, D).
-
-        ``prev`` (``prev_frame`` models): the (z, tau) of each frame's previous frame, (B, T, N, C) and (B, T);
-        zeros where there is none (the first frame, single images)."""
+    def embed(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Latent tokens + registers, conditioning added to every token: (B, T, N + R, D)."""
         B, T = z.shape[:2]
         z = self.pack(z)
         x = self.latent_in(z) + self.token_pos
-        if self.config.prev_frame:
-            pz, pt = prev if prev is not None else (torch.zeros(B, T, self.config.tokens, self.config.channels,
-                                                                 device=z.device), torch.zeros(B, T, device=z.device))
-            pz = self.pack(pz)
-            pt = pt.to(pz.dtype)[:, :, None, None].expand(-1, -1, pz.shape[2], 1)
-            x = x + self.prev_in(torch.cat([pz.to(x.dtype), pt.to(x.dtype)], dim=-1))
         if self.config.registers:
             reg = self.register_tokens.to(x.dtype).expand(B, T, -1, -1)
             x = torch.cat([x, reg], dim=2)
         return x + cond.unsqueeze(2)
 
-    def readout(
-        self, x: torch.Tensor, cond: torch.Tensor, prev: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """The final norm and head; ``prev_skip`` models add the gated previous frame (``prev`` as in
-        :meth:`embed`; none: no previous frame)."""
+    def readout(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The final norm and head."""
         shift, scale = self.mod_out(F.silu(cond)).unsqueeze(2).chunk(2, dim=-1)
         x = x[:, :, : self.config.model_tokens]
         h = self.norm_out(x) * (1 + scale) + shift
         out = self.head(h).float()
-        if self.config.prev_skip and prev is not None:
-            pz, pt = prev
-            pz = self.pack(pz)
-            pt = pt.to(h.dtype)[:, :, None, None].expand(-1, -1, h.shape[2], 1)
-            gate = self.skip_gate(torch.cat([h, pt], dim=-1)).float()
-            out = out + gate * pz.float()
         out = self.unpack(out)
         return out
 
-    def previous(
-        self, z: torch.Tensor, tau: torch.Tensor, isolated: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each frame's previous frame (z, tau) within the sequence: zeros for frame 0 and for isolated items."""
-        pz = torch.cat([torch.zeros_like(z[:, :1]), z[:, :-1]], dim=1)
-        pt = torch.cat([torch.zeros_like(tau[:, :1]), tau[:, :-1]], dim=1).to(z.dtype)
-        if isolated is not None:
-            keep = (~isolated.to(torch.bool)).to(z.dtype)
-            pz, pt = pz * keep[:, None, None, None], pt * keep[:, None]
-        return pz, pt
-
-    def trunk(
-        self, z: torch.Tensor, cond: torch.Tensor, isolated: torch.Tensor | None = None, tau: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Everything after the conditioning vector: (B, T, N, C) latents + (B, T, D) cond -> x_hat.
-        ``tau`` (B, T) is needed by ``prev_frame`` models."""
+    def trunk(self, z: torch.Tensor, cond: torch.Tensor, isolated: torch.Tensor | None = None) -> torch.Tensor:
+        """Everything after the conditioning vector: (B, T, N, C) latents + (B, T, D) cond -> x_hat."""
         B, T = z.shape[:2]
-        prev = None
-        if self.config.prev_frame or self.config.prev_skip:
-            if tau is None:
-                raise DataError("a prev_frame or prev_skip dynamics model needs each frame's tau in trunk()")
-            prev = self.previous(z, tau, isolated)
-        x = self.embed(z, cond, prev if self.config.prev_frame else None)
+        x = self.embed(z, cond)
         L = x.shape[2]
         dev = x.device
         rope_s = self.rotary(torch.arange(L, device=dev))
@@ -549,7 +366,7 @@ class DynamicsModel(nn.Module):
                 x, _ = checkpoint(blk, x, cond, rope, iso, use_reentrant=False)
             else:
                 x, _ = blk(x, cond, rope, iso)
-        return self.readout(x, cond, prev)
+        return self.readout(x, cond)
 
     def forward(
         self,
@@ -568,7 +385,7 @@ class DynamicsModel(nn.Module):
             if isolated.shape != (B,):
                 raise DataError(f"isolated must be a (B,) = ({B},) bool tensor, got {tuple(isolated.shape)}")
             isolated = isolated.to(device=z.device, dtype=torch.bool)
-        return self.trunk(z, cond, isolated, tau)
+        return self.trunk(z, cond, isolated)
 
     # ------------------------------------------------------------------ rollout
     def new_cache(self, batch: int, max_frames: int | None = None) -> DynamicsCache:
@@ -598,10 +415,7 @@ class DynamicsModel(nn.Module):
         if B != cache.batch:
             raise DataError(f"the KV cache was made for batch {cache.batch}, got batch {B}")
         cond = self.conditioning(tau, step, actions, B, 1)
-        prev = None
-        if (self.config.prev_frame or self.config.prev_skip) and cache.prev is not None:
-            prev = (cache.prev[0], cache.prev[1])
-        x = self.embed(z, cond, prev if self.config.prev_frame else None)
+        x = self.embed(z, cond)
         dev = x.device
         rope_s = self.rotary(torch.arange(x.shape[2], device=dev))
         rope_t = self.rotary(torch.tensor([cache.frames], device=dev))
@@ -616,90 +430,8 @@ class DynamicsModel(nn.Module):
                 x, _ = blk(x, cond, rope_s)
         if commit:
             cache.frames += 1
-            cache.prev = (z.detach(), tau.detach().to(z.dtype))
-        return self.readout(x, cond, prev)
+        return self.readout(x, cond)
 
     def set_grad_checkpointing(self, on: bool = True) -> None:
         """Recompute each block's activations in backward (saves memory, costs about one extra forward)."""
         self.grad_checkpointing = on
-
-
-# ---------------------------------------------------------------------------------------------- files
-def save_dynamics(path: str | os.PathLike, model: DynamicsModel, extra: dict[str, Any] | None = None) -> Path:
-    """Atomic safetensors with the model config inside (``ahri_core.checkpoint``)."""
-    from ..checkpoint import save_weights
-
-    return save_weights(path, model, kind=KIND, config=model.config.model_dump(mode="json"), extra=extra)
-
-
-def load_dynamics(
-    path: str | os.PathLike,
-    expect: DynamicsConfig | None = None,
-    grad_checkpointing: bool | None = None,
-) -> DynamicsModel:
-    """Rebuild a model from its checkpoint alone, strictly. ``expect`` (optional) must match the stored
-    config in every field that shapes the weights; a mismatch is refused naming the fields."""
-    kind, stored, _ = read_metadata(path)
-    if kind != KIND:
-        raise CheckpointError(f"checkpoint {path} holds a {kind} model, not a {KIND} model")
-    try:
-        cfg = DynamicsConfig(**stored)
-    except ValidationError as e:
-        raise CheckpointError(f"checkpoint {path} has an invalid dynamics config ({_one_line(e)})") from None
-    if expect is not None:
-        diff = config_mismatch(expect.weights_fields(), cfg.weights_fields())
-        if diff:
-            d = ", ".join(f"{k}: checkpoint {getattr(cfg, k)!r} vs expected {getattr(expect, k)!r}" for k in diff[:4])
-            raise CheckpointError(f"checkpoint {path} was made with another dynamics config ({d})")
-    if grad_checkpointing is not None:
-        cfg = cfg.model_copy(update={"grad_checkpointing": grad_checkpointing})
-    model = DynamicsModel(cfg)
-    load_weights(path, model, kind=KIND, config=stored)
-    return model
-
-
-# ---------------------------------------------------------------------------------------------- loading
-def _weights_path(run_or_path: str | os.PathLike) -> Path:
-    """A run directory's inference weights (``ema.safetensors`` when the run keeps an EMA, else
-    ``model.safetensors``), or the weights file itself."""
-    p = Path(run_or_path)
-    if p.is_dir():
-        for name in ("ema.safetensors", "model.safetensors"):
-            if (p / name).is_file():
-                return p / name
-        raise CheckpointError(f"run {p} has no model.safetensors (has it trained a step yet?)")
-    if p.is_file():
-        return p
-    raise CheckpointError(f"{p} is neither a run directory nor a checkpoint file")
-
-
-def load_dynamics_run(
-    run_or_path: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[DynamicsModel, dict[str, Any]]:
-    """Rebuild a trained dynamics model from a run directory or its ``model.safetensors``, strictly.
-
-    Returns ``(model, info)``, the model in eval mode on ``device``; ``info`` holds what samplers and
-    evaluators need: ``k_max``, ``shortcut``, ``max_frames``, ``tokenizer_id``, ``latents`` (the set's
-    path and shape), ``settings``, ``step``, ``weights`` ("ema" or "raw"), ``config``, ``run_dir``, ``path``.
-    """
-    path = _weights_path(run_or_path)
-    model = load_dynamics(path).to(device).eval()  # strict: kind, config, tensors, sha256
-    _, stored, extra = read_metadata(path)
-    return model, run_info(path, model.config, stored, extra)
-
-
-def run_info(path: Path, cfg: DynamicsConfig, stored: Any, extra: dict[str, Any]) -> dict[str, Any]:
-    """The ``info`` of a loaded dynamics checkpoint (see :func:`load_dynamics_run`) from its metadata."""
-    return {
-        "k_max": int(extra.get("k_max", cfg.k_max)),
-        "shortcut": bool(extra.get("shortcut", False)),
-        "max_frames": int(extra.get("max_frames", cfg.max_frames)),
-        "tokenizer_id": extra.get("tokenizer_id", ""),
-        "latents": extra.get("latents", {}),
-        "settings": extra.get("settings", {}),
-        "step": extra.get("step"),
-        "weights": extra.get("weights", "raw"),
-        "config": stored,
-        "path": str(path),
-        "run_dir": str(path.parent),
-    }

@@ -33,7 +33,9 @@ from torch import nn
 from ..checkpoint import load_weights, read_metadata
 from ..errors import CheckpointError, ConfigError, DataError
 from .dynamics import KIND as DYNAMICS_KIND
-from .dynamics import DynamicsConfig, DynamicsModel, _weights_path, load_dynamics_run, run_info
+from .dynamics import DynamicsModel
+from .dynamics_config import DynamicsConfig
+from .dynamics_io import load_dynamics_run, run_info, weights_path
 from .layers import RMSNorm
 
 KIND = "latent_action_dynamics"
@@ -154,7 +156,8 @@ class LatentActionModel(nn.Module):
     """Inverse dynamics: latents of frames t - 1 and t -> one latent action for frame t.
 
     Each token reads (z[t-1], z[t], z[t] - z[t-1]) plus its position, through an MLP, down to
-    ``token_width`` channels (per token, PITFALLS 21); the frame's tokens are then joined and an MLP maps
+    ``token_width`` channels (per token: one Linear shared by all tokens keeps the weights independent of the
+    token count and each token's place); the frame's tokens are then joined and an MLP maps
     them to ``dims`` numbers, which FSQ bounds and rounds. With ``history`` h > 0 each token also reads the
     h changes before that, z[t-1] - z[t-2], ..., z[t-h] - z[t-h-1], so the encoder can tell a change the
     player caused from one that merely continues (momentum). A frame before the first of the latents given
@@ -300,7 +303,6 @@ class LatentActionDynamics(DynamicsModel):
         super().__init__(cfg)
         self.lam_config = lam
         self.action_model = LatentActionModel(lam)
-        self.last_forward_loss: torch.Tensor | None = None  # set by a training forward (``clean`` given)
 
     def config_dict(self) -> dict[str, Any]:
         return {"dynamics": self.config.model_dump(mode="json"), "latent_actions": self.lam_config.model_dump(mode="json")}
@@ -327,14 +329,20 @@ class LatentActionDynamics(DynamicsModel):
         isolated: torch.Tensor | None = None,
         clean: torch.Tensor | None = None,
         keep: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        with_forward_loss: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """As :meth:`DynamicsModel.forward`; with ``clean`` the actions are inferred from it (see the class).
+        ``with_forward_loss``: returns ``(x_hat, loss)``, the loss of the encoder's forward head on ``clean``
+        (None without ``clean`` or without a forward head)."""
+        fwd = None
         if clean is not None:
             # inside the forward, so that under DDP every gradient of the encoder and its head is one graph's
             a, pre = self.action_model.forward_pre(clean)
             actions = self.latent_actions(clean, keep, isolated, inferred=a)
             if self.lam_config.forward_head and pre is not None:
-                self.last_forward_loss = self.action_model.forward_loss(clean, a[:, 1:], pre)
-        return super().forward(z, tau, step, actions=actions, isolated=isolated)
+                fwd = self.action_model.forward_loss(clean, a[:, 1:], pre)
+        out = super().forward(z, tau, step, actions=actions, isolated=isolated)
+        return (out, fwd) if with_forward_loss else out
 
 
 def latent_action_config(
@@ -370,11 +378,11 @@ def load_latent_action_dynamics(path: str | os.PathLike) -> LatentActionDynamics
 
 
 def load_world_dynamics(run_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[DynamicsModel, dict[str, Any]]:
-    """Like :func:`~ahri_core.models.dynamics.load_dynamics_run`, for plain and latent-action runs alike.
+    """Like :func:`~ahri_core.models.dynamics_io.load_dynamics_run`, for plain and latent-action runs alike.
 
     For a latent-action run the model is a :class:`LatentActionDynamics` and ``info`` also holds
     ``latent_actions`` (its config) and ``action_map`` (the run's few-label map, when fitted)."""
-    path = _weights_path(run_or_path)
+    path = weights_path(run_or_path)
     kind, stored, extra = read_metadata(path)
     if kind == DYNAMICS_KIND:
         return load_dynamics_run(path, device=device)
@@ -414,138 +422,3 @@ def video_codes(model: LatentActionDynamics, latents: torch.Tensor, batch: int =
         a = latents[lo : i + batch + 1].to(dev).float()
         out.append(enc.fsq.to_index(enc(a[None])[0, 1 + i - lo :]).cpu())
     return torch.cat(out)[: int(latents.shape[0])]
-
-
-def pair_counts(codes: list[torch.Tensor], actions: list[torch.Tensor], code_count: int, action_count: int,
-                lag: int = 0) -> torch.Tensor:
-    """(action_count, code_count) counts of (real action, inferred code) over frames where both exist.
-    ``lag``: pair the code of frame t with the action of frame t - lag (0: the same frame; a code that lags its
-    action scores best at a positive lag)."""
-    m = torch.zeros(action_count, code_count, dtype=torch.long)
-    for c, a in zip(codes, actions, strict=True):
-        k = max(min(len(c), len(a)) - abs(lag), 0)  # pairs left once shifted (none when the lag outruns the video)
-        c, a = c[max(lag, 0) :][:k], a[max(-lag, 0) :][:k]
-        ok = (c >= 0) & (a >= 0)
-        m.view(-1).index_add_(0, a[ok].long() * code_count + c[ok].long(), torch.ones(int(ok.sum()), dtype=torch.long))
-    return m
-
-
-def probe_accuracy(train: torch.Tensor, test: torch.Tensor) -> dict[str, float]:
-    """A probe from latent code to real action, fitted on ``train`` counts and scored on ``test`` counts
-    (both (actions, codes) from :func:`pair_counts`): each code predicts the action it most often came with
-    in ``train`` (on a one-hot code this is what a linear softmax probe converges to). Returns its accuracy,
-    the accuracy of always guessing the most frequent training action (``majority``), and their ratio; and,
-    as a stricter yardstick where the held-out videos mix the actions differently, the accuracy of the best
-    single guess on ``test`` itself (``best_constant``, an oracle) and the ratio to it."""
-    predict = train.argmax(0)  # (codes,) the action each code predicts
-    total = int(test.sum())
-    if total == 0:
-        nan = float("nan")
-        return {"accuracy": nan, "majority": nan, "ratio": nan, "best_constant": nan, "ratio_best_constant": nan,
-                "frames": 0}
-    hits = int(test[predict, torch.arange(test.shape[1])].sum())
-    majority = int(test[int(train.sum(1).argmax())].sum())
-    acc, base, best = hits / total, majority / total, int(test.sum(1).max()) / total
-    return {"accuracy": acc, "majority": base, "ratio": acc / base if base > 0 else float("inf"),
-            "best_constant": best, "ratio_best_constant": acc / best, "frames": total}
-
-
-MAP_PRIOR_FRAMES = 5.0  # pseudo-frames that pull a rarely used code's action shares towards the overall ones
-
-
-def action_map_from_counts(counts: torch.Tensor, meanings: list[str] | None = None) -> dict[str, Any]:
-    """Each real action -> the latent code that most reliably means it (actions never seen are left out).
-
-    A code is scored by the share of its frames that carried the action, ``P(action | code)``, smoothed with
-    :data:`MAP_PRIOR_FRAMES` frames of the overall action shares so that a code seen a handful of times does not
-    win on luck. Taking the code an action most often came with instead sends every action to the "nothing
-    moved" code wherever most frames look alike whatever was pressed (Atari Breakout: all four actions).
-    """
-    counts = counts.double()
-    prior = counts.sum(1) / counts.sum().clamp_min(1)  # (actions,)
-    per_code = counts.sum(0)  # (codes,)
-    share = (counts + MAP_PRIOR_FRAMES * prior[:, None]) / (per_code + MAP_PRIOR_FRAMES)[None]
-    share = share.masked_fill(counts == 0, -1.0)  # an action maps only to a code it was seen with
-    out: dict[str, Any] = {"codes": {}, "names": {}}
-    for a in range(counts.shape[0]):
-        if int(counts[a].sum()) == 0:
-            continue
-        code = int(share[a].argmax())
-        out["codes"][str(a)] = code
-        if meanings and a < len(meanings):
-            out["names"][meanings[a]] = code
-    return out
-
-
-def fit_action_map(
-    run_dir: str | os.PathLike,
-    latents: str | os.PathLike | None = None,
-    label_share: float = 0.1,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-) -> dict[str, Any]:
-    """Fit the few-label map of a latent-action run and write it to ``<run>/action_map.json``.
-
-    Only ``label_share`` of the run's training videos (at least one, chosen by ``seed``) lend their real
-    actions; each real action maps to the code that most reliably means it there (:func:`action_map_from_counts`).
-    The held-out videos with actions score the map's code-to-action probe against guessing the most frequent
-    action.
-    """
-    from ..data.windows import load_latent_set
-    from ..fileio import write_json_atomic
-
-    model, info = load_world_dynamics(run_dir, device=device)
-    if not isinstance(model, LatentActionDynamics):
-        raise ConfigError(f"run {run_dir} was not trained with latent actions (ahri train --latent-actions)")
-    if not model.lam_config.quantize:
-        raise ConfigError(f"run {run_dir} has continuous latent actions: there are no codes to map")
-    lat = Path(latents) if latents is not None else Path((info.get("latents") or {}).get("path") or "")
-    if not str(lat) or not (lat / "index.json").is_file():
-        raise DataError(f"latent set {lat or '(none recorded in the run)'} not found; pass --latents DIR")
-    lset = load_latent_set(lat)
-    if lset.action_kind != "discrete":
-        raise DataError(f"latent set {lat} has no discrete real actions to map (action kind {lset.action_kind!r})")
-    labelled = [v for v in lset.train if v.actions is not None]
-    if not labelled:
-        raise DataError(f"no training video of {lat} has real actions")
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(labelled), generator=g).tolist()
-    chosen = [labelled[i] for i in order[: max(1, round(label_share * len(labelled)))]]
-    K, A = model.lam_config.codes, lset.action_count
-    counts = pair_counts([video_codes(model, v.latents) for v in chosen], [v.actions for v in chosen], K, A)
-    held = [v for v in lset.val if v.actions is not None]
-    test = pair_counts([video_codes(model, v.latents) for v in held], [v.actions for v in held], K, A)
-    result = {
-        **action_map_from_counts(counts, lset.action_meanings),
-        "meanings": list(lset.action_meanings),
-        "label_share": label_share,
-        "labelled_videos": sorted(v.id for v in chosen),
-        "labelled_frames": int(counts.sum()),
-        "counts": counts.tolist(),
-        "held_out_probe": probe_accuracy(counts, test),
-        "latents": str(lat),
-        "seed": seed,
-    }
-    write_json_atomic(Path(info["run_dir"]) / ACTION_MAP_FILE, result)
-    return result
-
-
-def parse_action_tokens(text: str, code_count: int | None, names: dict[str, int] | None = None) -> list[int]:
-    """``--actions 3,3,right,0`` -> ids: integers as given (``-1`` = no action), names through ``names``."""
-    out: list[int] = []
-    for tok in (t.strip() for t in text.split(",")):
-        if not tok:
-            continue
-        try:
-            v = int(tok)
-        except ValueError:
-            if not names or tok not in names:
-                known = ", ".join(sorted(names)) if names else "none (fit an action map: ahri train --stage action-map)"
-                raise ConfigError(f"--actions: {tok!r} is neither a number nor a known action name; names: {known}") from None
-            v = int(names[tok])
-        if v < -1 or (code_count is not None and v >= code_count):
-            raise ConfigError(f"--actions: {v} is out of range; accepted -1 (no action) to {(code_count or 1) - 1}")
-        out.append(v)
-    if not out:
-        raise ConfigError("--actions: give a comma-separated list, e.g. 3,3,0")
-    return out

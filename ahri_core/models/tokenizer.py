@@ -3,7 +3,7 @@
 Encoder: the frame is cut into ``patch_size`` patches, each embedded to ``dim`` with a learned position;
 ``tokens`` learned latent queries are appended and a transformer lets them read the patches. Each latent
 token is then projected on its own (one Linear shared by all tokens, never a Linear over the flattened
-tokens, see PITFALLS 21) down to ``channels`` values and squashed by tanh, so latents lie in (-1, 1).
+tokens, whose weights would grow with the token count and mix tokens into one another) down to ``channels`` values and squashed by tanh, so latents lie in (-1, 1).
 
 Decoder: each latent token is projected back up to ``dim``; learned patch queries are appended and a
 transformer lets them read the latents; each query predicts its patch's pixels.
@@ -17,7 +17,6 @@ see ``TokenizerConfig.fit`` for how a source frame is brought to it). Latents ar
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -25,7 +24,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
@@ -435,14 +433,6 @@ class Tokenizer(nn.Module):
 
 def build_tokenizer(preset: str | TokenizerConfig | dict = "cpu", **overrides: Any) -> Tokenizer:
     return Tokenizer(tokenizer_config(preset, **overrides))
-
-
-def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(recon.float(), target.float())
-
-
-def config_json(cfg: TokenizerConfig) -> str:
-    return json.dumps(cfg.to_dict(), sort_keys=True)
 
 
 # ---------------------------------------------------------------------------------------------- loading

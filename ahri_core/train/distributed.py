@@ -99,12 +99,6 @@ def setup(device: str = "auto", timeout_minutes: float = 30.0) -> Dist:
     return current()
 
 
-def teardown() -> None:
-    """Leave the process group (end of a distributed command)."""
-    if tdist.is_available() and tdist.is_initialized():
-        tdist.destroy_process_group()
-
-
 def shard(items: Sequence[T], dist: Dist | None = None) -> list[T]:
     """This rank's share of ``items``: every ``world``-th item from its rank (all of them for one process)."""
     d = dist or current()

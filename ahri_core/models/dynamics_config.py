@@ -1,0 +1,146 @@
+"""The dynamics model's config: :class:`DynamicsConfig` (everything needed to rebuild the model, stored in
+every checkpoint), :func:`auto_pack` (how many latent tokens one model token joins) and :func:`describe` (a run's log line)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class DynamicsConfig(BaseModel):
+    """Everything needed to rebuild the model; stored as JSON in every checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: int = Field(..., ge=1, description="latent tokens per frame (N)")
+    channels: int = Field(..., ge=1, description="channels per latent token (C)")
+    pack: int = Field(1, ge=1, description="latent tokens joined into one model token (N / pack tokens of pack * C)")
+    pack_rows: int = Field(
+        1, ge=1, description="rows of the token grid one model token spans: > 1 packs pack_rows x (pack / pack_rows) "
+        "blocks of token_grid (1: pack consecutive tokens)"
+    )
+    token_grid: tuple[int, int] | None = Field(
+        None, description="(rows, columns) of the latent tokens, row-major; needed when pack_rows > 1"
+    )
+    dim: int = Field(128, ge=8, description="model width")
+    depth: int = Field(8, ge=1, description="number of blocks (spatial + temporal)")
+    heads: int = Field(4, ge=1)
+    kv_heads: int | None = Field(None, ge=1, description="grouped-query attention: key/value heads (None = heads)")
+    registers: int = Field(4, ge=0, description="learned register tokens per frame")
+    temporal_every: int = Field(4, ge=1, description="every k-th block is temporal (4: S,S,S,T)")
+    mlp_ratio: float = Field(4.0, gt=0)
+    qk_norm: bool = True
+    softcap: float | None = Field(None, gt=0, description="tanh soft-cap of attention logits (None = off)")
+    rope_base: float = Field(10000.0, gt=1)
+    action_kind: Literal["none", "discrete", "continuous"] = "none"
+    action_count: int = Field(0, ge=0, description="number of discrete actions")
+    action_dim: int = Field(0, ge=0, description="width of a continuous action vector")
+    k_max: int = Field(64, ge=1, le=4096, description="finest step count; d_min = 1/k_max")
+    max_frames: int = Field(64, ge=1, description="trained sequence length: default KV-cache window")
+    grad_checkpointing: bool = Field(False, description="recompute each block in backward (runtime only)")
+
+    # Fields that do not change the weights: ignored when a checkpoint's config is compared.
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"grad_checkpointing"})
+
+    # Options that were tried and removed (measured on Boxing and MsPacman: no gain; docs/dynamics.md). A
+    # stored config that has them off still loads; one that has them on was made for another model.
+    REMOVED_FIELDS: ClassVar[tuple[str, ...]] = ("prev_frame", "prev_skip")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_options(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not any(k in data for k in cls.REMOVED_FIELDS):
+            return data
+        on = [k for k in cls.REMOVED_FIELDS if data.get(k)]
+        if on:
+            raise ValueError(f"{' and '.join(on)} {'was' if len(on) == 1 else 'were'} removed from ahri (no gain "
+                             "measured); a model made with it cannot be loaded by this version")
+        return {k: v for k, v in data.items() if k not in cls.REMOVED_FIELDS}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DynamicsConfig:
+        if self.tokens % self.pack:
+            raise ValueError(f"pack {self.pack} must divide the {self.tokens} latent tokens per frame")
+        if self.pack_rows > 1:
+            if self.token_grid is None or self.token_grid[0] * self.token_grid[1] != self.tokens:
+                raise ValueError(f"pack_rows {self.pack_rows} needs token_grid (rows, columns) of the {self.tokens} tokens")
+            rows, cols = self.token_grid
+            if self.pack % self.pack_rows or rows % self.pack_rows or cols % (self.pack // self.pack_rows):
+                raise ValueError(
+                    f"pack {self.pack} as blocks of {self.pack_rows} rows does not tile the {rows}x{cols} token grid"
+                )
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
+        if (self.dim // self.heads) % 2:
+            raise ValueError(f"head width dim/heads = {self.dim // self.heads} must be even (RoPE)")
+        kv = self.kv_heads or self.heads
+        if self.heads % kv:
+            raise ValueError(f"heads {self.heads} must be divisible by kv_heads {kv}")
+        if self.k_max & (self.k_max - 1):
+            raise ValueError(f"k_max {self.k_max} must be a power of two (1, 2, 4, ..., 4096)")
+        if self.depth < self.temporal_every:
+            raise ValueError(
+                f"depth {self.depth} < temporal_every {self.temporal_every}: the model would have no temporal layer"
+            )
+        if self.action_kind == "discrete" and self.action_count < 1:
+            raise ValueError("action_kind 'discrete' needs action_count >= 1")
+        if self.action_kind == "continuous" and self.action_dim < 1:
+            raise ValueError("action_kind 'continuous' needs action_dim >= 1")
+        return self
+
+    def weights_fields(self) -> dict[str, Any]:
+        """The config as JSON-able dict without runtime-only fields (for checkpoint comparisons)."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.RUNTIME_FIELDS}
+
+    @property
+    def model_tokens(self) -> int:
+        """Tokens per frame inside the model (latent tokens after packing)."""
+        return self.tokens // self.pack
+
+    def layer_kinds(self) -> list[str]:
+        """'S' or 'T' per block; block i is temporal when (i + 1) % temporal_every == 0."""
+        return ["T" if (i + 1) % self.temporal_every == 0 else "S" for i in range(self.depth)]
+
+
+def auto_pack(tokens: int, max_tokens: int | None, grid: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(pack, pack_rows): the fewest latent tokens per model token with tokens / pack <= ``max_tokens``
+    ((1, 1) when there is no limit).
+
+    Without ``grid`` the model token is ``pack`` consecutive latent tokens, the smallest divisor that fits.
+    ``grid``: (rows, columns) of the latent tokens on the picture (row-major). Then each model token is a
+    block of whole grid cells, a rows x b columns with a dividing the rows and b the columns, never the end of
+    one row joined to the start of the next. The smallest block wins, and among equal ones the flattest (a
+    piece of one row, or whole rows: consecutive tokens, pack_rows 1). A 16:9 frame of 6 x 10 tokens packs
+    into 2 x 2 blocks (15 model tokens; the plain rule's runs of 4 straddled rows), 4:3's 7 x 9 into columns
+    of 7, a square 8 x 8 into runs of 4 and Atari's 9 x 7 into rows, as before.
+    """
+    if not max_tokens or tokens <= max_tokens:
+        return 1, 1
+    if grid is not None and grid[0] * grid[1] == tokens:
+        rows, cols = grid
+        blocks = [(a * b, a, b) for a in range(1, rows + 1) if rows % a == 0 for b in range(1, cols + 1)
+                  if cols % b == 0 and (rows // a) * (cols // b) <= max_tokens]
+        size, a, b = min(blocks)
+        return size, (a if 1 < a and b < cols else 1)
+    return next(p for p in range(1, tokens + 1) if tokens % p == 0 and tokens // p <= max_tokens), 1
+
+
+def describe(cfg: DynamicsConfig, params: int | None = None) -> str:
+    """One line for a run's log: width, blocks, parameters and how the latent tokens become model tokens."""
+    p = f", {params / 1e6:.2f}M params" if params is not None else ""
+    size = f"{cfg.pack_rows} x {cfg.pack // cfg.pack_rows}" if cfg.pack_rows > 1 else f"{cfg.pack}"
+    tokens = f"{cfg.tokens} latent tokens x {cfg.channels} channels"
+    if cfg.pack > 1:
+        tokens += f", packed as {cfg.model_tokens} model tokens of {size}"
+    acts = {"discrete": f", {cfg.action_count} discrete actions", "continuous": f", action vectors of {cfg.action_dim}"}
+    return (f"dynamics model: width {cfg.dim}, {cfg.depth} blocks ({cfg.layer_kinds().count('T')} temporal){p}; "
+            f"{tokens}, + {cfg.registers} registers per frame{acts.get(cfg.action_kind, '')}")
+
+
+def one_line(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "config"
+        parts.append(f"{loc}: {e['msg']}")
+    return "; ".join(parts)
