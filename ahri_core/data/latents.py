@@ -383,7 +383,7 @@ def one_rate(rates: dict[str, float], where: str) -> float:
     low = min(groups)
     raise DataError(
         f"latent set {where} holds videos at {len(groups)} frame rates ({desc}); one dynamics model learns one "
-        f"rate: tokenize the videos of one rate into their own set (ahri tokenize --data DIR --out DIR), or "
+        f"rate: tokenize the videos of one rate into their own set (ahri tokenize --videos DIR --out DIR), or "
         f"train a tokenizer with --fps {low:g} so every video is read at {low:g} fps"
     )
 

@@ -151,7 +151,7 @@ def _check_and_load(
     lat_path = Path(latents) if latents is not None else Path((world.info.get("latents") or {}).get("path") or "")
     if not str(lat_path) or not (lat_path / "index.json").is_file():
         raise DataError(
-            f"latent set {lat_path or '(none recorded in the run)'} not found: pass --data DIR (a folder with index.json)"
+            f"latent set {lat_path or '(none recorded in the run)'} not found: pass --latents DIR (a folder with index.json)"
         )
     lset = load_latent_set(lat_path)
     dcfg = world.dynamics.config

@@ -188,7 +188,7 @@ def latest_dynamics_run(workspace: Workspace) -> Path:
                     best = (t, d)
     if best is None:
         raise ConfigError(
-            f"no finished dynamics run in {workspace.runs}; train one (ahri train) or name a run (ahri eval RUN, ahri rollout CLIP --model RUN)"
+            f"no finished dynamics run in {workspace.runs}; train one (ahri train) or name a run (ahri eval RUN, ahri rollout CLIP --run RUN)"
         )
     return best[1]
 
