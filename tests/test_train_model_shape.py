@@ -121,3 +121,20 @@ def test_resume_keeps_the_shape_and_refuses_another(ws, capsys):
     assert main(["-w", str(ws), "train", "--run", "r", "--resume", "--max-steps", "3"]) == 0
     assert _model(ws, "r")["dim"] == 64
     assert json.loads((ws / "runs" / "r" / "run.json").read_text())["step"] == 3
+
+
+def test_dim_flag_builds_the_compute_curves_width_64_model(ws):
+    """The compute curve's width-64 point was trained with ``model_overrides={"dim": 64}`` on the cpu preset;
+    ``ahri train --preset cpu --dim 64`` now builds that same model, field for field."""
+    from ahri_core.data.windows import load_latent_set
+    from ahri_core.train.dynamics import model_config_for
+
+    args = [a if a != "tiny" else "cpu" for a in TINY]
+    assert main(["-w", str(ws), "train", *args, "--run", "w64", "--dim", "64"]) == 0
+    built = _model(ws, "w64")
+    lset = load_latent_set(ws / "latents" / "tok-test")
+    from ahri_core.config.settings import DataSettings, DiffusionSettings, TrainSettings
+
+    data = DataSettings(seq_len=8, stride=4)  # TINY's window
+    old = model_config_for(lset, TrainSettings(preset="cpu"), data, DiffusionSettings(), dim=64)
+    assert built["dim"] == 64 and built == json.loads(old.model_dump_json())
