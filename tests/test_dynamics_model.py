@@ -373,26 +373,48 @@ def test_presets_pack_many_latent_tokens_into_their_token_budget():
 @pytest.mark.parametrize("grid", [(6, 10), (10, 6), (7, 9), (9, 7), (8, 8), (5, 12), (3, 20), (4, 4), (6, 11),
                                   (19, 13), (18, 14), (14, 18)])
 def test_packing_makes_each_model_token_a_block_of_the_token_grid(grid):
+    """Every model token is a rectangle of the grid, never a whole row or a whole column; a grid the blocks do not
+    tile is padded with zero cells that come back out of unpack, so they are never scored."""
     from ahri_core.models.dynamics_config import auto_pack
 
     rows, cols = grid
     tokens = rows * cols
     for budget in sorted(set(DYNAMICS_MAX_TOKENS.values())):
         p, a = auto_pack(tokens, budget, grid)
-        plain, _ = auto_pack(tokens, budget)
-        assert tokens % p == 0 and tokens // p <= budget and p >= plain
-        if tokens > budget:  # never fewer model tokens than half the plain rule's (19 x 13 at 16: 13 columns)
-            assert tokens // p >= (tokens // plain) / 2, (grid, budget, p)
         model = build_dynamics("tiny", tokens=tokens, channels=1, pack=p, pack_rows=a, latent_grid=grid)
-        z = torch.arange(tokens, dtype=torch.float32).view(1, 1, tokens, 1)
+        n = model.config.model_tokens
+        assert n <= budget and (tokens <= budget) == (p == 1)
+        z = torch.arange(1, tokens + 1, dtype=torch.float32).view(1, 1, tokens, 1)
         packed = model.pack(z)
-        assert packed.shape == (1, 1, tokens // p, p)
+        assert packed.shape == (1, 1, n, p)
         assert torch.equal(model.unpack(packed), z)
-        for j in range(tokens // p):  # the latent tokens of model token j fill a rectangle of the grid
-            idx = packed[0, 0, j].long().tolist()
+        if p == 1:
+            continue
+        cells = set()
+        for j in range(n):  # the latent tokens of model token j fill a rectangle of the grid (0: padding)
+            idx = [i - 1 for i in packed[0, 0, j].long().tolist() if i > 0]
             rs, cs = sorted({i // cols for i in idx}), sorted({i % cols for i in idx})
-            assert len(rs) * len(cs) == p and rs == list(range(rs[0], rs[-1] + 1)) \
+            assert len(rs) * len(cs) == len(idx) and rs == list(range(rs[0], rs[-1] + 1)) \
                 and cs == list(range(cs[0], cs[-1] + 1)), (grid, budget, p, a, j, idx)
+            assert not (rows > 1 and len(rs) == rows) and not (cols > 1 and len(cs) == cols), (grid, budget, j)
+            cells |= set(idx)
+        assert cells == set(range(tokens))
+        padded = n * p - tokens
+        assert padded < tokens / 2, (grid, budget, padded)  # padding stays a small share
+
+
+@pytest.mark.parametrize("grid,budget,expect", [
+    ((6, 10), 16, (4, 2, 15)),  # 16:9 at the cpu budget: 2 x 2 blocks, no padding
+    ((7, 9), 16, (5, 1, 14)),  # 4:3: pieces of 1 x 5, the 9 columns padded to 10 (was whole columns of 7)
+    ((9, 7), 16, (5, 5, 14)),  # Atari's 0.76:1: pieces of 5 x 1, the 9 rows padded to 10 (was whole rows of 7)
+    ((8, 8), 16, (4, 1, 16)),  # square: runs of 4 along a row, as before
+])
+def test_common_aspects_pack_into_blocks_not_strips(grid, budget, expect):
+    cfg = dynamics_config("cpu", tokens=grid[0] * grid[1], channels=12, latent_grid=grid)
+    assert (cfg.pack, cfg.pack_rows, cfg.model_tokens) == expect
+    z = torch.randn(2, 3, grid[0] * grid[1], 12)
+    model = build_dynamics(cfg)
+    assert torch.equal(model.unpack(model.pack(z)), z)
 
 
 def test_a_wide_grid_packs_square_blocks_not_across_the_row_end():
@@ -400,8 +422,6 @@ def test_a_wide_grid_packs_square_blocks_not_across_the_row_end():
 
     assert auto_pack(60, 16) == (4, 1)  # without the grid: runs of 4, which straddle rows of 10
     assert auto_pack(60, 16, (6, 10)) == (4, 2)  # 16:9 at the cpu budget: 2 x 2 blocks, still 15 model tokens
-    assert auto_pack(63, 16, (7, 9)) == (7, 7)  # 4:3: columns of 7, 9 model tokens
-    assert auto_pack(63, 16, (9, 7)) == (7, 1)  # Atari's 9 x 7: one row each, as before
     assert auto_pack(64, 16, (8, 8)) == (4, 1)  # the square demo: runs of 4 as before
     cfg = dynamics_config("cpu", tokens=60, channels=12, latent_grid=(6, 10))
     assert (cfg.pack, cfg.pack_rows, cfg.token_grid, cfg.model_tokens) == (4, 2, (6, 10), 15)
@@ -410,13 +430,39 @@ def test_a_wide_grid_packs_square_blocks_not_across_the_row_end():
     explicit = dynamics_config("cpu", tokens=60, channels=12, latent_grid=(6, 10), pack=4)
     assert (explicit.pack, explicit.pack_rows) == (4, 1)  # an explicit pack wins (consecutive tokens)
     with pytest.raises(ConfigError, match="tile"):
-        dynamics_config("cpu", tokens=60, channels=12, pack=4, pack_rows=4, token_grid=(6, 10))
+        dynamics_config("cpu", tokens=60, channels=12, pack=28, pack_rows=7, token_grid=(6, 10))
     with pytest.raises(ConfigError, match="token_grid"):
         dynamics_config("cpu", tokens=60, channels=12, pack=4, pack_rows=2)
     line = describe(cfg, 1_686_868)
     assert "60 latent tokens x 12 channels, packed as 15 model tokens of 2 x 2" in line and "1.69M params" in line
     assert "2 temporal" in line and "packed" not in describe(dynamics_config("cpu", tokens=16, channels=12))
     assert "packed as 16 model tokens of 4," in describe(dynamics_config("cpu", tokens=64, channels=12))
+
+
+def test_a_padded_grid_model_is_block_causal_caches_and_reloads(tmp_path):
+    """4:3's 7 x 9 grid padded to 7 x 10 for 1 x 5 blocks: the padding never reaches the output, frame t does
+    not see later frames, the KV cache gives the full pass, and the weights file rebuilds the same packing."""
+    model = build_dynamics("tiny", tokens=63, channels=3, pack=5, pack_rows=1, latent_grid=(7, 9), k_max=4).eval()
+    assert model.config.token_grid == (7, 9) and model.config.model_tokens == 14
+    B, T = 1, 3
+    z = torch.randn(B, T, 63, 3)
+    tau, step = torch.full((B, T), 0.5), torch.full((B, T), 0.25)
+    with torch.no_grad():
+        out = model(z, tau, step)
+        z2 = z.clone()
+        z2[:, 2] = torch.randn(63, 3)
+        out2 = model(z2, tau, step)
+    assert out.shape == z.shape
+    assert torch.allclose(out[:, :2], out2[:, :2], atol=1e-6) and not torch.allclose(out[:, 2], out2[:, 2])
+    cache = model.new_cache(B, 8)
+    with torch.no_grad():
+        for t in range(T):
+            got = model.step(z[:, t : t + 1], tau[:, t : t + 1], step[:, t : t + 1], None, cache, commit=True)
+            assert torch.allclose(got[:, 0], out[:, t], atol=1e-5)
+    again = load_dynamics(save_dynamics(tmp_path / "dyn.safetensors", model))
+    assert (again.config.pack, again.config.token_grid, again.config.model_tokens) == (5, (7, 9), 14)
+    with torch.no_grad():
+        assert torch.equal(again.eval()(z, tau, step), out)
 
 
 def test_a_block_packed_model_keeps_block_causality_and_its_config(tmp_path):

@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config.presets import DYNAMICS_MAX_TOKENS, DYNAMICS_PRESETS
 from ..errors import ConfigError, DataError
-from .dynamics_config import DynamicsConfig, auto_pack, one_line
+from .dynamics_config import DynamicsConfig, auto_pack, needs_grid, one_line, padded_grid
 from .layers import Attention, RMSNorm, Rotary, SwiGLU
 
 KIND = "dynamics"
@@ -78,7 +78,8 @@ def dynamics_config(
         fields["pack"], rows = auto_pack(fields["tokens"], DYNAMICS_MAX_TOKENS.get(preset_or_config), grid)
         if rows > 1:  # blocks of several rows: the model must know the grid (else consecutive tokens)
             fields["pack_rows"] = rows
-    if int(fields.get("pack_rows") or 1) > 1 and fields.get("token_grid") is None and grid is not None:
+    pack, pack_rows = int(fields.get("pack") or 1), int(fields.get("pack_rows") or 1)
+    if fields.get("token_grid") is None and (pack_rows > 1 or needs_grid(grid, pack, pack_rows)):
         fields["token_grid"] = grid
     try:
         return DynamicsConfig(**fields)
@@ -303,25 +304,44 @@ class DynamicsModel(nn.Module):
 
     # ------------------------------------------------------------------ packing
     def _packing(self) -> tuple[str, str, dict[str, int]] | None:
-        """(latent layout, model-token layout, sizes) for einops, or None when nothing is packed."""
+        """(latent layout, model-token layout, sizes) for einops, or None when nothing is packed. With a token
+        grid the latent layout is the (padded) grid, (B, T, rows, columns, C)."""
         cfg = self.config
         if cfg.pack == 1:
             return None
-        if cfg.pack_rows > 1:
-            assert cfg.token_grid is not None  # the config's validator ensures it
+        if cfg.token_grid is not None:
             w = cfg.pack // cfg.pack_rows
-            return "b t (gr a gc w) c", "b t (gr gc) (a w c)", dict(a=cfg.pack_rows, w=w, gc=cfg.token_grid[1] // w)
+            return "b t (gr a) (gc w) c", "b t (gr gc) (a w c)", dict(a=cfg.pack_rows, w=w)
         return "b t (n p) c", "b t n (p c)", dict(p=cfg.pack)
 
     def pack(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents (B, T, N, C) -> model tokens (B, T, N / pack, pack * C) (see ``pack``, ``pack_rows``)."""
+        """Latents (B, T, N, C) -> model tokens (B, T, model_tokens, pack * C) (see ``pack``, ``pack_rows``).
+
+        A token grid that the blocks do not tile is padded with zero cells at its bottom and right edges."""
         p = self._packing()
-        return z if p is None else rearrange(z, f"{p[0]} -> {p[1]}", **p[2])
+        if p is None:
+            return z
+        grid = self.config.token_grid
+        if grid is not None:
+            rows, cols = grid
+            R, C = padded_grid(grid, self.config.pack, self.config.pack_rows)
+            z = z.reshape(*z.shape[:2], rows, cols, z.shape[-1])
+            if (R, C) != (rows, cols):
+                z = F.pad(z, (0, 0, 0, C - cols, 0, R - rows))
+        return rearrange(z, f"{p[0]} -> {p[1]}", **p[2])
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
-        """The inverse of :meth:`pack`: (B, T, N / pack, pack * C) -> (B, T, N, C)."""
+        """The inverse of :meth:`pack`: (B, T, model_tokens, pack * C) -> (B, T, N, C), padding dropped."""
         p = self._packing()
-        return x if p is None else rearrange(x, f"{p[1]} -> {p[0]}", c=self.config.channels, **p[2])
+        if p is None:
+            return x
+        cfg = self.config
+        if cfg.token_grid is None:
+            return rearrange(x, f"{p[1]} -> {p[0]}", c=cfg.channels, **p[2])
+        rows, cols = cfg.token_grid
+        _, C = padded_grid(cfg.token_grid, cfg.pack, cfg.pack_rows)
+        g = rearrange(x, f"{p[1]} -> {p[0]}", c=cfg.channels, gc=C // p[2]["w"], **p[2])
+        return g[:, :, :rows, :cols].reshape(*x.shape[:2], rows * cols, cfg.channels)
 
     # ------------------------------------------------------------------ trunk
     def _check_latents(self, z: torch.Tensor) -> None:

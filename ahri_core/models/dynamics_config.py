@@ -60,13 +60,15 @@ class DynamicsConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> DynamicsConfig:
-        if self.tokens % self.pack:
-            raise ValueError(f"pack {self.pack} must divide the {self.tokens} latent tokens per frame")
+        if self.token_grid is not None and self.token_grid[0] * self.token_grid[1] != self.tokens:
+            raise ValueError(f"token_grid {self.token_grid} does not hold the {self.tokens} latent tokens per frame")
+        if self.token_grid is None and self.tokens % self.pack:
+            raise ValueError(f"pack {self.pack} must divide the {self.tokens} latent tokens per frame (or give token_grid)")
         if self.pack_rows > 1:
-            if self.token_grid is None or self.token_grid[0] * self.token_grid[1] != self.tokens:
+            if self.token_grid is None:
                 raise ValueError(f"pack_rows {self.pack_rows} needs token_grid (rows, columns) of the {self.tokens} tokens")
             rows, cols = self.token_grid
-            if self.pack % self.pack_rows or rows % self.pack_rows or cols % (self.pack // self.pack_rows):
+            if self.pack % self.pack_rows or self.pack_rows > rows or self.pack // self.pack_rows > cols:
                 raise ValueError(
                     f"pack {self.pack} as blocks of {self.pack_rows} rows does not tile the {rows}x{cols} token grid"
                 )
@@ -95,7 +97,10 @@ class DynamicsConfig(BaseModel):
 
     @property
     def model_tokens(self) -> int:
-        """Tokens per frame inside the model (latent tokens after packing)."""
+        """Tokens per frame inside the model (latent tokens after packing; a padded grid counts its padding)."""
+        if self.token_grid is not None and self.pack > 1:
+            rows, cols = padded_grid(self.token_grid, self.pack, self.pack_rows)
+            return rows * cols // self.pack
         return self.tokens // self.pack
 
     def layer_kinds(self) -> list[str]:
@@ -103,27 +108,55 @@ class DynamicsConfig(BaseModel):
         return ["T" if (i + 1) % self.temporal_every == 0 else "S" for i in range(self.depth)]
 
 
+def padded_grid(grid: tuple[int, int], pack: int, pack_rows: int) -> tuple[int, int]:
+    """(rows, columns) of the token grid padded up to whole blocks of ``pack_rows`` x ``pack / pack_rows``."""
+    rows, cols = grid
+    a, b = pack_rows, pack // pack_rows
+    return -(-rows // a) * a, -(-cols // b) * b
+
+
 def auto_pack(tokens: int, max_tokens: int | None, grid: tuple[int, int] | None = None) -> tuple[int, int]:
-    """(pack, pack_rows): the fewest latent tokens per model token with tokens / pack <= ``max_tokens``
+    """(pack, pack_rows): the fewest latent tokens per model token with at most ``max_tokens`` model tokens
     ((1, 1) when there is no limit).
 
     Without ``grid`` the model token is ``pack`` consecutive latent tokens, the smallest divisor that fits.
-    ``grid``: (rows, columns) of the latent tokens on the picture (row-major). Then each model token is a
-    block of whole grid cells, a rows x b columns with a dividing the rows and b the columns, never the end of
-    one row joined to the start of the next. The smallest block wins, and among equal ones the flattest (a
-    piece of one row, or whole rows: consecutive tokens, pack_rows 1). A 16:9 frame of 6 x 10 tokens packs
-    into 2 x 2 blocks (15 model tokens; the plain rule's runs of 4 straddled rows), 4:3's 7 x 9 into columns
-    of 7, a square 8 x 8 into runs of 4 and Atari's 9 x 7 into rows, as before.
+    ``grid``: (rows, columns) of the latent tokens on the picture (row-major). Then each model token is a block
+    of a rows x b columns of the grid, never a whole row or a whole column (spatial attention over whole rows or
+    columns sees the picture as strips, and the predictions show bands), the grid padded with empty cells up to
+    whole blocks where a and b do not divide it (the padding is dropped again before any loss or output). The
+    smallest block wins, then the least padding, then the flattest. A 16:9 frame of 6 x 10 tokens packs into
+    2 x 2 blocks (15 model tokens), 4:3's 7 x 9 into pieces of 1 x 5 (14), Atari's 9 x 7 into 5 x 1 (14), a
+    square 8 x 8 into runs of 4 (16). Only a grid that nothing else fits (one row, say) packs whole rows.
     """
     if not max_tokens or tokens <= max_tokens:
         return 1, 1
     if grid is not None and grid[0] * grid[1] == tokens:
         rows, cols = grid
-        blocks = [(a * b, a, b) for a in range(1, rows + 1) if rows % a == 0 for b in range(1, cols + 1)
-                  if cols % b == 0 and (rows // a) * (cols // b) <= max_tokens]
-        size, a, b = min(blocks)
-        return size, (a if 1 < a and b < cols else 1)
+
+        def fits(a: int, b: int) -> bool:
+            r, c = padded_grid(grid, a * b, a)
+            return (r // a) * (c // b) <= max_tokens
+
+        def whole(a: int, b: int) -> bool:
+            return (a == rows and rows > 1) or (b == cols and cols > 1)
+
+        shapes = [(a, b) for a in range(1, rows + 1) for b in range(1, cols + 1) if fits(a, b)]
+        parts = [s for s in shapes if not whole(*s)] or shapes
+        a, b = min(parts, key=lambda s: (s[0] * s[1], _padding(grid, *s), s[0]))
+        return a * b, (a if 1 < a and (b < cols or rows % a) else 1)  # whole rows that tile: consecutive tokens
     return next(p for p in range(1, tokens + 1) if tokens % p == 0 and tokens // p <= max_tokens), 1
+
+
+def _padding(grid: tuple[int, int], a: int, b: int) -> int:
+    r, c = padded_grid(grid, a * b, a)
+    return r * c - grid[0] * grid[1]
+
+
+def needs_grid(grid: tuple[int, int] | None, pack: int, pack_rows: int) -> bool:
+    """Whether packing needs the token grid: blocks of several rows, or a grid padded up to whole blocks."""
+    if grid is None or pack == 1:
+        return False
+    return pack_rows > 1 or padded_grid(grid, pack, pack_rows) != tuple(grid)
 
 
 def describe(cfg: DynamicsConfig, params: int | None = None) -> str:
