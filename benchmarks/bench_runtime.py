@@ -25,34 +25,27 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_dynamics_train import matmul_peak  # noqa: E402
-from train_steps import BenchStep  # noqa: E402
+from train_steps import BenchStep, TokenizerBenchStep  # noqa: E402
 
 from ahri_core import runtime  # noqa: E402
 from ahri_core.config.settings import TrainSettings  # noqa: E402
 from ahri_core.models.dynamics import build_dynamics  # noqa: E402
-from ahri_core.models.tokenizer import Tokenizer, tokenizer_config  # noqa: E402
-from ahri_core.train.common import make_adamw  # noqa: E402
+from ahri_core.models.tokenizer import tokenizer_config  # noqa: E402
 
 CPU = torch.device("cpu")
 
 
 def tokenizer_step(batch: int = 16):
-    """One training step of the cpu tokenizer preset (MAE masking on, AdamW) as a function of precision."""
+    """One training step (``ahri train --stage tokenizer``'s own, ``train_steps.py``) of the cpu tokenizer preset
+    (MAE masking on, AdamW) as a function of precision."""
     torch.manual_seed(0)
-    model = Tokenizer(tokenizer_config("cpu")).train()
-    opt = make_adamw(model, 1e-4, 0.01)
-    s = model.cfg.image_size
-    x = torch.rand(batch, 3, s, s)
-    g = torch.Generator().manual_seed(1)
+    cfg = tokenizer_config("cpu")
+    bench = TokenizerBenchStep(cfg, TrainSettings(lr=1e-4, weight_decay=0.01, grad_clip=1.0, ema=0.0,
+                                                  batch_size=batch), "fp32")
+    x = torch.rand(batch, 3, *cfg.size, generator=torch.Generator().manual_seed(1))
 
     def step(precision: str) -> None:
-        with runtime.autocast(CPU, precision):
-            recon, _ = model(x, generator=g)
-        loss = torch.nn.functional.mse_loss(recon.float(), x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        bench(x, precision=precision)
 
     return step, batch
 

@@ -1,17 +1,29 @@
-"""The dynamics training step the benchmarks time: ``ahri train``'s own objective (:class:`DynamicsObjective`)
-and step (:class:`TrainStep`: gradient accumulation, clipping, the non-finite skip, AdamW and the EMA with its
-warm-up), fed the benchmark's latents instead of a latent set's windows."""
+"""The training steps the benchmarks time: ``ahri train``'s own objectives (:class:`DynamicsObjective`,
+:class:`TokenizerObjective`) and step (:class:`TrainStep`: gradient accumulation, clipping, the non-finite skip,
+AdamW and the EMA with its warm-up), fed the benchmark's latents or frames instead of a data set's."""
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
+import numpy as np
 import torch
 
-from ahri_core.config.settings import DataSettings, DiffusionSettings, LatentActionSettings, TrainSettings
+from ahri_core.config.settings import (
+    DataSettings,
+    DiffusionSettings,
+    LatentActionSettings,
+    TokenizerSettings,
+    TrainSettings,
+)
+from ahri_core.data.frames import FrameData, FrameSet
 from ahri_core.data.windows import Batch, LatentSet, LatentVideo
 from ahri_core.models.dynamics import DynamicsModel
+from ahri_core.models.tokenizer import TokenizerConfig
+from ahri_core.train.common import RunDir
 from ahri_core.train.objectives.dynamics import DynamicsObjective
+from ahri_core.train.objectives.tokenizer import TokenizerObjective
 from ahri_core.train.step import StepResult, TrainStep
 
 
@@ -61,3 +73,29 @@ def bootstrap_items(res: StepResult) -> float:
     """The fraction of a step's items that took the shortcut teacher's target (its two extra forwards)."""
     vals = [o.stats["bootstrap_items"] for o in res.outs]
     return sum(vals) / max(len(vals), 1)
+
+
+class TokenizerBenchStep:
+    """Calls of ``ahri train --stage tokenizer``'s step (its objective: MAE masking drawn as the preset says, the
+    loss normalised by its running RMS) on the benchmark's frames, (batch, 3, H, W) in [0, 1]."""
+
+    def __init__(self, cfg: TokenizerConfig, train: TrainSettings, precision: str,
+                 device: torch.device | str = "cpu") -> None:
+        h, w = cfg.size
+        blank = FrameSet([np.zeros((2, h, w, 3), dtype=np.uint8)], ["synthetic"])  # the (unused) frame set
+        data = FrameData(train=blank, val=blank, split={}, failed={}, val_is_heldout=False)
+        self.run_dir = tempfile.TemporaryDirectory(prefix="ahri-bench-")
+        self.obj = TokenizerObjective(cfg, data, train, TokenizerSettings(), RunDir(self.run_dir.name),
+                                      torch.device(device), None)
+        self.model = self.obj.model
+        self.train_step = TrainStep.build(self.obj, train, precision)
+        self.lr = train.lr
+        self.step = 0
+
+    def __call__(self, frames: torch.Tensor, precision: str | None = None) -> StepResult:
+        if precision is not None:
+            self.train_step.precision = precision
+        res = self.train_step(self.step, self.lr, lambda: frames)
+        if res.ok:
+            self.step += 1
+        return res

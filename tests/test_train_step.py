@@ -49,6 +49,26 @@ def test_the_benchmarks_build_the_loops_step_and_objective():
     assert frames == 4
 
 
+def test_the_tokenizer_benchmark_runs_the_tokenizer_stages_objective_and_step():
+    """bench_runtime's tokenizer step is ``ahri train --stage tokenizer``'s: its objective draws the MAE mask and
+    normalises the loss by its running RMS, and the loop's step clips, checks and steps AdamW."""
+    from ahri_core.models.tokenizer import tokenizer_config
+    from ahri_core.train.objectives.tokenizer import TokenizerObjective
+
+    cfg = tokenizer_config("tiny")
+    bench = train_steps.TokenizerBenchStep(cfg, TrainSettings(batch_size=2, lr=1e-3, ema=0.0), "fp32")
+    assert type(bench.train_step) is TrainStep and type(bench.obj) is TokenizerObjective
+    before = [p.detach().clone() for p in bench.model.parameters()]
+    mask_state = bench.obj.mask_gen.get_state().clone()
+    res = bench(torch.rand(2, 3, *cfg.size))
+    assert res.ok and bench.step == 1 and int(bench.obj.rms["mse"].count) == 1
+    assert not torch.equal(bench.obj.mask_gen.get_state(), mask_state) or cfg.mask_max == 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, bench.model.parameters(), strict=True))
+    step, frames = bench_runtime.tokenizer_step(batch=2)
+    step("fp32")
+    assert frames == 2
+
+
 def test_a_benchmark_step_gives_the_weights_of_the_loops_step(tmp_path):
     """``ahri train`` for three steps (accumulating two batches each, EMA on, latent actions with their forward
     head) and the benchmarks' step on the same objective from the same seed end with identical weights."""
