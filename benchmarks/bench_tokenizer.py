@@ -23,8 +23,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from train_steps import TokenizerBenchStep  # noqa: E402
 
 from ahri_core.checkpoint import save_weights  # noqa: E402
+from ahri_core.config.settings import TrainSettings  # noqa: E402
 from ahri_core.data.frame_cache import cached_frames  # noqa: E402
 from ahri_core.data.frames import FrameSampler, FrameSet, to_tensor  # noqa: E402
 from ahri_core.models.tokenizer import build_tokenizer  # noqa: E402
@@ -32,7 +36,6 @@ from ahri_core.runtime import (
     autocast,  # noqa: E402
     cpu_name,  # noqa: E402
 )
-from ahri_core.train.common import make_adamw  # noqa: E402
 
 
 def make_video(dest: Path, frames: int, size: int) -> Path:
@@ -91,21 +94,15 @@ def time_encode(model, frames: np.ndarray, batch: int, device: torch.device, pre
 
 
 def time_train(model, frames: FrameSet, batch: int, steps: int, device: torch.device, precision: str) -> tuple[float, float]:
-    """(frames per wall second, frames per CPU second of this process): the second is robust to a loaded machine."""
-    model.train()
-    opt = make_adamw(model, 1e-3, 0.01)
+    """(frames per wall second, frames per CPU second of this process): the second is robust to a loaded machine.
+    The step is ``ahri train --stage tokenizer``'s own (``train_steps.py``), on a fresh model of ``model``'s config."""
+    bench = TokenizerBenchStep(model.cfg, TrainSettings(lr=1e-3, weight_decay=0.01, ema=0.0, batch_size=batch),
+                               precision, device)
     sampler = FrameSampler(len(frames), batch, seed=0)
-    gen = torch.Generator().manual_seed(0)
     times, cpu = [], []
     for _ in range(steps + 2):
         t, c = time.perf_counter(), time.process_time()
-        x = to_tensor(frames.get(sampler.next()), device)
-        with autocast(device, precision):
-            r, _ = model(x, generator=gen)
-        loss = torch.nn.functional.mse_loss(r.float(), x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        bench(to_tensor(frames.get(sampler.next()), device))
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
