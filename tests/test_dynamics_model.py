@@ -439,44 +439,23 @@ def test_a_wide_grid_packs_square_blocks_not_across_the_row_end():
     assert "packed as 16 model tokens of 4," in describe(dynamics_config("cpu", tokens=64, channels=12))
 
 
-def test_a_padded_grid_model_is_block_causal_caches_and_reloads(tmp_path):
-    """4:3's 7 x 9 grid padded to 7 x 10 for 1 x 5 blocks: the padding never reaches the output, frame t does
-    not see later frames, the KV cache gives the full pass, and the weights file rebuilds the same packing."""
-    model = build_dynamics("tiny", tokens=63, channels=3, pack=5, pack_rows=1, latent_grid=(7, 9), k_max=4).eval()
-    assert model.config.token_grid == (7, 9) and model.config.model_tokens == 14
+@pytest.mark.parametrize("grid,pack,rows,model_tokens", [
+    ((4, 6), 4, 2, 6),  # 2 x 2 blocks that tile the grid
+    ((7, 9), 5, 1, 14),  # 4:3's 7 x 9 padded to 7 x 10 for 1 x 5 pieces: the padding never reaches the output
+])
+def test_a_block_packed_model_keeps_block_causality_and_its_config(tmp_path, grid, pack, rows, model_tokens):
+    """Frame t's output does not change when a later frame does, the KV cache gives the full pass, and the
+    weights file rebuilds the same packing."""
+    n = grid[0] * grid[1]
+    model = build_dynamics("tiny", tokens=n, channels=3, pack=pack, pack_rows=rows, latent_grid=grid, k_max=4).eval()
+    assert (model.config.pack, model.config.pack_rows, model.config.model_tokens) == (pack, rows, model_tokens)
     B, T = 1, 3
-    z = torch.randn(B, T, 63, 3)
+    z = torch.randn(B, T, n, 3)
     tau, step = torch.full((B, T), 0.5), torch.full((B, T), 0.25)
     with torch.no_grad():
         out = model(z, tau, step)
         z2 = z.clone()
-        z2[:, 2] = torch.randn(63, 3)
-        out2 = model(z2, tau, step)
-    assert out.shape == z.shape
-    assert torch.allclose(out[:, :2], out2[:, :2], atol=1e-6) and not torch.allclose(out[:, 2], out2[:, 2])
-    cache = model.new_cache(B, 8)
-    with torch.no_grad():
-        for t in range(T):
-            got = model.step(z[:, t : t + 1], tau[:, t : t + 1], step[:, t : t + 1], None, cache, commit=True)
-            assert torch.allclose(got[:, 0], out[:, t], atol=1e-5)
-    again = load_dynamics(save_dynamics(tmp_path / "dyn.safetensors", model))
-    assert (again.config.pack, again.config.token_grid, again.config.model_tokens) == (5, (7, 9), 14)
-    with torch.no_grad():
-        assert torch.equal(again.eval()(z, tau, step), out)
-
-
-def test_a_block_packed_model_keeps_block_causality_and_its_config(tmp_path):
-    """A 2 x 2-block model: frame t's output does not change when a later frame does, and its weights file
-    rebuilds the same packing."""
-    model = build_dynamics("tiny", tokens=24, channels=3, pack=4, pack_rows=2, latent_grid=(4, 6), k_max=4).eval()
-    assert (model.config.pack, model.config.pack_rows) == (4, 2)
-    B, T = 1, 3
-    z = torch.randn(B, T, 24, 3)
-    tau, step = torch.full((B, T), 0.5), torch.full((B, T), 0.25)
-    with torch.no_grad():
-        out = model(z, tau, step)
-        z2 = z.clone()
-        z2[:, 2] = torch.randn(24, 3)
+        z2[:, 2] = torch.randn(n, 3)
         out2 = model(z2, tau, step)
     assert out.shape == z.shape
     assert torch.allclose(out[:, :2], out2[:, :2], atol=1e-6) and not torch.allclose(out[:, 2], out2[:, 2])
@@ -486,7 +465,7 @@ def test_a_block_packed_model_keeps_block_causality_and_its_config(tmp_path):
             got = model.step(z[:, t : t + 1], tau[:, t : t + 1], step[:, t : t + 1], None, cache, commit=True)
             assert torch.allclose(got[:, 0], out[:, t], atol=1e-5)
     again = load_dynamics(save_dynamics(tmp_path / "dyn.safetensors", model))
-    assert (again.config.pack_rows, again.config.token_grid) == (2, (4, 6))
+    assert (again.config.pack_rows, again.config.token_grid, again.config.model_tokens) == (rows, grid, model_tokens)
     with torch.no_grad():
         assert torch.equal(again.eval()(z, tau, step), out)
 
