@@ -2,8 +2,10 @@
 
 The lock is the operating system's (``flock``), so it goes with the process: a process killed with
 SIGKILL, or a machine that restarts, leaves no stale lock behind. The holder writes its pid into the file,
-so a second writer is refused at once with a line that names the folder and that pid. The file itself
-stays (deleting a lock file lets two processes each lock a different file of the same name).
+so a second writer is refused at once with a line that names the folder and that pid. A writer that ends
+removes the file (a killed one leaves it, unlocked, with its pid: the next writer takes it over); since a
+process may have opened the file just before it was removed, a lock counts only once the name still leads
+to the very file locked (else the lock is taken again on the new file).
 
 ``filelock`` is not used: it truncates the lock file when it opens it, before locking, so a refused process
 would erase the holder's pid. Readers (eval, rollout, play) never take the lock; under torchrun only rank 0
@@ -72,16 +74,24 @@ class WriterLock:
         if self.fd is not None:
             return self
         self.folder.mkdir(parents=True, exist_ok=True)
-        # no O_TRUNC: opening must not erase the pid of a holder
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _try_lock(fd):
-            os.close(fd)
-            pid = holder_pid(self.folder)
-            who = f"pid {pid}" if pid is not None else "a process that has not written its pid yet"
-            raise BusyError(
-                f"{self.what} {self.folder} is being written by another ahri process ({who}); wait for it to end "
-                "or stop it, then run this again"
-            )
+        while True:
+            # no O_TRUNC: opening must not erase the pid of a holder
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            if not _try_lock(fd):
+                os.close(fd)
+                pid = holder_pid(self.folder)
+                who = f"pid {pid}" if pid is not None else "a process that has not written its pid yet"
+                raise BusyError(
+                    f"{self.what} {self.folder} is being written by another ahri process ({who}); wait for it to "
+                    "end or stop it, then run this again"
+                )
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the file was removed by a writer that ended meanwhile: lock the new one
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, f"{os.getpid()}\n".encode("ascii"))
@@ -93,8 +103,8 @@ class WriterLock:
         if self.fd is None:
             return
         fd, self.fd = self.fd, None
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)  # the pid of an ended holder would mislead whoever reads the file
+        with contextlib.suppress(OSError):  # removed while still locked: see the module docstring
+            self.path.unlink()
         os.close(fd)  # closing the descriptor releases the lock
 
     def __enter__(self) -> WriterLock:
