@@ -302,8 +302,9 @@ class RunDir:
         self.writer = WriterLock(self.path, "run")
 
     def claim(self) -> RunDir:
-        """Take the run's writer lock (:mod:`ahri_core.locking`) when its folder exists, before anything of it
-        is read for a resume; a new run takes it in :meth:`create`. Rank 0 only. Pair with :meth:`release`."""
+        """Take the run's writer lock (:mod:`ahri_core.locking`) when its folder exists: before anything of it is
+        read for a resume, and again (a new run) once :meth:`create` made it. Rank 0 only. Pair with
+        :meth:`release`."""
         if distributed.current().main and self.path.is_dir():
             self.writer.acquire()
         return self
@@ -314,8 +315,6 @@ class RunDir:
     def create(self, stage: str, settings: dict[str, Any], resume: bool) -> RunDir:
         """Make the run's directory and run.json. With several processes every rank checks, rank 0 writes."""
         meta = self.path / "run.json"
-        if distributed.current().main:
-            self.writer.acquire()  # before the check: a run made meanwhile by another process is seen
         existed = meta.exists()
         distributed.barrier()  # no rank looks after rank 0 has written
         if existed and not resume:

@@ -202,6 +202,7 @@ def train_dynamics(
                 )
         else:
             run.create(STAGE, settings, resume=train.resume)
+            run.claim()  # a new run: its folder exists now
         with run.failing_before_loop():
             obj = DynamicsObjective(cfg, lset, train, data, diffusion, settings, device, latent_actions)
             run.update_meta(stage=STAGE, settings=settings, latents=lset.describe(), tokenizer_id=lset.tokenizer_id,

@@ -154,6 +154,7 @@ def train_tokenizer(
             check_resume_settings(stored, {k: settings_record[k] for k in ("train", "tokenizer")}, run.path, RESUMABLE)
             run.update_meta(settings=settings_record)
         run.create("tokenizer", settings_record, resume=bool(train.resume))
+        run.claim()  # a new run: its folder exists now
         with run.failing_before_loop():
             return _train(run, videos, train, tok, cfg, rule, state, p, device, cache_dir, stop, on_step, after_backward,
                           perceptual)
