@@ -24,8 +24,8 @@ from torch import nn
 
 import ahri_core
 
-from .errors import CheckpointError
-from .fileio import atomic_path, sha256_file, write_json_atomic
+from .errors import CheckpointError, WriteError
+from .fileio import atomic_path, sha256_file, write_failure, write_json_atomic
 
 
 def _listing(names: list[str], n: int = 4) -> str:
@@ -100,10 +100,13 @@ def save_weights(
     for k, v in (extra or {}).items():
         meta[k] = json.dumps(v, sort_keys=True, default=str)
     path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-        if registry is not None:
-            _record_sha(Path(registry), path.name, sha256_file(tmp))
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+            if registry is not None:
+                _record_sha(Path(registry), path.name, sha256_file(tmp))
+    except (SafetensorError, OSError) as e:  # a full disk: safetensors raises its own type, not OSError
+        raise WriteError(write_failure(path, e, "the previous checkpoint is kept")) from None
     return path
 
 
@@ -187,8 +190,11 @@ def load_weights(
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Save training state (tensors, numbers, strings, lists, dicts only) atomically."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (RuntimeError, OSError) as e:  # a full disk: torch.save raises RuntimeError ("unexpected pos ...")
+        raise WriteError(write_failure(path, e, "the previous training state is kept")) from None
     return path
 
 

@@ -38,3 +38,12 @@ class CheckpointError(AhriError):
 
 class DataError(AhriError):
     """Training or evaluation data is missing or inconsistent."""
+
+
+class WriteError(AhriError):
+    """A file could not be written (the disk is full, a quota is reached); the file it would replace is kept."""
+
+
+class BusyError(AhriError):
+    """Another process is writing the same run or latent set. Exit code 1 like any failure: the arguments are
+    fine, and the same command works once the other process has ended."""

@@ -1,11 +1,19 @@
-"""Atomic file writes and hashing. Nothing half-written ever appears under its final name."""
+"""Atomic file writes and hashing. Nothing half-written ever appears under its final name.
+
+An atomic write is durable too: the temporary file is flushed to the disk (fsync) before it is renamed, and its
+folder after, so that a power cut leaves either the old file or the new one, never an empty or partial file
+under the final name (a rename can reach the disk before the data it points to).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,11 +52,87 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         yield tmp
         if tmp.exists():  # mkstemp makes 0600; the final file gets what open() would give (umask)
             os.chmod(tmp, 0o666 & ~current_umask())
+            fsync_path(tmp)
         os.replace(tmp, final)
+        fsync_path(final.parent, directory=True)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
+    """Flush a file's data, or a folder's entries, to the disk.
+
+    Errors of a file's fsync propagate (a full disk can first show here, when the filesystem allocates late);
+    a folder's fsync is best effort, as some filesystems and systems refuse to open or sync folders.
+    """
+    if directory:
+        flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+        try:
+            fd = os.open(path, flags)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES):
+                raise
+        finally:
+            os.close(fd)
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# The temporary names of atomic_path (".<stem>.<random>.part<ext>") and of raw latent or frame files
+# (".<stem>.<random>.raw"): what a killed writer leaves behind.
+LEFTOVER = re.compile(r"^\..+\.(part(\.[^.]*)?|raw)$")
+
+
+def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files a killed writer left directly in ``folder``; returns those removed.
+
+    Call it only while holding the folder's writer lock (:mod:`ahri_core.locking`): then no live writer owns one.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        if LEFTOVER.match(p.name) and p.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether an error says that the disk (or the user's quota) is full, whatever library raised it."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return "No space left on device" in text or "Disk quota exceeded" in text
+
+
+def write_failure(path: str | os.PathLike, e: BaseException, kept: str = "the previous file is kept") -> str:
+    """One line about a failed write of ``path``: the error's own words (first line), the free space, and
+    what is kept. torch.save and safetensors raise their own error types with longer texts."""
+    if isinstance(e, OSError) and e.strerror:
+        detail = e.strerror
+    else:
+        lines = str(e).strip().splitlines()
+        detail = lines[0] if lines else ""
+    detail = " ".join(detail.split())[:200] or type(e).__name__
+    try:
+        free = f"; {shutil.disk_usage(Path(path).parent).free / 2**20:.0f} MB free there"
+    except OSError:
+        free = ""
+    return f"cannot write {path}: {detail}{free}; {kept}"
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

@@ -26,6 +26,7 @@ old data.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import mmap
@@ -38,8 +39,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import ConfigError, DataError
-from ..fileio import atomic_path
+from ..errors import ConfigError, DataError, WriteError
+from ..fileio import atomic_path, disk_full, write_failure
 from .index import INDEX, SPLITS, LatentEntry, LatentIndex
 
 
@@ -96,13 +97,26 @@ class LatentFileWriter:
         lat = torch.as_tensor(latents).detach().to("cpu", torch.float16).contiguous()
         if lat.dim() != 3 or tuple(lat.shape[1:]) != self.shape:
             raise DataError(f"{self.path}: latents must be (frames, {self.shape[0]}, {self.shape[1]}), got {tuple(lat.shape)}")
-        self._f.write(lat.numpy().tobytes())
+        try:
+            self._f.write(lat.numpy().tobytes())
+        except OSError as e:
+            raise self._failed(e) from None
         self.frames += int(lat.shape[0])
+
+    def _failed(self, e: OSError) -> Exception:
+        """A full disk stops the whole run (:class:`WriteError`; no later file would fit either); other errors
+        stay what they are (the caller reports the video and goes on)."""
+        if disk_full(e):
+            return WriteError(write_failure(self.path, e, "the finished latent files are kept"))
+        return e
 
     def finish(self, actions: torch.Tensor | np.ndarray | None, metadata: dict[str, Any]) -> Path:
         import shutil
 
-        self._f.close()
+        try:
+            self._f.close()  # the last buffered latents reach the file here
+        except OSError as e:
+            raise self._failed(e) from None
         if self.frames == 0:
             raise DataError(f"{self.path}: no latents to write")
         nbytes = self.frames * self.shape[0] * self.shape[1] * 2
@@ -122,17 +136,21 @@ class LatentFileWriter:
             header["__metadata__"] = meta
         head = json.dumps(header, separators=(",", ":")).encode("utf-8")
         head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
-        with atomic_path(self.path) as tmp, open(tmp, "wb") as out, open(self._raw, "rb") as src:
-            out.write(len(head).to_bytes(8, "little"))
-            out.write(head)
-            shutil.copyfileobj(src, out, 1 << 22)
-            out.write(tail)
+        try:
+            with atomic_path(self.path) as tmp, open(tmp, "wb") as out, open(self._raw, "rb") as src:
+                out.write(len(head).to_bytes(8, "little"))
+                out.write(head)
+                shutil.copyfileobj(src, out, 1 << 22)
+                out.write(tail)
+        except OSError as e:
+            raise self._failed(e) from None
         self._raw.unlink(missing_ok=True)
         return self.path
 
     def abort(self) -> None:
         if not self._f.closed:
-            self._f.close()
+            with contextlib.suppress(OSError):  # a full disk fails the flush too; the file goes anyway
+                self._f.close()
         self._raw.unlink(missing_ok=True)
 
 

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import AhriError, CheckpointError, ConfigError
+from ..errors import AhriError, CheckpointError, ConfigError, WriteError
 from ..fileio import sha256_file
+from ..locking import WriterLock
 from ..models.tokenizer import Tokenizer, encode_frames, load_tokenizer, weights_for_inference
 from ..progress import Progress, ensure
 from ..runtime import autocast, choose_precision, resolve_device
@@ -318,8 +319,8 @@ class _Job:
                 res.notes.append(f"{r.id}: read at its own {rate:g} fps (the tokenizer's rate is {cfg.fps:g})")
             dt = time.perf_counter() - t_video
             p.log(f"{r.id}: {count} frames in {dt:.1f}s ({(res.frames - n_before) / max(dt, 1e-9):.0f} frames/s)")
-        except CheckpointError:
-            raise  # the tokenizer itself is bad: no later video would fare better
+        except (CheckpointError, WriteError):
+            raise  # the tokenizer itself is bad, or the disk is full: no later video would fare better
         except (AhriError, OSError) as e:
             res.failed.append((r.id, str(e)))
             p.log(f"failed {r.id}: {e}")
@@ -431,13 +432,36 @@ def tokenize_videos(
     choice = _choose_precision(model, dev, precision, batch_size, cache_dir, dist)
     out_dir = Path(out_root) / tid
     refs = as_video_refs(videos)
-    prev = LatentIndex.previous(out_dir, cfg.fps)
-    given = {r.id for r in refs}
-    kept = [e for e in (prev.videos if prev is not None else []) if e.id not in given
-            and (out_dir / str(e.file)).is_file()]  # earlier videos of the set, not given this time
+    kept = _kept_entries(out_dir, cfg.fps, refs)
     rule.assign([*(r.id for r in refs), *(str(e.id) for e in kept)])  # refuses unknown ids, no training video
+    lock = WriterLock(out_dir, "latent set")
     with distributed.main_first():
         out_dir.mkdir(parents=True, exist_ok=True)
+        if dist.main:  # one writer per set; the other ranks write only their videos' files, never the index
+            lock.acquire()
+    try:
+        # read again under the lock: another writer may have extended the index since the check above
+        kept = _kept_entries(out_dir, cfg.fps, refs)
+        rule.assign([*(r.id for r in refs), *(str(e.id) for e in kept)])
+        return _tokenize(model, weights, tid, wsha, dev, choice, rule, out_dir, kept, dist, p, refs, batch_size,
+                         decoder)
+    finally:
+        lock.release()
+
+
+def _kept_entries(out_dir: Path, fps: float, refs: list[VideoRef]) -> list[LatentEntry]:
+    """The earlier videos of the set, not given this time, whose files still exist."""
+    prev = LatentIndex.previous(out_dir, fps)
+    given = {r.id for r in refs}
+    return [e for e in (prev.videos if prev is not None else []) if e.id not in given
+            and (out_dir / str(e.file)).is_file()]
+
+
+def _tokenize(model: Tokenizer, weights: Path, tid: str, wsha: str, dev: torch.device, choice: Any, rule: SplitRule,
+              out_dir: Path, kept: list[LatentEntry], dist: Any, p: Progress, refs: list[VideoRef], batch_size: int,
+              decoder: Decoder | None) -> TokenizeResult:
+    """The videos encoded and the index written, with the set's writer lock held (rank 0)."""
+    cfg = model.cfg
     res = TokenizeResult(out_dir=out_dir, tokenizer_id=tid, precision=choice.to_dict())
     p.log(f"{model.summary()}; weights {weights}; {choice.line()}")
     job = _Job(model, weights, tid, wsha, dev, choice.precision, replace(rule, strict=False), out_dir,

@@ -21,6 +21,7 @@ from torch import nn
 from ..config.presets import DATA_PRESETS, TRAINING_PRESETS
 from ..errors import ConfigError
 from ..fileio import append_jsonl, write_json_atomic
+from ..locking import WriterLock
 from ..workspace import read_run_meta
 from . import distributed
 
@@ -298,6 +299,18 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.writer = WriterLock(self.path, "run")
+
+    def claim(self) -> RunDir:
+        """Take the run's writer lock (:mod:`ahri_core.locking`) when its folder exists: before anything of it is
+        read for a resume, and again (a new run) once :meth:`create` made it. Rank 0 only. Pair with
+        :meth:`release`."""
+        if distributed.current().main and self.path.is_dir():
+            self.writer.acquire()
+        return self
+
+    def release(self) -> None:
+        self.writer.release()
 
     def create(self, stage: str, settings: dict[str, Any], resume: bool) -> RunDir:
         """Make the run's directory and run.json. With several processes every rank checks, rank 0 writes."""
@@ -335,10 +348,11 @@ class RunDir:
             yield
         except BaseException as e:
             if self.meta().get("status") == "running":
-                if isinstance(e, KeyboardInterrupt):
-                    self.update_meta(status="interrupted", reason="Ctrl-C before training started")
-                else:
-                    self.update_meta(status="failed", reason=f"{type(e).__name__}: {e}")
+                with contextlib.suppress(OSError):  # a full disk fails this write too; the error to show is e
+                    if isinstance(e, KeyboardInterrupt):
+                        self.update_meta(status="interrupted", reason="Ctrl-C before training started")
+                    else:
+                        self.update_meta(status="failed", reason=f"{type(e).__name__}: {e}")
             raise
 
     @property

@@ -161,59 +161,63 @@ def train_dynamics(
     lset = _latent_set(latents, data)
     device = resolve_device(train.device)
     settings = _settings_dict(train, data, diffusion, latent_actions)
-    run = RunDir(run_dir)
-    resuming = train.resume and run.state.is_file()
-    state = None
-    if resuming:
-        state = _resume_state(run, settings)
+    run = RunDir(run_dir).claim()
+    try:
+        resuming = train.resume and run.state.is_file()
+        state = None
+        if resuming:
+            state = _resume_state(run, settings)
 
-    seed_everything(train.seed)
-    overrides = dict(model_overrides or {})
-    stored_dyn, stored_lam = split_config(state["config"]) if resuming else ({}, None)
-    if stored_lam is not None and latent_actions is not None:
-        # the forward head's shape is the run's (runs from before token mixing have none)
-        # (and its encoder reads the history it was made with: runs from before ``history`` read none)
-        kept = {"forward_mixing": int(stored_lam.get("head_mixing", 0)), "history": int(stored_lam.get("history", 0))}
-        latent_actions = latent_actions.model_copy(update=kept)
-        if isinstance(settings.get("latent_actions"), dict):
-            settings["latent_actions"].update(kept)  # what run.json records
-    if resuming and "pack" not in overrides:
-        # a run keeps the packing it was made with (runs from before ``pack`` existed are unpacked)
-        overrides.update(pack=int(stored_dyn.get("pack", 1)), pack_rows=int(stored_dyn.get("pack_rows", 1)),
-                         token_grid=stored_dyn.get("token_grid"))
-    cfg = model_config_for(lset, train, data, diffusion, latent_actions, **overrides)
-    if resuming:
-        diff = config_mismatch(cfg.weights_fields(), _stored_config(stored_dyn, run).weights_fields())
-        if diff:
-            raise CheckpointError(
-                f"--resume of {run.path}: the checkpoint was made with another model config ({', '.join(diff[:4])})"
-            )
-    if diffusion.ema_teacher and diffusion.shortcut and train.ema <= 0:
-        raise ConfigError("diffusion.ema_teacher needs EMA weights: set --ema (train.ema > 0)")
-    split = {"train": sorted(v.id for v in lset.train), "val": sorted(v.id for v in lset.val)}
-    if resuming:
-        before = run.meta().get("split_videos")
-        if before and before != split:
-            raise ConfigError(
-                f"--resume of {run.path}: the latent set's train/val videos differ from the run's "
-                f"({len(before['train'])}/{len(before['val'])} then, {len(split['train'])}/{len(split['val'])} now); "
-                "resume on the same latent set and split"
-            )
-    else:
-        run.create(STAGE, settings, resume=train.resume)
-    with run.failing_before_loop():
-        obj = DynamicsObjective(cfg, lset, train, data, diffusion, settings, device, latent_actions)
-        run.update_meta(stage=STAGE, settings=settings, latents=lset.describe(), tokenizer_id=lset.tokenizer_id,
-                        model=obj.model_config(), shortcut=diffusion.shortcut, k_max=diffusion.k_max,
-                        max_frames=cfg.max_frames, split_videos=split,
-                        val_fraction_given="val_fraction" in data.model_fields_set)
-        prog.log(describe_dynamics(cfg, param_count(obj.model)))
-        if not obj.val_keys and not resuming:
-            prog.log("no held-out video long enough for validation; validation is skipped")
-        if cache_dir is None and run.path.parent.name == "runs":
-            cache_dir = run.path.parent.parent / "cache"
-        res = run_loop(run, obj, train, resume_state=state, progress=prog, stop=stop, cache_dir=cache_dir,
-                       on_step=on_step, after_backward=after_backward)
+        seed_everything(train.seed)
+        overrides = dict(model_overrides or {})
+        stored_dyn, stored_lam = split_config(state["config"]) if resuming else ({}, None)
+        if stored_lam is not None and latent_actions is not None:
+            # the forward head's shape is the run's (runs from before token mixing have none)
+            # (and its encoder reads the history it was made with: runs from before ``history`` read none)
+            kept = {"forward_mixing": int(stored_lam.get("head_mixing", 0)), "history": int(stored_lam.get("history", 0))}
+            latent_actions = latent_actions.model_copy(update=kept)
+            if isinstance(settings.get("latent_actions"), dict):
+                settings["latent_actions"].update(kept)  # what run.json records
+        if resuming and "pack" not in overrides:
+            # a run keeps the packing it was made with (runs from before ``pack`` existed are unpacked)
+            overrides.update(pack=int(stored_dyn.get("pack", 1)), pack_rows=int(stored_dyn.get("pack_rows", 1)),
+                             token_grid=stored_dyn.get("token_grid"))
+        cfg = model_config_for(lset, train, data, diffusion, latent_actions, **overrides)
+        if resuming:
+            diff = config_mismatch(cfg.weights_fields(), _stored_config(stored_dyn, run).weights_fields())
+            if diff:
+                raise CheckpointError(
+                    f"--resume of {run.path}: the checkpoint was made with another model config ({', '.join(diff[:4])})"
+                )
+        if diffusion.ema_teacher and diffusion.shortcut and train.ema <= 0:
+            raise ConfigError("diffusion.ema_teacher needs EMA weights: set --ema (train.ema > 0)")
+        split = {"train": sorted(v.id for v in lset.train), "val": sorted(v.id for v in lset.val)}
+        if resuming:
+            before = run.meta().get("split_videos")
+            if before and before != split:
+                raise ConfigError(
+                    f"--resume of {run.path}: the latent set's train/val videos differ from the run's "
+                    f"({len(before['train'])}/{len(before['val'])} then, {len(split['train'])}/{len(split['val'])} now); "
+                    "resume on the same latent set and split"
+                )
+        else:
+            run.create(STAGE, settings, resume=train.resume)
+            run.claim()  # a new run: its folder exists now
+        with run.failing_before_loop():
+            obj = DynamicsObjective(cfg, lset, train, data, diffusion, settings, device, latent_actions)
+            run.update_meta(stage=STAGE, settings=settings, latents=lset.describe(), tokenizer_id=lset.tokenizer_id,
+                            model=obj.model_config(), shortcut=diffusion.shortcut, k_max=diffusion.k_max,
+                            max_frames=cfg.max_frames, split_videos=split,
+                            val_fraction_given="val_fraction" in data.model_fields_set)
+            prog.log(describe_dynamics(cfg, param_count(obj.model)))
+            if not obj.val_keys and not resuming:
+                prog.log("no held-out video long enough for validation; validation is skipped")
+            if cache_dir is None and run.path.parent.name == "runs":
+                cache_dir = run.path.parent.parent / "cache"
+            res = run_loop(run, obj, train, resume_state=state, progress=prog, stop=stop, cache_dir=cache_dir,
+                           on_step=on_step, after_backward=after_backward)
+    finally:
+        run.release()  # the writer lock: another process may write the run from now on
     if res.status == "interrupted":
         prog.log(f"stopped by {res.reason} at step {res.step}; checkpoint written, continue with --resume")
     return TrainResult(

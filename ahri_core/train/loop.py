@@ -25,6 +25,7 @@ its loss and its validation (``objectives/``). Everything else is the loop's, on
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -370,7 +371,8 @@ class _Loop:
             run.update_meta(status="interrupted", reason="second Ctrl-C (no checkpoint at the stop)")
             raise
         except BaseException as e:
-            run.update_meta(status="failed", reason=f"{type(e).__name__}: {e}")
+            with contextlib.suppress(OSError):  # a full disk fails this write too; the error to show is e
+                run.update_meta(status="failed", reason=f"{type(e).__name__}: {e}")
             raise
         finally:
             if own_stop:

@@ -106,56 +106,60 @@ def train_tokenizer(
     distributed.setup(train.device)  # joins the process group when launched by torchrun; else nothing
     p = ensure(progress)
     train = with_preset_defaults(train, "tokenizer")
-    run = RunDir(run_dir)
-    resuming = bool(train.resume and run.state.is_file())
-    device = resolve_device(train.device)
+    run = RunDir(run_dir).claim()
+    try:
+        resuming = bool(train.resume and run.state.is_file())
+        device = resolve_device(train.device)
 
-    # ---- model config: from the checkpoint when resuming, else preset + overrides
-    state: dict[str, Any] | None = None
-    if resuming:
-        _, cfg_dict, _ = read_metadata(run.weights)
-        cfg = TokenizerConfig.from_dict(cfg_dict)
-        state = load_resume_state(run, "tokenizer")
-        given = {k: v for k, v in tok.overrides().items() if v is not None}
-        differs = {k: v for k, v in given.items() if cfg.to_dict().get(k) != v}
-        if differs:
-            raise ConfigError(
-                f"--resume: run {run.path} was trained with {', '.join(f'{k}={cfg.to_dict()[k]}' for k in differs)}; "
-                "model settings cannot change on resume"
-            )
-        saved_batch = int(state["batch_size"])
-        if saved_batch != train.batch_size:
-            if "batch_size" in train.model_fields_set:
-                raise ConfigError(f"--resume: run {run.path} was trained with batch size {saved_batch}, not {train.batch_size}")
-            train = train.model_copy(update={"batch_size": saved_batch})
-    else:
-        cfg = new_config(train.preset, tok, videos, p)
-    rule = tok.split_rule()
-    rule.assign([r.id for r in as_video_refs(videos)])  # an unknown id or no training video: refused before the run exists
-    if resuming:
-        _, _, extra = read_metadata(run.weights)
-        f = extra.get("val_fraction")
-        before = extra.get("split") or SplitRule.by_hash(0.1 if f is None else float(f)).record()
-        if before != rule.record():
-            raise ConfigError(
-                f"--resume: run {run.path} was split by {json.dumps(before)}, not {json.dumps(rule.record())}; "
-                "the held-out videos cannot change on resume"
-            )
-    settings_record = {"train": train.model_dump(mode="json"), "tokenizer": tok.model_dump(mode="json"),
-                       "model": cfg.to_dict(), "split": rule.record()}
-    if tok.perceptual_weight > 0 and perceptual is None and tok.perceptual_model is None:
-        raise ConfigError("tokenizer.perceptual_weight > 0 needs tokenizer.perceptual_model (a local torch.export file)")
-    if resuming:
-        stored = run.meta().get("settings", {})
-        old_tok = stored.get("tokenizer")
-        if isinstance(old_tok, dict) and isinstance(old_tok.get("size"), int):  # a square run: one number then
-            stored = {**stored, "tokenizer": {**old_tok, "size": f"{old_tok['size']}x{old_tok['size']}"}}
-        check_resume_settings(stored, {k: settings_record[k] for k in ("train", "tokenizer")}, run.path, RESUMABLE)
-        run.update_meta(settings=settings_record)
-    run.create("tokenizer", settings_record, resume=bool(train.resume))
-    with run.failing_before_loop():
-        return _train(run, videos, train, tok, cfg, rule, state, p, device, cache_dir, stop, on_step, after_backward,
-                      perceptual)
+        # ---- model config: from the checkpoint when resuming, else preset + overrides
+        state: dict[str, Any] | None = None
+        if resuming:
+            _, cfg_dict, _ = read_metadata(run.weights)
+            cfg = TokenizerConfig.from_dict(cfg_dict)
+            state = load_resume_state(run, "tokenizer")
+            given = {k: v for k, v in tok.overrides().items() if v is not None}
+            differs = {k: v for k, v in given.items() if cfg.to_dict().get(k) != v}
+            if differs:
+                raise ConfigError(
+                    f"--resume: run {run.path} was trained with {', '.join(f'{k}={cfg.to_dict()[k]}' for k in differs)}; "
+                    "model settings cannot change on resume"
+                )
+            saved_batch = int(state["batch_size"])
+            if saved_batch != train.batch_size:
+                if "batch_size" in train.model_fields_set:
+                    raise ConfigError(f"--resume: run {run.path} was trained with batch size {saved_batch}, not {train.batch_size}")
+                train = train.model_copy(update={"batch_size": saved_batch})
+        else:
+            cfg = new_config(train.preset, tok, videos, p)
+        rule = tok.split_rule()
+        rule.assign([r.id for r in as_video_refs(videos)])  # an unknown id or no training video: refused before the run exists
+        if resuming:
+            _, _, extra = read_metadata(run.weights)
+            f = extra.get("val_fraction")
+            before = extra.get("split") or SplitRule.by_hash(0.1 if f is None else float(f)).record()
+            if before != rule.record():
+                raise ConfigError(
+                    f"--resume: run {run.path} was split by {json.dumps(before)}, not {json.dumps(rule.record())}; "
+                    "the held-out videos cannot change on resume"
+                )
+        settings_record = {"train": train.model_dump(mode="json"), "tokenizer": tok.model_dump(mode="json"),
+                           "model": cfg.to_dict(), "split": rule.record()}
+        if tok.perceptual_weight > 0 and perceptual is None and tok.perceptual_model is None:
+            raise ConfigError("tokenizer.perceptual_weight > 0 needs tokenizer.perceptual_model (a local torch.export file)")
+        if resuming:
+            stored = run.meta().get("settings", {})
+            old_tok = stored.get("tokenizer")
+            if isinstance(old_tok, dict) and isinstance(old_tok.get("size"), int):  # a square run: one number then
+                stored = {**stored, "tokenizer": {**old_tok, "size": f"{old_tok['size']}x{old_tok['size']}"}}
+            check_resume_settings(stored, {k: settings_record[k] for k in ("train", "tokenizer")}, run.path, RESUMABLE)
+            run.update_meta(settings=settings_record)
+        run.create("tokenizer", settings_record, resume=bool(train.resume))
+        run.claim()  # a new run: its folder exists now
+        with run.failing_before_loop():
+            return _train(run, videos, train, tok, cfg, rule, state, p, device, cache_dir, stop, on_step, after_backward,
+                          perceptual)
+    finally:
+        run.release()  # the writer lock: another process may write the run from now on
 
 
 def new_config(preset: str, tok: TokenizerSettings, videos: Sequence[Any], progress: Progress | None = None) -> TokenizerConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
 from fractions import Fraction
@@ -10,8 +11,8 @@ import av
 import av.error
 import numpy as np
 
-from ..errors import VideoError
-from ..fileio import atomic_path
+from ..errors import VideoError, WriteError
+from ..fileio import atomic_path, disk_full, write_failure
 from .probe import _fail, _open, probe
 from .rates import _as_rate
 from .read import iter_frames
@@ -64,10 +65,30 @@ def write_video(
             for packet in stream.encode():
                 container.mux(packet)
         except av.error.FFmpegError as e:
-            raise _fail(path, "encoding failed", e, n) from None
-        finally:
-            container.close()
+            _close_quietly(container)
+            raise _write_fail(path, "encoding failed", e, n) from None
+        except BaseException:
+            _close_quietly(container)
+            raise
+        try:
+            container.close()  # the index goes to the front of the file here (faststart): a full disk can show now
+        except (av.error.FFmpegError, OSError) as e:
+            raise _write_fail(path, "cannot finish the file", e, n) from None
     return n
+
+
+def _close_quietly(container) -> None:  # noqa: ANN001 - an av output container
+    """Close after a failure: that failure is the one to report (the file is removed anyway)."""
+    with contextlib.suppress(av.error.FFmpegError, OSError):
+        container.close()
+
+
+def _write_fail(path, what: str, err: BaseException, n: int) -> Exception:  # noqa: ANN001
+    """A full disk is a :class:`WriteError` (callers that skip a bad video must stop: no later file fits
+    either); any other failure a :class:`VideoError` naming the frame."""
+    if disk_full(err):
+        return WriteError(write_failure(path, err, "nothing is left under that name"))
+    return _fail(path, what, err, n)
 
 
 def _with_dts(packets, step: int):
