@@ -41,9 +41,9 @@ class Recorder:
         self.scale = int(scale)
         self.frames = 0  # frames encoded so far
         self.added = 0  # frames handed to the recorder (the length of the video once all are written)
+        self.bytes = 0  # encoded so far (the encoder holds a few dozen frames before its first output)
         self.error: str | None = None
         self._ended = False
-        self._part: Path | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._write, name="ahri-play-recorder", daemon=True)
         self._thread.start()
@@ -57,16 +57,6 @@ class Recorder:
         """The length of the video so far, at its frame rate."""
         return self.added / self.fps if self.fps > 0 else 0.0
 
-    def bytes_written(self) -> int:
-        """The size of the file being written. It is written under a temporary name beside the final one
-        (:func:`~ahri_core.fileio.atomic_path`: ``.<stem>.<random>.part.mp4``) until it is complete."""
-        if self._part is None:  # found once, then only its size is read
-            self._part = next(self.path.parent.glob(f".{self.path.stem}.*.part{self.path.suffix}"), None)
-        try:
-            return self._part.stat().st_size if self._part is not None else 0
-        except OSError:  # renamed onto the final name, or removed
-            return 0
-
     def _compose(self) -> Iterable[np.ndarray]:
         while True:
             f = self._queue.get()
@@ -78,11 +68,14 @@ class Recorder:
             self.frames += 1
             yield grid_video([col], scale=self.scale, status=[status])[0]
 
+    def _count(self, n: int) -> None:
+        self.bytes += n
+
     def _write(self) -> None:
         from ..video import write_video
 
         try:
-            write_video(self.path, self._compose(), self.fps)
+            write_video(self.path, self._compose(), self.fps, on_bytes=self._count)
         except Exception as e:  # noqa: BLE001 - reported by close(); the session goes on
             self.error = str(e) if self.frames else None  # no frame at all: nothing to write, no error
             while not self._ended and self._queue.get() is not None:  # let close() finish
@@ -150,7 +143,7 @@ class RecordLimits:
         """Why ``rec`` must stop now (None: it goes on)."""
         if rec.seconds >= 60 * self.minutes - 1e-6:  # 1e-6: a cap of whole frames is not missed by rounding
             return f"recording stopped at its cap of {self.minutes:g} minutes (--record-minutes); V starts another"
-        if rec.bytes_written() >= self.bytes:
+        if rec.bytes >= self.bytes:
             return f"recording stopped at its cap of {_size(self.bytes)} (--record-gb); V starts another"
         free = free_bytes(rec.path.parent)
         if free < self.keep_free:
