@@ -489,6 +489,8 @@ def test_play_command_errors(world, tmp_path, capsys):
     assert "k_max=8" in capsys.readouterr().err.replace("\n", " ")
     assert main(["-w", str(tmp_path / "empty"), "play"]) == 2
     assert "no finished dynamics run" in capsys.readouterr().err.replace("\n", " ")
+    assert main(["-w", str(ws.root), "play", "dyn-test", "--record-minutes", "0"]) == 2
+    assert "play.record_minutes=0" in capsys.readouterr().err.replace("\n", " ")
 
 
 def _free_port() -> int:
@@ -541,6 +543,7 @@ def test_play_help_at_80_columns(tmp_path):
     assert r.returncode == 0, r.stderr
     assert all(len(x) <= 80 for x in r.stdout.splitlines())
     text = " ".join(r.stdout.split())
-    for flag in ("--clip", "--port", "--steps", "--host", "--record", "--context"):
+    for flag in ("--clip", "--port", "--steps", "--host", "--record", "--context", "--allow-host", "--record-minutes",
+                 "--record-gb"):
         assert flag in text
     assert "Example: ahri play RUN" in text
