@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ahri_core.config.base import load
-from ahri_core.config.settings import SamplingSettings
+from ahri_core.config.settings import PlaySettings, SamplingSettings
 from ahri_core.errors import ConfigError
 
 from .options import (
@@ -42,12 +42,23 @@ def play(
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on; anything but this machine's loopback warns.")
     ] = "127.0.0.1",
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option("--allow-host", metavar="NAME",
+                     help="Also answer to this host name (repeatable), e.g. the machine's name on the network."),
+    ] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Denoising steps per frame (power of two). \\[default: 4]")] = None,
     context: Annotated[
         int | None, typer.Option("--context", help="Real frames shown before the dream starts. \\[default: 16]")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed (each reset starts with it). \\[default: 0]")] = None,
     record: Annotated[bool, typer.Option("--record", help="Record every page from its start (V toggles).")] = False,
+    record_minutes: Annotated[
+        float | None, typer.Option("--record-minutes", help="A recording stops after this many minutes. \\[default: 30]")
+    ] = None,
+    record_gb: Annotated[
+        float | None, typer.Option("--record-gb", help="A recording stops at this file size (GB). \\[default: 2]")
+    ] = None,
     tokenizer: TokenizerOption = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = PrecisionChoice.auto,
@@ -76,6 +87,7 @@ def play(
     s = load(SamplingSettings, flags, STATE.config)
     if len(s.steps) != 1:
         raise ConfigError(f"play takes one step count, got sampling.steps={s.steps}; pass --steps K")
+    caps = load(PlaySettings, dict(record_minutes=record_minutes, record_gb=record_gb), STATE.config)
     clip = existing_path(clip, "--clip", "video file")
     if clip is not None and clip.is_dir():
         raise ConfigError(f"--clip {clip}: a folder; give one video file")
@@ -99,11 +111,14 @@ def play(
 
     server = PlayServer(
         world, start, steps=s.steps[0], tau_ctx=s.tau_ctx, precision=choice.precision, seed=s.seed,
-        host=host, port=port, record=record, on_event=on_event,
+        host=host, port=port, record=record, on_event=on_event, allow_hosts=allow_host or (),
+        record_minutes=caps.record_minutes, record_bytes=int(caps.record_gb * 1e9),
+        record_free_bytes=int(caps.record_keep_free_gb * 1e9),
     )
     if not is_local_host(host):
         warn(f"--host {host}: the page is reachable from other machines, and whoever reaches it can steer the "
-             "model and write recordings into the run")
+             "model and write recordings into the run (with the token of the URL below); names it answers to "
+             "other than its address: --allow-host NAME")
     url = server.start()
     info(escape(f"{world.name}: {len(start.frames)} real frames of {start.name}, then the dream at "
                 f"{world.fps:g} fps, {s.steps[0]} steps per frame"))

@@ -36,9 +36,15 @@ def play_world(tmp_path_factory):
 
 @contextlib.contextmanager
 def serving(wm, start, **kw):
+    """A started server and its address (``http://127.0.0.1:PORT/``, without the token)."""
     server = PlayServer(wm, start, port=0, **kw)
-    url = server.start()
+    server.start()
     try:
-        yield server, url
+        yield server, server.url
     finally:
         server.close()
+
+
+def ws_url(server) -> str:
+    """The server's WebSocket with its token, as the page opens it."""
+    return f"{server.url}ws?token={server.token}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from play_fixtures import CONTEXT, play_world, serving
+from play_fixtures import CONTEXT, play_world, serving, ws_url
 
 from ahri_cli.main import main
 from ahri_core.errors import CheckpointError, ConfigError, DataError
@@ -318,8 +319,8 @@ def test_the_server_serves_the_page_and_nothing_else(world):
             assert (await http.get(url + "play.css")).headers["Content-Type"].startswith("text/css")
             for bad in ("pyproject.toml", "play_static/index.html", "../../etc/passwd", "%2e%2e/play.py",
                         "ahri_core/play.py", "index.html"):
-                assert (await http.get(url + bad)).status == 404, bad
-            r = await http.get(url + "ws", headers={"Origin": "http://evil.example"})
+                assert (await http.get(url + bad, params={"token": server.token})).status == 404, bad
+            r = await http.get(ws_url(server), headers={"Origin": "http://evil.example"})
             assert r.status == 403
 
     with serving(wm, start) as (server, url):
@@ -333,7 +334,7 @@ def test_sessions_keys_reset_and_a_client_that_disconnects(world):
 
     async def go(url):
         async with aiohttp.ClientSession() as http:
-            a = await http.ws_connect(url + "ws")
+            a = await http.ws_connect(ws_url(server))
             hello = await a.receive_json()
             assert hello["type"] == "hello" and hello["actions"]["meanings"] == GAME and hello["context"] == CONTEXT
             assert hello["controls"] == {"reset": "KeyR", "pause": "KeyP", "record": "KeyV"}
@@ -343,7 +344,7 @@ def test_sessions_keys_reset_and_a_client_that_disconnects(world):
             assert {"type": "state", "paused": False, "recording": True} in texts
             assert [h["real"] for h, _ in got[:CONTEXT]] == [True] * CONTEXT
             assert got[-1][0]["action"] == "left" and got[-1][0]["width"] == 32
-            b = await http.ws_connect(url + "ws")  # a second page: its own session
+            b = await http.ws_connect(ws_url(server))  # a second page: its own session
             await b.receive_json()
             assert len(server.sessions) == 2
             await _frames(b, 2)
@@ -376,14 +377,14 @@ def test_closing_the_server_finishes_every_session_before_it_returns(world, monk
     _, _, _, wm, start = world
     events = []
     server = PlayServer(wm, start, port=0, record=True, on_event=lambda k, d: events.append((k, d)))
-    url = server.start()
+    server.start()
     # On Python 3.11 a join() cut short by Ctrl-C can mark the running thread as stopped: close() must not care.
     monkeypatch.setattr(server._thread, "is_alive", lambda: False)
 
     async def go():
         async with aiohttp.ClientSession() as http:
-            a = await http.ws_connect(url + "ws")
-            b = await http.ws_connect(url + "ws")
+            a = await http.ws_connect(ws_url(server))
+            b = await http.ws_connect(ws_url(server))
             await a.receive_json()
             await b.receive_json()
             await _frames(a, 2)
@@ -432,7 +433,7 @@ def test_a_page_that_never_acknowledges_gets_only_the_newest_frames(world):
 
     async def go(url):
         async with aiohttp.ClientSession() as http:
-            w = await http.ws_connect(url + "ws")
+            w = await http.ws_connect(ws_url(server))
             await w.receive_json()
             first, _ = await _frames(w, MAX_IN_FLIGHT, ack=False)
             with pytest.raises(asyncio.TimeoutError):
@@ -455,9 +456,9 @@ def test_too_many_pages_and_a_port_in_use(world):
 
     async def go(url):
         async with aiohttp.ClientSession() as http:
-            a = await http.ws_connect(url + "ws")
+            a = await http.ws_connect(ws_url(server))
             await a.receive_json()
-            b = await http.ws_connect(url + "ws")
+            b = await http.ws_connect(ws_url(server))
             msg = await b.receive_json()
             assert msg["type"] == "error" and "1 pages are playing already" in msg["message"]
             await a.close()
@@ -488,6 +489,8 @@ def test_play_command_errors(world, tmp_path, capsys):
     assert "k_max=8" in capsys.readouterr().err.replace("\n", " ")
     assert main(["-w", str(tmp_path / "empty"), "play"]) == 2
     assert "no finished dynamics run" in capsys.readouterr().err.replace("\n", " ")
+    assert main(["-w", str(ws.root), "play", "dyn-test", "--record-minutes", "0"]) == 2
+    assert "play.record_minutes=0" in capsys.readouterr().err.replace("\n", " ")
 
 
 def _free_port() -> int:
@@ -510,10 +513,12 @@ def test_play_command_serves_until_interrupted(world, tmp_path):
     try:
         line = proc.stdout.readline()
         assert line.startswith(f"open http://localhost:{port}/"), (line, proc.stderr.read() if proc.poll() else "")
+        token = re.fullmatch(rf"open http://localhost:{port}/\?token=([\w-]{{43}}) in a browser \(Ctrl-C stops\)\n", line)
+        assert token, line
 
         async def go():
             async with aiohttp.ClientSession() as http:
-                w = await http.ws_connect(f"http://127.0.0.1:{port}/ws")
+                w = await http.ws_connect(f"http://127.0.0.1:{port}/ws?token={token[1]}")
                 assert (await w.receive_json())["context"] == 3
                 await _frames(w, 6)
                 await w.close()
@@ -538,6 +543,7 @@ def test_play_help_at_80_columns(tmp_path):
     assert r.returncode == 0, r.stderr
     assert all(len(x) <= 80 for x in r.stdout.splitlines())
     text = " ".join(r.stdout.split())
-    for flag in ("--clip", "--port", "--steps", "--host", "--record", "--context"):
+    for flag in ("--clip", "--port", "--steps", "--host", "--record", "--context", "--allow-host", "--record-minutes",
+                 "--record-gb"):
         assert flag in text
     assert "Example: ahri play RUN" in text

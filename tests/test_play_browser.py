@@ -68,7 +68,7 @@ def test_steering_the_dream_in_a_browser(tmp_path_factory, tmp_path, monkeypatch
 
     monkeypatch.setenv("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
     _, _, _, wm, start = play_world(tmp_path_factory)
-    with serving(wm, start) as (server, url), sync_playwright() as p:
+    with serving(wm, start) as (server, _), sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
         )
@@ -76,7 +76,7 @@ def test_steering_the_dream_in_a_browser(tmp_path_factory, tmp_path, monkeypatch
             page = browser.new_page(viewport={"width": 760, "height": 640})
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url)
+            page.goto(server.page_url)  # the URL ahri play prints, with the token the socket needs
             # the real start, then the dream, frames arriving and the canvas changing
             page.wait_for_function("() => window.ahri.state.drawn > 0 && window.ahri.state.real", timeout=30_000)
             page.wait_for_function(f"() => !window.ahri.state.real && window.ahri.state.step > {CONTEXT}",
@@ -103,6 +103,11 @@ def test_steering_the_dream_in_a_browser(tmp_path_factory, tmp_path, monkeypatch
             assert state["connected"] and state["fps"] > 0 and not errors, errors
             page.screenshot(path=str(tmp_path / "play.png"))
             assert (tmp_path / "play.png").stat().st_size > 1000
+            bare = browser.new_page()  # the page without the token: refused, and it says what to open
+            bare.goto(server.url)
+            bare.wait_for_function("() => !document.getElementById('error').hidden", timeout=30_000)
+            assert "?token=" in bare.locator("#error").inner_text() and not bare.evaluate("window.ahri.state.connected")
+            bare.close()
         finally:
             browser.close()
         for _ in range(100):  # the page went away with the browser: its session ends

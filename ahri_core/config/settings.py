@@ -175,6 +175,18 @@ class SamplingSettings(Section):
         return v
 
 
+class PlaySettings(Section):
+    """``ahri play`` (``[play]`` in a config file, ``AHRI_PLAY_*``): the caps that stop a recording, so that a
+    page left recording cannot fill the disk."""
+
+    section: ClassVar[str] = "play"
+    record_minutes: float = Field(30.0, gt=0, description="a recording stops after this many minutes of video")
+    record_gb: float = Field(2.0, gt=0, description="a recording stops when its file reaches this size (GB)")
+    record_keep_free_gb: float = Field(
+        1.0, ge=0, description="a recording does not start, or stops, when the disk has less free (GB)"
+    )
+
+
 class LatentActionSettings(Section):
     """Latent actions inferred from video (docs/actions.md): dynamics training and the few-label map."""
 

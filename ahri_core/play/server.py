@@ -1,6 +1,10 @@
 """The web server of ``ahri play`` (:class:`PlayServer`, aiohttp, the ``play`` extra): the page's three files
 and one WebSocket per page, each with its own :class:`~ahri_core.play.session.PlaySession`; nothing else
 on the machine is served. The messages are those of :mod:`ahri_core.play.protocol`.
+
+Only the person who started it may use it: every request must name the server by one of its own names in its
+Host header (a page of another domain that re-resolves to this address names that domain), and the socket
+needs the server's random token, which only the URL printed at the start carries.
 """
 
 from __future__ import annotations
@@ -8,18 +12,23 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import hmac
 import ipaddress
 import json
 import os
+import secrets
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..errors import AhriError, ConfigError
 from ..inference.world import WorldModel
 from .actions import CONTROL_KEYS
 from .protocol import MAX_IN_FLIGHT, frame_message
+from .recording import RecordLimits
 from .session import EventHandler, PlaySession
 from .start import Start
 
@@ -84,7 +93,9 @@ def _static_text(name: str) -> bytes:
 class PlayServer:
     """The page and one :class:`PlaySession` per connected page, served from a thread of its own.
 
-    ``start()`` listens on ``host:port`` (port 0: any free port) and returns the URL; ``close()`` ends every
+    ``start()`` listens on ``host:port`` (port 0: any free port) and returns the page's URL with the server's
+    token (:attr:`page_url`); requests must name the server by a name of its address or one of
+    ``allow_hosts`` (Host header), and every one but the page's files needs the token. ``close()`` ends every
     session (recordings are finished) and stops the server. Sessions share the model; each has its own KV
     cache, worker and noise. ``on_event(kind, data)`` hears "opened"/"closed" ({session}), "recorded" and
     "error" ({session, ...}); it is called from the server's threads and must not block.
@@ -106,20 +117,31 @@ class PlayServer:
         record_dir: str | os.PathLike | None = None,
         max_sessions: int = 4,
         on_event: EventHandler | None = None,
+        allow_hosts: Sequence[str] = (),
+        record_minutes: float = RecordLimits.minutes,
+        record_bytes: int = RecordLimits.bytes,
+        record_free_bytes: int = RecordLimits.keep_free,
     ) -> None:
         if not 0 <= int(port) <= 65535:
             raise ConfigError(f"--port {port}: must be in 0..65535 (0: any free port)")
         world.sampler(steps, tau_ctx, precision=precision)  # refuse impossible settings before listening
         self.world, self.start_clip = world, start
         self.options = dict(steps=steps, tau_ctx=tau_ctx, precision=precision, seed=seed, fps=fps,
-                            record_dir=record_dir)
+                            record_dir=record_dir, record_minutes=record_minutes, record_bytes=record_bytes,
+                            record_free_bytes=record_free_bytes)
         self.record_at_start = bool(record)
         self.host, self.port = host, int(port)
         self.max_sessions = int(max_sessions)
+        self.allow_hosts = [_host_name(h) for h in allow_hosts]
+        self.token = secrets.token_urlsafe(32)
         self.on_event = on_event
         self.sessions: dict[int, PlaySession] = {}
         self.recordings: list[Path] = []
         self._count = 0
+        # Sessions counted from the moment a socket is accepted, not when its session exists (opening one
+        # takes a while on another thread, and sockets that arrive meanwhile must see it).
+        self._slots = 0
+        self._slots_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -139,6 +161,11 @@ class PlayServer:
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/"
 
+    @property
+    def page_url(self) -> str:
+        """The page with the server's token: what ``ahri play`` prints and a browser opens."""
+        return f"{self.url}?token={self.token}"
+
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 30.0) -> str:
         require_server_library()
@@ -149,7 +176,7 @@ class PlayServer:
         if self._failed is not None:
             self._thread.join()
             raise self._failed
-        return self.url
+        return self.page_url
 
     def close(self) -> list[Path]:
         """Stop: every page is disconnected, every session closed; returns all recordings made."""
@@ -214,7 +241,11 @@ class PlayServer:
     def _app(self):
         from aiohttp import web
 
-        app = web.Application(client_max_size=64 * 1024)
+        @web.middleware  # sets a mark on the function, which a bound method cannot carry
+        async def check(request, handler):
+            return await self._check(request, handler)
+
+        app = web.Application(client_max_size=64 * 1024, middlewares=[check])
         for route in STATIC:
             app.router.add_get(route, self._asset, allow_head=False)
         app.router.add_get("/ws", self._socket)
@@ -234,13 +265,44 @@ class PlayServer:
             with contextlib.suppress(Exception):
                 await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server stopped")
 
+    def _host_allowed(self, host: str | None) -> bool:
+        """Whether the Host header names this server: a loopback name or the bound address with its port, or
+        a name of ``allow_hosts`` (any port: a proxy in front may listen on another)."""
+        if not host:
+            return False
+        try:
+            parts = urlsplit(f"//{host}")
+            name, port = (parts.hostname or ""), (parts.port or 80)
+        except ValueError:
+            return False
+        if name in self.allow_hosts:
+            return True
+        own = {"127.0.0.1", "localhost", "::1"}
+        if self.host not in ("", "0.0.0.0", "::"):
+            own.add(_host_name(self.host))
+        return name in own and port == self.port
+
+    def _token_ok(self, given: str | None) -> bool:
+        # compare_digest: the time taken does not tell how much of a guess was right
+        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+
+    async def _check(self, request, handler):
+        """Every request: the Host header first, then the token (all but the page and its files)."""
+        from aiohttp import web
+
+        if not self._host_allowed(request.headers.get("Host")):
+            return web.Response(status=403, headers=_HEADERS,
+                                text="this server answers only to its own address (ahri play --allow-host NAME)")
+        if request.path not in STATIC and not self._token_ok(request.query.get("token")):
+            return web.Response(status=403, headers=_HEADERS,
+                                text="missing or wrong token: open the URL that ahri play printed")
+        return await handler(request)
+
     def _same_origin(self, request) -> bool:
         """A page of another site may not open the socket (the browser always sends its Origin)."""
         origin = request.headers.get("Origin")
         if origin is None:
             return True  # not a browser: programs on this machine may connect
-        from urllib.parse import urlsplit
-
         return urlsplit(origin).netloc.lower() == request.host.lower()
 
     def _open(self, page: EventHandler | None = None) -> tuple[int, PlaySession]:
@@ -282,17 +344,39 @@ class PlayServer:
             "actions": session.actions.describe(), "controls": {v: k for k, v in CONTROL_KEYS.items()},
         }
 
+    def _reserve(self) -> bool:
+        """Take a session's slot (False: all are taken); :meth:`_release` gives it back."""
+        with self._slots_lock:
+            if self._slots >= self.max_sessions:
+                return False
+            self._slots += 1
+            return True
+
+    def _release(self) -> None:
+        with self._slots_lock:
+            self._slots -= 1
+
     async def _socket(self, request):
-        from aiohttp import WSMsgType, web
+        from aiohttp import web
 
         if not self._same_origin(request):
             return web.Response(status=403, text="another site may not open this socket")
         ws = web.WebSocketResponse(compress=False, max_msg_size=16 * 1024)
         await ws.prepare(request)
-        if len(self.sessions) >= self.max_sessions:
+        if not self._reserve():
             await ws.send_json({"type": "error", "message": f"{self.max_sessions} pages are playing already; close one"})
             await ws.close()
             return ws
+        try:
+            await self._play(ws)
+        finally:  # the session ended, or never started
+            self._release()
+        return ws
+
+    async def _play(self, ws) -> None:
+        """One page's session, from its start to the page's going away."""
+        from aiohttp import WSMsgType
+
         loop = asyncio.get_running_loop()
         changed = asyncio.Event()
 
@@ -308,7 +392,7 @@ class PlayServer:
         except AhriError as e:
             await ws.send_json({"type": "error", "message": str(e)})
             await ws.close()
-            return ws
+            return
         self._sockets.add(ws)
         state = {"in_flight": 0}
         session.notify = lambda: loop.call_soon_threadsafe(changed.set)
@@ -331,12 +415,11 @@ class PlayServer:
                 await sender
             self._sockets.discard(ws)
             await loop.run_in_executor(self._pool, self._end, sid)
-        return ws
 
     async def _control(self, session: PlaySession, text: str, state: dict[str, int], loop) -> dict[str, Any] | None:
         try:
             msg = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: nested deeper than Python's stack
             return None
         if not isinstance(msg, dict):
             return None
@@ -386,3 +469,14 @@ def _shown_path(path: Path, run_dir: Path) -> str:
         return str(path.relative_to(run_dir.parent))
     except ValueError:
         return path.name
+
+
+def _host_name(host: str) -> str:
+    """A host as the Host header's name part compares: lower case, an IPv6 address without brackets, no port."""
+    h = host.strip().lower()
+    if h.count(":") > 1 and not h.startswith("["):
+        return h  # an IPv6 address without brackets
+    try:
+        return urlsplit(f"//{h}").hostname or h
+    except ValueError:
+        return h

@@ -18,7 +18,7 @@ from ..visual import crop_box, to_uint8
 from .actions import ActionSpace
 from .dream import LiveDream
 from .frames import Frame, LatestFrame
-from .recording import Recorder, recording_path
+from .recording import Recorder, RecordLimits, recording_path
 from .start import Start
 
 __all__ = [
@@ -39,6 +39,9 @@ class PlaySession:
     than a period late the schedule starts afresh (no burst to catch up, no queue). Without the worker,
     :meth:`step` makes one frame on the caller's thread.
 
+    A recording stops by itself at the caps of ``record_minutes`` (of video), ``record_bytes`` (its file) and
+    when the disk would keep less than ``record_free_bytes`` free; the page is told why ("error").
+
     A session starts (and restarts on reset) by showing the real frames of ``start`` one per period, then
     dreams from them with the action of the held keys; the same seed and keys make the same frames.
     ``on_event(kind, data)`` hears "recorded" ({path, frames}) and "error" ({message}) from any thread.
@@ -56,6 +59,9 @@ class PlaySession:
         record_dir: str | os.PathLike | None = None,
         record_scale: int = 4,
         on_event: EventHandler | None = None,
+        record_minutes: float = RecordLimits.minutes,
+        record_bytes: int = RecordLimits.bytes,
+        record_free_bytes: int = RecordLimits.keep_free,
     ) -> None:
         if len(start.frames) != len(start.latents) or len(start.frames) < 1:
             raise DataError(f"start {start.name}: {len(start.frames)} frames but {len(start.latents)} latents")
@@ -67,6 +73,7 @@ class PlaySession:
         self.fps = float(world.fps if fps is None else fps)
         self.record_dir = Path(record_dir) if record_dir is not None else world.run_dir / "play"
         self.record_scale = int(record_scale)
+        self.limits = RecordLimits(float(record_minutes), int(record_bytes), int(record_free_bytes))
         self.on_event = on_event
         self.notify: Callable[[], None] | None = None  # called after each new frame (from the worker)
         self.latest = LatestFrame()
@@ -110,21 +117,36 @@ class PlaySession:
 
     def record(self, on: bool | None = None) -> Path | None:
         """Start (True), stop (False) or toggle (None) recording; returns the file written when it stops."""
+        refused = None
         with self._lock:
             rec = self._recorder
             want = (rec is None) if on is None else bool(on)
-            if want and self._stop.is_set():
+            if want and (rec is not None or self._stop.is_set()):
                 return None
             if want:
-                if rec is None:
+                refused = self.limits.refuse(self.record_dir)
+                if refused is None:
                     title = f"ahri play {self.world.name} {self.steps} steps"
                     fps = self.fps if self.fps > 0 else self.world.fps
                     self._recorder = Recorder(recording_path(self.record_dir), fps, title, self.record_scale)
+            elif rec is None:
                 return None
-            if rec is None:
-                return None
-            self._recorder = None
+            else:
+                self._recorder = None
+        if want:
+            if refused is not None:
+                self._event("error", {"message": refused})
+            return None
         return self._finish(rec)
+
+    def _cap(self, rec: Recorder, why: str) -> None:
+        """Stop ``rec`` at one of its caps and say why (unless the page stopped it meanwhile)."""
+        with self._lock:
+            if self._recorder is not rec:
+                return
+            self._recorder = None
+        self._event("error", {"message": why})
+        self._finish(rec)
 
     def _finish(self, rec: Recorder) -> Path | None:
         try:
@@ -199,6 +221,9 @@ class PlaySession:
             rec = self._recorder
         if rec is not None:
             rec.add(frame)
+            why = self.limits.stop(rec)
+            if why is not None:
+                self._cap(rec, why)
         return frame
 
     def settle(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from fractions import Fraction
 
 import av
@@ -27,11 +27,13 @@ def write_video(
     fps: float | Fraction,
     crf: int = 18,
     preset: str = "medium",
+    on_bytes: Callable[[int], None] | None = None,
 ) -> int:
     """Encode uint8 (H, W, 3) RGB frames to an mp4 (libx264, yuv420p, moov at the front); return the frame count.
 
     ``frames`` is a (T, H, W, 3) array or any iterable of (H, W, 3) arrays. Height and width must be even
-    (yuv420p). The file appears under its final name only once it is complete.
+    (yuv420p). The file appears under its final name only once it is complete. ``on_bytes(n)`` hears the size
+    of each encoded packet as it is written (the file on disk grows in large steps, behind the encoder).
     """
     rate = _as_rate(fps)
     if rate <= 0:
@@ -57,13 +59,11 @@ def write_video(
                         path, f"frame size changed from {stream.height}x{stream.width} to {h}x{w}", n
                     )
                 vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
-                for packet in stream.encode(vf):
-                    container.mux(packet)
+                _mux(container, stream.encode(vf), on_bytes)
                 n += 1
             if stream is None:
                 raise VideoError(path, "no frames to write")
-            for packet in stream.encode():
-                container.mux(packet)
+            _mux(container, stream.encode(), on_bytes)
         except av.error.FFmpegError as e:
             _close_quietly(container)
             raise _write_fail(path, "encoding failed", e, n) from None
@@ -89,6 +89,15 @@ def _write_fail(path, what: str, err: BaseException, n: int) -> Exception:  # no
     if disk_full(err):
         return WriteError(write_failure(path, err, "nothing is left under that name"))
     return _fail(path, what, err, n)
+
+
+def _mux(container, packets, on_bytes: Callable[[int], None] | None) -> None:
+    """Mux encoded packets; ``on_bytes`` hears each packet's size (a recording's size cap counts them)."""
+    for packet in packets:
+        size = packet.size
+        container.mux(packet)
+        if on_bytes is not None:
+            on_bytes(size)
 
 
 def _with_dts(packets, step: int):

@@ -21,7 +21,10 @@
   const times = [];
   let image = null;
 
-  const ws = new WebSocket(`${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws`);
+  // The server's token comes in this page's own URL (the one `ahri play` printed); the socket must show it.
+  const token = new URLSearchParams(location.search).get("token") || "";
+  const ws = new WebSocket(
+    `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws?token=${encodeURIComponent(token)}`);
   ws.binaryType = "arraybuffer";
   const send = (msg) => { if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(msg)); };
   const sendKeys = () => send({ type: "keys", codes: held });
@@ -112,8 +115,14 @@
   }
 
   ws.onopen = () => { state.connected = true; $("conn").textContent = "connected"; $("conn").className = "on"; };
+  let opened = false;
+  ws.addEventListener("open", () => { opened = true; });
   ws.onclose = () => {
     state.connected = false; $("conn").textContent = "disconnected"; $("conn").className = "off";
+    if (!opened) {  // refused before it opened: most often a URL without the server's token
+      $("error").textContent = "Could not connect: open the full URL that ahri play printed (with its ?token=...).";
+      $("error").hidden = false;
+    }
   };
   ws.onmessage = (ev) => {
     if (typeof ev.data !== "string") { draw(ev.data); return; }
