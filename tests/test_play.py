@@ -509,6 +509,9 @@ def test_play_command_serves_until_interrupted(world, tmp_path):
         [str(exe), "-w", str(ws.root), "play", "dyn-test", "--port", str(port), "--context", "3", "--record",
          "--precision", "fp32", "--host", "localhost"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        # Ctrl-C as in a terminal: a suite started in the background (`cmd &`) passes SIGINT on ignored, and a
+        # Python started with SIGINT ignored keeps ignoring it, so the command would never see the signal.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         line = proc.stdout.readline()
@@ -525,7 +528,7 @@ def test_play_command_serves_until_interrupted(world, tmp_path):
 
         asyncio.run(go())
         proc.send_signal(signal.SIGINT)
-        rest, err = proc.communicate(timeout=180)  # closing finishes the recording: slow on a loaded machine
+        rest, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
