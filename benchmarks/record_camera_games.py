@@ -1,6 +1,6 @@
 """Record clips, with their actions, of games whose camera moves with the player, into an ahri video store.
 
-    python benchmarks/record_camera_games.py --game mario --out DIR --count 16 --frames 400 --seed 0
+    python benchmarks/record_camera_games.py --game mario --out DIR --clips 16 --frames 400 --seed 0
 
 Games (none of them is a dependency of ahri; each needs its own package, see docs/own-game.md):
 
@@ -370,8 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--game", required=True, choices=sorted(GAMES))
     ap.add_argument("--out", type=Path, help="store directory (default: <workspace>/videos/<game>)")
     ap.add_argument("--workspace", type=Path, help="for the default --out (default: $AHRI_HOME or ahri's)")
-    ap.add_argument("--count", type=int, default=16, help="clips to store (default 16)")
-    ap.add_argument("--minutes", type=float, help="instead of --count: record until this much footage")
+    ap.add_argument("--clips", dest="count", metavar="N", type=int, default=16, help="clips to store (default 16)")
+    ap.add_argument("--minutes", type=float, help="instead of --clips: record until this much footage")
     ap.add_argument("--frames", type=int, default=400, help="frames per clip at most (default 400)")
     ap.add_argument("--min-frames", type=int, default=32, help="drop shorter clips (early deaths; default 32)")
     ap.add_argument("--seed", type=int, default=0, help="clip i uses seed K * 1000003 + i (default 0)")
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--levels", help="comma-separated levels to draw from: mario 1-1..8-4, doom E1M1..E1M9")
     a = ap.parse_args(argv)
     if a.count < 1 or a.frames < 2 or (a.minutes is not None and a.minutes <= 0):
-        ap.error("--count must be >= 1, --frames >= 2 and --minutes > 0")
+        ap.error("--clips must be >= 1, --frames >= 2 and --minutes > 0")
     if a.size is not None and (a.size < 16 or a.size % 2):
         ap.error("--size must be even and at least 16")
     dest = a.out if a.out is not None else Workspace.resolve(a.workspace).source_dir(a.game)

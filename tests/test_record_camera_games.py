@@ -34,7 +34,7 @@ def test_records_store_clips_with_actions(tmp_path, capsys, game, module, levels
     pytest.importorskip(module)
     mod = _script()
     out = tmp_path / game
-    args = ["--game", game, "--out", str(out), "--count", "1", "--frames", "12", "--min-frames", "2"]
+    args = ["--game", game, "--out", str(out), "--clips", "1", "--frames", "12", "--min-frames", "2"]
     assert mod.main([*args, "--levels", levels]) == 0
     side = json.loads((out / f"{game}-s0-0000.json").read_text())
     assert side["fps"] == fps and side["action_kind"] == "discrete"
