@@ -133,10 +133,8 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     plot = _plot(out, world, s, per_steps, curves, n, split)
     vids = _sample_videos(out, world, truth.frames, preds, target, s, samples)
-    metrics = _metrics(world, s, lat_path, split, refs, truth, choice, curves, per_steps, summary, probe_block,
-                       latent_block, plot, vids)
-    metrics.static_region, metrics.sharpness = static, sharp
-    return metrics.write(out)
+    return _metrics(world, s, lat_path, split, refs, truth, choice, curves, per_steps, summary, probe_block,
+                    latent_block, plot, vids, static, sharp).write(out)
 
 
 def _check_and_load(
@@ -362,6 +360,8 @@ def _metrics(
     latent_block: dict[str, Any] | None,
     plot: Path | str,
     vids: list[str],
+    static_region: dict[str, Any],
+    sharpness: dict[str, Any],
 ) -> EvalMetrics:
     """Every part of ``metrics.json``, gathered."""
     return EvalMetrics(
@@ -390,4 +390,6 @@ def _metrics(
         decode_true_seconds=truth.decode_seconds,
         plot=plot,
         videos=vids,
+        static_region=static_region,
+        sharpness=sharpness,
     )

@@ -79,7 +79,7 @@ def dynamics_config(
         if rows > 1:  # blocks of several rows: the model must know the grid (else consecutive tokens)
             fields["pack_rows"] = rows
     pack, pack_rows = int(fields.get("pack") or 1), int(fields.get("pack_rows") or 1)
-    if fields.get("token_grid") is None and (pack_rows > 1 or needs_grid(grid, pack, pack_rows)):
+    if fields.get("token_grid") is None and needs_grid(grid, pack, pack_rows):
         fields["token_grid"] = grid
     try:
         return DynamicsConfig(**fields)
