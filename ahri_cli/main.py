@@ -172,6 +172,18 @@ def _interrupted(e: BaseException) -> bool:
     return False
 
 
+def _lost_peer(e: BaseException) -> bool:
+    """Whether ``e`` is a collective of several processes failing because another process is gone (its own
+    error, if it had one, is shown by that process; this one needs no traceback)."""
+    import os
+    import traceback
+
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+        return False
+    frames = traceback.extract_tb(e.__traceback__)
+    return bool(frames) and "torch/distributed" in frames[-1].filename.replace("\\", "/")
+
+
 def _sigterm(signum, frame) -> None:  # noqa: ANN001
     raise KeyboardInterrupt  # the same clean stop as Ctrl-C (training installs its own handler meanwhile)
 
@@ -210,6 +222,14 @@ def main(argv: list[str] | None = None) -> int:
         except (KeyboardInterrupt, _Interrupted):
             console.print("[yellow]interrupted[/]", highlight=False)
             return EXIT_INTERRUPTED
+        except RuntimeError as e:
+            if not _lost_peer(e):
+                raise
+            if STATE.verbose:
+                console.print_exception()
+            error_line(f"the connection to another process of this run was lost ({str(e).splitlines()[0][:160]}); "
+                       "the launcher stops the run and names the process that failed")
+            return EXIT_FAILED
         except OSError as e:  # disk full, permission denied...: the operating system's own words
             if STATE.verbose:
                 console.print_exception()

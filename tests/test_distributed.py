@@ -8,8 +8,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -168,6 +170,119 @@ def test_tokenizer_training_and_tokenize_share_the_work(tmp_path: Path):
     assert sorted(v["id"] for v in index["videos"]) == sorted(f"clip{i:02d}" for i in range(5))
     for v in index["videos"]:
         assert (sets[0] / v["file"]).is_file()
+
+
+# ---------------------------------------------------------------------------------------------- faults
+# Each process of a run reads its own clock, and a process can die. These runs put a `sitecustomize` module on
+# rank 1's path (Python imports it at start): it makes that rank's clock run fast, or kills the rank once the
+# run has a checkpoint.
+SITE = """
+import os, signal, threading, time
+if os.environ.get("RANK") == "1":
+    rate = float(os.environ.get("AHRI_TEST_CLOCK_RATE", "1"))
+    if rate != 1:
+        real, t0 = time.monotonic, time.monotonic()
+        time.monotonic = lambda: t0 + (real() - t0) * rate
+    if os.environ.get("AHRI_TEST_DIE_WHEN"):  # killed once this file exists (a checkpoint of the run)
+        def watch(path=os.environ["AHRI_TEST_DIE_WHEN"]):
+            while not os.path.exists(path):
+                time.sleep(0.05)
+            time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGKILL)
+        threading.Thread(target=watch, daemon=True).start()
+"""
+FAST = ["--preset", "tiny", "--log-every", "2", "--val-every", "10", "--precision", "fp32", "--device", "cpu",
+        "--seed", "0", *PLAIN]
+
+
+def _with_site(tmp_path: Path, **env: str) -> dict[str, str]:
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(SITE)
+    return {**_env(), "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), **env}
+
+
+def _procs_mentioning(text: str) -> list[int]:
+    """Live processes whose command line names ``text`` (Linux's /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return [p for p in found if p != os.getpid()]
+
+
+@needs_launcher
+def test_processes_follow_rank_0s_clock_and_end_together(tmp_path: Path):
+    """Rank 1's clock runs 10x fast: the minutes budget and the LR schedule follow rank 0's, so the run lasts
+    its budget by rank 0's clock, ends with one final checkpoint, and the ranks hold the same weights."""
+    ws = tmp_path / "ws"
+    _latent_set(ws)
+    cmd = [AHRI, "--workspace", str(ws), "train", "--nproc", "2", "--run", "skew", *FAST, "--checkpoint-every",
+           "1000", "--minutes", "0.1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT,
+                         env=_with_site(tmp_path, AHRI_TEST_CLOCK_RATE="10"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    meta = json.loads((ws / "runs" / "skew" / "run.json").read_text())
+    assert meta["status"] == "finished" and meta["ranks_in_sync"] is True
+    assert meta["seconds"] >= 6.0  # rank 1 alone would have stopped after 0.6 s
+    assert meta["checkpoint_step"] == meta["step"] > 0
+    train = [r for r in _records(ws / "runs" / "skew") if r["kind"] == "train"]
+    assert train[-1]["step"] == meta["step"]  # the last, shortened interval is logged too
+    assert len({r["step"] for r in train}) == len(train)
+
+
+@needs_launcher
+def test_sigterm_to_nproc_parent_stops_every_worker_after_a_checkpoint(tmp_path: Path):
+    ws = tmp_path / "ws"
+    _latent_set(ws)
+    run = ws / "runs" / "term"
+    cmd = [AHRI, "--workspace", str(ws), "train", "--nproc", "2", "--run", "term", *FAST, "--checkpoint-every",
+           "1000", "--minutes", "5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env())
+    try:
+        deadline = time.monotonic() + 180
+        while not ((run / "metrics.jsonl").is_file() and '"train"' in (run / "metrics.jsonl").read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, "training never started"
+            time.sleep(0.5)
+        workers = _procs_mentioning(str(ws))
+        assert len(workers) >= 4  # this command, the launcher, two workers
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "stopping the 2 processes" in err
+    time.sleep(0.5)
+    assert not [p for p in workers if Path(f"/proc/{p}").exists()], "a worker outlived the command"
+    assert not _procs_mentioning(str(ws))
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["status"] == "interrupted" and meta["checkpoint_step"] == meta["step"] > 0
+
+
+@needs_launcher
+def test_a_worker_that_dies_stops_the_run_in_one_line_and_the_checkpoint_stays(tmp_path: Path):
+    from ahri_core.models.dynamics_io import load_dynamics_run
+
+    ws = tmp_path / "ws"
+    _latent_set(ws)
+    cmd = [AHRI, "--workspace", str(ws), "train", "--nproc", "2", "--run", "dies", *FAST, "--checkpoint-every", "5",
+           "--minutes", "5"]
+    t0 = time.monotonic()
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT,
+                         env=_with_site(tmp_path, AHRI_TEST_DIE_WHEN=str(ws / "runs" / "dies" / "model.safetensors")))
+    assert time.monotonic() - t0 < 150  # not the 5 minutes of the budget, nor a collective's timeout
+    assert res.returncode == 1
+    assert "error: process 1 of the run was killed by SIGKILL" in res.stderr
+    assert "Traceback" not in res.stderr
+    meta = json.loads((ws / "runs" / "dies" / "run.json").read_text())
+    # rank 0 either sees the connection close (failed) or is stopped by the launcher first (interrupted)
+    assert meta["status"] in ("failed", "interrupted") and meta["checkpoint_step"] > 0, meta
+    load_dynamics_run(ws / "runs" / "dies")  # the last checkpoint is whole (its sha256 is checked on load)
+    assert not _procs_mentioning(str(ws))
 
 
 # ---------------------------------------------------------------------------------------------- pieces

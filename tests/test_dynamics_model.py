@@ -224,6 +224,33 @@ def test_cached_steps_equal_uncached_forward(kind):
     assert cache.frames == T
 
 
+@pytest.mark.parametrize("kind", ["none", "discrete"])
+def test_prefill_commits_the_same_keys_and_values_as_one_step_per_frame(kind):
+    """The context of a rollout goes into the cache in one call; the keys, values and every later step are
+    those of one commit per frame."""
+    extra = dict(action_kind="discrete", action_count=4) if kind == "discrete" else {}
+    model = make(**extra)
+    B, T = 2, 6
+    z, tau, step = inputs(B, T + 1)
+    acts = torch.randint(-1, 4, (B, T + 1)) if kind == "discrete" else None
+    one, many = model.new_cache(B, 8), model.new_cache(B, 8)
+    for t in range(T):
+        a = None if acts is None else acts[:, t : t + 1]
+        model.step(z[:, t : t + 1], tau[:, t : t + 1], step[:, t : t + 1], a, one, commit=True)
+    model.prefill(z[:, :T], tau[:, :T], step[:, :T], None if acts is None else acts[:, :T], many)
+    assert many.frames == one.frames == T and len(many) == len(one)
+    for layer in range(len(one.k)):
+        assert torch.allclose(many.k[layer], one.k[layer], atol=1e-5)
+        assert torch.allclose(many.v[layer], one.v[layer], atol=1e-5)
+    a = None if acts is None else acts[:, T:]
+    nxt = [model.step(z[:, T:], tau[:, T:], step[:, T:], a, c, commit=False) for c in (one, many)]
+    assert torch.allclose(nxt[0], nxt[1], atol=1e-5)
+    with pytest.raises(DataError, match="empty cache"):
+        model.prefill(z[:, :2], tau[:, :2], step[:, :2], None if acts is None else acts[:, :2], many)
+    with pytest.raises(DataError, match="at most 3 frames"):
+        model.prefill(z[:, :5], tau[:, :5], step[:, :5], None if acts is None else acts[:, :5], model.new_cache(B, 4))
+
+
 def test_sliding_window_keeps_cache_bounded():
     model = make()
     B, W = 2, 4

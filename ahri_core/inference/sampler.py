@@ -338,8 +338,8 @@ class Sampler:
 class Stream:
     """One cached rollout advanced a frame at a time; made by :meth:`Sampler.stream`.
 
-    The context is corrupted (noise level ``tau_ctx``) and committed to a KV cache at once (frames that would
-    slide out of the window anyway are skipped). Then, per frame: :meth:`denoise` runs the sampler's K Euler
+    The context is corrupted (noise level ``tau_ctx``) and committed to a KV cache at once, in one model call
+    when the model has ``prefill`` (frames that would slide out of the window anyway are skipped). Then, per frame: :meth:`denoise` runs the sampler's K Euler
     steps from pure noise for the next frame (the cache is left as it is), and :meth:`commit` adds that frame,
     corrupted like the context, for the frames after it. Noise is drawn from ``generator`` in the same order as
     :meth:`Sampler.rollout`, so the same seed gives the same frames. ``calls`` counts the model calls.
@@ -365,10 +365,17 @@ class Stream:
             self.cache = sampler.model.new_cache(b, cache_frames)
             window = sampler._window()
             first = 0 if window is None else max(0, c - window)
-            for t in range(first, c):
-                a = None if actions is None else actions[:, t : t + 1].to(dev)
-                sampler._call_step(z[:, t : t + 1], tau[:, t : t + 1], step[:, t : t + 1], a, self.cache, True)
+            if hasattr(sampler.model, "prefill") and 0 < c - first <= self.cache.slots:
+                # the whole context in one call (the same keys and values as one call per frame)
+                a = None if actions is None else actions[:, first:c].to(dev)
+                with sampler._autocast():
+                    sampler.model.prefill(z[:, first:], tau[:, first:], step[:, first:], a, self.cache)
                 self.calls += 1
+            else:
+                for t in range(first, c):
+                    a = None if actions is None else actions[:, t : t + 1].to(dev)
+                    sampler._call_step(z[:, t : t + 1], tau[:, t : t + 1], step[:, t : t + 1], a, self.cache, True)
+                    self.calls += 1
         self.frames = c
 
     @torch.inference_mode()

@@ -212,6 +212,18 @@ class DynamicsCache:
         self.k[layer][:, :, slot : slot + 1] = k
         self.v[layer][:, :, slot : slot + 1] = v
 
+    def write_first(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store the keys/values (BL, Hkv, T, hd) of the first T frames of an empty cache (T <= slots)."""
+        t = k.shape[2]
+        if self.frames != 0 or t > self.slots:
+            raise DataError(f"a cache prefill takes at most {self.slots} frames into an empty cache")
+        if self.k[layer] is None:
+            shape = (k.shape[0], k.shape[1], self.slots, k.shape[3])
+            self.k[layer] = k.new_zeros(shape)
+            self.v[layer] = v.new_zeros(shape)
+        self.k[layer][:, :, :t] = k
+        self.v[layer][:, :, :t] = v
+
 
 # ---------------------------------------------------------------------------------------------- model
 class DynamicsModel(nn.Module):
@@ -451,6 +463,41 @@ class DynamicsModel(nn.Module):
         if commit:
             cache.frames += 1
         return self.readout(x, cond)
+
+    @torch.no_grad()
+    def prefill(
+        self,
+        z: torch.Tensor,
+        tau: torch.Tensor,
+        step: torch.Tensor,
+        actions: torch.Tensor | None,
+        cache: DynamicsCache,
+    ) -> None:
+        """Commit T frames (B, T, N, C) to an empty cache in one call: what T calls of :meth:`step` with
+        commit=True do one frame at a time (causal attention over the T frames is the same computation), at the
+        cost of one call. T must fit the cache (at most ``cache.slots``)."""
+        self._check_latents(z)
+        B, T = z.shape[:2]
+        if B != cache.batch:
+            raise DataError(f"the KV cache was made for batch {cache.batch}, got batch {B}")
+        if cache.frames != 0 or T > cache.slots:
+            raise DataError(f"prefill takes at most {cache.slots} frames into an empty cache, got {T} frames "
+                            f"after {cache.frames}")
+        cond = self.conditioning(tau, step, actions, B, T)
+        x = self.embed(z, cond)
+        dev = x.device
+        rope_s = self.rotary(torch.arange(x.shape[2], device=dev))
+        rope_t = self.rotary(torch.arange(T, device=dev))
+        last = self.temporal_index[-1] if self.temporal_index else -1
+        t_layer = 0
+        for blk in self.blocks[: last + 1]:  # the blocks after the last temporal one store nothing
+            if blk.temporal:
+                x, (k, v) = blk(x, cond, rope_t)
+                cache.write_first(t_layer, k, v)
+                t_layer += 1
+            else:
+                x, _ = blk(x, cond, rope_s)
+        cache.frames = T
 
     def set_grad_checkpointing(self, on: bool = True) -> None:
         """Recompute each block's activations in backward (saves memory, costs about one extra forward)."""

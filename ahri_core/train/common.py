@@ -271,21 +271,23 @@ class Budget:
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self.start_time
 
-    def progress(self, step: int) -> float:
-        """Fraction of the budget used (for the LR schedule)."""
+    def progress(self, step: int, elapsed: float | None = None) -> float:
+        """Fraction of the budget used (for the LR schedule); ``elapsed``: the seconds to go by (several
+        processes pass rank 0's), else this process's clock."""
         fr = 0.0
         total = self.total_steps
         if total:
             fr = max(fr, step / total)
         if self.minutes:
-            fr = max(fr, self.elapsed() / (60 * self.minutes))
+            fr = max(fr, (self.elapsed() if elapsed is None else elapsed) / (60 * self.minutes))
         return min(fr, 1.0)
 
-    def done(self, step: int) -> bool:
+    def done(self, step: int, elapsed: float | None = None) -> bool:
         total = self.total_steps
         if total is not None and step >= total:
             return True
-        return bool(self.minutes is not None and self.elapsed() >= 60 * self.minutes)
+        seconds = self.elapsed() if elapsed is None else elapsed
+        return bool(self.minutes is not None and seconds >= 60 * self.minutes)
 
 
 # ---------------------------------------------------------------------------------------------- run dirs

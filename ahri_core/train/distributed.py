@@ -9,8 +9,9 @@ What the training loop does with it (train/loop.py):
 - every rank draws the same global batch plan (same seed) and keeps its share of the items
   (:func:`shard`), so any number of ranks walks the same data in the same order, alternating lengths
   included (every rank picks the same length for each step), and a run resumes with another rank count;
-- the decisions that must be the same on every rank (stop, skip a non-finite step, the precision) are
-  agreed on through :func:`agree` and :func:`broadcast`;
+- the decisions that must be the same on every rank (stop, skip a non-finite step, the precision, the best
+  checkpoint) are agreed on through :func:`agree`, :func:`broadcast` and :func:`from_main`; the clock that the
+  minutes budget and the learning-rate schedule follow is rank 0's (:func:`clock_and_flags`);
 - rank 0 alone writes checkpoints, logs and progress (:attr:`Dist.main`).
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -143,6 +145,25 @@ def agree(*flags: bool) -> tuple[bool, ...]:
     t = torch.tensor([1.0 if f else 0.0 for f in flags], device=comm_device())
     tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
     return tuple(bool(v) for v in t.tolist())
+
+
+def clock_and_flags(seconds: float, *flags: bool) -> tuple[float, tuple[bool, ...]]:
+    """Rank 0's ``seconds`` on every rank, and each flag true on every rank when it is true on any rank, in one
+    small all-reduce. Each process reads its own clock; when the budget and the learning-rate schedule
+    followed them, two processes could disagree at the last step (one ends while the other waits in a
+    collective) and their schedules, hence their weights, would drift apart. Rank 0's clock decides for all."""
+    if not current().enabled:
+        return float(seconds), tuple(bool(f) for f in flags)
+    first = float(seconds) if current().main else -math.inf
+    t = torch.tensor([first, *(1.0 if f else 0.0 for f in flags)], dtype=torch.float64, device=comm_device())
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    values = t.tolist()
+    return values[0], tuple(bool(v) for v in values[1:])
+
+
+def from_main(obj: T) -> T:
+    """Rank 0's ``obj`` on every rank (a decision rank 0 makes for all, e.g. "this is the best checkpoint")."""
+    return broadcast(obj, src=0)
 
 
 def mean(values: Sequence[float]) -> list[float]:

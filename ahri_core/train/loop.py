@@ -18,8 +18,9 @@ its loss and its validation (``objectives/``). Everything else is the loop's, on
 - metrics.jsonl (train records every ``log_every`` steps, val records every ``val_every``), progress;
 - several processes (torchrun): DistributedDataParallel, or FSDP2 ``fully_shard`` with ``train.fsdp``; every
   rank walks the same batch plan and keeps its share (the objective's ``dist``), the decisions that must
-  match (stop, skip a bad step, precision) are agreed on, train records are averaged over ranks, and rank 0
-  alone writes files and shows progress. Checkpoints hold whole tensors, so one process can load or resume
+  match (stop, skip a bad step, precision, the best checkpoint) are agreed on, the minutes budget and the LR
+  schedule follow rank 0's clock, train records are averaged over ranks, and rank 0 alone writes files and
+  shows progress. Checkpoints hold whole tensors, so one process can load or resume
   them, and so can another number of processes.
 """
 
@@ -258,12 +259,16 @@ class _Loop:
         if line:
             self.p.log(line)
         m = obj.best_metric
+        best = None
         if st.step > 0 and m and v.get(m) is not None and math.isfinite(v[m]):
-            best = st.best
-            better = best is None or (v[m] > best["value"] if obj.best_mode == "max" else v[m] < best["value"])
-            if better:
-                st.best = {"metric": m, "value": float(v[m]), "step": st.step}
-                self.ckpt.save_best(st)
+            old = st.best
+            if old is None or (v[m] > old["value"] if obj.best_mode == "max" else v[m] < old["value"]):
+                best = {"metric": m, "value": float(v[m]), "step": st.step}
+        if self.d.enabled and st.step > 0:
+            best = distributed.from_main(best)  # rank 0 decides, so every rank joins the same save
+        if best is not None:
+            st.best = best
+            self.ckpt.save_best(st)
         return rec
 
     def safe_validate(self) -> dict[str, Any]:
@@ -316,11 +321,15 @@ class _Loop:
     def steps(self, stop: StopRequest, on_step: Callable[[int, dict[str, Any]], None] | None) -> bool:
         """Train until the budget is spent or a stop is requested; returns whether a stop ended it."""
         st, train, budget = self.st, self.train, self.budget
+        lr = 0.0
         while True:
-            done, stopping = distributed.agree(budget.done(st.step), stop.requested)
-            if done or stopping:
+            # rank 0's clock for every rank: the stop and the LR schedule are the same everywhere
+            now, (stopping,) = distributed.clock_and_flags(budget.elapsed(), stop.requested)
+            if budget.done(st.step, now) or stopping:
+                if self.acc.n:  # the interval a minutes budget or a stop cut short (every rank is here)
+                    self.log_train(lr)
                 return bool(stopping)
-            lr = self.train_step.lr_at(st.step, budget.progress(st.step))
+            lr = self.train_step.lr_at(st.step, budget.progress(st.step, now))
             res = self.train_step(st.step, lr)
             if not res.ok:
                 self.skipped(res)
@@ -331,7 +340,7 @@ class _Loop:
                 self.acc.add(o, res.grad_norm)
             if on_step is not None:
                 on_step(st.step, {"step": st.step, "lr": lr, **res.outs[-1].logs})
-            if st.step % train.log_every == 0 or budget.done(st.step):
+            if st.step % train.log_every == 0 or budget.done(st.step, now):
                 self.log_train(lr)
             self.p.advance(self.obj.task, 1)
             if st.step % train.val_every == 0:
