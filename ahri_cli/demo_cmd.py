@@ -1,4 +1,5 @@
-"""``ahri demo``: render game clips, train, tokenize, train dynamics, evaluate and roll out, within a budget."""
+"""``ahri demo``: render game clips (or import one's own videos), train, tokenize, train dynamics, evaluate and
+roll out, within a budget; the same command after Ctrl-C continues."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import typer
 from rich.table import Table
 
 from ahri_core.config.base import load
+from ahri_core.errors import ConfigError
 
 from .options import (
     DynamicsPreset,
@@ -21,12 +23,21 @@ from .options import (
     check_square_size,
     setup_threads,
 )
-from .output import console, escape, info, out
+from .output import command_line, console, escape, info, out, quote_arg
 from .progress import RichProgress, run_log
 from .state import STATE
 
 
 def demo(
+    videos: Annotated[
+        str | None,
+        typer.Option("--videos", metavar="DIR|URL",
+                     help="Your own videos instead of the built-in game: a folder (searched recursively), a video "
+                          "file, or a channel, playlist or video URL. Without actions, latent actions are learnt."),
+    ] = None,
+    max_videos: Annotated[
+        int | None, typer.Option("--max-videos", min=1, help="With --videos: import at most this many videos.")
+    ] = None,
     minutes: Annotated[
         float | None, typer.Option("--minutes", help="Wall-clock budget of the whole demo. \\[default: 15]")
     ] = None,
@@ -47,12 +58,26 @@ def demo(
     eval_clips: Annotated[int | None, typer.Option("--eval-clips", hidden=True)] = None,
     rollout_horizon: Annotated[int | None, typer.Option("--rollout-horizon", hidden=True)] = None,
 ) -> None:
-    """The whole flow on this machine, no network: game clips -> tokenizer -> latents -> dynamics -> eval -> rollout.
+    """The whole flow, no network: game clips -> tokenizer -> latents -> dynamics -> eval -> rollout.
+
+    With --videos, your own videos instead of the game clips: one command from a folder (or a channel URL)
+    to a model to play. After Ctrl-C the same command continues where it stopped.
 
     Example:  ahri demo --minutes 15
+    (own videos:  ahri demo --videos ~/Videos/replays --minutes 60)
     """
-    from ahri_core.config.settings import DemoSettings
-    from ahri_core.demo import STAGES, run_demo
+    from ahri_core.config.settings import DemoSettings, FetchSettings
+    from ahri_core.demo import STAGES, VIDEO_STAGES, run_demo
+
+    if videos is None and max_videos is not None:
+        raise ConfigError("--max-videos: only used with --videos")
+    if videos is not None and (clips is not None or frames is not None):
+        raise ConfigError(f"{'--clips' if clips is not None else '--frames'}: the built-in game's; "
+                          "with --videos the flow takes your videos as they are")
+    if videos is not None:
+        from ahri_core.demo_videos import check_source
+
+        videos = check_source(videos)  # a path made absolute: the same folder is the same flow from anywhere
 
     flags = dict(
         minutes=minutes, clips=clips, seed=seed,
@@ -64,22 +89,64 @@ def demo(
     )
     s = load(DemoSettings, flags, STATE.config)
     ws = STATE.workspace
+    fetch = load(FetchSettings, {"max_videos": max_videos}, STATE.config) if videos is not None else None
     n_threads = setup_threads(threads)
     log_path = ws.root / "logs" / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}.txt"
     before = _run_names(ws.runs)
     try:
         with run_log(log_path):
+            what = f"{s.clips} game clips" if videos is None else f"videos from {escape(videos)}"
             info(
-                f"ahri demo: {s.clips} game clips, budget {s.minutes:g} min, {n_threads} CPU threads, "
+                f"ahri demo: {what}, budget {s.minutes:g} min, {n_threads} CPU threads, "
                 f"workspace {escape(str(ws.root))}"
             )
-            info("stages: " + " -> ".join(STAGES))
-            with RichProgress(console) as progress:
-                res = run_demo(s, ws, progress)
+            info("stages: " + " -> ".join(STAGES if videos is None else VIDEO_STAGES))
+            try:
+                with RichProgress(console) as progress:
+                    res = run_demo(s, ws, progress, videos=videos, fetch=fetch)
+            except KeyboardInterrupt:
+                info(f"stopped; continue with the same command: {escape(_same_command())}")
+                raise
             _report(res)
+            _report_flow(res, s)
             out.print(f"log:      {log_path}", highlight=False, markup=False)
     finally:
         _copy_log(log_path, ws.runs, before)
+
+
+def _same_command() -> str:
+    """The command line of this call, to run again."""
+    return " ".join(["ahri", *(quote_arg(a) for a in STATE.argv)])
+
+
+def _report_flow(res, s) -> None:  # noqa: ANN001 - ahri_core.demo.DemoResult, DemoSettings
+    """Every stage's run or output, the held-out videos, and the commands to evaluate again and to play."""
+    from ahri_core.config.settings import SamplingSettings
+
+    sm = res.summary
+    t = Table(title="runs and outputs")
+    t.add_column("stage")
+    t.add_column("run or output", overflow="fold")
+    for stage, where in sm["stage_outputs"].items():
+        t.add_row(stage, escape(str(where or "-")))
+    out.print(t)
+    held = sm["held_out_videos"]
+    shown = ", ".join(held[:12]) + (f", ... (all in {res.path.name})" if len(held) > 12 else "")
+    out.print(f"held out: {len(held)} of {sm['videos']} videos: {shown}", highlight=False, markup=False)
+    if sm["latent_actions"]:
+        out.print("actions:  none in the videos; the model learnt latent actions from them", highlight=False)
+    dyn = sm["dynamics"]["name"]
+    ev = ["eval", dyn, *(a for k in s.steps for a in ("--steps", str(k))), "--context", str(s.context),
+          "--horizon", str(s.horizon), "--clips", str(s.eval_clips)]
+    play = ["play", dyn]
+    d = load(SamplingSettings, {}, STATE.config)  # what play takes without flags
+    if s.context != d.context:
+        play += ["--context", str(s.context)]
+    if [min(s.steps)] != d.steps:
+        play += ["--steps", str(min(s.steps))]
+    # one line each, never wrapped: they are to be copied as they are
+    out.print(f"evaluate: {command_line(*ev)}", highlight=False, markup=False, soft_wrap=True)
+    out.print(f"play:     {command_line(*play)}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _run_names(runs: Path) -> set[str]:
