@@ -4,7 +4,6 @@ roll out, within a budget; the same command after Ctrl-C continues."""
 from __future__ import annotations
 
 import contextlib
-import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -58,13 +57,13 @@ def demo(
     eval_clips: Annotated[int | None, typer.Option("--eval-clips", hidden=True)] = None,
     rollout_horizon: Annotated[int | None, typer.Option("--rollout-horizon", hidden=True)] = None,
 ) -> None:
-    """The whole flow, no network: game clips -> tokenizer -> latents -> dynamics -> eval -> rollout.
+    """The whole flow in one budget: game clips or --videos -> tokenizer -> latents -> dynamics -> eval.
 
-    With --videos, your own videos instead of the game clips: one command from a folder (or a channel URL)
-    to a model to play. After Ctrl-C the same command continues where it stopped.
+    --videos takes your own (a folder or a channel URL) and ends with the command to play the model.
+    After Ctrl-C the same command continues where it stopped.
 
     Example:  ahri demo --minutes 15
-    (own videos:  ahri demo --videos ~/Videos/replays --minutes 60)
+    (your videos:  ahri demo --videos ~/Videos/replays --minutes 60)
     """
     from ahri_core.config.settings import DemoSettings, FetchSettings
     from ahri_core.demo import STAGES, VIDEO_STAGES, run_demo
@@ -149,20 +148,36 @@ def _report_flow(res, s) -> None:  # noqa: ANN001 - ahri_core.demo.DemoResult, D
     out.print(f"play:     {command_line(*play)}", highlight=False, markup=False, soft_wrap=True)
 
 
-def _run_names(runs: Path) -> set[str]:
-    return {d.name for d in runs.iterdir() if d.is_dir()} if runs.is_dir() else set()
+def _run_names(runs: Path) -> dict[str, float]:
+    """Each run's name and the time its run.json last changed (0 without one)."""
+    if not runs.is_dir():
+        return {}
+    found = {}
+    for d in runs.iterdir():
+        if d.is_dir():
+            try:
+                found[d.name] = (d / "run.json").stat().st_mtime
+            except OSError:
+                found[d.name] = 0.0
+    return found
 
 
-def _copy_log(log_path: Path, runs: Path, before: set[str]) -> None:
-    """Each run the demo created gets the demo's log as its log.txt."""
+def _copy_log(log_path: Path, runs: Path, before: dict[str, float]) -> None:
+    """Each run the demo created gets the demo's log as its log.txt; a run it continued (made by an earlier
+    session of the flow) gets this session's log after its own."""
     if not log_path.is_file():
         return
     from ahri_core.fileio import atomic_path
 
-    for name in sorted(_run_names(runs) - before):
+    for name, changed in sorted(_run_names(runs).items()):
+        if name in before and changed == before[name]:
+            continue
         dest = runs / name / "log.txt"
         with contextlib.suppress(OSError), atomic_path(dest) as tmp:
-            shutil.copyfile(log_path, tmp)
+            with open(tmp, "wb") as f:
+                if name in before and dest.is_file():
+                    f.write(dest.read_bytes())
+                f.write(log_path.read_bytes())
 
 
 def _report(res) -> None:  # noqa: ANN001 - ahri_core.demo.DemoResult

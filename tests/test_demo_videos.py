@@ -41,8 +41,8 @@ eval_clips = 2
 rollout_horizon = 4
 samples = 1
 val_fraction = 0.3
-tokenizer_max_steps = 20
-dynamics_max_steps = 40
+tokenizer_max_steps = 12
+dynamics_max_steps = 24
 precision = "fp32"
 """
 
@@ -78,7 +78,7 @@ def _interrupt_in_dynamics(cmd: list[str], env: dict[str, str]) -> tuple[int, st
         for line in proc.stderr:
             seen.append(line)
             if line.startswith("val @ step 0: tau"):  # the dynamics validation: the loop and its stop handler run
-                time.sleep(0.5)  # a few of its 40 steps (which take seconds on any machine)
+                time.sleep(0.5)  # a few of its 24 steps (which take seconds on any machine)
                 proc.send_signal(signal.SIGINT)
                 break
         _, rest = proc.communicate(timeout=120)
@@ -140,7 +140,7 @@ def test_own_videos_one_command_interrupted_and_continued_then_eval_and_play(tmp
     assert re.search(rf"resumed {dyn_name} at step \d+ ", r.stderr), r.stderr
     assert "tokenizer: run" not in r.stderr
     sm = json.loads((ws / "runs" / dyn_name / "demo-summary.json").read_text())
-    assert sm["sessions"] == 2 and sm["latent_actions"] and sm["dynamics"]["steps"] == 40
+    assert sm["sessions"] == 2 and sm["latent_actions"] and sm["dynamics"]["steps"] == 24
     assert sm["tokenizer"]["name"] == tok_name and sm["dynamics"]["name"] == dyn_name
     assert set(sm["stage_seconds"]) == {"import videos", "tokenizer", "tokenize", "dynamics", "evaluate", "rollout"}
     assert sm["stage_outputs"]["tokenizer"] == tok_name and sm["stage_outputs"]["dynamics"] == dyn_name
@@ -149,6 +149,8 @@ def test_own_videos_one_command_interrupted_and_continued_then_eval_and_play(tmp
     assert sm["minutes_used"] <= 1.0 and sm["acceptance"]["within_budget"]
     assert f"held out: {len(held)} of {len(ids)} videos: {', '.join(held)}" in r.stdout
     assert "copy last frame" in r.stdout
+    log = (ws / "runs" / dyn_name / "log.txt").read_text()  # both sessions' messages
+    assert "continue with the same command" in log and "continuing the flow started" in log
     meta = json.loads((ws / "runs" / dyn_name / "run.json").read_text())
     assert meta["split_videos"]["val"] == held and meta["settings"]["latent_actions"]["enabled"]
 
