@@ -4,8 +4,8 @@ A flow is named by what it was asked to do: the videos it takes (a folder, a URL
 its settings, so the same command finds its own record again and any other command starts a new flow. The
 record (``<workspace>/demo/<key>.json``, written atomically after every change) holds the names of the flow's
 runs, the outputs of every stage done, the minutes each training stage was given, and the seconds the
-earlier sessions spent, which count against the one budget. A finished flow is kept for reference; the same
-command after it starts a new flow.
+earlier sessions spent, which count against the one budget. A finished flow's record stays (with the path of
+its summary) until the same command starts a new flow in its place.
 """
 
 from __future__ import annotations
