@@ -139,10 +139,8 @@ class _Stages:
         t = time.monotonic()
         try:
             outputs = work()
-        except BaseException:  # Ctrl-C (or a failure): keep the time spent and what was decided
+        except BaseException:  # Ctrl-C (or a failure): run_demo writes the record with the time spent
             self.state.add_seconds(name, time.monotonic() - t)
-            with contextlib.suppress(OSError):  # the error to show is the stage's
-                self.state.save(self.clock.elapsed())
             raise
         self.state.add_seconds(name, time.monotonic() - t)
         self.state.mark(name, outputs)
@@ -487,7 +485,12 @@ def run_demo(
         videos = check_source(videos)
     state = FlowState.open(ws.root, videos, s.model_dump(mode="json"))
     flow = _Flow(s, ws, prog, state, videos, fetch)
-    summary, dyn_dir = flow.run()
+    try:
+        summary, dyn_dir = flow.run()
+    except BaseException:  # Ctrl-C (or a failure): keep what was done and decided, and the time spent
+        with contextlib.suppress(OSError):  # the error to show is the flow's
+            state.save(flow.clock.elapsed())
+        raise
     path = dyn_dir / "demo-summary.json"
     write_json_atomic(path, summary)
     state.data["summary"] = str(path)

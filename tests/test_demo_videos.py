@@ -181,3 +181,26 @@ def test_own_videos_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "the evaluation needs 32 (context + horizon)" in err and "Traceback" not in err
     assert not (ws / "runs").exists()
+
+
+def test_a_flow_record_is_found_again_only_by_the_same_command(tmp_path):
+    from ahri_core.demo_state import FlowState
+    from ahri_core.demo_videos import is_url
+
+    a = FlowState.open(tmp_path, "/videos/a", {"minutes": 1})
+    assert not a.resumed
+    a.mark("import videos", {"videos": ["x"]})
+    a.plan("tokenizer_minutes", 0.3)
+    a.save(12.0)
+    again = FlowState.open(tmp_path, "/videos/a", {"minutes": 1})
+    assert again.resumed and again.stamp == a.stamp and again.elapsed_before == 12.0
+    assert again.done("import videos") == {"videos": ["x"]} and again.planned("tokenizer_minutes") == 0.3
+    assert again.done("tokenizer") is None and again.data["sessions"] == 2
+    assert not FlowState.open(tmp_path, "/videos/b", {"minutes": 1}).resumed  # other videos
+    assert not FlowState.open(tmp_path, "/videos/a", {"minutes": 2}).resumed  # other settings
+    again.save(30.0, finished=True)
+    assert not FlowState.open(tmp_path, "/videos/a", {"minutes": 1}).resumed  # a finished flow is not repeated
+    again.path.write_text("{not json")
+    assert not FlowState.open(tmp_path, "/videos/a", {"minutes": 1}).resumed
+    assert is_url("https://www.youtube.com/@someone/videos") and is_url("ytsearch5:garen")
+    assert not is_url("videos/https://x") and not is_url("C:/videos") and not is_url("~/Videos")
