@@ -1,9 +1,9 @@
-"""``ahri demo``: render game clips, train, tokenize, train dynamics, evaluate and roll out, within a budget."""
+"""``ahri demo``: render game clips (or import one's own videos), train, tokenize, train dynamics, evaluate and
+roll out, within a budget; the same command after Ctrl-C continues."""
 
 from __future__ import annotations
 
 import contextlib
-import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from ahri_core.config.base import load
+from ahri_core.errors import ConfigError
 
 from .options import (
     DynamicsPreset,
@@ -21,12 +22,21 @@ from .options import (
     check_square_size,
     setup_threads,
 )
-from .output import console, escape, info, out
+from .output import command_line, console, escape, info, out, quote_arg
 from .progress import RichProgress, run_log
 from .state import STATE
 
 
 def demo(
+    videos: Annotated[
+        str | None,
+        typer.Option("--videos", metavar="DIR|URL",
+                     help="Your own videos instead of the built-in game: a folder (searched recursively), a video "
+                          "file, or a channel, playlist or video URL. Without actions, latent actions are learnt."),
+    ] = None,
+    max_videos: Annotated[
+        int | None, typer.Option("--max-videos", min=1, help="With --videos: import at most this many videos.")
+    ] = None,
     minutes: Annotated[
         float | None, typer.Option("--minutes", help="Wall-clock budget of the whole demo. \\[default: 15]")
     ] = None,
@@ -47,12 +57,26 @@ def demo(
     eval_clips: Annotated[int | None, typer.Option("--eval-clips", hidden=True)] = None,
     rollout_horizon: Annotated[int | None, typer.Option("--rollout-horizon", hidden=True)] = None,
 ) -> None:
-    """The whole flow on this machine, no network: game clips -> tokenizer -> latents -> dynamics -> eval -> rollout.
+    """The whole flow in one budget: game clips or --videos -> tokenizer -> latents -> dynamics -> eval.
+
+    --videos takes your own (a folder or a channel URL) and ends with the command to play the model.
+    After Ctrl-C the same command continues where it stopped.
 
     Example:  ahri demo --minutes 15
+    (your videos:  ahri demo --videos ~/Videos/replays --minutes 60)
     """
-    from ahri_core.config.settings import DemoSettings
-    from ahri_core.demo import STAGES, run_demo
+    from ahri_core.config.settings import DemoSettings, FetchSettings
+    from ahri_core.demo import STAGES, VIDEO_STAGES, run_demo
+
+    if videos is None and max_videos is not None:
+        raise ConfigError("--max-videos: only used with --videos")
+    if videos is not None and (clips is not None or frames is not None):
+        raise ConfigError(f"{'--clips' if clips is not None else '--frames'}: the built-in game's; "
+                          "with --videos the flow takes your videos as they are")
+    if videos is not None:
+        from ahri_core.demo_videos import check_source
+
+        videos = check_source(videos)  # a path made absolute: the same folder is the same flow from anywhere
 
     flags = dict(
         minutes=minutes, clips=clips, seed=seed,
@@ -64,38 +88,96 @@ def demo(
     )
     s = load(DemoSettings, flags, STATE.config)
     ws = STATE.workspace
+    fetch = load(FetchSettings, {"max_videos": max_videos}, STATE.config) if videos is not None else None
     n_threads = setup_threads(threads)
     log_path = ws.root / "logs" / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}.txt"
     before = _run_names(ws.runs)
     try:
         with run_log(log_path):
+            what = f"{s.clips} game clips" if videos is None else f"videos from {escape(videos)}"
             info(
-                f"ahri demo: {s.clips} game clips, budget {s.minutes:g} min, {n_threads} CPU threads, "
+                f"ahri demo: {what}, budget {s.minutes:g} min, {n_threads} CPU threads, "
                 f"workspace {escape(str(ws.root))}"
             )
-            info("stages: " + " -> ".join(STAGES))
-            with RichProgress(console) as progress:
-                res = run_demo(s, ws, progress)
+            info("stages: " + " -> ".join(STAGES if videos is None else VIDEO_STAGES))
+            try:
+                with RichProgress(console) as progress:
+                    res = run_demo(s, ws, progress, videos=videos, fetch=fetch)
+            except KeyboardInterrupt:
+                info(f"stopped; continue with the same command: {escape(_same_command())}")
+                raise
             _report(res)
+            _report_flow(res, s)
             out.print(f"log:      {log_path}", highlight=False, markup=False)
     finally:
         _copy_log(log_path, ws.runs, before)
 
 
-def _run_names(runs: Path) -> set[str]:
-    return {d.name for d in runs.iterdir() if d.is_dir()} if runs.is_dir() else set()
+def _same_command() -> str:
+    """The command line of this call, to run again."""
+    return " ".join(["ahri", *(quote_arg(a) for a in STATE.argv)])
 
 
-def _copy_log(log_path: Path, runs: Path, before: set[str]) -> None:
-    """Each run the demo created gets the demo's log as its log.txt."""
+def _report_flow(res, s) -> None:  # noqa: ANN001 - ahri_core.demo.DemoResult, DemoSettings
+    """Every stage's run or output, the held-out videos, and the commands to evaluate again and to play."""
+    from ahri_core.config.settings import SamplingSettings
+
+    sm = res.summary
+    t = Table(title="runs and outputs")
+    t.add_column("stage")
+    t.add_column("run or output", overflow="fold")
+    for stage, where in sm["stage_outputs"].items():
+        t.add_row(stage, escape(str(where or "-")))
+    out.print(t)
+    held = sm["held_out_videos"]
+    shown = ", ".join(held[:12]) + (f", ... (all in {res.path.name})" if len(held) > 12 else "")
+    out.print(f"held out: {len(held)} of {sm['videos']} videos: {shown}", highlight=False, markup=False)
+    if sm["latent_actions"]:
+        out.print("actions:  none in the videos; the model learnt latent actions from them", highlight=False)
+    dyn = sm["dynamics"]["name"]
+    ev = ["eval", dyn, *(a for k in s.steps for a in ("--steps", str(k))), "--context", str(s.context),
+          "--horizon", str(s.horizon), "--clips", str(s.eval_clips)]
+    play = ["play", dyn]
+    d = load(SamplingSettings, {}, STATE.config)  # what play takes without flags
+    if s.context != d.context:
+        play += ["--context", str(s.context)]
+    if [min(s.steps)] != d.steps:
+        play += ["--steps", str(min(s.steps))]
+    # one line each, never wrapped: they are to be copied as they are
+    out.print(f"evaluate: {command_line(*ev)}", highlight=False, markup=False, soft_wrap=True)
+    out.print(f"play:     {command_line(*play)}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _run_names(runs: Path) -> dict[str, float]:
+    """Each run's name and the time its run.json last changed (0 without one)."""
+    if not runs.is_dir():
+        return {}
+    found = {}
+    for d in runs.iterdir():
+        if d.is_dir():
+            try:
+                found[d.name] = (d / "run.json").stat().st_mtime
+            except OSError:
+                found[d.name] = 0.0
+    return found
+
+
+def _copy_log(log_path: Path, runs: Path, before: dict[str, float]) -> None:
+    """Each run the demo created gets the demo's log as its log.txt; a run it continued (made by an earlier
+    session of the flow) gets this session's log after its own."""
     if not log_path.is_file():
         return
     from ahri_core.fileio import atomic_path
 
-    for name in sorted(_run_names(runs) - before):
+    for name, changed in sorted(_run_names(runs).items()):
+        if name in before and changed == before[name]:
+            continue
         dest = runs / name / "log.txt"
         with contextlib.suppress(OSError), atomic_path(dest) as tmp:
-            shutil.copyfile(log_path, tmp)
+            with open(tmp, "wb") as f:
+                if name in before and dest.is_file():
+                    f.write(dest.read_bytes())
+                f.write(log_path.read_bytes())
 
 
 def _report(res) -> None:  # noqa: ANN001 - ahri_core.demo.DemoResult

@@ -9,8 +9,10 @@ measured as they run, and the evaluation's cost is reserved up front (``eval_sha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +26,7 @@ from .config.settings import (
     SamplingSettings,
     TrainSettings,
 )
+from .demo_state import FlowState
 from .errors import ConfigError, DataError
 from .fileio import write_json_atomic
 from .progress import Progress, ensure
@@ -31,6 +34,7 @@ from .workspace import Workspace
 
 MIN_TRAIN_SECONDS = 5  # the least a training stage gets, even when the budget is already spent
 STAGES = ("game clips", "tokenizer", "tokenize", "dynamics", "evaluate", "rollout")
+VIDEO_STAGES = ("import videos", *STAGES[1:])  # the flow on one's own videos
 
 
 @dataclass
@@ -41,8 +45,8 @@ class DemoResult:
 
 
 class _Clock:
-    def __init__(self, minutes: float) -> None:
-        self.t0 = time.monotonic()
+    def __init__(self, minutes: float, before: float = 0.0) -> None:
+        self.t0 = time.monotonic() - before  # ``before``: seconds the earlier sessions of the flow spent
         self.budget = 60.0 * minutes
 
     def elapsed(self) -> float:
@@ -111,31 +115,49 @@ def _tokenize(tokenizer_run: Path, videos: list, out_root: Path, val_fraction: f
     res = tokenize_videos(tokenizer_run, videos, out_root, val_fraction=val_fraction, progress=progress,
                           precision=precision)
     if not res.ok:
-        raise DataError(f"tokenizing the game clips failed: {res.failed[0][0]}: {res.failed[0][1]}")
+        raise DataError(f"tokenizing the videos failed: {res.failed[0][0]}: {res.failed[0][1]}")
     return Path(res.out_dir)
 
 
 class _Stages:
-    """The demo's progress line and the seconds each stage took."""
+    """The demo's progress line, and each stage run once over the flow's sessions: a stage the flow's record
+    holds is skipped, one that ends (or stops) adds its seconds to the record, which is then written."""
 
-    def __init__(self, clock: _Clock, prog: Progress) -> None:
-        self.clock, self.prog = clock, prog
-        self.times: dict[str, float] = {}
+    def __init__(self, names: tuple[str, ...], clock: _Clock, prog: Progress, state: FlowState) -> None:
+        self.names, self.clock, self.prog, self.state = names, clock, prog, state
 
-    def start(self, name: str) -> float:
-        self.prog.advance("demo", 0, stage=name, left_s=round(max(self.clock.left(), 0)))
-        return time.monotonic()
+    def _advance(self, name: str, amount: int) -> None:
+        self.prog.advance("demo", amount, stage=name, left_s=round(max(self.clock.left(), 0)))
 
-    def done(self, name: str, t: float) -> None:
-        self.times[name] = time.monotonic() - t
-        self.prog.advance("demo", 1, stage=name, left_s=round(max(self.clock.left(), 0)))
+    def run(self, index: int, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        name = self.names[index]
+        done = self.state.done(name)
+        if done is not None:
+            self._advance(name, 1)
+            return done
+        self._advance(name, 0)
+        t = time.monotonic()
+        try:
+            outputs = work()
+        except BaseException:  # Ctrl-C (or a failure): run_demo writes the record with the time spent
+            self.state.add_seconds(name, time.monotonic() - t)
+            raise
+        self.state.add_seconds(name, time.monotonic() - t)
+        self.state.mark(name, outputs)
+        self.state.save(self.clock.elapsed())
+        self._advance(name, 1)
+        return outputs
+
+    def seconds(self) -> dict[str, float]:
+        spent = self.state.seconds()
+        return {n: spent[n] for n in self.names if n in spent}
 
 
-def _check_settings(s: DemoSettings) -> None:
+def _check_settings(s: DemoSettings, own_videos: bool = False) -> None:
     for k in s.steps:
         if k > s.k_max:
             raise ConfigError(f"demo.steps {k} is finer than demo.k_max {s.k_max}")
-    if s.context + s.horizon > s.frames:
+    if not own_videos and s.context + s.horizon > s.frames:
         raise ConfigError(f"demo.context + demo.horizon ({s.context + s.horizon}) exceeds demo.frames ({s.frames})")
 
 
@@ -156,25 +178,18 @@ def _render_clips(s: DemoSettings, ws: Workspace, prog: Progress) -> list:
     return videos
 
 
-def _sampling_reserve(s: DemoSettings, ws: Workspace, clock: _Clock) -> float:
-    """Seconds kept for sampling (eval + rollout): measured on a model of the demo's shape on this machine,
-    at least ``eval_share`` of the budget."""
+def _sampling_reserve(s: DemoSettings, ws: Workspace, clock: _Clock, tcfg: Any) -> float:
+    """Seconds kept for sampling (eval + rollout): measured on a model of the demo's shape on this machine
+    (``tcfg``: the tokenizer's config), at least ``eval_share`` of the budget."""
     from .models.dynamics import dynamics_config
-    from .models.tokenizer import tokenizer_config
 
-    tcfg = tokenizer_config(s.tokenizer_preset, image_size=s.size)
     shape = dynamics_config(s.dynamics_preset, tokens=tcfg.tokens, channels=tcfg.channels, k_max=s.k_max,
                             max_frames=max(s.seq_len_short, s.seq_len_long), latent_grid=tcfg.token_grid)
     return max(estimate_sampling_seconds(s, shape, cache_dir=ws.cache), s.eval_share * clock.budget)
 
 
-def _train_tokenizer(s: DemoSettings, ws: Workspace, videos: list, name: str, clock: _Clock, reserve_eval: float,
-                     prog: Progress) -> tuple[dict[str, Any], float]:
-    """Stage 2: the tokenizer gets its share of what is left after the reserve and a tokenize allowance;
-    returns (its training summary, the minutes it was given)."""
-    from .config.settings import TokenizerSettings
-    from .train.tokenizer import train_tokenizer
-
+def _tokenizer_minutes(s: DemoSettings, clock: _Clock, reserve_eval: float, prog: Progress) -> float:
+    """The tokenizer's share of what is left after the sampling reserve and a tokenize allowance."""
     tokenize_allow = max(5.0, 0.03 * clock.budget)
     train_left = clock.left() - reserve_eval - tokenize_allow
     if train_left < MIN_TRAIN_SECONDS * 2:
@@ -182,23 +197,28 @@ def _train_tokenizer(s: DemoSettings, ws: Workspace, videos: list, name: str, cl
             f"demo.minutes={s.minutes:g} leaves {max(train_left, 0):.0f} s to train on this machine; each training "
             f"stage gets {MIN_TRAIN_SECONDS} s and the demo will run over its budget"
         )
-    tok_minutes = max(s.tokenizer_share * train_left, MIN_TRAIN_SECONDS) / 60
-    ttrain = TrainSettings(stage="tokenizer", preset=s.tokenizer_preset, run=name, minutes=tok_minutes,
-                           max_steps=s.tokenizer_max_steps,
+    return max(s.tokenizer_share * train_left, MIN_TRAIN_SECONDS) / 60
+
+
+def _train_tokenizer(s: DemoSettings, ws: Workspace, videos: list, name: str, minutes: float, tok: Any,
+                     resume: bool, prog: Progress) -> dict[str, Any]:
+    """Stage 2: train (or continue, with ``resume``) the tokenizer for ``minutes``; returns its summary."""
+    from .train.tokenizer import train_tokenizer
+
+    ttrain = TrainSettings(stage="tokenizer", preset=s.tokenizer_preset, run=name, minutes=minutes,
+                           max_steps=s.tokenizer_max_steps, resume=resume,
                            seed=s.seed, val_every=10**9, checkpoint_every=10**9, log_every=20, precision=s.precision,
                            **({"batch_size": s.tokenizer_batch_size} if s.tokenizer_batch_size else {}))
-    tok_summary = train_tokenizer(ws.run_dir(name), videos, ttrain,
-                                  TokenizerSettings(size=s.size, val_fraction=s.val_fraction, val_frames=64,
-                                                    mask_max=s.tokenizer_mask_max), progress=prog)
+    tok_summary = train_tokenizer(ws.run_dir(name), videos, ttrain, tok, progress=prog)
     if tok_summary.get("stopped"):  # Ctrl-C / SIGTERM: the trainer saved a checkpoint; stop the demo too
         raise KeyboardInterrupt
-    return tok_summary, tok_minutes
+    return tok_summary
 
 
-def _train_dynamics(s: DemoSettings, ws: Workspace, lat_dir: Path, name: str, clock: _Clock, reserve_eval: float,
-                    prog: Progress) -> tuple[Any, float]:
-    """Stage 4: the dynamics model gets everything left but what sampling will take; returns (its result,
-    the minutes it was given)."""
+def _train_dynamics(s: DemoSettings, ws: Workspace, lat_dir: Path, name: str, minutes: float, resume: bool,
+                    latent_actions: bool, prog: Progress) -> Any:
+    """Stage 4: train (or continue) the dynamics model for ``minutes``, with latent actions when asked."""
+    from .config.settings import LatentActionSettings
     from .data.windows import load_latent_set
     from .train.dynamics import train_dynamics
 
@@ -206,18 +226,18 @@ def _train_dynamics(s: DemoSettings, ws: Workspace, lat_dir: Path, name: str, cl
                          batch_size_short=s.batch_size_short, batch_size_long=s.batch_size_long,
                          long_ratio=s.long_ratio, stride=s.stride, val_fraction=s.val_fraction)
     ddiff = DiffusionSettings(shortcut=True, k_max=s.k_max, single_image_fraction=s.single_image_fraction)
-    dtrain = TrainSettings(stage="dynamics", preset=s.dynamics_preset, run=name, minutes=1.0,
-                           max_steps=s.dynamics_max_steps,
+    dtrain = TrainSettings(stage="dynamics", preset=s.dynamics_preset, run=name, minutes=minutes,
+                           max_steps=s.dynamics_max_steps, resume=resume,
                            seed=s.seed, lr=s.dynamics_lr, ema=s.dynamics_ema, warmup_steps=50, val_every=10**9,
                            precision=s.precision,
                            checkpoint_every=10**9, log_every=20)
     lset = load_latent_set(lat_dir)
-    dyn_minutes = max(clock.left() - reserve_eval - 0.02 * clock.budget, MIN_TRAIN_SECONDS) / 60
-    dtrain = dtrain.model_copy(update={"minutes": dyn_minutes})
-    dyn = train_dynamics(lset, ws.run_dir(name), train=dtrain, data=ddata, diffusion=ddiff, progress=prog)
+    lam = LatentActionSettings(enabled=True) if latent_actions else None
+    dyn = train_dynamics(lset, ws.run_dir(name), train=dtrain, data=ddata, diffusion=ddiff, progress=prog,
+                         latent_actions=lam)
     if dyn.stopped:
         raise KeyboardInterrupt
-    return dyn, dyn_minutes
+    return dyn
 
 
 def _evaluate(s: DemoSettings, ws: Workspace, dyn_name: str, tok_name: str, lat_dir: Path,
@@ -234,16 +254,16 @@ def _evaluate(s: DemoSettings, ws: Workspace, dyn_name: str, tok_name: str, lat_
     return world, report
 
 
-def _rollout(s: DemoSettings, videos: list, world: Any, report: Any, prog: Progress) -> Any:
+def _rollout(s: DemoSettings, videos: list, world: Any, metrics: dict[str, Any], prog: Progress) -> Any:
     """Stage 6: roll out one held-out clip (the first evaluation clip's video); None when it is not found."""
     from .inference.rollout import rollout_clip
 
-    held = report.metrics["clips"][0]["video"]
+    held = metrics["clips"][0]["video"]
     clip_path = next((v.path for v in videos if v.id == held), None)
     if clip_path is None:
         return None
-    ctx = min(s.context, max(1, s.frames - 1))
-    return rollout_clip(clip_path, world, steps=min(s.steps), context=ctx, horizon=s.rollout_horizon,
+    # the settings check (built-in clips) and the held-out length check (own videos) keep context < frames
+    return rollout_clip(clip_path, world, steps=min(s.steps), context=s.context, horizon=s.rollout_horizon,
                         tau_ctx=s.tau_ctx, seed=s.seed, progress=prog, precision=s.precision)
 
 
@@ -263,74 +283,216 @@ def _eval_summary(s: DemoSettings, m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class _Flow:
+    """One call of the demo: the stages in order over the flow's record (see the module docstring)."""
+
+    def __init__(self, s: DemoSettings, ws: Workspace, prog: Progress, state: FlowState, source: str | None,
+                 fetch: FetchSettings | None) -> None:
+        self.s, self.ws, self.prog, self.state, self.source = s, ws, prog, state, source
+        self.fetch = fetch or FetchSettings()
+        self.clock = _Clock(s.minutes, state.elapsed_before)
+        self.stages = _Stages(STAGES if source is None else VIDEO_STAGES, self.clock, prog, state)
+        self.tok_name, self.dyn_name = f"demo-tokenizer-{state.stamp}", f"demo-dynamics-{state.stamp}"
+        self.videos: list | None = None
+        self.world: Any = None
+        self.metrics: dict[str, Any] | None = None
+
+    def _tok_settings(self) -> Any:
+        """The tokenizer's settings: the demo's square size for the built-in game; one's own videos keep their
+        aspect at the preset's pixel budget unless ``[demo] size`` is set."""
+        from .config.settings import TokenizerSettings
+
+        s = self.s
+        size = s.size if self.source is None or "size" in s.model_fields_set else None
+        return TokenizerSettings(size=size, val_fraction=s.val_fraction, val_frames=64, mask_max=s.tokenizer_mask_max)
+
+    def _tok_config(self, videos: list) -> Any:
+        from .models.tokenizer import tokenizer_config
+        from .train.tokenizer import new_config
+
+        if self.source is None:
+            return tokenizer_config(self.s.tokenizer_preset, image_size=self.s.size)
+        return new_config(self.s.tokenizer_preset, self._tok_settings(), videos)
+
+    def first_stage(self) -> dict[str, Any]:
+        """Stage 1: the built-in game clips, or one's own videos imported; the held-out videos chosen."""
+        from .demo_videos import check_lengths, held_out, import_videos
+
+        s, failed = self.s, []
+        if self.source is None:
+            videos, dest = _render_clips(s, self.ws, self.prog), self.ws.source_dir("game")
+        else:
+            videos, dest, failed = import_videos(self.source, self.ws.videos, self.fetch, self.prog)
+        ids = [v.id for v in videos]
+        val = held_out(ids, s.val_fraction)
+        if self.source is not None:
+            check_lengths(videos, val, self._tok_config(videos).fps, s.context + s.horizon)
+        self.videos = videos
+        actions = any(bool(v.meta.get("actions_file")) for v in videos)
+        shown = ", ".join(val[:8]) + (", ..." if len(val) > 8 else "")
+        self.prog.log(f"held out for validation and the evaluation: {len(val)} of {len(ids)} videos ({shown})")
+        if self.source is not None and not actions:
+            self.prog.log("the videos carry no actions: the dynamics model learns latent actions from them")
+        return {"dest": str(dest), "videos": ids, "held_out": val, "failed": [list(f) for f in failed],
+                "actions": actions}
+
+    def records(self, first: dict[str, Any]) -> list:
+        """The flow's videos (listed again when an earlier session imported them)."""
+        if self.videos is None:
+            from .sources.store import list_videos
+
+            wanted = set(first["videos"])
+            dest = Path(first["dest"])
+            self.videos = [v for v in list_videos(dest) if v.id in wanted] if dest.is_dir() else []
+            gone = sorted(wanted - {v.id for v in self.videos})
+            if gone:
+                raise DataError(f"{dest}: {len(gone)} of this flow's videos are gone ({', '.join(gone[:3])}); "
+                                f"remove {self.state.path} to start the flow again")
+        return self.videos
+
+    def reserve(self, videos: list) -> float:
+        kept = self.state.planned("sampling_reserve_s")
+        if kept is None:
+            kept = self.state.plan("sampling_reserve_s", _sampling_reserve(self.s, self.ws, self.clock,
+                                                                            self._tok_config(videos)))
+        return float(kept)
+
+    def _minutes(self, key: str, plan: Callable[[], float]) -> tuple[float, bool]:
+        """(minutes of a training stage, whether an earlier session started it): decided once per flow."""
+        kept = self.state.planned(key)
+        return (float(kept), True) if kept is not None else (self.state.plan(key, plan()), False)
+
+    def tokenizer(self, videos: list, reserve: float) -> dict[str, Any]:
+        minutes, again = self._minutes(
+            "tokenizer_minutes", lambda: _tokenizer_minutes(self.s, self.clock, reserve, self.prog))
+        self.prog.log(f"tokenizer: run {self.tok_name}, {minutes:.1f} min{' (continued)' if again else ''}")
+        sm = _train_tokenizer(self.s, self.ws, videos, self.tok_name, minutes, self._tok_settings(), again, self.prog)
+        return {"run": str(self.ws.run_dir(self.tok_name)), "name": self.tok_name, "steps": sm.get("step"),
+                "val_psnr": sm.get("val_psnr"), "minutes": minutes}
+
+    def dynamics(self, lat_dir: Path, reserve: float, latent_actions: bool) -> dict[str, Any]:
+        c = self.clock
+        minutes, again = self._minutes(
+            "dynamics_minutes", lambda: max(c.left() - reserve - 0.02 * c.budget, MIN_TRAIN_SECONDS) / 60)
+        self.prog.log(f"dynamics: run {self.dyn_name}, {minutes:.1f} min"
+                      f"{', latent actions' if latent_actions else ''}{' (continued)' if again else ''}")
+        dyn = _train_dynamics(self.s, self.ws, lat_dir, self.dyn_name, minutes, again, latent_actions, self.prog)
+        return {"run": str(dyn.run_dir), "name": self.dyn_name, "steps": dyn.step, "minutes": minutes,
+                "val": dyn.val, "latent_actions": latent_actions}
+
+    def evaluate(self, lat_dir: Path) -> dict[str, Any]:
+        self.world, report = _evaluate(self.s, self.ws, self.dyn_name, self.tok_name, lat_dir, self.prog)
+        self.metrics = report.metrics
+        return {"dir": str(report.out_dir)}
+
+    def rollout(self, videos: list, metrics: dict[str, Any]) -> dict[str, Any]:
+        if self.world is None:  # the evaluation ran in an earlier session
+            from .inference.world import load_world_model
+
+            self.world = load_world_model(self.ws.run_dir(self.dyn_name), self.ws, tokenizer=self.ws.run_dir(self.tok_name))
+        ro = _rollout(self.s, videos, self.world, metrics, self.prog)
+        return {"rollout": ro.to_dict() if ro is not None else None}
+
+    def eval_metrics(self, ev: dict[str, Any]) -> dict[str, Any]:
+        if self.metrics is None:
+            try:
+                self.metrics = json.loads((Path(ev["dir"]) / "metrics.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise DataError(f"{ev['dir']}: cannot read the evaluation's metrics.json ({e}); remove "
+                                f"{self.state.path} to start the flow again") from None
+        return self.metrics
+
+    def run(self) -> tuple[dict[str, Any], Path]:
+        st, prog = self.stages, self.prog
+        if self.state.resumed:
+            done = [n for n in st.names if self.state.done(n) is not None]
+            prog.log(f"continuing the flow started {self.state.data['started']} ({self.clock.elapsed() / 60:.1f} of "
+                     f"{self.s.minutes:g} minutes spent; done: {', '.join(done) or 'nothing yet'})")
+        prog.start("demo", total=len(st.names))
+        first = st.run(0, self.first_stage)
+        videos = self.records(first)
+        reserve = self.reserve(videos)
+        latent_actions = self.source is not None and not first["actions"]
+        tok = st.run(1, lambda: self.tokenizer(videos, reserve))
+        lat = st.run(2, lambda: {"latents": str(_tokenize(Path(tok["run"]), videos, self.ws.latents,
+                                                          self.s.val_fraction, prog, self.s.precision))})
+        lat_dir = Path(lat["latents"])
+        dyn = st.run(3, lambda: self.dynamics(lat_dir, reserve, latent_actions))
+        ev = st.run(4, lambda: self.evaluate(lat_dir))
+        metrics = self.eval_metrics(ev)
+        ro = st.run(5, lambda: self.rollout(videos, metrics))["rollout"]
+        prog.finish("demo")
+        return self.summary(first, tok, lat_dir, dyn, ev, metrics, ro), Path(dyn["run"])
+
+    def summary(self, first: dict[str, Any], tok: dict[str, Any], lat_dir: Path, dyn: dict[str, Any],
+                ev: dict[str, Any], m: dict[str, Any], ro: dict[str, Any] | None) -> dict[str, Any]:
+        s, clock = self.s, self.clock
+        evs = _eval_summary(s, m)
+        names = self.stages.names
+        summary: dict[str, Any] = {
+            "started": self.state.data["started"], "settings": s.model_dump(),
+            "finished": datetime.now().isoformat(timespec="seconds"),
+            "minutes_budget": s.minutes,
+            "minutes_used": clock.elapsed() / 60,
+            "sessions": self.state.data["sessions"],
+            "stage_seconds": self.stages.seconds(),
+            "workspace": str(self.ws.root),
+            "source": self.source,
+            "videos": len(first["videos"]),
+            "video_store": first["dest"],
+            "held_out_videos": first["held_out"],
+            "latent_actions": bool(dyn.get("latent_actions")),
+            "tokenizer": {k: tok[k] for k in ("run", "name", "steps", "val_psnr", "minutes")},
+            "latents": str(lat_dir),
+            "dynamics": {k: dyn[k] for k in ("run", "name", "steps", "minutes", "val")},
+            "sampling_reserve_s": self.state.planned("sampling_reserve_s"),
+            "eval": {"dir": ev["dir"], "clips": m["clip_count"], **evs,
+                     "plot": m["files"]["plot"], "videos": m["files"]["videos"]},
+            "rollout": ro,
+            "flow": str(self.state.path),
+        }
+        summary["stage_outputs"] = dict(zip(names, (first["dest"], tok["name"], str(lat_dir), dyn["name"], ev["dir"],
+                                                   (ro or {}).get("out")), strict=True))
+        lo, hi = min(s.steps), max(s.steps)
+        gain = summary["eval"]["gain_over_copy_last_db"][f"{lo} steps"]
+        summary["acceptance"] = {
+            f"{lo}_steps_beats_copy_last_by_1db": bool(gain >= 1.0),
+            f"{lo}_within_0.5db_of_{hi}": bool(summary["eval"]["gap_db"] >= -0.5),
+            "within_budget": bool(clock.elapsed() <= clock.budget),
+        }
+        return summary
+
+
 def run_demo(
     settings: DemoSettings | None = None,
     workspace: Workspace | None = None,
     progress: Progress | None = None,
+    videos: str | None = None,
+    fetch: FetchSettings | None = None,
 ) -> DemoResult:
-    """Run every stage inside ``settings.minutes``; returns the summary (also written as JSON)."""
+    """Run every stage inside ``settings.minutes``; returns the summary (also written as JSON).
+
+    ``videos``: a folder, a video file or a URL of one's own videos instead of the built-in game (``fetch``:
+    the import's settings, e.g. ``max_videos``). The same call after an interruption continues the flow.
+    """
+    from .demo_videos import check_source
+
     s = settings or DemoSettings()
     ws = workspace or Workspace.resolve()
     prog = ensure(progress)
-    _check_settings(s)
-    clock = _Clock(s.minutes)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    tok_name, dyn_name = f"demo-tokenizer-{stamp}", f"demo-dynamics-{stamp}"
-    summary: dict[str, Any] = {"started": datetime.now().isoformat(timespec="seconds"), "settings": s.model_dump()}
-    prog.start("demo", total=len(STAGES))
-    stages = _Stages(clock, prog)
-
-    t = stages.start(STAGES[0])
-    videos = _render_clips(s, ws, prog)
-    stages.done(STAGES[0], t)
-    reserve_eval = _sampling_reserve(s, ws, clock)
-
-    t = stages.start(STAGES[1])
-    tok_summary, tok_minutes = _train_tokenizer(s, ws, videos, tok_name, clock, reserve_eval, prog)
-    stages.done(STAGES[1], t)
-
-    t = stages.start(STAGES[2])
-    lat_dir = _tokenize(ws.run_dir(tok_name), videos, ws.latents, s.val_fraction, prog, s.precision)
-    stages.done(STAGES[2], t)
-
-    t = stages.start(STAGES[3])
-    dyn, dyn_minutes = _train_dynamics(s, ws, lat_dir, dyn_name, clock, reserve_eval, prog)
-    stages.done(STAGES[3], t)
-
-    t = stages.start(STAGES[4])
-    world, report = _evaluate(s, ws, dyn_name, tok_name, lat_dir, prog)
-    stages.done(STAGES[4], t)
-
-    t = stages.start(STAGES[5])
-    ro = _rollout(s, videos, world, report, prog)
-    stages.done(STAGES[5], t)
-    prog.finish("demo")
-
-    m = report.metrics
-    ev = _eval_summary(s, m)
-    summary.update({
-        "finished": datetime.now().isoformat(timespec="seconds"),
-        "minutes_budget": s.minutes,
-        "minutes_used": clock.elapsed() / 60,
-        "stage_seconds": stages.times,
-        "workspace": str(ws.root),
-        "videos": len(videos),
-        "tokenizer": {"run": str(ws.run_dir(tok_name)), "steps": tok_summary.get("step"),
-                      "val_psnr": tok_summary.get("val_psnr"), "minutes": tok_minutes},
-        "latents": str(lat_dir),
-        "dynamics": {"run": str(dyn.run_dir), "steps": dyn.step, "minutes": dyn_minutes, "val": dyn.val},
-        "sampling_reserve_s": reserve_eval,
-        "eval": {"dir": str(report.out_dir), "clips": m["clip_count"], **ev,
-                 "plot": m["files"]["plot"], "videos": m["files"]["videos"]},
-        "rollout": ro.to_dict() if ro is not None else None,
-    })
-    lo, hi = min(s.steps), max(s.steps)
-    gain = summary["eval"]["gain_over_copy_last_db"][f"{lo} steps"]
-    summary["acceptance"] = {
-        f"{lo}_steps_beats_copy_last_by_1db": bool(gain >= 1.0),
-        f"{lo}_within_0.5db_of_{hi}": bool(summary["eval"]["gap_db"] >= -0.5),
-        "within_budget": bool(clock.elapsed() <= clock.budget),
-    }
-    path = Path(dyn.run_dir) / "demo-summary.json"
+    _check_settings(s, own_videos=videos is not None)
+    if videos is not None:
+        videos = check_source(videos)
+    state = FlowState.open(ws.root, videos, s.model_dump(mode="json"))
+    flow = _Flow(s, ws, prog, state, videos, fetch)
+    try:
+        summary, dyn_dir = flow.run()
+    except BaseException:  # Ctrl-C (or a failure): keep what was done and decided, and the time spent
+        with contextlib.suppress(OSError):  # the error to show is the flow's
+            state.save(flow.clock.elapsed())
+        raise
+    path = dyn_dir / "demo-summary.json"
     write_json_atomic(path, summary)
-    return DemoResult(summary=json.loads(json.dumps(summary, default=str)), path=path, stage_seconds=stages.times)
+    state.data["summary"] = str(path)
+    state.save(flow.clock.elapsed(), finished=True)
+    return DemoResult(summary=json.loads(json.dumps(summary, default=str)), path=path, stage_seconds=flow.stages.seconds())

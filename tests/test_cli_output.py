@@ -136,7 +136,7 @@ def test_demo_log_goes_to_the_workspace_and_each_run_it_made(tmp_path, capsys, m
     ws = tmp_path / "ws"
     (ws / "runs" / "older").mkdir(parents=True)
 
-    def fake_run_demo(settings, workspace, progress):
+    def fake_run_demo(settings, workspace, progress, **_):
         for name in ("demo-tokenizer-x", "demo-dynamics-x"):
             (workspace.run_dir(name)).mkdir(parents=True)
         progress.start("demo", total=6)
