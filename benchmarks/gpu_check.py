@@ -377,10 +377,11 @@ def rollout_costs(preset, tokens, channels, dev, precision, context, horizon, po
     out: dict[str, Any] = {
         "batch": 1, "context": context, "horizon": horizon, "precision": precision, "cache": True,
         "seconds_4": best[4], "seconds_64": best[64], "ratio_64_over_4": best[64] / best[4],
-        "ideal": 16, "cached_ceiling": 65 / 5,
+        "ideal": 16,
     }
     # One long rollout after a single given frame; new frame h (0-based) has 1 + h frames of context before it.
-    # Each frame's time covers its 4 steps and its commit; the median of three neighbours smooths hiccups.
+    # Each frame's time covers its 4 steps (the commit of the frame before rides along); the median of three
+    # neighbours smooths hiccups.
     far = max(points)
     model = make_model(preset, tokens, channels, dev, max_frames=far + 8).eval()
     traits = ModelTraits(k_max=K_MAX, shortcut=True, max_frames=far + 8)

@@ -441,3 +441,25 @@ def test_real_model_with_one_temporal_layer_slides_without_any_difference():
     a = Sampler(model, traits_of(model), cache=True, **kw).rollout(ctx, 9, generator=2).latents
     b = Sampler(model, traits_of(model), cache=False, **kw).rollout(ctx, 9, generator=2).latents
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["S,T,S,T", "T,T,T"])
+def test_one_call_context_and_folded_commits_give_the_same_rollout(layout, monkeypatch):
+    """The context goes into the cache in one call (prefill) and each finished frame is committed in the next
+    frame's first denoising call (commit_and_step): the same rollout as one call per commit, before and after
+    the window slides, with one model call per denoising step and one for the whole context."""
+    from ahri_core.models.dynamics import DynamicsModel
+
+    depth, every = LAYOUTS[layout]
+    M, c, H = 5, 3, 7
+    model = _real_model(depth, every, M)
+    traits = traits_of(model)
+    ctx = torch.randn(2, c, 4, 3, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    kw = dict(steps=2, tau_ctx=0.1, precision="fp32")
+    fast = Sampler(model, traits, **kw).rollout(ctx, H, generator=4)
+    assert fast.model_calls == 1 + H * 2
+    monkeypatch.delattr(DynamicsModel, "commit_and_step")
+    monkeypatch.delattr(DynamicsModel, "prefill")
+    slow = Sampler(model, traits, **kw).rollout(ctx, H, generator=4)
+    assert slow.model_calls == c + H * 2 + (H - 1)
+    torch.testing.assert_close(fast.latents, slow.latents, rtol=1e-5, atol=1e-5)

@@ -355,6 +355,7 @@ class Stream:
         b, c, n, ch = ctx.shape
         self.shape = (b, n, ch)
         self.calls = 0
+        self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
         self.frames = 0  # frames committed, context included
         with torch.inference_mode():
             z, tau, step = sampler._corrupt(ctx, sampler._randn((b, c, n, ch), generator, dev))
@@ -381,13 +382,21 @@ class Stream:
     @torch.inference_mode()
     def denoise(self, action: torch.Tensor | None = None) -> torch.Tensor:
         """The next frame's clean latents (B, 1, N, Ch), given the action that makes it ((B, 1) / (B, 1, A) /
-        None); the cache is not changed."""
+        None). The cache is left as it is, but for a commit that waited for this call (:meth:`commit`)."""
         s = self.sampler
         b, n, ch = self.shape
         a = None if action is None else action.to(s.device)
 
+        pending, self._pending = self._pending, None
+
         def call(z, tau, d):
-            return s._call_step(z, tau, d, a, self.cache, False)
+            nonlocal pending
+            if pending is None:
+                return s._call_step(z, tau, d, a, self.cache, False)
+            with s._autocast():  # the frame committed last rides along with the first denoising call
+                out = s.model.commit_and_step(pending, z, tau, d, a, self.cache)
+            pending = None
+            return out.float()
 
         x, k = s._denoise(call, b, n, ch, self.generator, s.device)
         self.calls += k
@@ -395,13 +404,28 @@ class Stream:
 
     @torch.inference_mode()
     def commit(self, x: torch.Tensor, action: torch.Tensor | None = None) -> None:
-        """Add frame ``x`` (B, 1, N, Ch), made by ``action``, to the context of the frames after it."""
+        """Add frame ``x`` (B, 1, N, Ch), made by ``action``, to the context of the frames after it.
+
+        With a model that has ``commit_and_step`` the model call is made with the next frame's first denoising
+        step (one call instead of two; the same computation and the same random draws)."""
         s = self.sampler
+        self.flush()
         a = None if action is None else action.to(s.device)
         zc, tc, sc = s._corrupt(x, s._randn(tuple(x.shape), self.generator, x.device))
-        s._call_step(zc, tc, sc, a, self.cache, True)
-        self.calls += 1
+        if hasattr(s.model, "commit_and_step"):
+            self._pending = (zc, tc, sc, a)
+        else:
+            s._call_step(zc, tc, sc, a, self.cache, True)
+            self.calls += 1
         self.frames += 1
+
+    @torch.inference_mode()
+    def flush(self) -> None:
+        """Make a commit still waiting for the next frame now (the cache then holds every committed frame)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self.sampler._call_step(*pending, self.cache, True)
+            self.calls += 1
 
 
 def rollout(

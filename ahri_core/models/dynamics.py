@@ -143,14 +143,16 @@ class DynamicsBlock(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         isolated: torch.Tensor | None = None,
         past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``mask`` (temporal blocks with a ``past``): which of the past and new frames each new frame sees."""
         B, T, L, _ = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.mod(F.silu(cond)).unsqueeze(2).chunk(6, dim=-1)
         h = self.norm1(x) * (1 + scale1) + shift1
         if self.temporal:
             h = rearrange(h, "b t l d -> (b l) t d")
             # causal over frames; with a past (rollout) the one new frame sees all cached frames and itself
-            a, kv = self.attn(h, rope_q=rope, is_causal=past is None, past=past)
+            a, kv = self.attn(h, rope_q=rope, is_causal=past is None, past=past, mask=mask)
             if isolated is not None:
                 # a frame that may attend only to itself gets softmax weight exactly 1 on its own value
                 v = kv[1]
@@ -463,6 +465,54 @@ class DynamicsModel(nn.Module):
         if commit:
             cache.frames += 1
         return self.readout(x, cond)
+
+    @torch.no_grad()
+    def commit_and_step(
+        self,
+        done: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None],
+        z: torch.Tensor,
+        tau: torch.Tensor,
+        step: torch.Tensor,
+        actions: torch.Tensor | None,
+        cache: DynamicsCache,
+    ) -> torch.Tensor:
+        """``step(*done, cache, commit=True)`` then ``step(z, tau, step, actions, cache, commit=False)`` in one
+        call of two frames: ``done`` = (z, tau, step, actions) of the finished frame to commit, (B, 1, ...)
+        each. The same computation (the new frame sees the committed one, and, once the cache is full, no
+        longer the oldest frame that the commit pushes out), at the cost of one call. Returns the new frame's
+        x_hat (B, 1, N, C)."""
+        zc, tc, sc, ac = done
+        for t in (zc, z):
+            self._check_latents(t)
+            if t.shape[:2] != (cache.batch, 1):
+                raise DataError(f"commit_and_step takes one frame each for batch {cache.batch}, got {tuple(t.shape)}")
+        B = cache.batch
+        acts = None
+        if actions is not None or ac is not None:
+            ref = actions if actions is not None else ac
+            none = torch.full_like(ref, -1) if not ref.is_floating_point() else torch.full_like(ref, float("nan"))
+            acts = torch.cat([ac if ac is not None else none, actions if actions is not None else none], 1)
+        cond = self.conditioning(torch.cat([tc, tau], 1), torch.cat([sc, step], 1), acts, B, 2)
+        x = self.embed(torch.cat([zc, z], 1), cond)
+        dev = x.device
+        n = len(cache)
+        mask = torch.ones(2, n + 2, dtype=torch.bool, device=dev)
+        mask[0, n + 1] = False  # the committed frame does not see the new one
+        if n == cache.slots:  # the commit takes the oldest frame's slot: the new frame no longer sees it
+            mask[1, cache.frames % cache.slots] = False
+        rope_s = self.rotary(torch.arange(x.shape[2], device=dev))
+        rope_t = self.rotary(torch.arange(cache.frames, cache.frames + 2, device=dev))
+        t_layer = 0
+        for blk in self.blocks:
+            if blk.temporal:
+                past = cache.past(t_layer)
+                x, (k, v) = blk(x, cond, rope_t, past=past, mask=mask if past is not None else None)
+                cache.write(t_layer, k[:, :, :1], v[:, :, :1])
+                t_layer += 1
+            else:
+                x, _ = blk(x, cond, rope_s)
+        cache.frames += 1
+        return self.readout(x[:, 1:], cond[:, 1:])
 
     @torch.no_grad()
     def prefill(
