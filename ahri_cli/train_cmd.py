@@ -256,8 +256,8 @@ def train(
     ] = None,
     nproc: NprocOption = None,
     tensorboard: Annotated[
-        bool | None, typer.Option("--tensorboard/--no-tensorboard", help="Write TensorBoard events (scalars and "
-                                  "preview pictures) under the run; needs the tensorboard package. \\[default: on]")
+        bool | None, typer.Option("--tensorboard/--no-tensorboard", help="TensorBoard events under the run (needs "
+                                  "the tensorboard package). \\[default: on]")
     ] = None,
     checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", help="Steps between checkpoints. \\[default: 500]")] = None,
     val_every: Annotated[int | None, typer.Option("--val-every", help="Steps between validations. \\[default: 250]")] = None,

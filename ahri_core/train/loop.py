@@ -284,9 +284,10 @@ class _Loop:
             return None
         try:
             return self.obj.preview(self.st.step, self.precision)
-        except PreviewUnavailable as e:
+        except Exception as e:  # noqa: BLE001 - a picture that fails (out of memory) must not end the run
             self.pictures = False
-            self.p.log(f"no preview pictures in TensorBoard: {e}")
+            why = str(e) if isinstance(e, PreviewUnavailable) else f"making it failed ({type(e).__name__}: {e})"
+            self.p.log(f"no preview pictures in TensorBoard: {why}")
             return None
 
     def safe_validate(self) -> dict[str, Any]:
