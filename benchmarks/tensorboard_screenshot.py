@@ -1,11 +1,12 @@
 """The TensorBoard screenshot of README.md and docs/training.md, taken in a real browser.
 
-Trains a short ``ahri demo`` in a workspace (or reuses one whose runs already have TensorBoard events), serves
+Trains a tokenizer and a dynamics model on the built-in game in a workspace, with ``ahri`` as a user would (or
+reuses a workspace whose runs already have TensorBoard events), serves
 ``<workspace>/runs`` with the ``tensorboard`` command on 127.0.0.1, opens the page in headless Chromium (the
 system's, ``apt-get install chromium``; ``AHRI_CHROMIUM`` names another) driven by Playwright, shows the
 dynamics run's loss, next-frame validation and dream, and saves the page as a PNG::
 
-    python benchmarks/tensorboard_screenshot.py --workspace /tmp/tb-demo --minutes 4 --out docs/tensorboard.png
+    python benchmarks/tensorboard_screenshot.py --workspace /tmp/tb-shot --minutes 10 --out docs/tensorboard.png
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 SHOWN = "train/loss$|val/next$|preview/dream"  # the cards on the page (TensorBoard's tag filter, a regex)
+RUNS = "dynamics"  # the runs shown (its run filter)
 
 
 def find_chromium() -> str:
@@ -53,14 +55,24 @@ def wait_until_up(url: str, proc: subprocess.Popen, seconds: float = 60) -> None
     sys.exit(f"error: tensorboard did not answer at {url} within {seconds:.0f} s")
 
 
-def train_demo(ws: Path, minutes: float, clips: int) -> None:
+def ahri(ws: Path, *args: str) -> None:
+    cmd = [sys.executable, "-c", "from ahri_cli.main import entry; entry()", "--workspace", str(ws), *args]
+    print("ahri", " ".join(args), flush=True)
+    subprocess.run(cmd, check=True, env={**os.environ, "COLUMNS": "100"}, stdout=subprocess.DEVNULL)
+
+
+def train_runs(ws: Path, minutes: float, clips: int) -> None:
+    """The built-in game's clips, a cpu-preset tokenizer, its latents and a dynamics run validated often
+    (so the dream is seen at many steps): a fifth of ``minutes`` for the tokenizer, the rest for dynamics."""
     if any((ws / "runs").glob("*/tensorboard")):
         print(f"reusing the runs in {ws / 'runs'}")
         return
-    cmd = [sys.executable, "-c", "from ahri_cli.main import entry; entry()", "--workspace", str(ws), "demo",
-           "--minutes", str(minutes), "--clips", str(clips)]
-    print("training:", " ".join(cmd[3:]))
-    subprocess.run(cmd, check=True, env={**os.environ, "COLUMNS": "100"})
+    ahri(ws, "fetch", "--source", "game", "--clips", str(clips), "--frames", "160")
+    ahri(ws, "train", "--stage", "tokenizer", "--preset", "cpu", "--run", "tokenizer", "--minutes",
+         f"{minutes / 5:.2f}", "--val-every", "100")
+    ahri(ws, "tokenize", "--tokenizer", "tokenizer")
+    ahri(ws, "train", "--preset", "cpu", "--run", "dynamics", "--minutes", f"{minutes * 4 / 5:.2f}",
+         "--val-every", "50", "--log-every", "10")
 
 
 def screenshot(logdir: Path, out: Path, width: int, height: int) -> None:
@@ -77,9 +89,12 @@ def screenshot(logdir: Path, out: Path, width: int, height: int) -> None:
                                         args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
             page = browser.new_page(viewport={"width": width, "height": height})
             page.goto(url + "#timeseries", wait_until="networkidle")
-            box = page.get_by_placeholder("Filter tags (regex)")
-            box.fill(SHOWN)
+            page.locator('input[placeholder="Filter tags (regex)"]').first.fill(SHOWN)
+            page.locator('input[placeholder="Filter runs (regex)"]').first.fill(RUNS)
+            page.get_by_role("button", name="Close side pane").click()  # the settings
+            page.locator("body").click(position={"x": 10, "y": height - 10})  # closes the tag list that opened
             page.wait_for_selector("img", timeout=30_000)  # the dream card's picture
+            page.get_by_role("button", name="Toggle full size mode").first.click()  # the dream (first tag) full width
             page.wait_for_load_state("networkidle")
             time.sleep(2)  # the charts draw after their data arrive
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -93,14 +108,14 @@ def screenshot(logdir: Path, out: Path, width: int, height: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workspace", type=Path, required=True, help="where the demo trains (reused when it has runs)")
-    ap.add_argument("--minutes", type=float, default=4.0, help="the demo's budget")
-    ap.add_argument("--clips", type=int, default=48, help="the demo's game clips")
+    ap.add_argument("--workspace", type=Path, required=True, help="where the runs train (reused when it has runs)")
+    ap.add_argument("--minutes", type=float, default=10.0, help="training time of both runs together")
+    ap.add_argument("--clips", type=int, default=32, help="built-in game clips to train on")
     ap.add_argument("--out", type=Path, default=Path("docs/tensorboard.png"))
     ap.add_argument("--size", default="1280x860", help="the browser window, WxH")
     a = ap.parse_args()
     w, h = (int(v) for v in a.size.split("x"))
-    train_demo(a.workspace, a.minutes, a.clips)
+    train_runs(a.workspace, a.minutes, a.clips)
     screenshot(a.workspace / "runs", a.out, w, h)
 
 

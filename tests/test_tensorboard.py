@@ -113,15 +113,15 @@ def test_dynamics_run_logs_the_dream_and_resumes_without_repeating_steps(tmp_pat
     assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 9))
     assert {"val/next", "val/copy_last", "val/tau=0.5", "val/memorising", "train/tokens_per_s"} <= set(acc.Tags()["scalars"])
     assert image_steps(acc, "preview/dream") == [0, 3, 6, 8]
-    # context (up to 3 frames) | predictions at horizons 1, 2, 4, 8 over the truth, 32x32 frames shown 3x
+    # 2 context frames | predictions at horizons 1, 2, 4, 8 over the truth; 32x32 frames, 2-pixel gaps, shown 3x
     dream = acc.Images("preview/dream")[-1]
-    assert dream.height == 3 * (2 * 32 + 3 * 2)
-    assert dream.width == 3 * (8 * 32 + 9 * 2)
+    assert dream.height == 3 * (2 + 2 * 34)
+    assert dream.width == 3 * (2 + 6 * 34 + 6)
     px = decode_png(dream.encoded_image_string)
     assert px.shape == (dream.height, dream.width, 3)
     row = lambda i, x0, x1: px[3 * (2 + 34 * i) : 3 * (34 + 34 * i), 3 * x0 : 3 * x1]  # noqa: E731
-    assert np.array_equal(row(0, 2, 104), row(1, 2, 104))  # the same context above and below
-    assert row(1, 138, 274).std() > 0  # decoded truth, not an empty place
+    assert np.array_equal(row(0, 2, 68), row(1, 2, 68))  # the same context above and below
+    assert row(1, 76, 210).std() > 0  # decoded truth, not an empty place
     assert not any("preview" in m or "TensorBoard" in m for m in prog.messages), prog.messages
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 HORIZONS = (1, 2, 4, 8)  # the predicted frames shown (frames after the context), as far as the window allows
-CONTEXT_SHOWN = 3  # the last context frames shown
+CONTEXT_SHOWN = 2  # the last context frames shown
 STEPS = 4  # sampling steps per frame (the finest the model has when it was trained without shortcut forcing)
 
 
@@ -26,17 +26,20 @@ class PreviewUnavailable(Exception):
 
 
 def picture(rows: Sequence[Sequence[np.ndarray | None]], gap: int = 2, min_height: int = 96) -> np.ndarray:
-    """Frames (H, W, 3) uint8 in rows, on a grey background with ``gap`` pixels between them (None: an empty
-    place, a wider gap between groups), scaled up by a whole factor to at least ``min_height`` per frame."""
+    """Frames (H, W, 3) uint8 in rows on a grey background, ``gap`` pixels apart; a column that is None in
+    every row is a wider gap that separates groups. Scaled up by a whole factor to at least ``min_height``
+    pixels per frame."""
     frame = next(f for row in rows for f in row if f is not None)
     h, w = frame.shape[:2]
     cols = max(len(r) for r in rows)
-    out = np.full((len(rows) * (h + gap) + gap, cols * (w + gap) + gap, 3), 96, dtype=np.uint8)
+    widths = [w if any(j < len(r) and r[j] is not None for r in rows) else 2 * gap for j in range(cols)]
+    xs = np.cumsum([gap] + [cw + gap for cw in widths])
+    out = np.full((len(rows) * (h + gap) + gap, int(xs[-1]), 3), 96, dtype=np.uint8)
     for i, row in enumerate(rows):
         for j, f in enumerate(row):
             if f is not None:
-                y, x = gap + i * (h + gap), gap + j * (w + gap)
-                out[y : y + h, x : x + w] = f
+                y = gap + i * (h + gap)
+                out[y : y + h, xs[j] : xs[j] + w] = f
     k = max(1, -(-min_height // h))
     return out.repeat(k, axis=0).repeat(k, axis=1) if k > 1 else out
 
