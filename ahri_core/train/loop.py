@@ -248,8 +248,7 @@ class _Loop:
             self.tb, note = tensorboard.open_log(run.path, step if resume_state is not None else None)
             if note:
                 p.log(note)
-        # pictures: rank 0 with a log; every rank under FSDP (a sharded forward needs them all)
-        self.pictures = bool(self.tb is not None or (fsdp and getattr(train, "tensorboard", False)))
+        self.pictures = self.tb is not None  # rank 0 makes them alone: an objective's preview runs no collective
 
     def validate(self) -> dict[str, Any]:
         """Validate (every rank: the same windows, the same answer; FSDP needs every rank for a forward), log

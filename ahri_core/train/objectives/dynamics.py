@@ -25,6 +25,7 @@ from ...models.latent_actions import LatentActionConfig, LatentActionDynamics, l
 from ...runtime import autocast
 from .. import distributed
 from ..common import RunningRMS
+from ..preview import PreviewUnavailable
 from .base import Objective, StepOut
 
 STAGE = "dynamics"
@@ -375,6 +376,8 @@ class DynamicsObjective(Objective):
         decoded with the latent set's tokenizer (:class:`~..preview.Dream`, found and loaded once)."""
         if not self.lset.val:
             return None
+        if self.fsdp:  # rank 0 alone makes the picture, and a sharded model needs every rank for a forward
+            raise PreviewUnavailable("the model is sharded across processes (--fsdp)")
         if self.dream is None:
             from ...inference.sampler import ModelTraits
             from ..preview import Dream, find_tokenizer
