@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 SHOWN = "train/loss$|val/next$|preview/dream"  # the cards on the page (TensorBoard's tag filter, a regex)
-RUNS = "dynamics"  # the runs shown (its run filter)
+RUN = "/dynamics/"  # the run whose curves are shown (a part of TensorBoard's run id)
 
 
 def find_chromium() -> str:
@@ -90,11 +90,12 @@ def screenshot(logdir: Path, out: Path, width: int, height: int) -> None:
             page = browser.new_page(viewport={"width": width, "height": height})
             page.goto(url + "#timeseries", wait_until="networkidle")
             page.locator('input[placeholder="Filter tags (regex)"]').first.fill(SHOWN)
-            page.locator('input[placeholder="Filter runs (regex)"]').first.fill(RUNS)
             page.get_by_role("button", name="Close side pane").click()  # the settings
             page.locator("body").click(position={"x": 10, "y": height - 10})  # closes the tag list that opened
+            others = page.locator(f'tb-data-table-content-row[data-id]:not([data-id*="{RUN}"]) input[type=checkbox]:checked')
+            for _ in range(others.count()):  # only the dynamics run's curves
+                others.first.click()
             page.wait_for_selector("img", timeout=30_000)  # the dream card's picture
-            page.get_by_role("button", name="Toggle full size mode").first.click()  # the dream (first tag) full width
             page.wait_for_load_state("networkidle")
             time.sleep(2)  # the charts draw after their data arrive
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +113,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0, help="training time of both runs together")
     ap.add_argument("--clips", type=int, default=32, help="built-in game clips to train on")
     ap.add_argument("--out", type=Path, default=Path("docs/tensorboard.png"))
-    ap.add_argument("--size", default="1280x860", help="the browser window, WxH")
+    ap.add_argument("--size", default="1700x580", help="the browser window, WxH")
     a = ap.parse_args()
     w, h = (int(v) for v in a.size.split("x"))
     train_runs(a.workspace, a.minutes, a.clips)
