@@ -255,6 +255,10 @@ def train(
         bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model (GPU; slow start on CPU).")
     ] = None,
     nproc: NprocOption = None,
+    tensorboard: Annotated[
+        bool | None, typer.Option("--tensorboard/--no-tensorboard", help="TensorBoard events under the run (needs "
+                                  "the tensorboard package). \\[default: on]")
+    ] = None,
     checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", help="Steps between checkpoints. \\[default: 500]")] = None,
     val_every: Annotated[int | None, typer.Option("--val-every", help="Steps between validations. \\[default: 250]")] = None,
     log_every: Annotated[int | None, typer.Option("--log-every", help="Steps between metric records. \\[default: 10]")] = None,

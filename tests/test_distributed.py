@@ -114,6 +114,8 @@ def test_ddp_matches_one_process_rank0_writes_and_one_process_resumes(tmp_path: 
     assert meta["ranks_in_sync"] is True  # both ranks held the same parameters at every checkpoint
     assert two.stdout.count("dynamics run two") == 1  # one summary table: rank 1 prints nothing
     assert sorted(p.name for p in (runs / "two").iterdir()) == sorted(p.name for p in (runs / "one").iterdir())
+    if (runs / "one" / "tensorboard").is_dir():  # with the tensorboard package: one event file, rank 0's
+        assert len(list((runs / "two" / "tensorboard").iterdir())) == 1
     # one process continues the two-process run, as if it had never stopped
     _single(ws, "train", "--run", "two", "--resume", "--max-steps", "9")
     _single(ws, "train", "--run", "one9", *COMMON, *PLAIN, "--max-steps", "9")

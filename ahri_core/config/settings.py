@@ -96,6 +96,7 @@ class TrainSettings(Section):
     grad_accum: int = Field(1, ge=1, le=4096, description="batches whose gradients add up to one optimizer step")
     fsdp: bool = Field(False, description="shard parameters and optimizer state across processes (FSDP2; torchrun)")
     compile: bool = Field(False, description="compile the model with torch.compile (GPU; slow to start on CPU)")
+    tensorboard: bool = Field(True, description="write TensorBoard events under the run (needs the tensorboard package)")
 
     @field_validator("device")
     @classmethod

@@ -62,7 +62,7 @@ from .objectives.dynamics import STAGE, DynamicsObjective, uses_latent_settings
 # on the same device and precision).
 RESUMABLE = {
     "train": {"max_steps", "minutes", "epochs", "device", "resume", "log_every", "val_every", "checkpoint_every", "run",
-              "threads", "precision", "max_bad_steps", "fsdp", "compile"},
+              "threads", "precision", "max_bad_steps", "fsdp", "compile", "tensorboard"},
     "data": {"num_workers"},
     "diffusion": set(),
     "latent_actions": {"label_share"},
@@ -205,6 +205,7 @@ def train_dynamics(
             run.claim()  # a new run: its folder exists now
         with run.failing_before_loop():
             obj = DynamicsObjective(cfg, lset, train, data, diffusion, settings, device, latent_actions)
+            obj.runs_dir = run.path.parent if run.path.parent.name == "runs" else None
             run.update_meta(stage=STAGE, settings=settings, latents=lset.describe(), tokenizer_id=lset.tokenizer_id,
                             model=obj.model_config(), shortcut=diffusion.shortcut, k_max=diffusion.k_max,
                             max_frames=cfg.max_frames, split_videos=split,

@@ -16,6 +16,8 @@ its loss and its validation (``objectives/``). Everything else is the loop's, on
   interrupted (given a step budget);
 - SIGTERM / first Ctrl-C: checkpoint and stop with status ``interrupted``;
 - metrics.jsonl (train records every ``log_every`` steps, val records every ``val_every``), progress;
+  the same numbers and, at each validation, the objective's preview pictures as TensorBoard events
+  (``train.tensorboard``, :mod:`.tensorboard`);
 - several processes (torchrun): DistributedDataParallel, or FSDP2 ``fully_shard`` with ``train.fsdp``; every
   rank walks the same batch plan and keeps its share (the objective's ``dist``), the decisions that must
   match (stop, skip a bad step, precision, the best checkpoint) are agreed on, the minutes budget and the LR
@@ -40,10 +42,11 @@ from ..config.settings import TrainSettings
 from ..errors import AhriError
 from ..progress import Progress, ensure
 from ..runtime import PrecisionChoice, choose_precision, threads_in_use
-from . import distributed
+from . import distributed, tensorboard
 from .checkpointing import Checkpoints, LoopState
 from .common import Budget, RunDir, StopRequest, rng_state, set_rng_state
 from .objectives.base import Objective, StepOut
+from .preview import PreviewUnavailable
 from .step import StepResult, TrainStep
 
 
@@ -241,20 +244,27 @@ class _Loop:
         self.acc = _Interval(obj.reduce)
         self.t_log = time.perf_counter()
         self.bad_in_a_row = 0
+        self.tb: tensorboard.TensorBoardLog | None = None
+        if getattr(train, "tensorboard", False) and d.main:
+            self.tb, note = tensorboard.open_log(run.path, step if resume_state is not None else None)
+            if note:
+                p.log(note)
+        self.pictures = self.tb is not None  # rank 0 makes them alone: an objective's preview runs no collective
 
     def validate(self) -> dict[str, Any]:
         """Validate (every rank: the same windows, the same answer; FSDP needs every rank for a forward), log
         the record and write the best checkpoint when the objective's metric improved."""
         obj, st, ema, model = self.obj, self.st, self.ema, self.obj.model
-        if ema is not None:
-            with ema.applied(model):
-                v = obj.validate(st.step, self.precision)
-        else:
+        with ema.applied(model) if ema is not None else contextlib.nullcontext():
             v = obj.validate(st.step, self.precision)
+            pictures = self.preview() if v else None
         if not v:
             return {}
         rec = {"kind": "val", "step": st.step, "epoch": obj.epochs_done(), "elapsed": self.budget.elapsed(), **v}
         self.run.log(rec)
+        if self.tb is not None:
+            self.tb.scalars(rec)
+            self.tb.images(st.step, pictures)
         line = obj.val_line(rec)
         if line:
             self.p.log(line)
@@ -270,6 +280,19 @@ class _Loop:
             st.best = best
             self.ckpt.save_best(st)
         return rec
+
+    def preview(self) -> dict[str, Any] | None:
+        """The objective's pictures of this validation, when they are logged; a run that cannot make them
+        says why once and goes on without."""
+        if not self.pictures:
+            return None
+        try:
+            return self.obj.preview(self.st.step, self.precision)
+        except Exception as e:  # noqa: BLE001 - a picture that fails (out of memory) must not end the run
+            self.pictures = False
+            why = str(e) if isinstance(e, PreviewUnavailable) else f"making it failed ({type(e).__name__}: {e})"
+            self.p.log(f"no preview pictures in TensorBoard: {why}")
+            return None
 
     def safe_validate(self) -> dict[str, Any]:
         """A validation that fails (out of memory, a full disk) first saves the steps trained since the last
@@ -314,6 +337,8 @@ class _Loop:
                **obj.interval(acc.frames, dt)}
         rec = _reduce_record(rec, obj.reduce)
         self.run.log(rec)
+        if self.tb is not None:
+            self.tb.scalars(rec)
         self.last = rec
         self.p.advance(obj.task, 0, **obj.display(rec))
         self.acc, self.t_log = _Interval(obj.reduce), now
@@ -386,6 +411,8 @@ class _Loop:
         finally:
             if own_stop:
                 stop.__exit__(None, None, None)
+            if self.tb is not None:
+                self.tb.close()
             p.finish(obj.task, step=st.step)
         result = LoopResult(
             step=st.step, epochs=obj.epochs_done(), seconds=self.budget.elapsed(), status=status, reason=reason,

@@ -178,7 +178,7 @@ def new_config(preset: str, tok: TokenizerSettings, videos: Sequence[Any], progr
 # Settings that may differ when a run is resumed (see train/dynamics.py's RESUMABLE).
 RESUMABLE = {
     "train": {"max_steps", "minutes", "epochs", "device", "resume", "log_every", "val_every", "checkpoint_every", "run",
-              "threads", "precision", "max_bad_steps", "fsdp", "compile"},
+              "threads", "precision", "max_bad_steps", "fsdp", "compile", "tensorboard"},
     "tokenizer": {"val_frames"},
 }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -77,6 +78,12 @@ class Objective:
 
     def val_line(self, val: dict[str, Any]) -> str:
         return ""
+
+    def preview(self, step: int, precision: str) -> dict[str, np.ndarray] | None:
+        """Pictures of the model at a validation, name -> (H, W, 3) uint8 (TensorBoard shows them), made with
+        the weights validation used; None: none. Raises :class:`~..preview.PreviewUnavailable` when this run
+        cannot make them."""
+        return None
 
     reduce: dict[str, str] = {}  # how log keys combine over an interval (default: mean)
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ...config.settings import DataSettings, DiffusionSettings, LatentActionSettings, TrainSettings
@@ -23,6 +25,7 @@ from ...models.latent_actions import LatentActionConfig, LatentActionDynamics, l
 from ...runtime import autocast
 from .. import distributed
 from ..common import RunningRMS
+from ..preview import PreviewUnavailable
 from .base import Objective, StepOut
 
 STAGE = "dynamics"
@@ -227,6 +230,8 @@ class DynamicsObjective(Objective):
         # the same prediction on fixed windows of the training videos: held-out against seen video (memorising)
         self.fit_keys = (validation_windows(lset.train, _val_length(data), data.stride, VAL_WINDOWS)
                          if lset.val and lset.train else [])
+        self.runs_dir: Path | None = None  # the workspace's runs folder (the preview looks for the tokenizer there)
+        self.dream: Any = None  # the preview (built at the first one)
 
     def _build(self) -> DynamicsModel:
         return DynamicsModel(self.cfg) if self.lam_cfg is None else LatentActionDynamics(self.cfg, self.lam_cfg)
@@ -365,6 +370,22 @@ class DynamicsObjective(Objective):
             if gap is not None:  # undefined when copy-last or the fit is exact
                 out["val_memorising"] = gap
         return out
+
+    def preview(self, step: int, precision: str) -> dict[str, np.ndarray] | None:
+        """The dream: one fixed held-out window as context | 4-step prediction | truth at a few horizons,
+        decoded with the latent set's tokenizer (:class:`~..preview.Dream`, found and loaded once)."""
+        if not self.lset.val:
+            return None
+        if self.fsdp:  # rank 0 alone makes the picture, and a sharded model needs every rank for a forward
+            raise PreviewUnavailable("the model is sharded across processes (--fsdp)")
+        if self.dream is None:
+            from ...inference.sampler import ModelTraits
+            from ..preview import Dream, find_tokenizer
+
+            path = find_tokenizer(self.lset.describe(), self.lset.tokenizer_id, self.runs_dir)
+            traits = ModelTraits(self.diffusion.k_max, self.diffusion.shortcut, self.cfg.max_frames)
+            self.dream = Dream(self.lset.val, traits, path, self.lset.tokens, self.lset.channels, self.device)
+        return {"dream": self.dream(self.model, precision)}
 
     def val_line(self, v: dict[str, Any]) -> str:
         taus = " ".join(f"tau{t:g}={v[f'val_tau={t:g}']:.4f}" for t in VAL_TAUS)

@@ -30,15 +30,19 @@ if TYPE_CHECKING:
 
 
 # ---------------------------------------------------------------------------------------------- images
+def comparison(originals: torch.Tensor, recons: torch.Tensor, scale: int = 2) -> np.ndarray:
+    """Originals (top row) over reconstructions (bottom row), (H, W, 3) uint8, scaled up ``scale`` times."""
+    top = np.concatenate(list(to_uint8(originals)), axis=1)
+    bottom = np.concatenate(list(to_uint8(recons)), axis=1)
+    img = np.concatenate([top, bottom], axis=0)
+    return img.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else img
+
+
 def save_comparison(path: Path, originals: torch.Tensor, recons: torch.Tensor, scale: int = 2) -> None:
     """A PNG with originals (top row) over reconstructions (bottom row)."""
     from PIL import Image
 
-    top = np.concatenate(list(to_uint8(originals)), axis=1)
-    bottom = np.concatenate(list(to_uint8(recons)), axis=1)
-    img = Image.fromarray(np.concatenate([top, bottom], axis=0))
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    img = Image.fromarray(comparison(originals, recons, scale))
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
 
@@ -95,6 +99,7 @@ class TokenizerObjective(Objective):
         self.val_idx = data.val.evenly_spaced(tok.val_frames)
         self.preview_idx = data.val.evenly_spaced(8)
         self.frames_seen = 0
+        self.last_preview: tuple[int, np.ndarray] | None = None  # (step, picture) of the last validation
 
     def model_config(self) -> dict[str, Any]:
         return self.cfg.to_dict()
@@ -148,9 +153,16 @@ class TokenizerObjective(Objective):
             with torch.no_grad(), autocast(self.device, precision):
                 r = self.model.decode(self.model.encode(x)).float()
             self.model.train(was)
+            self.last_preview = (step, comparison(x, r))
             if self.dist.main:
                 save_comparison(self.run.path / "reconstructions.png", x, r)
         return {"val_psnr": res["psnr"], "val_mse": res["mse"], "heldout": self.data.val_is_heldout}
+
+    def preview(self, step: int, precision: str) -> dict[str, np.ndarray] | None:
+        """The picture of ``reconstructions.png`` (held-out frames over their reconstructions) of this step."""
+        if self.last_preview is None or self.last_preview[0] != step:
+            return None
+        return {"reconstructions": self.last_preview[1]}
 
     def val_line(self, v: dict[str, Any]) -> str:
         return f"val @ step {v['step']}: PSNR {v['val_psnr']:.2f} dB (held-out frames, mask 0)"
