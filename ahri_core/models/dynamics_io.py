@@ -37,7 +37,8 @@ def load_dynamics(
     try:
         cfg = DynamicsConfig(**stored)
     except ValidationError as e:
-        raise CheckpointError(f"checkpoint {path} has an invalid dynamics config ({one_line(e)})") from None
+        raise CheckpointError(f"checkpoint {path} has an invalid dynamics config ({one_line(e)}); "
+                              "restore the file or retrain") from None
     if expect is not None:
         diff = config_mismatch(expect.weights_fields(), cfg.weights_fields())
         if diff:

@@ -447,7 +447,7 @@ def load_tokenizer(path: str | os.PathLike, device: torch.device | str = "cpu") 
     try:
         cfg = TokenizerConfig.from_dict(cfg_dict)
     except (ConfigError, TypeError) as e:  # the file's config, not the user's settings: a data failure
-        raise CheckpointError(f"checkpoint {path} has an {str(e).removeprefix('invalid ')}") from None
+        raise CheckpointError(f"checkpoint {path} has an {e}; restore the file or retrain") from None
     check_shapes(path, lambda: Tokenizer(cfg))  # before any memory is given to the model
     model = Tokenizer(cfg)
     load_weights(path, model, kind=KIND, config=cfg_dict)  # the file's own config (square-era names included)
