@@ -22,7 +22,7 @@ from ahri_core.config.settings import (
     TrainSettings,
 )
 from ahri_core.errors import ConfigError
-from ahri_core.workspace import read_run_meta, run_status
+from ahri_core.workspace import load_run_meta, read_run_meta, run_status
 
 from .launch import NprocOption, launch_nproc
 from .options import (
@@ -111,6 +111,7 @@ def _resume_target(stage: str, name: str | None) -> str:
         raise ConfigError(f"--resume: there is no run {name!r} in {STATE.workspace.runs} ({stage} runs: {known})")
     if not (run_dir / "model.state.pt").is_file():
         raise ConfigError(f"--resume: run {run_dir} has no training state to resume from (it stopped before its first checkpoint)")
+    load_run_meta(run_dir)  # a damaged run.json is refused here, naming it
     return name
 
 

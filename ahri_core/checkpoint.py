@@ -5,7 +5,9 @@
 - ``<name>.state.pt``: optimizer, step, RNG states, data position, EMA... saved with ``torch.save`` and read
   with ``torch.load(weights_only=True)`` so that loading never runs pickled code.
 Loading is strict: missing, unexpected or reshaped tensors and config mismatches are refused, and so are
-non-finite tensors. Where a weights file is written into a run, its sha256 is recorded in the run's
+non-finite tensors. The tensors' names and shapes are read from the file's header and compared with the model
+before any tensor is read, and :func:`check_shapes` compares them with a model built on the ``meta`` device
+(no memory) before the real one is built, so a damaged config cannot make the loader allocate a huge model. Where a weights file is written into a run, its sha256 is recorded in the run's
 ``run.json`` (``weights_sha256``: file name -> the last two hashes, so a crash between the two writes never
 condemns a good file), and loading checks it: a damaged file is refused, naming it.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +42,11 @@ def state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _record_sha(registry: Path, name: str, sha: str) -> None:
-    try:
-        data = json.loads(registry.read_text()) if registry.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        data = {}
-    shas = data.setdefault("weights_sha256", {})
+    from .workspace import load_run_meta
+
+    data = load_run_meta(registry.parent)  # the registry is always the run's run.json
+    shas = data.setdefault("weights_sha256", {}) or {}
+    data["weights_sha256"] = shas
     prev = shas.get(name) or []
     if isinstance(prev, str):
         prev = [prev]
@@ -52,15 +55,12 @@ def _record_sha(registry: Path, name: str, sha: str) -> None:
 
 
 def recorded_shas(path: str | os.PathLike) -> list[str] | None:
-    """The sha256 values recorded for a weights file in the ``run.json`` beside it (None: nothing recorded)."""
+    """The sha256 values recorded for a weights file in the ``run.json`` beside it (None: nothing recorded);
+    :class:`DataError` naming that ``run.json`` when it is damaged."""
+    from .workspace import load_run_meta
+
     path = Path(path)
-    registry = path.parent / "run.json"
-    if not registry.is_file():
-        return None
-    try:
-        entry = json.loads(registry.read_text()).get("weights_sha256", {}).get(path.name)
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
+    entry = (load_run_meta(path.parent).get("weights_sha256") or {}).get(path.name)
     if not entry:
         return None
     return [entry] if isinstance(entry, str) else list(entry)
@@ -122,7 +122,12 @@ def read_metadata(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[st
         raise CheckpointError(f"checkpoint {path} is not a readable safetensors file ({e})") from None
     if "ahri_kind" not in meta or "config" not in meta:
         raise CheckpointError(f"checkpoint {path} has no ahri metadata (kind and config); was it written by ahri?")
-    config = json.loads(meta["config"])
+    try:
+        config = json.loads(meta["config"])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"checkpoint {path}: its stored config is not valid JSON ({e}); restore the file or retrain") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"checkpoint {path}: its stored config is not a JSON object; restore the file or retrain")
     extra = {}
     for k, v in meta.items():
         if k in ("ahri_kind", "config", "ahri_version"):
@@ -162,6 +167,7 @@ def load_weights(
             d = ", ".join(f"{k}: checkpoint {found_config.get(k, '<missing>')!r} vs model {config.get(k, '<missing>')!r}" for k in diff[:4])
             raise CheckpointError(f"checkpoint {path} was made with another model config ({d})")
     verify_sha(path)
+    compare_shapes(path, {k: tuple(v.shape) for k, v in model.state_dict().items()}, "the model expects")
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:
@@ -170,21 +176,41 @@ def load_weights(
     if bad:
         raise CheckpointError(f"checkpoint {path} is damaged: tensor {bad[0]} holds non-finite values"
                               + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
-    own = model.state_dict()
-    missing = [k for k in own if k not in tensors]
-    unexpected = [k for k in tensors if k not in own]
+    model.load_state_dict(tensors, strict=True)
+    return found_config
+
+
+def stored_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} of a safetensors file, from its header alone (no tensor is read)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file ({e})") from None
+
+
+def compare_shapes(path: str | os.PathLike, expected: dict[str, tuple[int, ...]], whose: str) -> None:
+    """Refuse a file whose tensors (names and shapes, from its header) are not exactly ``expected``."""
+    stored = stored_shapes(path)
+    missing = [k for k in expected if k not in stored]
+    unexpected = [k for k in stored if k not in expected]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {len(missing)} tensor(s) of the model: {_listing(missing)}")
     if unexpected:
         raise CheckpointError(f"checkpoint {path} has {len(unexpected)} tensor(s) the model does not: {_listing(unexpected)}")
-    shapes = [k for k in own if tuple(own[k].shape) != tuple(tensors[k].shape)]
-    if shapes:
-        k = shapes[0]
-        raise CheckpointError(
-            f"checkpoint {path}: tensor {k} has shape {tuple(tensors[k].shape)}, the model expects {tuple(own[k].shape)}"
-        )
-    model.load_state_dict(tensors, strict=True)
-    return found_config
+    for k, shape in expected.items():
+        if tuple(stored[k]) != tuple(shape):
+            raise CheckpointError(f"checkpoint {path}: tensor {k} has shape {tuple(stored[k])}, {whose} {tuple(shape)}")
+
+
+def check_shapes(path: str | os.PathLike, build: Callable[[], nn.Module]) -> None:
+    """Compare the tensors of ``path`` with those of the model ``build`` makes, built on the ``meta`` device
+    (shapes only, no memory), before the real model is built: a config that does not fit the stored tensors
+    (a damaged or edited file) is refused naming the first tensor that differs."""
+    with torch.device("meta"):
+        model = build()
+    compare_shapes(path, {k: tuple(v.shape) for k, v in model.state_dict().items()},
+                   "the config stored with it implies")
 
 
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:

@@ -6,21 +6,62 @@ Every command also takes explicit paths, so this layout is a convenience, not a 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import platformdirs
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import DataError
+from .filecheck import read_json_object, validated
+
+
+class RunMetaCheck(BaseModel):
+    """The types of the ``run.json`` fields that readers use (unknown keys, newer ones included, are kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    stage: str | None = None
+    settings: dict[str, Any] | None = None
+    created: str | None = None
+    status: str | None = None
+    reason: str | None = None
+    step: int | None = Field(None, ge=0)
+    checkpoint_step: int | None = Field(None, ge=0)
+    epochs: float | None = None
+    seconds: float | None = None
+    latents: dict[str, Any] | None = None
+    tokenizer_id: str | None = None
+    budget: dict[str, Any] | None = None
+    best: dict[str, Any] | None = None
+    val: dict[str, Any] | None = None
+    weights_sha256: dict[str, str | list[str]] | None = None
+    split_videos: dict[str, Any] | None = None
+    val_fraction_given: bool | None = None
+
+
+RUN_FIX = "restore the file, or remove the run folder and train again"
+
+
+def load_run_meta(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A run's ``run.json`` as a dict, its known fields checked; {} when there is none. :class:`DataError`
+    naming the file when it is not JSON, not an object or has a known field of the wrong type."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        return {}
+    data = read_json_object(path, RUN_FIX)
+    return {**data, **validated(RunMetaCheck, data, path, RUN_FIX).model_dump(exclude_unset=True)}
 
 
 def read_run_meta(run_dir: str | os.PathLike) -> dict:
-    """A run's ``run.json`` as a dict; {} when it is missing, unreadable or not an object."""
+    """A run's ``run.json`` as a dict; {} when it is missing or unusable (see :func:`load_run_meta`): for
+    listings, where one damaged run must not hide the others."""
     try:
-        data = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return load_run_meta(run_dir)
+    except DataError:
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def run_status(meta: dict) -> tuple[str, str | None]:

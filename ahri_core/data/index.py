@@ -9,18 +9,22 @@ videos: one :class:`LatentEntry` per video {id, file, frames, fps, has_actions, 
 sha256, source, content_box, split}.
 
 Reading is lenient: keys an index does not have get their defaults (sets written by hand, or by older
-versions, carry fewer), and keys this version does not know are kept as they are.
+versions, carry fewer), and keys this version does not know are kept as they are. It checks what it knows: an
+index that is not a JSON object, a known key of the wrong type, or a video whose file lies outside the set's
+folder is refused with one line naming the file and the key.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import DataError
+from ..filecheck import inside, read_json_object, validated
 from ..fileio import write_json_atomic
 
 INDEX = "index.json"
@@ -30,6 +34,45 @@ SPLITS = ("train", "val")
 SPLIT_KEYS = ("split_rule", "val_fraction", "split_file", "val_videos", "train_videos")
 # Keys a latent set's index must have to be read at all.
 REQUIRED_KEYS = ("tokenizer_id", "tokens", "channels", "fps", "videos")
+# What to do about an index that cannot be used.
+FIX = "run `ahri tokenize` into a new --out folder to write the set again"
+
+
+class _EntryCheck(BaseModel):
+    """The types of one entry of ``videos`` as read (unknown keys are kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(min_length=1)
+    file: str = Field(min_length=1)
+    frames: int = Field(0, ge=0)
+    fps: float | None = Field(None, gt=0)
+    has_actions: bool = False
+    action_kind: str = "none"
+    action_count: int | None = Field(0, ge=0)
+    sha256: str | None = None
+    source: str | None = None
+    content_box: list[int] | None = Field(None, min_length=4, max_length=4)
+    split: Literal["train", "val"] | None = None
+
+
+class _IndexCheck(BaseModel):
+    """The types of an index as read (unknown keys are kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    tokenizer_id: str = Field(min_length=1)
+    tokens: int = Field(ge=1)
+    channels: int = Field(ge=1)
+    fps: float | None = Field(gt=0)
+    videos: list[_EntryCheck]
+    tokenizer_config: dict[str, Any] | None = None
+    tokenizer_fps: float | None = Field(None, gt=0)
+    frame_size: str | int | None = None
+    action_kind: str = "none"
+    action_count: int | None = Field(0, ge=0)
+    action_meanings: list[str] | None = None
+    frames: int = Field(0, ge=0)
 
 
 def parse_box(text: Any) -> list[int] | None:
@@ -157,14 +200,14 @@ class LatentIndex:
         path = directory / INDEX
         if not path.is_file():
             raise DataError(f"{directory} is not a latent set (no {INDEX}); run `ahri tokenize` first")
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataError(f"latent index {path} cannot be read ({e})") from None
+        d = read_json_object(path, FIX)
         for key in REQUIRED_KEYS:
             if key not in d:
-                raise DataError(f"latent index {path} lacks '{key}'")
-        return cls.from_dict(d)
+                raise DataError(f"{path}: lacks '{key}'; {FIX}")
+        index = cls.from_dict(_checked(d, path))
+        for v in index.videos:
+            inside(directory, v.file, path, f"video {v.id!r}: file")
+        return index
 
     @classmethod
     def previous(cls, directory: str | os.PathLike, fallback_fps: float) -> LatentIndex | None:
@@ -175,17 +218,34 @@ class LatentIndex:
         if not path.is_file():
             return None
         try:
-            d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            d = read_json_object(path, FIX)
+            index = cls.from_dict(_checked({**d, "videos": []}, path))
+        except DataError:
             return None
-        index = cls.from_dict({**d, "videos": []})
-        old_fps = float(d.get("fps") or d.get("tokenizer_fps") or fallback_fps)
-        index.videos = [LatentEntry.from_dict(v, old_fps) for v in d.get("videos", []) if isinstance(v, dict) and "id" in v]
+        old_fps = float(index.fps or index.tokenizer_fps or fallback_fps)
+        index.videos = []
+        for v in d.get("videos") or []:
+            try:
+                entry = LatentEntry.from_dict(_checked_entry(v, path), old_fps)
+                inside(directory, entry.file, path, "file")
+            except DataError:  # an entry this version cannot use is written again
+                continue
+            index.videos.append(entry)
         return index
 
     def write(self, directory: str | os.PathLike) -> Path:
         """Write ``index.json`` into ``directory``, atomically."""
         return write_index(directory, self.to_dict())
+
+
+def _checked(d: dict[str, Any], path: Path) -> dict[str, Any]:
+    """An index object with its known keys checked (and numbers as numbers); :class:`DataError` naming the first
+    wrong field."""
+    return validated(_IndexCheck, d, path, FIX).model_dump(exclude_unset=True)
+
+
+def _checked_entry(v: Any, path: Path) -> dict[str, Any]:
+    return validated(_EntryCheck, v, path, FIX).model_dump(exclude_unset=True)
 
 
 def write_index(directory: str | os.PathLike, index: dict[str, Any] | LatentIndex) -> Path:

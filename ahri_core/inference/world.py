@@ -217,7 +217,9 @@ def _tokenizer_candidates(info: dict[str, Any], workspace: Workspace) -> list[Pa
         if idx.is_file():
             try:
                 index = json.loads(idx.read_text())
-            except (json.JSONDecodeError, OSError):
+            except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+                index = {}
+            if not isinstance(index, dict):  # a damaged index names no tokenizer (loading the set reports it)
                 index = {}
             for key in ("tokenizer_path", "tokenizer_weights", "tokenizer_run", "tokenizer"):
                 v = index.get(key)

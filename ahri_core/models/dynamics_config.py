@@ -7,37 +7,43 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+# Upper bounds of the config's sizes: far above any model this project trains, low enough that a damaged or
+# foreign checkpoint cannot ask for a model larger than any machine (a file's tensors are also compared with
+# the shapes its config implies before the model is built: ``checkpoint.check_shapes``).
+MAX_TOKENS = 65536
+
 
 class DynamicsConfig(BaseModel):
-    """Everything needed to rebuild the model; stored as JSON in every checkpoint."""
+    """Everything needed to rebuild the model; stored as JSON in every checkpoint. Sizes are bounded (width
+    16384, 512 blocks, 256 heads, 65536 latent tokens of 4096 channels, 100000 frames)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    tokens: int = Field(..., ge=1, description="latent tokens per frame (N)")
-    channels: int = Field(..., ge=1, description="channels per latent token (C)")
-    pack: int = Field(1, ge=1, description="latent tokens joined into one model token (N / pack tokens of pack * C)")
+    tokens: int = Field(..., ge=1, le=MAX_TOKENS, description="latent tokens per frame (N)")
+    channels: int = Field(..., ge=1, le=4096, description="channels per latent token (C)")
+    pack: int = Field(1, ge=1, le=MAX_TOKENS, description="latent tokens joined into one model token (N / pack tokens of pack * C)")
     pack_rows: int = Field(
-        1, ge=1, description="rows of the token grid one model token spans: > 1 packs pack_rows x (pack / pack_rows) "
+        1, ge=1, le=MAX_TOKENS, description="rows of the token grid one model token spans: > 1 packs pack_rows x (pack / pack_rows) "
         "blocks of token_grid (1: pack consecutive tokens)"
     )
     token_grid: tuple[int, int] | None = Field(
         None, description="(rows, columns) of the latent tokens, row-major; needed when pack_rows > 1"
     )
-    dim: int = Field(128, ge=8, description="model width")
-    depth: int = Field(8, ge=1, description="number of blocks (spatial + temporal)")
-    heads: int = Field(4, ge=1)
-    kv_heads: int | None = Field(None, ge=1, description="grouped-query attention: key/value heads (None = heads)")
-    registers: int = Field(4, ge=0, description="learned register tokens per frame")
-    temporal_every: int = Field(4, ge=1, description="every k-th block is temporal (4: S,S,S,T)")
-    mlp_ratio: float = Field(4.0, gt=0)
+    dim: int = Field(128, ge=8, le=16384, description="model width")
+    depth: int = Field(8, ge=1, le=512, description="number of blocks (spatial + temporal)")
+    heads: int = Field(4, ge=1, le=256)
+    kv_heads: int | None = Field(None, ge=1, le=256, description="grouped-query attention: key/value heads (None = heads)")
+    registers: int = Field(4, ge=0, le=1024, description="learned register tokens per frame")
+    temporal_every: int = Field(4, ge=1, le=512, description="every k-th block is temporal (4: S,S,S,T)")
+    mlp_ratio: float = Field(4.0, gt=0, le=64)
     qk_norm: bool = True
     softcap: float | None = Field(None, gt=0, description="tanh soft-cap of attention logits (None = off)")
     rope_base: float = Field(10000.0, gt=1)
     action_kind: Literal["none", "discrete", "continuous"] = "none"
-    action_count: int = Field(0, ge=0, description="number of discrete actions")
-    action_dim: int = Field(0, ge=0, description="width of a continuous action vector")
+    action_count: int = Field(0, ge=0, le=100_000, description="number of discrete actions")
+    action_dim: int = Field(0, ge=0, le=4096, description="width of a continuous action vector")
     k_max: int = Field(64, ge=1, le=4096, description="finest step count; d_min = 1/k_max")
-    max_frames: int = Field(64, ge=1, description="trained sequence length: default KV-cache window")
+    max_frames: int = Field(64, ge=1, le=100_000, description="trained sequence length: default KV-cache window")
     grad_checkpointing: bool = Field(False, description="recompute each block in backward (runtime only)")
 
     # Fields that do not change the weights: ignored when a checkpoint's config is compared.

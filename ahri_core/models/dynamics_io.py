@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..checkpoint import config_mismatch, load_weights, read_metadata
+from ..checkpoint import check_shapes, config_mismatch, load_weights, read_metadata
 from ..errors import CheckpointError
 from .dynamics import KIND, DynamicsModel
 from .dynamics_config import DynamicsConfig, one_line
@@ -37,7 +37,8 @@ def load_dynamics(
     try:
         cfg = DynamicsConfig(**stored)
     except ValidationError as e:
-        raise CheckpointError(f"checkpoint {path} has an invalid dynamics config ({one_line(e)})") from None
+        raise CheckpointError(f"checkpoint {path} has an invalid dynamics config ({one_line(e)}); "
+                              "restore the file or retrain") from None
     if expect is not None:
         diff = config_mismatch(expect.weights_fields(), cfg.weights_fields())
         if diff:
@@ -45,6 +46,7 @@ def load_dynamics(
             raise CheckpointError(f"checkpoint {path} was made with another dynamics config ({d})")
     if grad_checkpointing is not None:
         cfg = cfg.model_copy(update={"grad_checkpointing": grad_checkpointing})
+    check_shapes(path, lambda: DynamicsModel(cfg))  # before any memory is given to the model
     model = DynamicsModel(cfg)
     load_weights(path, model, kind=KIND, config=stored)
     return model
@@ -80,17 +82,36 @@ def load_dynamics_run(
     return model, run_info(path, model.config, stored, extra)
 
 
+class _ExtraCheck(BaseModel):
+    """The types and bounds of the metadata beside a dynamics checkpoint's config (unknown keys are kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    k_max: int | None = Field(None, ge=1, le=4096)
+    shortcut: bool = False
+    max_frames: int | None = Field(None, ge=1, le=100_000)
+    tokenizer_id: str | None = None
+    latents: dict[str, Any] | None = None
+    settings: dict[str, Any] | None = None
+    step: int | None = Field(None, ge=0)
+    weights: str | None = None
+
+
 def run_info(path: Path, cfg: DynamicsConfig, stored: Any, extra: dict[str, Any]) -> dict[str, Any]:
     """The ``info`` of a loaded dynamics checkpoint (see :func:`load_dynamics_run`) from its metadata."""
+    try:
+        x = _ExtraCheck.model_validate(extra)
+    except ValidationError as e:
+        raise CheckpointError(f"checkpoint {path}: metadata {one_line(e)}; restore the file or retrain") from None
     return {
-        "k_max": int(extra.get("k_max", cfg.k_max)),
-        "shortcut": bool(extra.get("shortcut", False)),
-        "max_frames": int(extra.get("max_frames", cfg.max_frames)),
-        "tokenizer_id": extra.get("tokenizer_id", ""),
-        "latents": extra.get("latents", {}),
-        "settings": extra.get("settings", {}),
-        "step": extra.get("step"),
-        "weights": extra.get("weights", "raw"),
+        "k_max": x.k_max or cfg.k_max,
+        "shortcut": x.shortcut,
+        "max_frames": x.max_frames or cfg.max_frames,
+        "tokenizer_id": x.tokenizer_id or "",
+        "latents": x.latents or {},
+        "settings": x.settings or {},
+        "step": x.step,
+        "weights": x.weights or "raw",
         "config": stored,
         "path": str(path),
         "run_dir": str(path.parent),

@@ -129,13 +129,13 @@ class TokenizerConfig(BaseModel):
     )
     patch_size: int = Field(8, ge=1, le=64)
     fps: float = Field(20.0, gt=0, le=240, description="highest frame rate videos are read at")
-    dim: int = Field(192, ge=8)
-    depth: int = Field(3, ge=1, description="encoder blocks")
-    decoder_depth: int = Field(3, ge=1, description="decoder blocks")
-    heads: int = Field(4, ge=1)
-    mlp_ratio: float = Field(4.0, gt=0)
-    tokens: int = Field(16, ge=1, description="latent tokens per frame")
-    channels: int = Field(32, ge=1, description="bottleneck width of each latent token")
+    dim: int = Field(192, ge=8, le=16384)
+    depth: int = Field(3, ge=1, le=512, description="encoder blocks")
+    decoder_depth: int = Field(3, ge=1, le=512, description="decoder blocks")
+    heads: int = Field(4, ge=1, le=256)
+    mlp_ratio: float = Field(4.0, gt=0, le=64)
+    tokens: int = Field(16, ge=1, le=65536, description="latent tokens per frame")
+    channels: int = Field(32, ge=1, le=4096, description="bottleneck width of each latent token")
     mask_max: float = Field(0.9, ge=0, lt=1, description="MAE drop probability is drawn from U(0, mask_max)")
     qk_norm: bool = True
     regions: bool = Field(True, description="latent token i also gets a linear read of its own square of patches")
@@ -438,13 +438,17 @@ def build_tokenizer(preset: str | TokenizerConfig | dict = "cpu", **overrides: A
 # ---------------------------------------------------------------------------------------------- loading
 def load_tokenizer(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[Tokenizer, dict[str, Any]]:
     """Rebuild a tokenizer from a weights file (strict). Returns (model in eval mode, extra metadata)."""
-    from ..checkpoint import load_weights, read_metadata
+    from ..checkpoint import check_shapes, load_weights, read_metadata
 
     path = Path(path)
     kind, cfg_dict, extra = read_metadata(path)
     if kind != KIND:
         raise CheckpointError(f"checkpoint {path} holds a {kind} model, not a tokenizer")
-    cfg = TokenizerConfig.from_dict(cfg_dict)
+    try:
+        cfg = TokenizerConfig.from_dict(cfg_dict)
+    except (ConfigError, TypeError) as e:  # the file's config, not the user's settings: a data failure
+        raise CheckpointError(f"checkpoint {path} has an {e}; restore the file or retrain") from None
+    check_shapes(path, lambda: Tokenizer(cfg))  # before any memory is given to the model
     model = Tokenizer(cfg)
     load_weights(path, model, kind=KIND, config=cfg_dict)  # the file's own config (square-era names included)
     return model.to(device).eval(), extra

@@ -12,10 +12,20 @@ from pathlib import Path
 
 from ..config.settings import FetchSettings
 from ..errors import DataError, FetchError, VideoError
+from ..filecheck import validated
 from ..fileio import sha256_file
 from ..progress import Progress, ensure
 from ..video import VIDEO_EXTENSIONS, check_video
-from .store import FetchResult, existing, load_actions, read_sidecar, rebuild_manifest, store_file, unique_id
+from .store import (
+    FetchResult,
+    ImportedSidecarCheck,
+    existing,
+    load_actions,
+    read_sidecar,
+    rebuild_manifest,
+    store_file,
+    unique_id,
+)
 
 
 def find_videos(path: str | os.PathLike) -> list[Path]:
@@ -33,6 +43,16 @@ def find_videos(path: str | os.PathLike) -> list[Path]:
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
     ]
     return sorted(found)
+
+
+def _lent(path: Path) -> dict:
+    """The fields a video's ``<name>.json`` lends to its sidecar ({} without one, or for JSON that is not an
+    object); :class:`DataError` naming the file when one of them has the wrong type."""
+    side = read_sidecar(path)
+    if side is None:
+        return {}
+    fix = "fix that field or remove the .json (its title, source URL and action names are optional)"
+    return validated(ImportedSidecarCheck, side, path, fix).model_dump(exclude_none=True)
 
 
 def import_local(
@@ -63,7 +83,7 @@ def import_local(
                 result.skipped.append(vid)
                 continue
             checked = check_video(f, full=settings.verify == "full")
-            side = read_sidecar(f.with_suffix(".json")) or {}
+            side = _lent(f.with_suffix(".json"))
             apath = f.with_name(f"{f.stem}.actions.npy")
             actions = load_actions(apath) if apath.is_file() else None
             meanings = side.get("action_meanings") if actions is not None else None

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import DataError, VideoError
+from ..filecheck import inside, validated
 from ..fileio import atomic_path, sha256_file, write_json_atomic
 from ..video import VIDEO_EXTENSIONS, VideoInfo, check_video, probe, to_mp4, write_video
 
@@ -107,11 +109,52 @@ def unique_id(dest: Path, base: str, origin: str) -> str:
 
 
 def existing(dest: Path, video_id: str) -> dict | None:
-    """The sidecar of ``video_id`` in ``dest`` when the video is fully stored, else None."""
+    """The sidecar of ``video_id`` in ``dest`` when the video is fully stored, else None (a sidecar that names
+    a file outside ``dest`` does not count)."""
     meta = read_sidecar(dest / f"{video_id}.json")
-    if meta is None or not (dest / meta.get("file", f"{video_id}.mp4")).is_file():
+    if meta is None:
         return None
-    return meta
+    try:
+        mp4 = inside(dest, meta.get("file", f"{video_id}.mp4"), dest / f"{video_id}.json", "file")
+    except DataError:
+        return None
+    return meta if mp4.is_file() else None
+
+
+# What to do about a sidecar that cannot be used.
+SIDECAR_FIX = "fix that field, or delete the video with its .json and fetch it again"
+# A video id as :func:`safe_id` makes it: it names files (the video's, its latents'), so no "/" and no leading ".".
+ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+
+
+class SidecarCheck(BaseModel):
+    """The types of the sidecar fields that readers use (unknown keys are kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: str
+    id: str | None = Field(None, pattern=ID_PATTERN)
+    file: str | None = Field(None, min_length=1)
+    frames: int | None = Field(None, ge=0)
+    fps: float | None = Field(None, ge=0)
+    width: int | None = Field(None, ge=0)
+    height: int | None = Field(None, ge=0)
+    duration: float | None = Field(None, ge=0)
+    sha256: str | None = None
+    actions_file: str | None = None
+    action_kind: str | None = None
+    action_count: int | None = Field(None, ge=0)
+    action_meanings: list[str] | None = None
+
+
+class ImportedSidecarCheck(BaseModel):
+    """The fields an imported video's ``<name>.json`` lends to its new sidecar (unknown keys are ignored)."""
+
+    title: str | None = None
+    source_url: str | None = None
+    uploader: str | None = None
+    upload_date: str | None = None
+    action_meanings: list[str] | None = None
 
 
 def read_sidecar(path: Path) -> dict | None:
@@ -358,13 +401,15 @@ def load_record(sidecar: str | os.PathLike) -> VideoRecord:
         raise DataError(f"{sidecar}: not a readable sidecar ({e})") from None
     if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith("ahri-video/"):
         raise DataError(f"{sidecar}: not an ahri video sidecar (no 'format': '{SIDECAR_FORMAT}')")
-    mp4 = sidecar.parent / meta.get("file", sidecar.with_suffix(".mp4").name)
+    meta = {**meta, **validated(SidecarCheck, meta, sidecar, SIDECAR_FIX).model_dump(exclude_unset=True)}
+    mp4 = inside(sidecar.parent, meta.get("file") or sidecar.with_suffix(".mp4").name, sidecar, "file")
     actions = None
     if meta.get("actions_file"):
-        actions = load_actions(sidecar.parent / meta["actions_file"])
+        actions = load_actions(inside(sidecar.parent, meta["actions_file"], sidecar, "actions_file"))
         if actions.shape[:1] != (int(meta.get("frames") or 0),):
-            raise DataError(f"{sidecar}: {actions.shape[0]} actions for {meta.get('frames')} frames")
-    return VideoRecord(path=mp4, id=str(meta.get("id", sidecar.stem)), meta=meta, actions=actions)
+            raise DataError(f"{sidecar}: {actions.shape[0] if actions.ndim else 0} actions for {meta.get('frames')} "
+                            f"frames; {SIDECAR_FIX}")
+    return VideoRecord(path=mp4, id=str(meta.get("id") or sidecar.stem), meta=meta, actions=actions)
 
 
 def list_videos(directory: str | os.PathLike, recursive: bool = True, bare: bool = True) -> list[VideoRecord]:

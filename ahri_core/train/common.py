@@ -22,7 +22,7 @@ from ..config.presets import DATA_PRESETS, TRAINING_PRESETS
 from ..errors import ConfigError
 from ..fileio import append_jsonl, write_json_atomic
 from ..locking import WriterLock
-from ..workspace import read_run_meta
+from ..workspace import load_run_meta
 from . import distributed
 
 
@@ -374,4 +374,4 @@ class RunDir:
         return self.path / "model.state.pt"
 
     def meta(self) -> dict[str, Any]:
-        return read_run_meta(self.path)
+        return load_run_meta(self.path)  # a damaged run.json is refused naming it, never overwritten

@@ -16,6 +16,9 @@ import av.error
 
 from ..errors import VideoError
 
+# An average rate this many times below the stream's nominal rate means holes in the timeline, not a slow video.
+GAP_RATIO = 10
+
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mpg", ".mpeg", ".flv", ".wmv")
 
 
@@ -66,6 +69,9 @@ def _stream_fps(stream, duration: float, frames: int) -> float:
     avg, guess = stream.average_rate, stream.guessed_rate
     if avg and guess and abs(float(avg) / float(guess) - 1) < 0.01:
         return _snap_rate(float(guess))  # the nominal rate; the average carries timestamp rounding
+    if avg and guess and float(avg) * GAP_RATIO < float(guess):
+        # a jump in the timestamps (a paused recording) pulls the average down; reading cuts such jumps out
+        return _snap_rate(float(guess))
     for rate in (avg, guess, stream.base_rate):
         if rate:
             return _snap_rate(float(rate))

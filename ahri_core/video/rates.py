@@ -3,6 +3,10 @@
 Frame-rate resampling works on presentation timestamps. Output frame ``k`` is shown at time ``k / fps``
 (relative to the first decoded frame) and takes the source frame on screen at that moment, i.e. the last
 source frame whose timestamp is not later than it. Lower rates drop frames, higher rates repeat them.
+
+A jump of more than :data:`MAX_GAP` seconds between two frames (a paused recording, a damaged file) is cut out:
+the frame before it is shown for one frame period of the video's own rate and the frames after it follow at
+once, so a video with an hour-long hole gives the frames it holds, never an hour of one repeated frame.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ import math
 from fractions import Fraction
 
 import numpy as np
+
+# A jump between two frames longer than this (seconds) is cut out of the timeline (see the module docstring).
+MAX_GAP = 10.0
 
 # Two timestamps closer than this (seconds) count as equal when choosing frames for a target rate.
 _TIME_TOLERANCE = 1e-4

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import VideoError
 from .fit import Fit, _Resizer, _target_size
 from .probe import _duration, _fail, _one_frame_per_packet, _open, _stream_fps
-from .rates import _TIME_TOLERANCE, _as_rate
+from .rates import _TIME_TOLERANCE, MAX_GAP, _as_rate
 
 
 def iter_frames(
@@ -103,6 +103,9 @@ def _iter_frames(
             if t0 is None:
                 t0 = t_abs
             t = t_abs - t0
+            if pending is not None and t - pending_t > MAX_GAP:  # a hole in the timeline: cut it out
+                t0 += t - pending_t - 1.0 / src_fps
+                t = pending_t + 1.0 / src_fps
             if pending is not None:
                 img = None
                 while k * step < t - _TIME_TOLERANCE:
@@ -117,6 +120,8 @@ def _iter_frames(
             pending_dur = (
                 float(dur * frame.time_base) if dur and frame.time_base is not None else 1.0 / src_fps
             )
+            if pending_dur > MAX_GAP:  # the last frame's duration can carry a hole in the timeline too
+                pending_dur = 1.0 / src_fps
         if pending is None:
             raise VideoError(path, "contains no decodable frame", 0)
         img = None
