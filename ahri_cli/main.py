@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand
 
 import ahri_core
 from ahri_core.errors import AhriError, ConfigError
 from ahri_core.workspace import Workspace
 
+from .helpfmt import Command, Group
 from .launch import other_rank, quiet_other_ranks
 from .output import console, error_line, out
 from .state import STATE
@@ -45,6 +47,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
+    cls=Group,
 )
 
 
@@ -136,6 +139,8 @@ def _register() -> None:
     app.command("help")(help_)
     for cmd in app.registered_commands:
         cmd.callback = _catch_interrupt(cmd.callback)
+        if cmd.cls in (None, TyperCommand):
+            cmd.cls = Command
 
 
 class _Interrupted(Exception):

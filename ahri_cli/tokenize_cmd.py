@@ -22,7 +22,7 @@ from .options import (
     resolve_precision,
     setup_threads,
 )
-from .output import console, escape, info, next_step, out
+from .output import console, escape, info, next_step, out, result
 from .progress import RichProgress
 from .state import STATE
 
@@ -164,7 +164,7 @@ def _decode(
     dest = output if output is not None else Path(f"{path.stem}.decoded.mp4")
     fps = float(meta.get("fps") or model.cfg.fps)
     write_video(dest, to_uint8(frames), fps)
-    out.print(f"wrote {dest} ({len(frames)} frames at {fps:g} fps)", highlight=False, markup=False)
+    result(f"wrote {dest} ({len(frames)} frames at {fps:g} fps)")
 
 
 def register(app: typer.Typer) -> None:

@@ -37,6 +37,7 @@ from .options import (
     setup_threads,
 )
 from .output import command_line, escape, info, next_step, out
+from .output import result as result_line
 from .progress import RichProgress, run_log
 from .state import STATE
 
@@ -165,7 +166,6 @@ def _summary(result: Any, elapsed_label: str = "seconds") -> Table:
     for key in [k for k in val if k.startswith("val_")]:
         a = first.get(key)
         t.add_row(key.replace("val_", "val "), (f"{a:.4f} -> " if a is not None else "") + f"{val[key]:.4f}")
-    t.add_row("weights", str(result.weights))
     return t
 
 
@@ -407,6 +407,7 @@ def _train_dynamics(params: dict[str, Any], train_flags: dict[str, Any], given: 
             result = train_dynamics(lat_path, run_dir, tset, dset, fset, progress=progress, latent_actions=aset,
                                     model_overrides=shape)
         out.print(_summary(result))
+        result_line(f"weights {result.weights}")
         if result.stopped:
             info(f"stopped by {result.stopped}; continue with: {escape(command_line('train', '--run', name, '--resume'))}")
             raise typer.Exit(INTERRUPTED)
@@ -489,7 +490,7 @@ def _fit_action_map(run: str | None, latents: Path | None, seed: int | None, giv
     if p.get("frames"):
         out.print(f"held-out videos: code -> action accuracy {p['accuracy']:.3f} vs {p['majority']:.3f} for always "
                   f"the most frequent action ({p['frames']} frames)", highlight=False)
-    out.print(f"wrote {run_dir / 'action_map.json'}", highlight=False, markup=False)
+    result_line(f"wrote {run_dir / 'action_map.json'}")
 
 
 def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None:
@@ -547,7 +548,7 @@ def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None
         with RichProgress() as progress:
             summary = train_tokenizer(run_dir, videos, tset, tok, progress, cache_dir=ws.cache)
         for line in summary_lines(summary):
-            out.print(line, highlight=False)
+            result_line(line)
         if summary.get("stopped"):
             info(f"stopped by {summary['stopped']}; continue with: "
                  f"{escape(command_line('train', '--stage', 'tokenizer', '--run', name, '--resume'))}")
@@ -555,9 +556,29 @@ def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None
         next_step("tokenize", "--tokenizer", name)
 
 
+# The help panel of each option of ``train`` (by parameter name); one not named here shows under "Options".
+_PANELS = {
+    "Run and budget": ("stage", "run", "resume", "preset", "max_steps", "minutes", "epochs", "val_fraction",
+                       "checkpoint_every", "val_every", "log_every", "seed"),
+    "Tokenizer stage": ("videos", "size", "fit", "tokens", "channels", "mask_max", "val_videos", "split", "fps"),
+    "Optimiser": ("batch_size", "lr", "warmup_steps", "ema", "grad_accum"),
+    "Machine": ("device", "precision", "threads", "nproc"),
+    "Memory and speed": ("grad_checkpointing", "fsdp", "compile_model"),
+    "Dynamics data": ("latents", "seq_len", "stride", "alternating", "seq_len_short", "seq_len_long",
+                      "batch_size_short", "batch_size_long", "long_ratio"),
+    "Shortcut diffusion": ("shortcut", "k_max", "step_sampling", "ema_teacher"),
+    "Training mix": ("bootstrap_fraction", "bootstrap_warmup", "single_image_fraction", "context_fraction"),
+    "Latent actions": ("latent_actions", "latent_action_codes", "latent_action_history", "no_actions"),
+    "Dynamics model": ("dim", "depth", "heads"),
+}
+
+
 def register(app: typer.Typer) -> None:
+    from .helpfmt import with_panels
+
     app.command(
         "train",
         help=inspect.cleandoc(train.__doc__ or "") + "\n" + EXAMPLES,
         no_args_is_help=False,
+        cls=with_panels({p: title for title, names in _PANELS.items() for p in names}),
     )(train)

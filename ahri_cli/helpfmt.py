@@ -1,0 +1,45 @@
+"""The help layout: options grouped in panels by topic, and no type shown for plain on/off flags.
+
+typer lays each panel out as one table; a command with many options in one panel gives the option names,
+their ``--no-`` forms, the types and the descriptions too little room at 80 columns, and rich then cuts the
+names. Grouping a long command's options by topic keeps every panel narrow enough for whole names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer.core
+
+
+def _tidy(params: list[Any], panels: dict[str, str]) -> None:
+    for p in params:
+        if getattr(p, "is_flag", False) and not getattr(p, "count", False) and p.metavar is None:
+            p.metavar = ""  # a flag takes no value: no "<bool>" in its row
+        panel = panels.get(p.name or "")
+        if panel and getattr(p, "rich_help_panel", None) is None:
+            p.rich_help_panel = panel
+
+
+class Command(typer.core.TyperCommand):
+    """A command whose help puts its options in the panels of :attr:`panels` (parameter name -> panel title;
+    options not named stay under "Options")."""
+
+    panels: dict[str, str] = {}
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _tidy(self.get_params(ctx), self.panels)
+        super().format_help(ctx, formatter)
+
+
+class Group(typer.core.TyperGroup):
+    """The ``ahri`` group, with the same flag rows as :class:`Command`."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _tidy(self.get_params(ctx), {})
+        super().format_help(ctx, formatter)
+
+
+def with_panels(panels: dict[str, str]) -> type[Command]:
+    """A :class:`Command` class with these panels."""
+    return type("PanelCommand", (Command,), {"panels": dict(panels)})
