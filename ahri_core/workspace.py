@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,50 @@ def run_status(meta: dict) -> tuple[str, str | None]:
     if meta.get("finished") is True:
         return "finished", None
     return "unknown", None
+
+
+def writer_identity() -> dict:
+    """What run.json records of the process that trains a run: its pid and this machine's name."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _pid_alive(pid: int) -> bool | None:
+    if os.name == "nt":  # os.kill(pid, 0) would end the process there
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OSError:
+        return None
+    return True
+
+
+def writer_gone(meta: dict, run_dir: str | os.PathLike) -> bool:
+    """Whether the process that last wrote a "running" run has gone without recording how it ended (killed by
+    the kernel for memory, SIGKILL, a power cut). Known only on the machine that trains it: from the pid and
+    host run.json records, or else from the pid in the run's writer lock file (a writer that ends removes
+    that file; a killed one leaves it behind). False when this machine cannot tell."""
+    from .locking import LOCK_NAME, holder_pid
+
+    pid, host = meta.get("pid"), meta.get("host")
+    if isinstance(pid, int) and not isinstance(pid, bool) and isinstance(host, str):
+        return host == socket.gethostname() and _pid_alive(pid) is False
+    lock = Path(run_dir) / LOCK_NAME
+    held_by = holder_pid(run_dir)
+    if held_by is not None:
+        return _pid_alive(held_by) is False
+    return not lock.exists() and "pid" not in meta and meta.get("status") == "running" and os.name != "nt"
+
+
+def run_liveness(meta: dict, run_dir: str | os.PathLike) -> tuple[str, str | None]:
+    """:func:`run_status`, with a "running" run whose process has gone (:func:`writer_gone`) as "stopped"."""
+    status, reason = run_status(meta)
+    if status == "running" and writer_gone(meta, run_dir):
+        return "stopped", "its process has gone (killed?); continue with --resume"
+    return status, reason
 
 
 def default_root() -> Path:
