@@ -1,4 +1,5 @@
-"""The help layout: options grouped in panels by topic, and no type shown for plain on/off flags.
+"""The help layout (options grouped in panels by topic, no type shown for plain on/off flags) and the wording of
+a refused option value (without the "Value error, " that the value checks of some typer versions prefix).
 
 typer lays each panel out as one table; a command with many options in one panel gives the option names,
 their ``--no-`` forms, the types and the descriptions too little room at 80 columns, and rich then cuts the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import typer
 import typer.core
 
 
@@ -30,6 +32,13 @@ class Command(typer.core.TyperCommand):
     def format_help(self, ctx: Any, formatter: Any) -> None:
         _tidy(self.get_params(ctx), self.panels)
         super().format_help(ctx, formatter)
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except typer.BadParameter as e:
+            e.message = str(e.message).removeprefix("Value error, ")
+            raise
 
 
 class Group(typer.core.TyperGroup):

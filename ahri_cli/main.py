@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import signal
 import sys
 import threading
@@ -49,6 +50,10 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     cls=Group,
 )
+
+
+# The commands that write into the workspace: an unwritable one is a usage error before any work.
+WRITES_WORKSPACE = {"fetch", "train", "tokenize", "demo"}
 
 
 def _version(value: bool) -> None:
@@ -96,6 +101,10 @@ def _global(
         if not config.is_file():
             raise ConfigError(f"config file {config} does not exist (--config)")
         check_config_file(config)
+    if ctx.invoked_subcommand in WRITES_WORKSPACE and not {"-h", "--help"} & set(STATE.argv):
+        origin = "--workspace" if workspace is not None else "workspace (AHRI_HOME)" if "AHRI_HOME" in os.environ \
+            else "workspace (the default)"
+        STATE.workspace.check_writable(origin)
 
 
 def help_(

@@ -389,7 +389,8 @@ def _train_dynamics(params: dict[str, Any], train_flags: dict[str, Any], given: 
     from ahri_core.data.windows import resolve_latents
 
     if tset.preset not in DYNAMICS_PRESETS:
-        raise ConfigError(f"unknown dynamics preset {tset.preset!r} (--preset); accepted: {', '.join(DYNAMICS_PRESETS)}")
+        raise ConfigError(f"unknown dynamics preset {tset.preset!r} ({_origin('train', 'preset', given)}); "
+                          f"accepted: {', '.join(DYNAMICS_PRESETS)}")
     shape = _model_shape(mset, tset.preset, read_run_meta(ws.run_dir(name)) if resume else None, name)
 
     if latents is None and resume:
@@ -412,6 +413,14 @@ def _train_dynamics(params: dict[str, Any], train_flags: dict[str, Any], given: 
             info(f"stopped by {result.stopped}; continue with: {escape(command_line('train', '--run', name, '--resume'))}")
             raise typer.Exit(INTERRUPTED)
         next_step("eval", name)
+
+
+def _origin(section: str, key: str, given: dict[str, Any]) -> str:
+    """Where a setting came from, for an error: its flag, or the config file's line that set it."""
+    from ahri_core.config.base import line_of, where_in_file
+
+    line = line_of(Path(STATE.config), [section, key]) if STATE.config is not None and key not in given else None
+    return where_in_file(STATE.config, line) if line is not None else f"--{key.replace('_', '-')}"
 
 
 def _model_shape(mset: ModelSettings, preset: str, meta: dict[str, Any] | None, name: str) -> dict[str, int]:

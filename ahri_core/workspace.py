@@ -113,6 +113,27 @@ class Workspace:
     def cache(self) -> Path:
         return self.root / "cache"
 
+    def check_writable(self, origin: str = "--workspace") -> None:
+        """Check, before any work, that the workspace folder can be written (or, when it does not exist yet, made
+        in its nearest existing parent); a :class:`~ahri_core.errors.ConfigError` naming it (and ``origin``:
+        where it came from) otherwise. Nothing is left behind."""
+        import tempfile
+
+        from .errors import ConfigError
+
+        base = self.root.absolute()
+        while not base.exists() and base.parent != base:
+            base = base.parent
+        try:
+            if not base.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(base))
+            with tempfile.TemporaryFile(dir=base):
+                pass
+        except OSError as e:
+            why = e.strerror or type(e).__name__
+            raise ConfigError(f"{origin} {self.root}: cannot write there ({why}); give a folder you can write "
+                              "to, e.g. -w ~/ahri") from None
+
     def source_dir(self, source: str) -> Path:
         return self.videos / source
 
