@@ -49,6 +49,24 @@ class Group(typer.core.TyperGroup):
         super().format_help(ctx, formatter)
 
 
+# The help panel of each option of ``train`` (by parameter name); one not named here shows under "Options".
+_TRAIN_TOPICS = {
+    "Run and budget": ("stage", "run", "resume", "preset", "max_steps", "minutes", "epochs", "val_fraction",
+                       "checkpoint_every", "val_every", "log_every", "seed"),
+    "Tokenizer stage": ("videos", "size", "fit", "tokens", "channels", "mask_max", "val_videos", "split", "fps"),
+    "Optimiser": ("batch_size", "lr", "warmup_steps", "ema", "grad_accum"),
+    "Machine": ("device", "precision", "threads", "nproc"),
+    "Memory and speed": ("grad_checkpointing", "fsdp", "compile_model"),
+    "Dynamics data": ("latents", "seq_len", "stride", "alternating", "seq_len_short", "seq_len_long",
+                      "batch_size_short", "batch_size_long", "long_ratio"),
+    "Shortcut diffusion": ("shortcut", "k_max", "step_sampling", "ema_teacher"),
+    "Training mix": ("bootstrap_fraction", "bootstrap_warmup", "single_image_fraction", "context_fraction"),
+    "Latent actions": ("latent_actions", "latent_action_codes", "latent_action_history", "no_actions"),
+    "Dynamics model": ("dim", "depth", "heads"),
+}
+TRAIN_PANELS = {p: title for title, names in _TRAIN_TOPICS.items() for p in names}
+
+
 def with_panels(panels: dict[str, str]) -> type[Command]:
     """A :class:`Command` class with these panels."""
     return type("PanelCommand", (Command,), {"panels": dict(panels)})

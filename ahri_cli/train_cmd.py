@@ -25,6 +25,7 @@ from ahri_core.errors import ConfigError
 from ahri_core.workspace import read_run_meta, run_status
 
 from .launch import NprocOption, launch_nproc
+from .memcheck import check_dynamics, check_tokenizer
 from .options import (
     DeviceOption,
     DynamicsPreset,
@@ -397,6 +398,7 @@ def _train_dynamics(params: dict[str, Any], train_flags: dict[str, Any], given: 
         p = (read_run_meta(ws.run_dir(name)).get("latents") or {}).get("path")
         latents = Path(p) if p else None
     lat_path = resolve_latents(latents, ws.latents)
+    check_dynamics(tset, dset, shape, lat_path)
 
     from ahri_core.train.dynamics import train_dynamics
 
@@ -550,6 +552,7 @@ def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None
         videos = list_videos(src)
         if not videos:
             raise ConfigError(f"no videos under {src}; run `ahri fetch` first (e.g. ahri fetch --source game)")
+    check_tokenizer(tset)
     setup_threads(tset.threads)
     run_dir = ws.run_dir(name)
     with run_log(run_dir / "log.txt"):
@@ -565,29 +568,12 @@ def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None
         next_step("tokenize", "--tokenizer", name)
 
 
-# The help panel of each option of ``train`` (by parameter name); one not named here shows under "Options".
-_PANELS = {
-    "Run and budget": ("stage", "run", "resume", "preset", "max_steps", "minutes", "epochs", "val_fraction",
-                       "checkpoint_every", "val_every", "log_every", "seed"),
-    "Tokenizer stage": ("videos", "size", "fit", "tokens", "channels", "mask_max", "val_videos", "split", "fps"),
-    "Optimiser": ("batch_size", "lr", "warmup_steps", "ema", "grad_accum"),
-    "Machine": ("device", "precision", "threads", "nproc"),
-    "Memory and speed": ("grad_checkpointing", "fsdp", "compile_model"),
-    "Dynamics data": ("latents", "seq_len", "stride", "alternating", "seq_len_short", "seq_len_long",
-                      "batch_size_short", "batch_size_long", "long_ratio"),
-    "Shortcut diffusion": ("shortcut", "k_max", "step_sampling", "ema_teacher"),
-    "Training mix": ("bootstrap_fraction", "bootstrap_warmup", "single_image_fraction", "context_fraction"),
-    "Latent actions": ("latent_actions", "latent_action_codes", "latent_action_history", "no_actions"),
-    "Dynamics model": ("dim", "depth", "heads"),
-}
-
-
 def register(app: typer.Typer) -> None:
-    from .helpfmt import with_panels
+    from .helpfmt import TRAIN_PANELS, with_panels
 
     app.command(
         "train",
         help=inspect.cleandoc(train.__doc__ or "") + "\n" + EXAMPLES,
         no_args_is_help=False,
-        cls=with_panels({p: title for title, names in _PANELS.items() for p in names}),
+        cls=with_panels(TRAIN_PANELS),
     )(train)
