@@ -46,8 +46,9 @@ def _budget_text(b: dict[str, Any]) -> str:
     parts = []
     if _num(b.get("max_steps")) is not None:
         parts.append(f"{int(b['max_steps'])} steps")
-    if _num(b.get("minutes")) is not None:
-        parts.append(f"{_round(b['minutes'])} min")
+    if _num(b.get("minutes")) is not None:  # under a minute: in seconds
+        m = b["minutes"]
+        parts.append(f"{m * 60:.0f} s" if 0 < m < 1 else f"{_round(m)} min")
     if _num(b.get("epochs")) is not None:
         parts.append(f"{_round(b['epochs'])} epochs")
     return ", ".join(parts) or "-"
