@@ -64,6 +64,9 @@ def whole_paths(stdout: str, labels: tuple[str, ...]) -> list[Path]:
             found[words[0]] = Path(words[1])
             assert Path(words[1]).exists(), f"{words[1]!r} does not exist: a broken path?\n{stdout}"
     assert set(found) == set(labels), stdout
+    for word in stdout.split():  # any other path printed exists too: no piece of a broken one
+        if word.startswith("/"):
+            assert Path(word.rstrip(",;)")).exists(), f"{word!r}: a broken path?\n{stdout}"
     assert all(p.is_absolute() for p in found.values())
     return list(found.values())
 
