@@ -61,6 +61,7 @@ def whole_paths(stdout: str, labels: tuple[str, ...]) -> list[Path]:
     for line in stdout.splitlines():
         words = line.split()
         if words and words[0] in labels:
+            assert len(words) > 1, f"nothing after {words[0]}: the path went to the next line?\n{stdout}"
             found[words[0]] = Path(words[1])
             assert Path(words[1]).exists(), f"{words[1]!r} does not exist: a broken path?\n{stdout}"
     assert set(found) == set(labels), stdout
