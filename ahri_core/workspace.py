@@ -64,14 +64,16 @@ def writer_gone(meta: dict, run_dir: str | os.PathLike) -> bool:
     that file; a killed one leaves it behind). False when this machine cannot tell."""
     from .locking import LOCK_NAME, holder_pid
 
+    held_by = holder_pid(run_dir)
+    if held_by is not None and _pid_alive(held_by):  # e.g. a resume that has not recorded its own pid yet
+        return False
     pid, host = meta.get("pid"), meta.get("host")
     if isinstance(pid, int) and not isinstance(pid, bool) and isinstance(host, str):
         return host == socket.gethostname() and _pid_alive(pid) is False
-    lock = Path(run_dir) / LOCK_NAME
-    held_by = holder_pid(run_dir)
     if held_by is not None:
         return _pid_alive(held_by) is False
-    return not lock.exists() and "pid" not in meta and meta.get("status") == "running" and os.name != "nt"
+    lock = Path(run_dir) / LOCK_NAME
+    return not lock.exists() and meta.get("status") == "running" and os.name != "nt"
 
 
 def run_liveness(meta: dict, run_dir: str | os.PathLike) -> tuple[str, str | None]:

@@ -70,10 +70,15 @@ def test_runs_shows_a_killed_run_as_stopped_and_a_live_one_as_running(tmp_path, 
     _run_json(tmp_path, "killed", {**base, "pid": _gone_pid()})
     _run_json(tmp_path, "alive", {**base, "pid": os.getpid()})
     _run_json(tmp_path, "elsewhere", {**base, "pid": _gone_pid(), "host": host + "-other"})
+    resuming = _run_json(tmp_path, "resuming", {**base, "pid": _gone_pid()})  # a resume holds the lock already
+    (resuming / ".writer.lock").write_text(f"{os.getpid()}\n")
+    old = _run_json(tmp_path, "older-killed", {"stage": "dynamics", "status": "running"})  # no pid recorded
+    (old / ".writer.lock").write_text(f"{_gone_pid()}\n")
     assert main(["-w", str(tmp_path), "runs", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["killed"]["status"] == "stopped" and "--resume" in rows["killed"]["reason"]
     assert rows["alive"]["status"] == "running"
+    assert rows["resuming"]["status"] == "running" and rows["older-killed"]["status"] == "stopped"
     assert rows["elsewhere"]["status"] == "running"  # another machine's process: not ours to judge
 
 
