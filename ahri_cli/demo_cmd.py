@@ -22,7 +22,7 @@ from .options import (
     check_square_size,
     setup_threads,
 )
-from .output import command_line, console, escape, info, out, quote_arg
+from .output import command_line, console, escape, info, out, quote_arg, result
 from .progress import RichProgress, run_log
 from .state import STATE
 
@@ -108,7 +108,7 @@ def demo(
                 raise
             _report(res)
             _report_flow(res, s)
-            out.print(f"log:      {log_path}", highlight=False, markup=False)
+            result(f"log:      {log_path}")
     finally:
         _copy_log(log_path, ws.runs, before)
 
@@ -205,12 +205,13 @@ def _report(res) -> None:  # noqa: ANN001 - ahri_core.demo.DemoResult
         out.print(f"tokenizer held-out reconstruction: {tok['val_psnr']:.2f} dB", highlight=False)
     for k, ok in sm["acceptance"].items():
         out.print(f"{'[green]ok[/]' if ok else '[red]no[/]'}  {k.replace('_', ' ')}")
-    out.print(f"eval:     {ev['dir']}  (plot {ev['plot']})", highlight=False, markup=False)
+    result(f"eval:     {ev['dir']}")
+    result(f"plot:     {ev['plot']}")
     for v in ev["videos"]:
-        out.print(f"sample:   {v}", highlight=False, markup=False)
+        result(f"sample:   {v}")
     if sm.get("rollout"):
-        out.print(f"rollout:  {sm['rollout']['out']}", highlight=False, markup=False)
-    out.print(f"summary:  {res.path}", highlight=False, markup=False)
+        result(f"rollout:  {sm['rollout']['out']}")
+    result(f"summary:  {res.path}")
 
 
 def register(app: typer.Typer) -> None:

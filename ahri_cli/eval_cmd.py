@@ -28,7 +28,7 @@ from .options import (
     run_or_path,
     setup_threads,
 )
-from .output import console, escape, info, out
+from .output import console, escape, info, out, result
 from .progress import RichProgress
 from .state import STATE
 
@@ -295,10 +295,10 @@ def eval_(
         console.print(f"[yellow]note:[/] {escape(hint)}", highlight=False)
     if m["truth"] != "video frames":
         console.print(f"[yellow]note:[/] compared against {escape(str(m['truth']))}", highlight=False)
-    out.print(f"metrics: {report.metrics_path}", highlight=False, markup=False)
-    out.print(f"plot:    {m['files']['plot']}", highlight=False, markup=False)
+    result(f"metrics: {report.metrics_path}")
+    result(f"plot:    {m['files']['plot']}")
     for v in m["files"]["videos"]:
-        out.print(f"video:   {v}", highlight=False, markup=False)
+        result(f"video:   {v}")
 
 
 def register(app: typer.Typer) -> None:

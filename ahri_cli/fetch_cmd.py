@@ -15,6 +15,7 @@ from ahri_core.errors import ConfigError, FetchError
 
 from .options import check_square_size, either, existing_path, renamed
 from .output import console, escape, next_step, out
+from .output import result as result_line
 from .progress import RichProgress
 from .state import STATE
 
@@ -51,7 +52,7 @@ def _choose_source(source: Source | None, channel: list[str], url: list[str], pa
 
 
 def _summary(result) -> Table:
-    t = Table(title=escape(f"fetch: {result.source} -> {result.dest}"))
+    t = Table(title=escape(f"fetch: {result.source}"))
     for col, justify in (
         ("id", "left"),
         ("title", "left"),
@@ -216,6 +217,7 @@ def fetch(
 
     if result.stored or result.skipped:
         out.print(_summary(result))
+        result_line(f"videos: {result.dest}")
     for note in result.notes:
         console.print(f"[dim]note:[/] {escape(str(note))}", highlight=False, soft_wrap=True)
     for what, why in result.failed:

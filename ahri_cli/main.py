@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import signal
 import sys
 import threading
@@ -16,11 +17,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand
 
 import ahri_core
 from ahri_core.errors import AhriError, ConfigError
 from ahri_core.workspace import Workspace
 
+from .helpfmt import Command, Group
 from .launch import other_rank, quiet_other_ranks
 from .output import console, error_line, out
 from .state import STATE
@@ -45,7 +48,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
+    cls=Group,
 )
+
+
+# The commands that write into the workspace: an unwritable one is a usage error before any work.
+WRITES_WORKSPACE = {"fetch", "train", "tokenize", "demo"}
 
 
 def _version(value: bool) -> None:
@@ -93,6 +101,10 @@ def _global(
         if not config.is_file():
             raise ConfigError(f"config file {config} does not exist (--config)")
         check_config_file(config)
+    if ctx.invoked_subcommand in WRITES_WORKSPACE and not {"-h", "--help"} & set(STATE.argv):
+        origin = "--workspace" if workspace is not None else "workspace (AHRI_HOME)" if "AHRI_HOME" in os.environ \
+            else "workspace (the default)"
+        STATE.workspace.check_writable(origin)
 
 
 def help_(
@@ -136,6 +148,8 @@ def _register() -> None:
     app.command("help")(help_)
     for cmd in app.registered_commands:
         cmd.callback = _catch_interrupt(cmd.callback)
+        if cmd.cls in (None, TyperCommand):
+            cmd.cls = Command
 
 
 class _Interrupted(Exception):

@@ -113,6 +113,12 @@ def remove_log(log: Any) -> None:
         _ACTIVE_LOGS.remove(log)
 
 
+def result(text: str) -> None:
+    """A result line on stdout, plain text: never wrapped or cut at the terminal's width, so that a path in it
+    stays whole for a script or a copy-paste (a long line runs past the edge instead)."""
+    out.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
 def info(message: str, **kw: Any) -> None:
     """An informational line on stderr (rich markup allowed); with --quiet it goes only to the run log."""
     if STATE.quiet:

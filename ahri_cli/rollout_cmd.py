@@ -24,7 +24,7 @@ from .options import (
     run_or_path,
     setup_threads,
 )
-from .output import console, escape, info, out
+from .output import console, escape, info, out, result
 from .progress import RichProgress
 from .state import STATE
 
@@ -105,17 +105,15 @@ def rollout(
         f"{rep.horizon} frames predicted with {rep.steps} steps by {rep.run}: "
         f"{rep.frames_per_s:.1f} frames/s sampling, {rep.end_to_end_frames_per_s:.1f} frames/s end to end"
     )
-    out.print(line, highlight=False, markup=False)
+    result(line)
     if rep.compared:
         k = min(8, rep.compared)
         p = sum(rep.psnr[:k]) / k
         c = sum(rep.copy_last_psnr[:k]) / k
         out.print(f"PSNR over the first {k} predicted frames: {p:.2f} dB (copy last frame: {c:.2f} dB)", highlight=False)
-    out.print(
+    result(
         f"wrote {rep.out} ({rep.frames_written} frames, {rep.size[1]}x{rep.size[0]}, {rep.fps:g} fps"
-        f"{', truth on the left' if rep.compared else ''})",
-        highlight=False,
-        markup=False,
+        f"{', truth on the left' if rep.compared else ''})"
     )
 
 

@@ -12,9 +12,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ahri_core.workspace import run_status
+from ahri_core.workspace import run_liveness
 
-from .output import escape, info, out
+from .output import escape, info, out, result
 from .state import STATE
 
 
@@ -37,15 +37,51 @@ def _budget(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: train.get(k) for k in ("max_steps", "minutes", "epochs")}
 
 
+def _round(x: float) -> str:
+    """A budget as a person writes it: 120, 15, 4.7, 0.6, 0.05."""
+    return f"{x:.0f}" if abs(x) >= 10 else f"{x:.2g}"
+
+
 def _budget_text(b: dict[str, Any]) -> str:
     parts = []
     if _num(b.get("max_steps")) is not None:
         parts.append(f"{int(b['max_steps'])} steps")
-    if _num(b.get("minutes")) is not None:
-        parts.append(f"{b['minutes']:g} min")
+    if _num(b.get("minutes")) is not None:  # under a minute: in seconds
+        m = b["minutes"]
+        parts.append(f"{m * 60:.0f} s" if 0 < m < 1 else f"{_round(m)} min")
     if _num(b.get("epochs")) is not None:
-        parts.append(f"{b['epochs']:g} epochs")
+        parts.append(f"{_round(b['epochs'])} epochs")
     return ", ".join(parts) or "-"
+
+
+def latest_eval(run_dir: Path) -> dict[str, Any] | None:
+    """The newest ``ahri eval`` of a run written under ``<run>/eval/`` (its default place): {"steps", "gain_db",
+    "horizon", "path"}, the gain in PSNR over copy-last of its fewest sampling steps over the first predicted
+    frames (up to 8). None when there is none."""
+    found = []
+    for m in (run_dir / "eval").glob("*/metrics.json"):
+        try:
+            data = json.loads(m.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        summary = data.get("summary") if isinstance(data, dict) else None
+        if not isinstance(summary, dict):
+            continue
+        for key, gains in summary.items():
+            if key.startswith("gain_over_copy_last_db_h1_") and isinstance(gains, dict):
+                steps = sorted((int(k), v) for k, v in gains.items() if k.isdigit() and _num(v) is not None)
+                if steps:
+                    found.append((str(data.get("created", "")), m.stat().st_mtime, {
+                        "steps": steps[0][0], "gain_db": float(steps[0][1]),
+                        "horizon": int(key.rsplit("_", 1)[1]), "path": str(m)}))
+    return max(found, key=lambda f: f[:2])[2] if found else None
+
+
+def _eval_text(e: dict[str, Any] | None) -> str:
+    if e is None:
+        return "-"
+    colour = "green" if e["gain_db"] >= 1 else "yellow" if e["gain_db"] > 0 else "red"
+    return f"[{colour}]{e['gain_db']:+.2f} dB[/]\n[dim]{e['steps']} steps[/]"
 
 
 def _best(meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -96,7 +132,7 @@ def collect_runs(runs_dir: Path) -> list[dict[str, Any]]:
                     problem = "run.json is not an object"
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
                 problem = f"bad run.json ({type(e).__name__})"
-        status, reason = run_status(meta) if problem is None else ("unknown", problem)
+        status, reason = run_liveness(meta, d) if problem is None else ("unknown", problem)
         step = meta.get("step")
         rows.append({
             "name": d.name,
@@ -107,6 +143,7 @@ def collect_runs(runs_dir: Path) -> list[dict[str, Any]]:
             "step": step if isinstance(step, int) and not isinstance(step, bool) else None,
             "budget": _budget(meta),
             "best": _best(meta),
+            "eval": latest_eval(d) if meta.get("stage") == "dynamics" else None,
             "modified": _modified(d),
         })
     rows.sort(key=lambda r: (r["modified"], r["name"]))
@@ -118,16 +155,19 @@ def _when(ts: float) -> str:
     return t.strftime("%m-%d %H:%M" if t.year == datetime.now().year else "%Y-%m-%d %H:%M")
 
 
-_STYLE = {"finished": "green", "running": "cyan", "interrupted": "yellow", "diverged": "red", "failed": "red"}
+_STYLE = {"finished": "green", "running": "cyan", "interrupted": "yellow", "stopped": "yellow", "diverged": "red",
+          "failed": "red"}
 
 
 def runs(
     stage: Annotated[StageFilter | None, typer.Option("--stage", help="Only runs of this stage.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON (for scripts).")] = False,
 ) -> None:
-    """List the training runs in the workspace: stage, status, step, budget, best validation, last change.
+    """List the training runs in the workspace: stage, status, step, budget, best validation, the latest eval's gain
+    over copy-last (dynamics runs) and the last change.
 
-    Newest last. Runs made before the current run.json format show their last validation, marked (last).
+    Newest last. A run whose process has gone without recording an end (killed) shows as stopped. Runs made
+    before the current run.json format show their last validation, marked (last).
 
     Example:  ahri runs --stage dynamics
     """
@@ -141,27 +181,29 @@ def runs(
         what = f"{stage.value} runs" if stage else "runs"
         info(f"no {what} in {escape(str(ws.runs))} (start one: ahri train --stage tokenizer --minutes 10)")
         return
-    t = Table(title=escape(f"runs in {ws.runs}"), box=None, pad_edge=False, collapse_padding=True, header_style="bold")
-    t.add_column("name", no_wrap=True)
-    t.add_column("stage", no_wrap=True)
-    t.add_column("status", min_width=11)
-    t.add_column("step", justify="right")
-    t.add_column("budget")
-    t.add_column("best")
-    t.add_column("modified", no_wrap=True, min_width=11)
+    # At 80 columns every column keeps its values whole: long names fold, reasons and budgets wrap at spaces.
+    t = Table(box=None, pad_edge=False, collapse_padding=True, header_style="bold")
+    t.add_column("name", overflow="fold", min_width=14)
+    t.add_column("status", min_width=11, overflow="fold")
+    t.add_column("step", justify="right", no_wrap=True)
+    t.add_column("budget", min_width=6)
+    t.add_column("best val", min_width=9)
+    t.add_column("eval gain", justify="right", min_width=9)
+    t.add_column("changed", no_wrap=True, min_width=12)
     for r in rows:
         status = f"[{_STYLE.get(r['status'], 'dim')}]{r['status']}[/]"
         if r["reason"] and r["status"] != "finished":
             status += f"\n[dim]{escape(r['reason'])}[/]"
         t.add_row(
-            escape(r["name"]),
-            r["stage"] or "?",
+            f"{escape(r['name'])}\n[dim]{r['stage'] or '?'}[/]",
             status,
             str(r["step"]) if r["step"] is not None else "-",
             _budget_text(r["budget"]),
             escape(_best_text(r["best"])),
+            _eval_text(r["eval"]) if r["stage"] == "dynamics" else "",
             _when(r["modified"]),
         )
+    result(f"runs in {ws.runs}")
     out.print(t)
 
 

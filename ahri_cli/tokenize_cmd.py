@@ -22,7 +22,7 @@ from .options import (
     resolve_precision,
     setup_threads,
 )
-from .output import console, escape, info, next_step, out
+from .output import console, escape, info, next_step, out, result
 from .progress import RichProgress
 from .state import STATE
 
@@ -98,7 +98,7 @@ def tokenize(
             tokenizer, found, dest, batch_size=batch_size, device=device or "auto", precision=precision.value,
             val_fraction=val_fraction, runs_dir=ws.runs, progress=progress, split=rule,
         )
-    t = Table(title=f"latents {escape(str(res.out_dir))}", show_header=False)
+    t = Table(title="latents", show_header=False)
     t.add_row("tokenized now", f"{len(res.written)} videos, {res.frames} frames, {res.frames_per_s:.0f} frames/s")
     t.add_row("already done", str(len(res.skipped)))
     t.add_row("failed", str(len(res.failed)))
@@ -111,6 +111,7 @@ def tokenize(
         t.add_row("index", f"{len(idx['videos'])} videos ({n_val} val, {how}), {idx['frames']} frames, "
                   f"{idx['tokens']} tokens x {idx['channels']} channels at {at}")
     out.print(t)
+    result(f"latents: {res.out_dir}")
     chosen = getattr(res, "precision", None)
     if isinstance(chosen, dict) and chosen.get("precision"):
         info(escape(f"precision {chosen['precision']} ({chosen.get('reason', '')})"))
@@ -164,7 +165,7 @@ def _decode(
     dest = output if output is not None else Path(f"{path.stem}.decoded.mp4")
     fps = float(meta.get("fps") or model.cfg.fps)
     write_video(dest, to_uint8(frames), fps)
-    out.print(f"wrote {dest} ({len(frames)} frames at {fps:g} fps)", highlight=False, markup=False)
+    result(f"wrote {dest} ({len(frames)} frames at {fps:g} fps)")
 
 
 def register(app: typer.Typer) -> None:

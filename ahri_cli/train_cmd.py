@@ -25,6 +25,7 @@ from ahri_core.errors import ConfigError
 from ahri_core.workspace import load_run_meta, read_run_meta, run_status
 
 from .launch import NprocOption, launch_nproc
+from .memcheck import check_dynamics, check_tokenizer
 from .options import (
     DeviceOption,
     DynamicsPreset,
@@ -37,6 +38,7 @@ from .options import (
     setup_threads,
 )
 from .output import command_line, escape, info, next_step, out
+from .output import result as result_line
 from .progress import RichProgress, run_log
 from .state import STATE
 
@@ -166,7 +168,6 @@ def _summary(result: Any, elapsed_label: str = "seconds") -> Table:
     for key in [k for k in val if k.startswith("val_")]:
         a = first.get(key)
         t.add_row(key.replace("val_", "val "), (f"{a:.4f} -> " if a is not None else "") + f"{val[key]:.4f}")
-    t.add_row("weights", str(result.weights))
     return t
 
 
@@ -394,13 +395,15 @@ def _train_dynamics(params: dict[str, Any], train_flags: dict[str, Any], given: 
     from ahri_core.data.windows import resolve_latents
 
     if tset.preset not in DYNAMICS_PRESETS:
-        raise ConfigError(f"unknown dynamics preset {tset.preset!r} (--preset); accepted: {', '.join(DYNAMICS_PRESETS)}")
+        raise ConfigError(f"unknown dynamics preset {tset.preset!r} ({_origin('train', 'preset', given)}); "
+                          f"accepted: {', '.join(DYNAMICS_PRESETS)}")
     shape = _model_shape(mset, tset.preset, read_run_meta(ws.run_dir(name)) if resume else None, name)
 
     if latents is None and resume:
         p = (read_run_meta(ws.run_dir(name)).get("latents") or {}).get("path")
         latents = Path(p) if p else None
     lat_path = resolve_latents(latents, ws.latents)
+    check_dynamics(tset, dset, shape, lat_path)
 
     from ahri_core.train.dynamics import train_dynamics
 
@@ -412,10 +415,19 @@ def _train_dynamics(params: dict[str, Any], train_flags: dict[str, Any], given: 
             result = train_dynamics(lat_path, run_dir, tset, dset, fset, progress=progress, latent_actions=aset,
                                     model_overrides=shape)
         out.print(_summary(result))
+        result_line(f"weights {result.weights}")
         if result.stopped:
             info(f"stopped by {result.stopped}; continue with: {escape(command_line('train', '--run', name, '--resume'))}")
             raise typer.Exit(INTERRUPTED)
         next_step("eval", name)
+
+
+def _origin(section: str, key: str, given: dict[str, Any]) -> str:
+    """Where a setting came from, for an error: its flag, or the config file's line that set it."""
+    from ahri_core.config.base import line_of, where_in_file
+
+    line = line_of(Path(STATE.config), [section, key]) if STATE.config is not None and key not in given else None
+    return where_in_file(STATE.config, line) if line is not None else f"--{key.replace('_', '-')}"
 
 
 def _model_shape(mset: ModelSettings, preset: str, meta: dict[str, Any] | None, name: str) -> dict[str, int]:
@@ -494,7 +506,7 @@ def _fit_action_map(run: str | None, latents: Path | None, seed: int | None, giv
     if p.get("frames"):
         out.print(f"held-out videos: code -> action accuracy {p['accuracy']:.3f} vs {p['majority']:.3f} for always "
                   f"the most frequent action ({p['frames']} frames)", highlight=False)
-    out.print(f"wrote {run_dir / 'action_map.json'}", highlight=False, markup=False)
+    result_line(f"wrote {run_dir / 'action_map.json'}")
 
 
 def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None:
@@ -545,6 +557,7 @@ def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None
         videos = list_videos(src)
         if not videos:
             raise ConfigError(f"no videos under {src}; run `ahri fetch` first (e.g. ahri fetch --source game)")
+    check_tokenizer(tset)
     setup_threads(tset.threads)
     run_dir = ws.run_dir(name)
     with run_log(run_dir / "log.txt"):
@@ -552,7 +565,7 @@ def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None
         with RichProgress() as progress:
             summary = train_tokenizer(run_dir, videos, tset, tok, progress, cache_dir=ws.cache)
         for line in summary_lines(summary):
-            out.print(line, highlight=False)
+            result_line(line)
         if summary.get("stopped"):
             info(f"stopped by {summary['stopped']}; continue with: "
                  f"{escape(command_line('train', '--stage', 'tokenizer', '--run', name, '--resume'))}")
@@ -561,8 +574,11 @@ def _train_tokenizer(train_flags: dict[str, Any], given: dict[str, Any]) -> None
 
 
 def register(app: typer.Typer) -> None:
+    from .helpfmt import TRAIN_PANELS, with_panels
+
     app.command(
         "train",
         help=inspect.cleandoc(train.__doc__ or "") + "\n" + EXAMPLES,
         no_args_is_help=False,
+        cls=with_panels(TRAIN_PANELS),
     )(train)

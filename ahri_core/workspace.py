@@ -7,6 +7,7 @@ Every command also takes explicit paths, so this layout is a convenience, not a 
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,52 @@ def run_status(meta: dict) -> tuple[str, str | None]:
     return "unknown", None
 
 
+def writer_identity() -> dict:
+    """What run.json records of the process that trains a run: its pid and this machine's name."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _pid_alive(pid: int) -> bool | None:
+    if os.name == "nt":  # os.kill(pid, 0) would end the process there
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OSError:
+        return None
+    return True
+
+
+def writer_gone(meta: dict, run_dir: str | os.PathLike) -> bool:
+    """Whether the process that last wrote a "running" run has gone without recording how it ended (killed by
+    the kernel for memory, SIGKILL, a power cut). Known only on the machine that trains it: from the pid and
+    host run.json records, or else from the pid in the run's writer lock file (a writer that ends removes
+    that file; a killed one leaves it behind). False when this machine cannot tell."""
+    from .locking import LOCK_NAME, holder_pid
+
+    held_by = holder_pid(run_dir)
+    if held_by is not None and _pid_alive(held_by):  # e.g. a resume that has not recorded its own pid yet
+        return False
+    pid, host = meta.get("pid"), meta.get("host")
+    if isinstance(pid, int) and not isinstance(pid, bool) and isinstance(host, str):
+        return host == socket.gethostname() and _pid_alive(pid) is False
+    if held_by is not None:
+        return _pid_alive(held_by) is False
+    lock = Path(run_dir) / LOCK_NAME
+    return not lock.exists() and meta.get("status") == "running" and os.name != "nt"
+
+
+def run_liveness(meta: dict, run_dir: str | os.PathLike) -> tuple[str, str | None]:
+    """:func:`run_status`, with a "running" run whose process has gone (:func:`writer_gone`) as "stopped"."""
+    status, reason = run_status(meta)
+    if status == "running" and writer_gone(meta, run_dir):
+        return "stopped", "its process has gone (killed?); continue with --resume"
+    return status, reason
+
+
 def default_root() -> Path:
     env = os.environ.get("AHRI_HOME")
     if env:
@@ -108,6 +155,27 @@ class Workspace:
     @property
     def cache(self) -> Path:
         return self.root / "cache"
+
+    def check_writable(self, origin: str = "--workspace") -> None:
+        """Check, before any work, that the workspace folder can be written (or, when it does not exist yet, made
+        in its nearest existing parent); a :class:`~ahri_core.errors.ConfigError` naming it (and ``origin``:
+        where it came from) otherwise. Nothing is left behind."""
+        import tempfile
+
+        from .errors import ConfigError
+
+        base = self.root.absolute()
+        while not base.exists() and base.parent != base:
+            base = base.parent
+        try:
+            if not base.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(base))
+            with tempfile.TemporaryFile(dir=base):
+                pass
+        except OSError as e:
+            why = e.strerror or type(e).__name__
+            raise ConfigError(f"{origin} {self.root}: cannot write there ({why}); give a folder you can write "
+                              "to, e.g. -w ~/ahri") from None
 
     def source_dir(self, source: str) -> Path:
         return self.videos / source

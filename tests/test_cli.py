@@ -177,11 +177,16 @@ def test_exit_codes_follow_one_table(tmp_path, capsys, monkeypatch):
     assert main(["-w", str(ws), "eval"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "ahri eval RUN" in err and "--model" not in err
-    # a runtime failure of the operating system: 1 and the system's own words
-    (tmp_path / "file").write_text("x")
-    assert main(["-w", str(tmp_path / "file" / "ws"), "fetch", "--source", "game", "--clips", "1", "--frames", "4"]) == 1
+    # a runtime failure of the operating system: 1 and the system's own words (the workspace itself is writable)
+    (tmp_path / "os-fails").mkdir()
+    (tmp_path / "os-fails" / "videos").write_text("x")
+    assert main(["-w", str(tmp_path / "os-fails"), "fetch", "--source", "game", "--clips", "1", "--frames", "4"]) == 1
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith("error: Not a directory") and "Traceback" not in err
+    # a workspace that cannot be written: a usage error, before any work
+    (tmp_path / "file").write_text("x")
+    assert main(["-w", str(tmp_path / "file" / "ws"), "fetch", "--source", "game", "--clips", "1", "--frames", "4"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --workspace {tmp_path / 'file' / 'ws'}: cannot write there")
     # Ctrl-C during a command: 130 and one line
     from ahri_core import sources
 

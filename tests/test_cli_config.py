@@ -52,6 +52,24 @@ def test_misspelt_key_is_refused_with_file_line_and_suggestion(tmp_path, capsys)
     assert "(settings of [data]: alternating," in err
 
 
+def test_bad_value_names_file_and_line_unless_a_flag_gave_it(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("[fetch]\n# how often\nretries = \"many\"\n")
+    rc, err = _cli(capsys, "-w", str(tmp_path / "ws"), "-c", str(cfg), "fetch", "--source", "game")
+    assert rc == 2 and err.count("error:") == 1
+    assert f"invalid setting fetch.retries='many' (config file {cfg}, line 3):" in err
+    with pytest.raises(ConfigError) as e:  # the same value from a flag: no file to name
+        load(FetchSettings, {"retries": "many"}, config=cfg)
+    assert "config file" not in str(e.value)
+
+
+def test_unknown_preset_in_a_config_file_names_its_line(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("[train]\npreset = \"huge\"\nmax_steps = 1\n")
+    rc, err = _cli(capsys, "-w", str(tmp_path / "ws"), "-c", str(cfg), "train")
+    assert rc == 2 and f"unknown dynamics preset 'huge' (config file {cfg}, line 2)" in err
+
+
 def test_top_level_key_is_refused_and_placed(tmp_path, capsys):
     cfg = tmp_path / "run.toml"
     cfg.write_text("minutes = 10\n[train]\nseed = 1\n")

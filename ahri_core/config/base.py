@@ -96,13 +96,16 @@ def config_file(path: str | os.PathLike | None) -> Iterator[None]:
 
 
 def format_validation_error(
-    err: ValidationError, section: str, fields: Iterable[str] | None = None, config: str | os.PathLike | None = None
+    err: ValidationError, section: str, fields: Iterable[str] | None = None, config: str | os.PathLike | None = None,
+    flags: Iterable[str] = (),
 ) -> str:
     """One line for the first error: the setting, the value given and what is allowed.
 
     ``fields``: the section's field names, for "did you mean" on an unknown key; ``config``: the config
-    file, to name the line an unknown key is on.
+    file, to name the line of an unknown key, or of a bad value that came from it (not from ``flags``: the
+    settings given on the command line).
     """
+    flags = set(flags)
     e = err.errors()[0]
     loc = ".".join(str(x) for x in e.get("loc", ()))
     name = f"{section}.{loc}" if loc else section
@@ -116,9 +119,16 @@ def format_validation_error(
             if line is not None:
                 where = f" ({where_in_file(config, line)})"
         return f"unknown setting {name}{where}{key_hint(key, section, sorted(fields or ()))}"
+    msg = str(msg).removeprefix("Value error, ")  # pydantic's prefix for a validator's own message
+    where = ""
+    top = str(e.get("loc", ("",))[0]) if e.get("loc") else ""
+    if config is not None and top and top not in flags:  # a value given on the command line wins over the file's
+        line = line_of(Path(config), [section, top])
+        if line is not None:
+            where = f" ({where_in_file(config, line)})"
     if isinstance(value, dict):
-        return f"invalid setting {name}: {msg}"
-    return f"invalid setting {name}={value!r}: {msg}"
+        return f"invalid setting {name}{where}: {msg}"
+    return f"invalid setting {name}={value!r}{where}: {msg}"
 
 
 def where_in_file(path: str | os.PathLike, line: int | None) -> str:
@@ -190,7 +200,7 @@ def load(cls: type[S], flags: dict[str, Any] | None = None, config: str | os.Pat
                 return cls(**given)
         return cls(**given)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, cls.section, cls.model_fields, config)) from None
+        raise ConfigError(format_validation_error(e, cls.section, cls.model_fields, config, given)) from None
     except ValueError as e:  # malformed env values (e.g. bad JSON list)
         raise ConfigError(f"invalid setting in [{cls.section}]: {e}") from None
 

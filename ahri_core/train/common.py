@@ -22,7 +22,7 @@ from ..config.presets import DATA_PRESETS, TRAINING_PRESETS
 from ..errors import ConfigError
 from ..fileio import append_jsonl, write_json_atomic
 from ..locking import WriterLock
-from ..workspace import load_run_meta
+from ..workspace import load_run_meta, read_run_meta, writer_identity
 from . import distributed
 
 
@@ -325,7 +325,8 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
             if not meta.exists():
                 write_json_atomic(meta, {"stage": stage, "settings": settings, "created": datetime.now().isoformat(),
-                                         "status": "running", "reason": None, "step": 0})
+                                         "status": "running", "reason": None, "step": 0,
+                                         **writer_identity()})
         distributed.barrier()
         return self
 
@@ -335,6 +336,8 @@ class RunDir:
         return distributed.current().main
 
     def update_meta(self, **fields: Any) -> None:
+        if fields.get("status") == "running":  # who trains it: `ahri runs` tells a killed run from a live one
+            fields = {**fields, **writer_identity()}
         if self.writes:
             write_json_atomic(self.path / "run.json", {**self.meta(), **fields})
 
