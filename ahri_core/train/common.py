@@ -22,7 +22,7 @@ from ..config.presets import DATA_PRESETS, TRAINING_PRESETS
 from ..errors import ConfigError
 from ..fileio import append_jsonl, write_json_atomic
 from ..locking import WriterLock
-from ..workspace import load_run_meta, read_run_meta, writer_identity
+from ..workspace import load_run_meta, writer_identity
 from . import distributed
 
 
