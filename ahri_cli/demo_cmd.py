@@ -123,12 +123,18 @@ def _report_flow(res, s) -> None:  # noqa: ANN001 - ahri_core.demo.DemoResult, D
     from ahri_core.config.settings import SamplingSettings
 
     sm = res.summary
-    t = Table(title="runs and outputs")
+    root = STATE.workspace.root
+    t = Table(title="runs and outputs (in the workspace)")
     t.add_column("stage")
     t.add_column("run or output", overflow="fold")
     for stage, where in sm["stage_outputs"].items():
-        t.add_row(stage, escape(str(where or "-")))
+        shown = str(where or "-")
+        # paths in the workspace as they sit in it: a table folds long cells, and a whole path is for copying
+        with contextlib.suppress(ValueError):
+            shown = str(Path(shown).relative_to(root)) if Path(shown).is_absolute() else shown
+        t.add_row(stage, escape(shown))
     out.print(t)
+    result(f"workspace: {root}")
     held = sm["held_out_videos"]
     shown = ", ".join(held[:12]) + (f", ... (all in {res.path.name})" if len(held) > 12 else "")
     out.print(f"held out: {len(held)} of {sm['videos']} videos: {shown}", highlight=False, markup=False)
