@@ -63,6 +63,7 @@ _TRAIN_TOPICS = {
     "Training mix": ("bootstrap_fraction", "bootstrap_warmup", "single_image_fraction", "context_fraction"),
     "Latent actions": ("latent_actions", "latent_action_codes", "latent_action_history", "no_actions"),
     "Dynamics model": ("dim", "depth", "heads"),
+    "Watching": ("tensorboard",),
 }
 TRAIN_PANELS = {p: title for title, names in _TRAIN_TOPICS.items() for p in names}
 
