@@ -13,6 +13,7 @@ from typing import Any
 from ahri_core.config.presets import DYNAMICS_MAX_TOKENS, DYNAMICS_PRESETS, TOKENIZER_PRESETS
 from ahri_core.train.memory import estimate_training_memory, memory_warning
 
+from .launch import other_rank
 from .output import warn
 
 
@@ -26,6 +27,8 @@ def _on_cpu(device: str) -> bool:
 
 
 def _warn(est: Any, hint: str) -> None:
+    if other_rank():  # under torchrun rank 0 says it once
+        return
     msg = memory_warning(est)
     if msg:
         warn(f"{msg}; {hint}")
