@@ -338,13 +338,13 @@ def test_more_steps_are_not_worse_than_fewer_on_a_trained_model(tmp_path):
 # layer restricted to a band of max_frames frames (sliding-window attention), while the uncached path re-runs
 # the window from scratch (its oldest frame sees nothing earlier). The two agree until the window slides, and
 # always with a single temporal layer.
-def _real_model(depth: int, temporal_every: int, max_frames: int, seed: int = 0):
+def _real_model(depth: int, temporal_every: int, max_frames: int, seed: int = 0, **extra):
     from ahri_core.models.dynamics import build_dynamics
 
     torch.manual_seed(seed)
     model = build_dynamics(
         dict(dim=32, depth=depth, heads=4, kv_heads=2, registers=2, temporal_every=temporal_every, mlp_ratio=2.0,
-             max_frames=max_frames, k_max=2),
+             max_frames=max_frames, k_max=2, **extra),
         tokens=4, channels=3,
     ).eval()
     g = torch.Generator().manual_seed(seed + 1)
@@ -443,8 +443,8 @@ def test_real_model_with_one_temporal_layer_slides_without_any_difference():
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("layout", ["S,T,S,T", "T,T,T"])
-def test_one_call_context_and_folded_commits_give_the_same_rollout(layout, monkeypatch):
+@pytest.mark.parametrize("layout,actions", [("S,T,S,T", False), ("T,T,T", False), ("S,T,S,T", True)])
+def test_one_call_context_and_folded_commits_give_the_same_rollout(layout, actions, monkeypatch):
     """The context goes into the cache in one call (prefill) and each finished frame is committed in the next
     frame's first denoising call (commit_and_step): the same rollout as one call per commit, before and after
     the window slides, with one model call per denoising step and one for the whole context."""
@@ -452,14 +452,15 @@ def test_one_call_context_and_folded_commits_give_the_same_rollout(layout, monke
 
     depth, every = LAYOUTS[layout]
     M, c, H = 5, 3, 7
-    model = _real_model(depth, every, M)
+    model = _real_model(depth, every, M, **(dict(action_kind="discrete", action_count=3) if actions else {}))
     traits = traits_of(model)
     ctx = torch.randn(2, c, 4, 3, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    acts = torch.randint(-1, 3, (2, c + H), generator=torch.Generator().manual_seed(1)) if actions else None
     kw = dict(steps=2, tau_ctx=0.1, precision="fp32")
-    fast = Sampler(model, traits, **kw).rollout(ctx, H, generator=4)
+    fast = Sampler(model, traits, **kw).rollout(ctx, H, actions=acts, generator=4)
     assert fast.model_calls == 1 + H * 2
     monkeypatch.delattr(DynamicsModel, "commit_and_step")
     monkeypatch.delattr(DynamicsModel, "prefill")
-    slow = Sampler(model, traits, **kw).rollout(ctx, H, generator=4)
+    slow = Sampler(model, traits, **kw).rollout(ctx, H, actions=acts, generator=4)
     assert slow.model_calls == c + H * 2 + (H - 1)
     torch.testing.assert_close(fast.latents, slow.latents, rtol=1e-5, atol=1e-5)
