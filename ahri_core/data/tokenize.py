@@ -164,6 +164,7 @@ class TokenizeResult:
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    slow: dict[str, float] = field(default_factory=dict)  # videos read below the tokenizer's rate: id -> rate
     frames: int = 0  # frames encoded in this run
     seconds: float = 0.0
     index: dict[str, Any] = field(default_factory=dict)
@@ -316,7 +317,7 @@ class _Job:
             self.meta_of[r.id] = meta
             res.written.append(r.id)
             if rate < cfg.fps:
-                res.notes.append(f"{r.id}: read at its own {rate:g} fps (the tokenizer's rate is {cfg.fps:g})")
+                res.slow[r.id] = rate
             dt = time.perf_counter() - t_video
             p.log(f"{r.id}: {count} frames in {dt:.1f}s ({(res.frames - n_before) / max(dt, 1e-9):.0f} frames/s)")
         except (CheckpointError, WriteError):
@@ -380,13 +381,14 @@ class _Job:
     def gather(self) -> None:
         """Every rank's videos into the one index (rank 0 writes it) and into every rank's result."""
         res = self.res
-        parts = distributed.gather((self.meta_of, res.written, res.failed, res.notes, res.frames))
+        parts = distributed.gather((self.meta_of, res.written, res.failed, res.notes, res.frames, res.slow))
         for part in parts[1:] if self.dist.main else []:
             self.meta_of.update(part[0])
         res.written = [v for part in parts for v in part[1]]
         res.failed = [tuple(v) for part in parts for v in part[2]]
         res.notes = [v for part in parts for v in part[3]]
         res.frames = sum(part[4] for part in parts)
+        res.slow = {k: v for part in parts for k, v in part[5].items()}
 
 
 def tokenize_videos(
@@ -481,6 +483,10 @@ def _tokenize(model: Tokenizer, weights: Path, tid: str, wsha: str, dev: torch.d
         res.index = LatentIndex.read(out_dir).to_dict()
     res.seconds = time.perf_counter() - t0
     p.finish("tokenize", frames=res.frames, fps=res.frames_per_s)
+    if res.slow:  # one line for them all (a channel of 30 fps replays under a 60 fps tokenizer is every video)
+        shown = ", ".join(f"{i} ({r:g} fps)" for i, r in list(res.slow.items())[:5]) + (", ..." if len(res.slow) > 5 else "")
+        res.notes.insert(0, f"{len(res.slow)} video(s) slower than the tokenizer's {job.cfg.fps:g} fps were read at "
+                            f"their own rate: {shown}")
     for n in res.notes:
         p.log(n)
     return res
