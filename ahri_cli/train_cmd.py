@@ -403,6 +403,9 @@ def _train_dynamics(params: dict[str, Any], train_flags: dict[str, Any], given: 
         p = (read_run_meta(ws.run_dir(name)).get("latents") or {}).get("path")
         latents = Path(p) if p else None
     lat_path = resolve_latents(latents, ws.latents)
+    from ahri_core.data.index import LatentIndex
+
+    LatentIndex.read(lat_path)  # a damaged index is refused before the run's folder is made
     check_dynamics(tset, dset, shape, lat_path)
 
     from ahri_core.train.dynamics import train_dynamics

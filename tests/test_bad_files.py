@@ -76,6 +76,7 @@ def test_a_malformed_latent_index_is_one_line_naming_it(tmp_path, capsys, fault)
     line = _one_line_error(capsys.readouterr().err, str(index), what)
     assert "ahri tokenize" in line  # what to do
     assert index.read_text() == text  # the file is left as it is
+    assert not (tmp_path / "runs" / "r").exists()  # refused before the run's folder is made
 
 
 @pytest.mark.parametrize("name", ["../outside/v9.safetensors", "ABSOLUTE"])
