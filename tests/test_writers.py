@@ -106,6 +106,18 @@ def test_atomic_writes_fsync_the_file_before_the_rename_and_the_folder_after(tmp
 
 
 # ---------------------------------------------------------------------------------------------- two writers
+def test_an_action_map_is_not_fitted_while_the_run_is_being_written(tmp_path: Path, capsys):
+    run = tmp_path / "ws" / "runs" / "lam"
+    run.mkdir(parents=True)
+    write_json_atomic(run / "run.json", {"kind": "dynamics", "status": "running"})
+    with WriterLock(run, "run"):
+        rc = main(["-w", str(tmp_path / "ws"), "train", "--stage", "action-map", "--run", "lam"])
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: run ") and f"(pid {os.getpid()})" in err[-1]
+    assert not (run / "action_map.json").exists()
+
+
 def test_two_training_runs_on_one_run_the_second_is_refused_until_the_first_dies(tmp_path: Path, capsys):
     _write_store(tmp_path)
     run = tmp_path / "runs" / "r1"

@@ -56,6 +56,15 @@ def fit_action_map(
     The held-out videos with actions score the map's code-to-action probe against guessing the most frequent
     action.
     """
+    from ..locking import WriterLock
+
+    # the run's one writer: a training still writing its weights would change the codes being mapped
+    with WriterLock(Path(run_dir), "run"):
+        return _fit_action_map(run_dir, latents, label_share, seed, device)
+
+
+def _fit_action_map(run_dir: str | os.PathLike, latents: str | os.PathLike | None, label_share: float, seed: int,
+                    device: str | torch.device) -> dict[str, Any]:
     from ..data.windows import load_latent_set
     from ..fileio import write_json_atomic
 
