@@ -194,6 +194,9 @@ def _lost_peer(e: BaseException) -> bool:
 
     if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
         return False
+    text = str(e)
+    if any(m in text for m in ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "gloo", "NCCL")):
+        return True  # the collective may fail inside autograd (DDP's gradient hooks), not only in torch.distributed
     frames = traceback.extract_tb(e.__traceback__)
     return bool(frames) and "torch/distributed" in frames[-1].filename.replace("\\", "/")
 

@@ -279,7 +279,7 @@ def test_a_worker_that_dies_stops_the_run_in_one_line_and_the_checkpoint_stays(t
     assert time.monotonic() - t0 < 150  # not the 5 minutes of the budget, nor a collective's timeout
     assert res.returncode == 1
     assert "error: process 1 of the run was killed by SIGKILL" in res.stderr
-    assert "Traceback" not in res.stderr
+    assert "Traceback" not in res.stderr, res.stderr[-6000:]
     meta = json.loads((ws / "runs" / "dies" / "run.json").read_text())
     # rank 0 either sees the connection close (failed) or is stopped by the launcher first (interrupted)
     assert meta["status"] in ("failed", "interrupted") and meta["checkpoint_step"] > 0, meta
