@@ -87,7 +87,7 @@ def test_slow_clip_keeps_its_rate_and_all_its_actions(tmp_path):
     assert res.ok and res.written == ["pong15"] and res.frames == 16  # 16 frames, none repeated (20 fps: 21)
     assert res.slow == {"pong15": 15.0}
     assert [n for n in res.notes if "own rate" in n] == [
-        "1 video(s) slower than the tokenizer's 20 fps were read at their own rate: pong15 (15 fps)"]
+        "1 video(s) slower than 20 fps are read at their own rate: pong15 (15 fps)"]
     lat, act, meta = read_latent_file(tmp_path / "latents" / tid / "pong15.safetensors")
     assert meta["fps"] == "15" and lat.shape[0] == 16
     assert meta["action_kind"] == "discrete" and torch.equal(act, torch.from_numpy(rec.actions))

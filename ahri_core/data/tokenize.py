@@ -35,6 +35,7 @@ from ..progress import Progress, ensure
 from ..runtime import autocast, choose_precision, resolve_device
 from ..train import distributed
 from ..video import content_box, resampled_count, same_rate
+from ..video.rates import slow_videos_line
 from ..workspace import read_run_meta
 from .frame_cache import Decoder, as_shape, default_decoder
 from .index import INDEX, INDEX_FORMAT, LatentEntry, LatentIndex
@@ -484,9 +485,7 @@ def _tokenize(model: Tokenizer, weights: Path, tid: str, wsha: str, dev: torch.d
     res.seconds = time.perf_counter() - t0
     p.finish("tokenize", frames=res.frames, fps=res.frames_per_s)
     if res.slow:  # one line for them all (a channel of 30 fps replays under a 60 fps tokenizer is every video)
-        shown = ", ".join(f"{i} ({r:g} fps)" for i, r in list(res.slow.items())[:5]) + (", ..." if len(res.slow) > 5 else "")
-        res.notes.insert(0, f"{len(res.slow)} video(s) slower than the tokenizer's {job.cfg.fps:g} fps were read at "
-                            f"their own rate: {shown}")
+        res.notes.insert(0, slow_videos_line(res.slow, job.cfg.fps))
     for n in res.notes:
         p.log(n)
     return res

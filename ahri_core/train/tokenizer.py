@@ -38,6 +38,7 @@ from ..models.tokenizer import (
 )
 from ..progress import Progress, ensure
 from ..runtime import resolve_device
+from ..video.rates import slow_videos_line
 from . import distributed
 from .checkpointing import load_resume_state
 from .common import (
@@ -193,8 +194,7 @@ def _train(run, videos, train, tok, cfg, rule, state, p, device, cache_dir, stop
                                max_frames=tok.max_frames_per_video)
     slow = {i: r for i, r in data.rates.items() if r < cfg.fps}
     if slow:
-        shown = ", ".join(f"{i} ({r:g} fps)" for i, r in list(slow.items())[:5]) + (", ..." if len(slow) > 5 else "")
-        p.log(f"{len(slow)} video(s) slower than {cfg.fps:g} fps are read at their own rate: {shown}")
+        p.log(slow_videos_line(slow, cfg.fps))
     if not data.val_is_heldout:
         p.log("only one usable video: validation uses its frames (not held out); add videos for an honest score")
 

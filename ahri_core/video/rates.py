@@ -35,6 +35,12 @@ def _as_rate(fps: float | Fraction | int) -> Fraction:
 RATE_TOLERANCE = 0.002
 
 
+def slow_videos_line(rates: dict[str, float], fps: float) -> str:
+    """One line naming the videos read below ``fps`` at their own rate (the first five, then "...")."""
+    shown = ", ".join(f"{i} ({r:g} fps)" for i, r in list(rates.items())[:5]) + (", ..." if len(rates) > 5 else "")
+    return f"{len(rates)} video(s) slower than {fps:g} fps are read at their own rate: {shown}"
+
+
 def same_rate(a: float, b: float) -> bool:
     """Whether two frame rates count as one (within :data:`RATE_TOLERANCE`)."""
     return abs(float(a) - float(b)) <= RATE_TOLERANCE * max(abs(float(a)), abs(float(b)))
