@@ -148,7 +148,8 @@ class DynamicsBlock(nn.Module):
         """``mask`` (temporal blocks with a ``past``): which of the past and new frames each new frame sees."""
         B, T, L, _ = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.mod(F.silu(cond)).unsqueeze(2).chunk(6, dim=-1)
-        h = self.norm1(x) * (1 + scale1) + shift1
+        # fused multiply-adds: one pass over the activations each (the modulation and the gated residuals)
+        h = torch.addcmul(shift1, self.norm1(x), 1 + scale1)
         if self.temporal:
             h = rearrange(h, "b t l d -> (b l) t d")
             # causal over frames; with a past (rollout) the one new frame sees all cached frames and itself
@@ -165,8 +166,8 @@ class DynamicsBlock(nn.Module):
         else:
             a, kv = self.attn(rearrange(h, "b t l d -> (b t) l d"), rope_q=rope)
             a = rearrange(a, "(b t) l d -> b t l d", b=B)
-        x = x + gate1 * a
-        x = x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+        x = torch.addcmul(x, gate1, a)
+        x = torch.addcmul(x, gate2, self.mlp(torch.addcmul(shift2, self.norm2(x), 1 + scale2)))
         return x, kv
 
 
@@ -379,7 +380,7 @@ class DynamicsModel(nn.Module):
         """The final norm and head."""
         shift, scale = self.mod_out(F.silu(cond)).unsqueeze(2).chunk(2, dim=-1)
         x = x[:, :, : self.config.model_tokens]
-        h = self.norm_out(x) * (1 + scale) + shift
+        h = torch.addcmul(shift, self.norm_out(x), 1 + scale)
         out = self.head(h).float()
         out = self.unpack(out)
         return out

@@ -91,7 +91,13 @@ def make_adamw(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.9
             continue
         (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    # the fused kernel (one pass per tensor for the whole update) where it applies: plain CPU or CUDA tensors;
+    # sharded parameters (FSDP's DTensors) keep the default implementation
+    params = decay + no_decay
+    fused = bool(params) and all(
+        type(p) is torch.Tensor or type(p) is nn.Parameter for p in params
+    ) and all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
 
 # ---------------------------------------------------------------------------------------------- EMA
@@ -104,9 +110,16 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        shadows, values = [], []
         for k, v in model.state_dict().items():
             if k in self.shadow:
-                self.shadow[k].lerp_(v.detach().float(), 1 - self.decay)
+                shadows.append(self.shadow[k])
+                values.append(v.detach().float())
+        if all(type(t) is torch.Tensor for t in shadows + values):
+            torch._foreach_lerp_(shadows, values, 1 - self.decay)  # one call for all tensors
+        else:  # sharded (DTensor) weights: one at a time
+            for s, v in zip(shadows, values):
+                s.lerp_(v, 1 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.shadow)
