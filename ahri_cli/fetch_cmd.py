@@ -105,7 +105,7 @@ def fetch(
         typer.Option("--path", help="local: a folder of videos (searched recursively) or one file."),
     ] = None,
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Store directory (default: <workspace>/videos/<source>).")
+        Path | None, typer.Option("--out", help="Store directory (default: the source's folder in <workspace>/videos).")
     ] = None,
     clips: Annotated[
         int | None, typer.Option("--clips", help="game/gym: number of clips. \\[default: 16]")

@@ -41,7 +41,7 @@ def rollout(
     horizon: Annotated[int | None, typer.Option("--horizon", help="Frames to predict. \\[default: 32]")] = None,
     tau_ctx: TauCtxOption = None,
     out_path: Annotated[
-        Path | None, typer.Option("--out", help="Output mp4. \\[default: <run>/rollouts/<clip>-steps<K>.mp4]")
+        Path | None, typer.Option("--out", help="Output mp4. \\[default: <clip>-steps<K>.mp4 in the run's rollouts folder]")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed. \\[default: 0]")] = None,
     tokenizer: TokenizerOption = None,

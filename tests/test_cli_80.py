@@ -43,6 +43,19 @@ def test_train_help_keeps_every_option_name_whole_at_80_columns():
     assert "<bool>" not in r.stdout
 
 
+def test_no_help_text_is_cut_at_80_columns():
+    """Rich cuts a word longer than its column with an ellipsis: every command's help must fit whole."""
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    assert len(commands) >= 8
+    for name in commands:
+        r = runner.invoke(app, [name, "--help"], env={"COLUMNS": "80", "TERM": "dumb"})
+        assert r.exit_code == 0, (name, r.output)
+        assert "…" not in r.output, f"ahri {name} --help cuts: " + next(x for x in r.output.splitlines() if "…" in x)
+
+
 def test_choice_errors_have_no_pydantic_prefix(tmp_path, capsys):
     assert main(["-w", str(tmp_path), "train", "--preset", "huge"]) == 2
     err = capsys.readouterr().err
