@@ -296,10 +296,6 @@ def train(
     context_fraction: Annotated[
         float | None, typer.Option("--context-fraction", help="Frames drawn as nearly-clean context. \\[default: 0.3]")
     ] = None,
-    prefix_fraction: Annotated[
-        float | None, typer.Option("--prefix-fraction", help="Items whose frames before a random cut are all "
-                                   "nearly-clean context. \\[default: 0]")
-    ] = None,
     latent_actions: Annotated[
         bool | None, typer.Option("--latent-actions", help="Learn latent actions from the video alone and condition "
                                   "the model on them (docs/actions.md).")

@@ -146,7 +146,6 @@ def sample_noise_levels(
     context_tau_max: float = 0.2,
     bootstrap: bool = True,
     generator: torch.Generator | None = None,
-    prefix_fraction: float = 0.0,
 ) -> NoiseLevels:
     """Draw (tau, d) for every (item, frame) independently: diffusion forcing and shortcut forcing.
 
@@ -160,11 +159,7 @@ def sample_noise_levels(
       probability ``context_fraction``: tau ~ U[0, context_tau_max], d = d_min, flow target. This puts the
       sampler's context corruption (tau_ctx = 0.1, labelled with d_min) squarely inside the training
       distribution, and makes "clean past, noisy present" common enough to learn prediction quickly.
-    - Prefix items (``prefix_fraction`` of the items): every frame before a cut drawn uniformly in
-      [1, frames - 1] is a context frame as above, the frames from the cut on keep their draws: the rollout's
-      case (a whole context of nearly clean frames, then the frame being made), which independent draws
-      almost never give for more than a few frames in a row.
-    Apart from the prefix items, nothing depends on a frame's position in the window.
+    Nothing depends on a frame's position in the window.
     """
     g = generator
     d_min = 1.0 / k_max
@@ -177,10 +172,6 @@ def sample_noise_levels(
     tau = sample_tau_on_grid(step, generator=g)
     ctx = torch.rand(batch, frames, generator=g) < context_fraction
     ctx_tau = torch.rand(batch, frames, generator=g) * context_tau_max
-    if prefix_fraction > 0 and frames > 1:  # (no draws otherwise: runs without prefix items keep their numbers)
-        prefix_items = torch.rand(batch, generator=g) < prefix_fraction
-        cut = torch.randint(1, frames, (batch,), generator=g)
-        ctx = ctx | (prefix_items[:, None] & (torch.arange(frames)[None, :] < cut[:, None]))
     tau = torch.where(ctx, ctx_tau, tau)
     step = torch.where(ctx, torch.full_like(step, d_min), step)
     boot = step > d_min * 1.5

@@ -124,34 +124,6 @@ def test_fractions_of_items_and_context_frames():
         assert (flat.step == 1 / 64).all() and not flat.bootstrap.any()
 
 
-def test_prefix_items_are_a_clean_context_then_the_rest():
-    """A prefix item's frames before its cut are all context (tau <= context_tau_max, d_min, no bootstrap target);
-    the cut is uniform over 1..T-1, so frame 0 is always context and the last frame keeps its own draw."""
-    B, T = 4000, 8
-    kw = dict(k_max=64, shortcut=True, bootstrap_fraction=0.25, context_fraction=0.2, context_tau_max=0.2)
-    lv = sample_noise_levels(B, T, generator=gen(8), prefix_fraction=1.0, **kw)
-    ctx = lv.context
-    first_noisy = torch.where(~ctx, torch.arange(T).expand(B, T), torch.full((B, T), T)).min(dim=1).values
-    before = torch.arange(T)[None, :] < first_noisy[:, None]
-    assert torch.equal(ctx & before, before)  # a run of context frames from frame 0 in every item
-    assert ctx[:, 0].all()
-    assert (lv.tau[ctx] <= 0.2).all() and (lv.step[ctx] == 1 / 64).all() and not (lv.bootstrap & ctx).any()
-    # the last frame is context only by its own draw (probability context_fraction)
-    assert abs(ctx[:, -1].float().mean().item() - 0.2) < 0.03
-    # cut uniform over 1..7: frame t (1 <= t <= 6) lies before the cut with probability (7 - t) / 7, else context
-    # by its own draw
-    for t in range(1, T - 1):
-        want = (T - 1 - t) / (T - 1) + (t / (T - 1)) * 0.2
-        assert abs(ctx[:, t].float().mean().item() - want) < 0.03
-    # half the items: frame 0 is context in all prefix items and 20% of the others
-    half = sample_noise_levels(B, T, generator=gen(8), prefix_fraction=0.5, **kw)
-    assert abs(half.context[:, 0].float().mean().item() - (0.5 + 0.5 * 0.2)) < 0.03
-    # without prefix items the draws are the ones a run made before the option existed (no extra random numbers)
-    a = sample_noise_levels(16, T, generator=gen(9), **kw)
-    b = sample_noise_levels(16, T, generator=gen(9), prefix_fraction=0.0, **kw)
-    assert torch.equal(a.tau, b.tau) and torch.equal(a.context, b.context)
-
-
 def test_levels_are_reproducible_from_the_generator():
     a = sample_noise_levels(8, 8, shortcut=True, generator=gen(7))
     b = sample_noise_levels(8, 8, shortcut=True, generator=gen(7))

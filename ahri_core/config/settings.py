@@ -141,9 +141,6 @@ class DiffusionSettings(Section):
     ema_teacher: bool = False
     context_fraction: float = Field(0.3, ge=0, le=1, description="fraction of frames drawn as nearly-clean context")
     context_tau_max: float = Field(0.2, ge=0, le=1, description="context frames draw tau ~ U[0, context_tau_max]")
-    prefix_fraction: float = Field(
-        0.0, ge=0, le=1, description="items whose frames before a random cut are all nearly-clean context (the rollout's case)"
-    )
     loss_weight: Literal["ramp", "uniform"] = Field(
         "ramp", description="per-frame loss weight: ramp (1 - 0.9 tau, the paper's) or uniform"
     )

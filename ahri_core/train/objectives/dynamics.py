@@ -272,7 +272,7 @@ class DynamicsObjective(Objective):
         levels = sample_noise_levels(
             Bg, T, k_max=d.k_max, shortcut=d.shortcut, step_sampling=d.step_sampling,
             bootstrap_fraction=d.bootstrap_fraction, single_image_fraction=d.single_image_fraction,
-            context_fraction=d.context_fraction, context_tau_max=d.context_tau_max, prefix_fraction=d.prefix_fraction,
+            context_fraction=d.context_fraction, context_tau_max=d.context_tau_max,
             bootstrap=step >= d.bootstrap_warmup, generator=self.gen,
         ).to(self.device)
         noise = torch.randn((Bg, *batch.latents.shape[1:]), generator=self.noise_gen, device=self.device)
