@@ -268,7 +268,14 @@ def test_sigterm_stops_with_130_and_leaves_only_whole_files(tmp_path):
     )
     store = ws / "videos" / "game"
     deadline = time.monotonic() + 240  # a busy machine starts the command slowly
-    while not [p for p in store.glob("*.mp4") if not p.name.startswith(".")]:
+
+    def committed() -> list[Path]:
+        # a clip is whole once its sidecar is written (last, after the mp4): an mp4 without one is still being
+        # stored, and a signal then removes it
+        return [p for p in store.glob("*.json") if not p.name.startswith(".") and p.name != "manifest.json"
+                and p.with_suffix(".mp4").exists()]
+
+    while not committed():
         assert proc.poll() is None and time.monotonic() < deadline, "no clip was stored"
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
@@ -277,4 +284,5 @@ def test_sigterm_stops_with_130_and_leaves_only_whole_files(tmp_path):
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
     stored = [p for p in store.glob("*.mp4") if not p.name.startswith(".")]
     assert 1 <= len(stored) < 400
+    assert all(p.with_suffix(".json").exists() for p in stored)  # every clip left is whole, with its sidecar
     assert not [p for p in store.iterdir() if p.name.startswith(".")]  # no temporary file left behind
