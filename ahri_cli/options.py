@@ -47,6 +47,14 @@ class PrecisionChoice(str, Enum):
     fp32 = "fp32"
 
 
+class CompileWhen(str, Enum):
+    """Whether training runs through torch.compile. ``auto`` is measured in the run by the library."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 PRECISION_HELP = "auto (chosen per machine and model), bf16 (autocast) or fp32."
 
 

@@ -27,6 +27,7 @@ from ahri_core.workspace import load_run_meta, read_run_meta, run_status
 from .launch import NprocOption, launch_nproc
 from .memcheck import check_dynamics, check_tokenizer
 from .options import (
+    CompileWhen,
     DeviceOption,
     DynamicsPreset,
     FitChoice,
@@ -254,7 +255,9 @@ def train(
                                   "state (FSDP2) instead of copying them (DDP).")
     ] = None,
     compile_model: Annotated[
-        bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model (GPU; slow start on CPU).")
+        CompileWhen | None,
+        typer.Option("--compile", help="torch.compile the training step: auto (timed in the run's first steps, kept "
+                     "where the budget repays the start-up), on or off. \\[default: auto]"),
     ] = None,
     nproc: NprocOption = None,
     tensorboard: Annotated[

@@ -56,7 +56,9 @@ def train_run(run: Path, latents: Path, minutes: float, dim: int | None, seed: i
     from ahri_core.train.dynamics import train_dynamics
 
     if finished(run) is None:  # new, or stopped part way (then continued with the same budget)
-        train = TrainSettings(preset="cpu", minutes=minutes, seed=seed, resume=(run / "run.json").is_file())
+        # eager steps, as in the recorded curve (--compile auto would compile the longer budgets only)
+        train = TrainSettings(preset="cpu", minutes=minutes, seed=seed, resume=(run / "run.json").is_file(),
+                              compile="off")
         data = DataSettings(alternating=True, long_ratio=0.1)
         model = ModelSettings(dim=dim)  # what `ahri train --dim N` builds
         model.shape(train.preset)

@@ -38,8 +38,9 @@ def run_arm(name: str, spec: dict, args: argparse.Namespace) -> dict:
 
     ws = Workspace(Path(args.work))
     run = ws.run_dir(name)
+    # eager unless an arm asks: the arms' minutes are compared, and a compile trial would time only some of them
     train = TrainSettings(preset=args.preset, max_steps=args.max_steps, seed=args.seed, precision=args.precision,
-                          val_every=max(args.max_steps // 2, 1), **spec.get("train", {}))
+                          val_every=max(args.max_steps // 2, 1), **{"compile": "off", **spec.get("train", {})})
     data = DataSettings(**{"alternating": True, "long_ratio": 0.1, **spec.get("data", {})})
     diffusion = DiffusionSettings(**spec.get("diffusion", {}))
     t0 = time.perf_counter()

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -78,7 +77,7 @@ def _interrupt_in_dynamics(cmd: list[str], env: dict[str, str]) -> tuple[int, st
         for line in proc.stderr:
             seen.append(line)
             if line.startswith("val @ step 0: tau"):  # the dynamics validation: the loop and its stop handler run
-                time.sleep(0.5)  # a few of its 24 steps (which take seconds on any machine)
+                # at once: its 24 steps take half a second on a fast CPU (AVX-512), so a wait could miss them
                 proc.send_signal(signal.SIGINT)
                 break
         _, rest = proc.communicate(timeout=120)

@@ -367,7 +367,7 @@ def test_dynamics_training_refuses_non_finite_latents(tmp_path):
 def test_default_dynamics_training_uses_shortcut_forcing():
     assert DiffusionSettings().shortcut is True
     assert TrainSettings().precision == "auto"
-    assert TrainSettings().compile is False and TrainSettings().fsdp is False and TrainSettings().grad_accum == 1
+    assert TrainSettings().compile == "auto" and TrainSettings().fsdp is False and TrainSettings().grad_accum == 1
     assert DataSettings().val_fraction == 0.1
     assert TokenizerSettings().val_fraction == 0.1
 

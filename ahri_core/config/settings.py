@@ -64,6 +64,20 @@ class FetchSettings(Section):
 
 
 Precision = Literal["auto", "bf16", "fp32"]  # auto: measured per machine and model (ahri_core.runtime)
+CompileMode = Literal["auto", "on", "off"]  # auto: measured in the run (ahri_core.train.compiling)
+COMPILE_MODES = ("auto", "on", "off")
+
+
+def compile_mode(value: Any) -> str:
+    """``auto``/``on``/``off`` from a setting that may also be a bool or a yes/no word (true = on, false = off:
+    the older boolean ``compile`` setting)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    v = str(value).strip().lower()
+    v = {"true": "on", "yes": "on", "1": "on", "false": "off", "no": "off", "0": "off"}.get(v, v)
+    if v not in COMPILE_MODES:
+        raise ValueError(f"{value!r} is not a compile mode: give auto, on or off")
+    return v
 
 
 class TrainSettings(Section):
@@ -95,8 +109,14 @@ class TrainSettings(Section):
     max_bad_steps: int = Field(5, ge=1, le=1000, description="non-finite steps in a row that stop a run as diverged")
     grad_accum: int = Field(1, ge=1, le=4096, description="batches whose gradients add up to one optimizer step")
     fsdp: bool = Field(False, description="shard parameters and optimizer state across processes (FSDP2; torchrun)")
-    compile: bool = Field(False, description="compile the model with torch.compile (GPU; slow to start on CPU)")
+    compile: CompileMode = Field("auto", description="torch.compile the training steps: auto (measured in the run, on "
+                                 "only where the budget repays the start-up), on or off")
     tensorboard: bool = Field(True, description="write TensorBoard events under the run (needs the tensorboard package)")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile(cls, v: Any) -> str:
+        return compile_mode(v)
 
     @field_validator("device")
     @classmethod

@@ -10,6 +10,7 @@ gathers them), so one process can load or resume them, and so can another number
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +106,7 @@ class Checkpoints:
         self.run, self.obj, self.train, self.opt, self.ema = run, obj, train, opt, ema
         self.model = obj.model
         self.fsdp, self.choice = fsdp, choice
+        self.compile_choice: Callable[[], dict[str, Any]] | None = None  # the loop's --compile choice, saved too
         self.d = distributed.current()
         self.registry = run.path / "run.json"
 
@@ -186,7 +188,8 @@ class Checkpoints:
                 "rng": rng_state(),
                 "objective": obj.state_dict(),
                 "loop": {"first_val": st.first_val, "best": st.best, "precision": self.choice.to_dict(),
-                         "skipped_steps": st.skipped, "processes": self.d.world},
+                         "skipped_steps": st.skipped, "processes": self.d.world,
+                         **({"compile": self.compile_choice()} if self.compile_choice is not None else {})},
             },
         )
         run.update_meta(step=step, checkpoint_step=step, **({} if synced is None else {"ranks_in_sync": synced}))

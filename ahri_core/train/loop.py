@@ -4,6 +4,8 @@ its loss and its validation (``objectives/``). Everything else is the loop's, on
 
 - the budget (steps, minutes or epochs, whichever ends first) and the LR schedule (warmup + cosine);
 - precision (``runtime.choose_precision``: auto is measured on this machine with the stage's own step);
+- ``torch.compile`` (:mod:`.compiling`: auto times the run's first steps eager, then compiled, and keeps
+  whichever is faster where the budget repays the start-up);
 - AdamW, gradient clipping, EMA with a bias-corrected warm-up;
 - divergence guard: the loss and the gradient norm are checked *before* the optimizer step. A non-finite
   value skips the step (counted in the metrics); ``max_bad_steps`` in a row stop the run with
@@ -45,6 +47,7 @@ from ..runtime import PrecisionChoice, choose_precision, threads_in_use
 from . import distributed, tensorboard
 from .checkpointing import Checkpoints, LoopState
 from .common import Budget, RunDir, StopRequest, rng_state, set_rng_state
+from .compiling import Compiling
 from .objectives.base import Objective, StepOut
 from .preview import PreviewUnavailable
 from .step import StepResult, TrainStep
@@ -219,8 +222,6 @@ class _Loop:
         p.log(f"{choice.line()}; {n} CPU thread{'s' if n != 1 else ''}{' each' if d.enabled else ''}; device {device}{ranks}")
 
         obj.net = _wrap(model, device, d, fsdp)
-        if getattr(train, "compile", False):
-            obj.net = torch.compile(obj.net)
         self.train_step = TrainStep.build(obj, train, self.precision, after_backward)
         self.ema = self.train_step.ema
         self.ckpt = Checkpoints(run, obj, train, self.train_step.opt, self.ema, fsdp, choice)
@@ -233,6 +234,15 @@ class _Loop:
         if resume_state is not None and budget.done(step):
             p.log(f"the budget is already spent at step {step} ({budget.elapsed() / 60:.1f} minutes in all): nothing to "
                   "train; give a larger --max-steps, --minutes or --epochs")
+        self.compiling = Compiling(getattr(train, "compile", "off"), device,
+                                   key=f"{obj.stage}: {obj.compile_key()} {self.precision}", cache_dir=cache_dir,
+                                   apply=obj.set_compiled, seconds_left=self.seconds_left, processes=d.world)
+        self.ckpt.compile_choice = lambda: self.compiling.choice.to_dict()
+        minutes_left = None if budget.minutes is None else budget.minutes - budget.elapsed() / 60
+        steps_left = None if budget.total_steps is None else budget.total_steps - step
+        kept = (resume_state or {}).get("loop", {}).get("compile")
+        p.log(self.compiling.start(steps_left, minutes_left, kept))
+        run.update_meta(compile=self.compiling.choice.to_dict())
         run.update_meta(
             status="running", reason=None, step=step, precision=choice.to_dict(), threads=n,
             device=str(device), budget={"max_steps": train.max_steps, "minutes": train.minutes, "epochs": train.epochs},
@@ -250,6 +260,16 @@ class _Loop:
             if note:
                 p.log(note)
         self.pictures = self.tb is not None  # rank 0 makes them alone: an objective's preview runs no collective
+
+    def seconds_left(self, step_s: float) -> float:
+        """The budget's seconds left at ``step_s`` seconds a step (whichever of steps and minutes ends first)."""
+        b, step = self.budget, self.st.step
+        cands = []
+        if b.total_steps is not None:
+            cands.append(max(0, b.total_steps - step) * step_s)
+        if b.minutes is not None:
+            cands.append(max(0.0, 60 * b.minutes - b.elapsed()))
+        return min(cands) if cands else math.inf
 
     def validate(self) -> dict[str, Any]:
         """Validate (every rank: the same windows, the same answer; FSDP needs every rank for a forward), log
@@ -355,10 +375,23 @@ class _Loop:
                     self.log_train(lr)
                 return bool(stopping)
             lr = self.train_step.lr_at(st.step, budget.progress(st.step, now))
-            res = self.train_step(st.step, lr)
+            t_step = time.perf_counter()
+            try:
+                res = self.train_step(st.step, lr)
+            except Exception as e:  # noqa: BLE001 - only auto's compiled steps fall back; anything else re-raises
+                if not self.compiling.may_fail:
+                    raise
+                self.obj.model.zero_grad(set_to_none=True)
+                self.p.log(self.compiling.failed(e))
+                self.run.update_meta(compile=self.compiling.choice.to_dict())
+                continue
             if not res.ok:
                 self.skipped(res)
                 continue
+            line = self.compiling.after_step(time.perf_counter() - t_step)
+            if line is not None:
+                self.p.log(line)
+                self.run.update_meta(compile=self.compiling.choice.to_dict())
             self.bad_in_a_row = 0
             st.step += 1
             for o in res.outs:
