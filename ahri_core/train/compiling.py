@@ -1,9 +1,9 @@
 """Whether a run trains through ``torch.compile``: ``--compile auto`` (the default), ``on`` or ``off``.
 
 Compiling pays only where a run is long enough to repay its start-up: on a 2-core AMD EPYC with AVX-512 the
-`cpu` preset's compiled steps ran 1.2x (dynamics) and 1.3x (tokenizer) faster than eager ones after 30-100 s
+`cpu` preset's compiled steps ran 1.2x (dynamics) and 1.3x (tokenizer) faster than eager ones after 30-240 s
 of compiling, and 1.1x on an AVX2-only one (docs/benchmarks.md), so a 40-minute run gains minutes and a
-5-minute run loses. ``auto`` therefore measures,
+15-minute run loses (a first compile on a fresh machine took 4 minutes). ``auto`` therefore measures,
 inside the run, on the run's own steps:
 
 1. a cached answer for this machine, device, precision and model shape (``<workspace>/cache/compile.json``)
@@ -41,7 +41,8 @@ from ..runtime import _read_cache, _write_cache, machine_key
 CACHE_FILE = "compile.json"
 SPEEDUP_MIN = 1.1  # compiled steps must be at least this much faster than eager ones to be kept
 REPAY = 2.0  # from a cached measurement: compile when the budget's expected saving is this many start-ups
-TRIAL_MIN_S = 900.0  # a budget with less time than this left after the eager steps does not try
+TRIAL_MIN_S = 1500.0  # a budget with less time than this left after the eager steps does not try (a first
+# compile of the `cpu` dynamics model took 4 minutes on a 2-core machine: 25 minutes at 1.2x repay it)
 EAGER_WARMUP = 3  # untimed eager steps (allocation, kernel choice)
 TIMED = 10  # timed steps of each kind
 # compiled steps the trial spans at least: a new shape (the long windows, the teacher's item count) compiles
