@@ -17,6 +17,7 @@ What the training loop does with it (train/loop.py):
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import math
@@ -98,7 +99,16 @@ def setup(device: str = "auto", timeout_minutes: float = 30.0) -> Dist:
     if not tdist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
         tdist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+        atexit.register(_leave)
     return current()
+
+
+def _leave() -> None:
+    """Leave the process group before the interpreter ends: a gloo group left to the end of the process could
+    abort it ("terminate called without an active exception", seen once on a rank that had finished its run)."""
+    with contextlib.suppress(Exception):
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
 
 
 def shard(items: Sequence[T], dist: Dist | None = None) -> list[T]:
