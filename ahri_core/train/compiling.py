@@ -35,7 +35,6 @@ from typing import Any
 
 import torch
 
-from ..config.settings import compile_mode
 from ..runtime import _read_cache, _write_cache, machine_key
 
 CACHE_FILE = "compile.json"
@@ -49,6 +48,7 @@ TIMED = 10  # timed steps of each kind
 # again when it first comes, and the start-up must count those too (one run's second compile, at its first
 # long window 40 steps in, took twice as long as its first)
 COMPILED_SPAN = 60
+TIMINGS = ("eager_s", "compiled_s", "startup_s")  # a cached measurement
 
 
 @dataclass
@@ -110,7 +110,7 @@ class Compiling:
 
     def __init__(self, requested: str, device: torch.device, *, key: str, cache_dir: str | os.PathLike | None,
                  apply: Callable[[bool], None], seconds_left: Callable[[float], float], processes: int = 1) -> None:
-        self.requested = compile_mode(requested)
+        self.requested = requested  # auto, on or off (TrainSettings.compile validated it)
         self.device, self.apply, self.seconds_left, self.processes = device, apply, seconds_left, processes
         self.full_key = json.dumps({**machine_key(), "device": device.type, "model": key}, sort_keys=True)
         self.path = Path(cache_dir) / CACHE_FILE if cache_dir is not None else None
@@ -147,9 +147,10 @@ class Compiling:
             self.choice = CompileChoice(False, f"{steps_left} steps are too few to try it", req)
         elif minutes_left is not None and 60 * minutes_left < TRIAL_MIN_S:
             self.choice = CompileChoice(False, f"{minutes_left:.1f} minutes are too short to repay it", req)
-        elif (failed := self._failed()) is not None:
-            self.choice = CompileChoice(False, f"compiling failed here before ({failed})", req, cached=True)
-        elif (hit := self._cached()) is not None:
+        elif (entry := self._entry()).get("failed"):
+            self.choice = CompileChoice(False, f"compiling failed here before ({entry['failed']})", req, cached=True)
+        elif all(isinstance(entry.get(k), (int, float)) for k in TIMINGS):
+            hit = {k: float(entry[k]) for k in TIMINGS}
             on, why = repays(hit, self.seconds_left(hit["eager_s"]))
             if on:
                 self.apply(True)
@@ -208,10 +209,7 @@ class Compiling:
         self.phase = "done"
         what = " ".join(f"{type(error).__name__}: {error}".split())[:300]
         self.choice = CompileChoice(False, f"compiling failed ({what}); eager from here on", self.requested)
-        if self.path is not None:
-            data = _read_cache(self.path)
-            data[self.full_key] = {"failed": what, "measured": datetime.now().isoformat(timespec="seconds")}
-            _write_cache(self.path, data)
+        self._store({"failed": what})
         return self.choice.line()
 
     @property
@@ -219,23 +217,14 @@ class Compiling:
         """Whether a failing step is the compiler's to fall back from: auto's compiled steps (``on`` fails)."""
         return self.requested == "auto" and self.choice.compiled
 
-    def _failed(self) -> str | None:
-        if self.path is None:
-            return None
-        hit = _read_cache(self.path).get(self.full_key)
-        return str(hit["failed"]) if isinstance(hit, dict) and hit.get("failed") else None
+    def _entry(self) -> dict[str, Any]:
+        """This machine's and model's entry of the cache: measured timings, or ``failed`` (empty: none)."""
+        hit = _read_cache(self.path).get(self.full_key) if self.path is not None else None
+        return hit if isinstance(hit, dict) else {}
 
-    def _cached(self) -> dict[str, float] | None:
-        if self.path is None:
-            return None
-        hit = _read_cache(self.path).get(self.full_key)
-        if isinstance(hit, dict) and all(isinstance(hit.get(k), (int, float)) for k in ("eager_s", "compiled_s", "startup_s")):
-            return {k: float(hit[k]) for k in ("eager_s", "compiled_s", "startup_s")}
-        return None
-
-    def _store(self, timings: dict[str, float]) -> None:
+    def _store(self, entry: dict[str, Any]) -> None:
         if self.path is None:
             return
         data = _read_cache(self.path)
-        data[self.full_key] = {**timings, "measured": datetime.now().isoformat(timespec="seconds")}
+        data[self.full_key] = {**entry, "measured": datetime.now().isoformat(timespec="seconds")}
         _write_cache(self.path, data)

@@ -242,9 +242,9 @@ class _Loop:
         steps_left = None if budget.total_steps is None else budget.total_steps - step
         kept = (resume_state or {}).get("loop", {}).get("compile")
         p.log(self.compiling.start(steps_left, minutes_left, kept))
-        run.update_meta(compile=self.compiling.choice.to_dict())
         run.update_meta(
-            status="running", reason=None, step=step, precision=choice.to_dict(), threads=n,
+            status="running", reason=None, step=step, precision=choice.to_dict(),
+            compile=self.compiling.choice.to_dict(), threads=n,
             device=str(device), budget={"max_steps": train.max_steps, "minutes": train.minutes, "epochs": train.epochs},
             processes=d.world, sharding="fsdp" if fsdp else ("ddp" if d.enabled else "none"),
         )
