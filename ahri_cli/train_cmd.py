@@ -444,8 +444,7 @@ def _model_shape(mset: ModelSettings, preset: str, meta: dict[str, Any] | None, 
         return mset.overrides()
     model = meta.get("model") or {}
     stored = model.get("dynamics", model) if isinstance(model, dict) else {}
-    kept: dict[str, Any] = {k: int(stored[k]) for k in MODEL_SHAPE if isinstance(stored.get(k), int)}
-    kept["keep_gate"] = bool(stored.get("keep_gate", False))
+    kept = {k: int(stored[k]) for k in MODEL_SHAPE if isinstance(stored.get(k), int)}
     for k, v in mset.overrides().items():
         if k in kept and kept[k] != v:
             raise ConfigError(f"--{k}: run {name} was made with {k} {kept[k]}, not {v}; "

@@ -25,9 +25,9 @@ def make(seed: int = 0, active: bool = True, **overrides):
     if active:
         with torch.no_grad():
             for name, p in model.named_parameters():
-                if name.endswith(("mod.weight", "mod_out.weight", "keep.weight")):
+                if name.endswith(("mod.weight", "mod_out.weight")):
                     p.normal_(0, 0.2)
-                elif name.endswith(("mod.bias", "mod_out.bias", "keep.bias")):
+                elif name.endswith(("mod.bias", "mod_out.bias")):
                     p.normal_(0, 0.2)
     return model.eval()
 
@@ -70,9 +70,9 @@ def test_wrong_shapes_are_refused():
         model(z, tau, step, actions=torch.zeros(2, 4, dtype=torch.long))
 
 
-@pytest.mark.parametrize("softcap,keep", [(None, False), (30.0, False), (None, True)])
-def test_causality(softcap, keep):
-    model = make(softcap=softcap, keep_gate=keep)
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_causality(softcap):
+    model = make(softcap=softcap)
     z, tau, step = inputs(2, 8)
     out = model(z, tau, step)
     for t in (0, 3, 6):
@@ -95,9 +95,8 @@ def test_past_frames_do_influence_later_frames():
     assert (out2[:, 1:] - out[:, 1:]).abs().amax() > 1e-3
 
 
-@pytest.mark.parametrize("keep", [False, True])
-def test_isolated_items_see_no_other_frame(keep):
-    model = make(keep_gate=keep)
+def test_isolated_items_see_no_other_frame():
+    model = make()
     z, tau, step = inputs(3, 6)
     isolated = torch.tensor([True, False, True])
     out = model(z, tau, step, isolated=isolated)
@@ -204,11 +203,9 @@ def test_continuous_no_action_for_nan_rows_and_none():
 
 
 # ---------------------------------------------------------------------------------------------- KV cache
-@pytest.mark.parametrize("kind", ["none", "discrete", "keep_gate"])
+@pytest.mark.parametrize("kind", ["none", "discrete"])
 def test_cached_steps_equal_uncached_forward(kind):
     extra = dict(action_kind="discrete", action_count=4) if kind == "discrete" else {}
-    if kind == "keep_gate":
-        extra = dict(keep_gate=True)
     model = make(**extra)
     B, T = 2, 9
     z, tau, step = inputs(B, T)
@@ -227,13 +224,11 @@ def test_cached_steps_equal_uncached_forward(kind):
     assert cache.frames == T
 
 
-@pytest.mark.parametrize("kind", ["none", "discrete", "keep_gate"])
+@pytest.mark.parametrize("kind", ["none", "discrete"])
 def test_prefill_commits_the_same_keys_and_values_as_one_step_per_frame(kind):
     """The context of a rollout goes into the cache in one call; the keys, values and every later step are
     those of one commit per frame."""
     extra = dict(action_kind="discrete", action_count=4) if kind == "discrete" else {}
-    if kind == "keep_gate":
-        extra = dict(keep_gate=True)
     model = make(**extra)
     B, T = 2, 6
     z, tau, step = inputs(B, T + 1)
@@ -530,64 +525,17 @@ def test_configs_with_the_removed_previous_frame_options(tmp_path):
     path = save_dynamics(tmp_path / "m.safetensors", model)
     fields = model.config.model_dump(mode="json")
     assert DynamicsConfig(**fields, prev_frame=False, prev_skip=False) == model.config
-    for option in ("prev_frame", "prev_skip"):
+    for option in ("prev_frame", "prev_skip", "keep_gate"):
         with pytest.raises(ConfigError, match=f"{option} was removed") as err:
             dynamics_config({**fields, option: True})
         assert "\n" not in str(err.value)
     old = tmp_path / "old.safetensors"
     _, _, extra = read_metadata(path)
-    save_weights(old, model, kind="dynamics", config={**fields, "prev_frame": False, "prev_skip": False}, extra=extra)
+    save_weights(old, model, kind="dynamics", config={**fields, "prev_frame": False, "prev_skip": False,
+                                                      "keep_gate": False}, extra=extra)
     assert load_dynamics(old).config == model.config
     on = tmp_path / "on.safetensors"
     save_weights(on, model, kind="dynamics", config={**fields, "prev_skip": True}, extra=extra)
     with pytest.raises(CheckpointError, match="prev_skip was removed") as err:
         load_dynamics(on)
     assert "\n" not in str(err.value)
-
-
-# ---------------------------------------------------------------------------------------------- keep gate
-def test_keep_gate_starts_as_the_model_without_it():
-    """The gate is zero at the start: a new keep_gate model predicts what the same weights without it do."""
-    plain, keep = make(seed=3), make(seed=3, keep_gate=True, active=False)
-    torch.manual_seed(3)
-    keep.load_state_dict({**plain.state_dict(), **{k: v for k, v in keep.state_dict().items() if k.startswith("keep.")}})
-    assert float(keep.keep.weight.detach().abs().sum()) == 0.0
-    z, tau, step = inputs(2, 5)
-    torch.testing.assert_close(keep(z, tau, step), plain(z, tau, step), rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("pack_grid", [None, (3, 4)])
-def test_keep_gate_can_copy_the_previous_frame_exactly(pack_grid):
-    """With the head off and the gate open, every frame's prediction is its previous frame's latents, value for
-    value (the packing and its padding included); the first frame, and every frame of a single-image item, have
-    nothing to copy."""
-    shape = dict(tokens=12, token_grid=pack_grid, pack=4, pack_rows=2) if pack_grid else dict(tokens=N)
-    torch.manual_seed(0)
-    model = build_dynamics("tiny", channels=C, keep_gate=True, **shape).eval()
-    assert model.config.pack == (4 if pack_grid else 1)
-    n = model.config.tokens
-    with torch.no_grad():
-        model.head.weight.zero_()
-        model.head.bias.zero_()
-        model.keep.bias.fill_(1.0)
-    g = torch.Generator().manual_seed(2)
-    z = torch.randn(3, 5, n, C, generator=g)
-    tau, step = torch.rand(3, 5, generator=g), torch.full((3, 5), 1 / 64)
-    isolated = torch.tensor([False, True, False])
-    out = model(z, tau, step, isolated=isolated)
-    assert torch.equal(out[~isolated][:, 1:], z[~isolated][:, :-1])
-    assert float(out[:, 0].abs().max()) == 0.0 and float(out[isolated].abs().max()) == 0.0
-    # and in a rollout: the frame after the cached ones copies the last committed frame
-    cache = model.new_cache(3, 8)
-    model.prefill(z[:, :3], tau[:, :3], step[:, :3], None, cache)
-    nxt = model.step(z[:, 3:4], tau[:, 3:4], step[:, 3:4], None, cache, commit=False)
-    assert torch.equal(nxt[:, 0], z[:, 2])
-
-
-def test_keep_gate_reads_the_previous_frames_tau():
-    model = make(keep_gate=True)
-    z, tau, step = inputs(2, 4)
-    tau2 = tau.clone()
-    tau2[:, 1] = 1 - tau2[:, 1]
-    a, b = model(z, tau, step), model(z, tau2, step)
-    assert (a[:, 2] - b[:, 2]).abs().amax() > 1e-4  # frame 2 reads frame 1's tau through its gate (and attention)

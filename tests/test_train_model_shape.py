@@ -38,7 +38,7 @@ def _latent_set(ws: Path) -> Path:
 
 @pytest.fixture
 def ws(tmp_path, monkeypatch) -> Path:
-    for k in ("AHRI_MODEL_DIM", "AHRI_MODEL_DEPTH", "AHRI_MODEL_HEADS", "AHRI_MODEL_KEEP_GATE", "AHRI_TRAIN_PRESET"):
+    for k in ("AHRI_MODEL_DIM", "AHRI_MODEL_DEPTH", "AHRI_MODEL_HEADS", "AHRI_TRAIN_PRESET"):
         monkeypatch.delenv(k, raising=False)
     _latent_set(tmp_path)
     return tmp_path
@@ -99,7 +99,6 @@ def test_a_bad_environment_value_is_refused(ws, capsys, monkeypatch):
 
 def test_model_settings_validate_on_their_own():
     assert ModelSettings(dim=64).overrides() == {"dim": 64}
-    assert ModelSettings(keep_gate=True).overrides() == {"keep_gate": True}
     assert ModelSettings().shape("cpu") == {k: DYNAMICS_PRESETS["cpu"][k] for k in ("dim", "depth", "heads")}
     with pytest.raises(ConfigError, match="model.heads"):
         load(ModelSettings, {"dim": 64, "heads": 5})
@@ -139,14 +138,3 @@ def test_dim_flag_builds_the_compute_curves_width_64_model(ws):
     data = DataSettings(seq_len=8, stride=4)  # TINY's window
     old = model_config_for(lset, TrainSettings(preset="cpu"), data, DiffusionSettings(), dim=64)
     assert built["dim"] == 64 and built == json.loads(old.model_dump_json())
-
-
-def test_keep_gate_from_the_environment_and_kept_on_resume(ws, monkeypatch):
-    monkeypatch.setenv("AHRI_MODEL_KEEP_GATE", "true")
-    assert main(["-w", str(ws), "train", *TINY, "--run", "k", "--checkpoint-every", "1"]) == 0
-    assert _model(ws, "k")["keep_gate"] is True
-    monkeypatch.delenv("AHRI_MODEL_KEEP_GATE")
-    assert main(["-w", str(ws), "train", "--run", "k", "--resume", "--max-steps", "3"]) == 0
-    assert _model(ws, "k")["keep_gate"] is True
-    assert main(["-w", str(ws), "train", *TINY, "--run", "plain"]) == 0
-    assert _model(ws, "plain")["keep_gate"] is False

@@ -267,8 +267,6 @@ class ModelSettings(Section):
     depth: int | None = Field(None, ge=1, le=512, description="blocks, spatial and temporal (default: the preset's)")
     heads: int | None = Field(None, ge=1, le=256, description="attention heads; dim must be divisible by heads "
                               "(default: the preset's)")
-    keep_gate: bool | None = Field(None, description="the output adds the previous frame through a learned gate, so "
-                                   "what did not move can be copied exactly (default: off)")
 
     @field_validator("heads")
     @classmethod
@@ -280,12 +278,9 @@ class ModelSettings(Section):
                 raise ValueError(why)
         return v
 
-    def overrides(self) -> dict[str, Any]:
-        """The shape fields (and ``keep_gate``) given, for ``dynamics_config``; the rest stay the preset's."""
-        out: dict[str, Any] = {k: getattr(self, k) for k in MODEL_SHAPE if getattr(self, k) is not None}
-        if self.keep_gate is not None:
-            out["keep_gate"] = bool(self.keep_gate)
-        return out
+    def overrides(self) -> dict[str, int]:
+        """The shape fields given (for ``dynamics_config``); the rest stay the preset's."""
+        return {k: getattr(self, k) for k in MODEL_SHAPE if getattr(self, k) is not None}
 
     def shape(self, preset: str) -> dict[str, int]:
         """dim, depth and heads of a new model of ``preset``: the ones given, else the preset's; checked

@@ -187,8 +187,6 @@ class DynamicsCache:
         self.frames = 0  # absolute index of the next frame = frames committed so far
         self.k: list[torch.Tensor | None] = [None] * layers
         self.v: list[torch.Tensor | None] = [None] * layers
-        # the last committed frame's latents and tau, (B, 1, N, C) and (B, 1): what a keep_gate model copies from
-        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         """Context frames held (at most max_frames - 1)."""
@@ -198,7 +196,6 @@ class DynamicsCache:
         self.frames = 0
         self.k = [None] * len(self.k)
         self.v = [None] * len(self.v)
-        self.last = None
 
     def past(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         n = len(self)
@@ -266,12 +263,6 @@ class DynamicsModel(nn.Module):
         self.head = nn.Linear(D, cfg.pack * cfg.channels)
         nn.init.normal_(self.head.weight, std=0.02 / math.sqrt(D / 128))
         nn.init.zeros_(self.head.bias)
-        if cfg.keep_gate:
-            # per model token and value: how much of the previous frame's latent the output adds (zero at first,
-            # so a new model predicts as one without the gate)
-            self.keep = nn.Linear(D + 1, cfg.pack * cfg.channels)
-            nn.init.zeros_(self.keep.weight)
-            nn.init.zeros_(self.keep.bias)
 
     # ------------------------------------------------------------------ conditioning
     def step_index(self, step: torch.Tensor) -> torch.Tensor:
@@ -385,47 +376,18 @@ class DynamicsModel(nn.Module):
             x = torch.cat([x, reg], dim=2)
         return x + cond.unsqueeze(2)
 
-    def readout(
-        self, x: torch.Tensor, cond: torch.Tensor, last: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """The final norm and head; a ``keep_gate`` model adds the gated previous frame ``last`` = (latents
-        (B, T, N, C), tau (B, T)) of each frame (None: the model has no gate)."""
+    def readout(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The final norm and head."""
         shift, scale = self.mod_out(F.silu(cond)).unsqueeze(2).chunk(2, dim=-1)
         x = x[:, :, : self.config.model_tokens]
         h = torch.addcmul(shift, self.norm_out(x), 1 + scale)
         out = self.head(h).float()
-        if last is not None and self.config.keep_gate:
-            pz, pt = last
-            pt = pt.to(h.dtype)[:, :, None, None].expand(-1, -1, h.shape[2], 1)
-            gate = self.keep(torch.cat([h, pt], dim=-1)).float()
-            out = out + gate * self.pack(pz.float())
         out = self.unpack(out)
         return out
 
-    @staticmethod
-    def previous(
-        z: torch.Tensor, tau: torch.Tensor, isolated: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each frame's previous frame (latents, tau) in a window: the first frame, and every frame of an
-        ``isolated`` item, get zeros at tau 1 (pure noise: nothing to copy)."""
-        pz = torch.cat([torch.zeros_like(z[:, :1]), z[:, :-1]], dim=1)
-        pt = torch.cat([torch.ones_like(tau[:, :1]), tau[:, :-1]], dim=1)
-        if isolated is not None:
-            pz = torch.where(isolated[:, None, None, None], torch.zeros_like(pz), pz)
-            pt = torch.where(isolated[:, None], torch.ones_like(pt), pt)
-        return pz, pt
-
-    def trunk(
-        self, z: torch.Tensor, cond: torch.Tensor, isolated: torch.Tensor | None = None, tau: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Everything after the conditioning vector: (B, T, N, C) latents + (B, T, D) cond -> x_hat. ``tau``
-        (B, T) is needed by ``keep_gate`` models (the gate reads the previous frame's)."""
+    def trunk(self, z: torch.Tensor, cond: torch.Tensor, isolated: torch.Tensor | None = None) -> torch.Tensor:
+        """Everything after the conditioning vector: (B, T, N, C) latents + (B, T, D) cond -> x_hat."""
         B, T = z.shape[:2]
-        last = None
-        if self.config.keep_gate:
-            if tau is None:
-                raise DataError("a keep_gate dynamics model needs each frame's tau in trunk()")
-            last = self.previous(z, tau, isolated)
         x = self.embed(z, cond)
         L = x.shape[2]
         dev = x.device
@@ -439,7 +401,7 @@ class DynamicsModel(nn.Module):
                 x, _ = checkpoint(blk, x, cond, rope, iso, use_reentrant=False)
             else:
                 x, _ = blk(x, cond, rope, iso)
-        return self.readout(x, cond, last)
+        return self.readout(x, cond)
 
     def forward(
         self,
@@ -458,7 +420,7 @@ class DynamicsModel(nn.Module):
             if isolated.shape != (B,):
                 raise DataError(f"isolated must be a (B,) = ({B},) bool tensor, got {tuple(isolated.shape)}")
             isolated = isolated.to(device=z.device, dtype=torch.bool)
-        return self.trunk(z, cond, isolated, tau)
+        return self.trunk(z, cond, isolated)
 
     # ------------------------------------------------------------------ rollout
     def new_cache(self, batch: int, max_frames: int | None = None) -> DynamicsCache:
@@ -501,20 +463,9 @@ class DynamicsModel(nn.Module):
                 t_layer += 1
             else:
                 x, _ = blk(x, cond, rope_s)
-        last = self._cached_last(cache, z)
         if commit:
             cache.frames += 1
-            cache.last = (z.detach(), tau.detach().float())
-        return self.readout(x, cond, last)
-
-    def _cached_last(self, cache: DynamicsCache, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The previous frame a keep_gate model copies from in a rollout: the last committed one (none yet:
-        zeros at tau 1, as the first frame of a training window)."""
-        if not self.config.keep_gate:
-            return None
-        if cache.last is None:
-            return torch.zeros_like(z), torch.ones(z.shape[:2], device=z.device)
-        return cache.last
+        return self.readout(x, cond)
 
     @torch.no_grad()
     def commit_and_step(
@@ -562,8 +513,7 @@ class DynamicsModel(nn.Module):
             else:
                 x, _ = blk(x, cond, rope_s)
         cache.frames += 1
-        cache.last = (zc.detach(), tc.detach().float())
-        return self.readout(x[:, 1:], cond[:, 1:], self._cached_last(cache, z))
+        return self.readout(x[:, 1:], cond[:, 1:])
 
     @torch.no_grad()
     def prefill(
@@ -599,7 +549,6 @@ class DynamicsModel(nn.Module):
             else:
                 x, _ = blk(x, cond, rope_s)
         cache.frames = T
-        cache.last = (z[:, -1:].detach(), tau[:, -1:].detach().float())
 
     def set_grad_checkpointing(self, on: bool = True) -> None:
         """Recompute each block's activations in backward (saves memory, costs about one extra forward)."""

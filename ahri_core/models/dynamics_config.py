@@ -44,19 +44,15 @@ class DynamicsConfig(BaseModel):
     action_dim: int = Field(0, ge=0, le=4096, description="width of a continuous action vector")
     k_max: int = Field(64, ge=1, le=4096, description="finest step count; d_min = 1/k_max")
     max_frames: int = Field(64, ge=1, le=100_000, description="trained sequence length: default KV-cache window")
-    keep_gate: bool = Field(
-        False,
-        description="the output adds the previous frame's latents through a gate read per token and channel from the "
-        "final state and the previous frame's tau (zero at the start): what did not move can be copied exactly",
-    )
     grad_checkpointing: bool = Field(False, description="recompute each block in backward (runtime only)")
 
     # Fields that do not change the weights: ignored when a checkpoint's config is compared.
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"grad_checkpointing"})
 
-    # Options that were tried and removed (measured on Boxing and MsPacman: no gain; docs/dynamics.md). A
-    # stored config that has them off still loads; one that has them on was made for another model.
-    REMOVED_FIELDS: ClassVar[tuple[str, ...]] = ("prev_frame", "prev_skip")
+    # Options that were tried and removed (prev_frame, prev_skip: measured on Boxing and MsPacman; keep_gate, a gated
+    # copy of the previous frame: on Super Mario Bros and Doom; no gain; docs/dynamics.md). A stored config that has
+    # them off still loads; one that has them on was made for another model.
+    REMOVED_FIELDS: ClassVar[tuple[str, ...]] = ("prev_frame", "prev_skip", "keep_gate")
 
     @model_validator(mode="before")
     @classmethod

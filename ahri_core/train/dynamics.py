@@ -182,8 +182,6 @@ def train_dynamics(
             # a run keeps the packing it was made with (runs from before ``pack`` existed are unpacked)
             overrides.update(pack=int(stored_dyn.get("pack", 1)), pack_rows=int(stored_dyn.get("pack_rows", 1)),
                              token_grid=stored_dyn.get("token_grid"))
-        if resuming and "keep_gate" not in overrides:
-            overrides["keep_gate"] = bool(stored_dyn.get("keep_gate", False))
         cfg = model_config_for(lset, train, data, diffusion, latent_actions, **overrides)
         if resuming:
             diff = config_mismatch(cfg.weights_fields(), _stored_config(stored_dyn, run).weights_fields())
