@@ -164,6 +164,9 @@ def test_memorisation_hint_only_when_the_gap_is_large():
     assert memorisation_hint({"probes": {"memorisation": {"gap": 1.2}}}) is None
     assert memorisation_hint({"probes": {}}) is None
     assert "3.0x" in memorisation_hint({"probes": {"memorisation": {"gap": 3.0}}})
+    # how much more video helps, from the measured data curve: more at a larger gap
+    assert "Twice the video" in memorisation_hint({"probes": {"memorisation": {"gap": 2.5}}})
+    assert "1.8x the footage" in memorisation_hint({"probes": {"memorisation": {"gap": 1.7}}})
 
 
 @pytest.fixture(scope="module")
