@@ -17,7 +17,8 @@ of predicted and true latents, scoring each on the static pixels at every horizo
 - ``prediction, still tokens from the last context frame``: the same with the copy that a model could make;
 - ``tokenizer ceiling``: the decoded true latents.
 
-Each is scored on all static pixels, and apart on those inside still tokens' squares (where, with the still tokens
+Each is scored on the whole frame (the still tokens made exact: what keeping them is worth), on all static pixels,
+and apart on those inside still tokens' squares (where, with the still tokens
 true, any loss left is the decoder carrying moving-token errors over: cause 2) and those inside moving tokens (a
 token half over a HUD: there the moving token's own prediction decides). The latent MSE of the prediction on still
 and on moving tokens is printed too.
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     px = cfg.patch_size * cfg.region
     tok_px = still.reshape(*still.shape[:2], rows, cols).repeat_interleave(px, -2).repeat_interleave(px, -1)
     tok_px = crop_box(tok_px[:, :, None].float(), truth.box)[:, :, 0] > 0.5
-    regions = {"static pixels": mask, "  of them in still tokens": mask & tok_px, "  of them in moving tokens": mask & ~tok_px}
+    regions = {"all pixels (what exact still tokens are worth)": torch.ones_like(mask), "static pixels": mask,
+               "  of them in still tokens": mask & tok_px, "  of them in moving tokens": mask & ~tok_px}
     res: dict[str, dict[str, dict[str, float]]] = {}
     for name, z in mixes.items():
         frames = crop_box(world.decode(z), truth.box)
