@@ -264,9 +264,9 @@ class BiasedStickyPolicy:
         return self.prev
 
 
-def record_clip(game, level: str, seed: int, frames: int, size: int | None):
+def record_clip(game, level: str, seed: int, frames: int, size: int | None, sticky: float = STICKY_PROB):
     """One clip of up to ``frames`` frames: (uint8 (T, H, W, 3), int64 actions (T,), share of moving steps)."""
-    policy = BiasedStickyPolicy(game.weights, np.random.default_rng(seed))
+    policy = BiasedStickyPolicy(game.weights, np.random.default_rng(seed), sticky)
     shots, acts, moving = [game.start(level, seed)], [-1], 0
     while len(shots) < frames:
         a = policy()
@@ -298,8 +298,11 @@ def record(
     levels: list[str] | None = None,
     min_frames: int = 32,
     minutes: float | None = None,
+    sticky: float = STICKY_PROB,
 ) -> dict:
     """Store ``count`` clips (or clips until ``minutes`` of footage) of ``game_name`` into ``dest``."""
+    if not 0 <= sticky < 1:
+        raise SystemExit(f"error: --sticky {sticky}: must be in [0, 1)")
     cls = GAMES[game_name]
     game = cls(size) if cls is Crafter else cls()
     levels = levels or list(cls.levels)
@@ -320,7 +323,7 @@ def record(
             level = levels[int(np.random.default_rng(clip_seed).integers(len(levels)))]
             vid = safe_id(f"{game_name}-s{seed}-{i:04d}")
             i += 1
-            video, actions, share = record_clip(game, level, clip_seed, frames, size)
+            video, actions, share = record_clip(game, level, clip_seed, frames, size, sticky)
             if len(video) < min_frames:
                 dropped += 1
                 print(f"  {vid} {level}: {len(video)} frames, dropped (< --min-frames {min_frames})", flush=True)
@@ -341,7 +344,7 @@ def record(
                     "game": game_name,
                     "level": level,
                     "seed": clip_seed,
-                    "policy": f"biased sticky-random p={STICKY_PROB}",
+                    "policy": f"biased sticky-random p={sticky}",
                     "frame_skip": cls.skip,
                     "moving_share": round(share, 4),
                     "content_sha256": digest,
@@ -377,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="clip i uses seed K * 1000003 + i (default 0)")
     ap.add_argument("--size", type=int, help="square frame size (even; scaled and centre-cropped); default native")
     ap.add_argument("--levels", help="comma-separated levels to draw from: mario 1-1..8-4, doom E1M1..E1M9")
+    ap.add_argument("--sticky", type=float, default=STICKY_PROB,
+                    help=f"chance of keeping the previous action each step (default {STICKY_PROB}); lower: the "
+                    "action changes more often, so the context's motion tells less of it")
     a = ap.parse_args(argv)
     if a.count < 1 or a.frames < 2 or (a.minutes is not None and a.minutes <= 0):
         ap.error("--clips must be >= 1, --frames >= 2 and --minutes > 0")
@@ -385,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     dest = a.out if a.out is not None else Workspace.resolve(a.workspace).source_dir(a.game)
     levels = [s.strip() for s in a.levels.split(",") if s.strip()] if a.levels else None
     try:
-        record(a.game, dest.expanduser(), a.count, a.frames, a.seed, a.size, levels, a.min_frames, a.minutes)
+        record(a.game, dest.expanduser(), a.count, a.frames, a.seed, a.size, levels, a.min_frames, a.minutes,
+               a.sticky)
     except MissingGame as e:
         print(f"error: --game {a.game}: {e}", file=sys.stderr)
         return 2

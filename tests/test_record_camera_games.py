@@ -44,3 +44,18 @@ def test_records_store_clips_with_actions(tmp_path, capsys, game, module, levels
     assert json.loads((out / "manifest.json").read_text())["count"] == 1
     assert mod.main([*args, "--levels", levels]) == 0  # deterministic: nothing new the second time
     assert "0 stored, 1 already stored" in capsys.readouterr().out
+
+
+def test_sticky_sets_how_often_the_policy_keeps_its_action():
+    mod = _script()
+
+    def switches(sticky: float) -> float:
+        policy = mod.BiasedStickyPolicy([1.0] * 6, np.random.default_rng(0), sticky)
+        acts = [policy() for _ in range(4000)]
+        return float(np.mean([a != b for a, b in zip(acts, acts[1:])]))
+
+    # a redraw picks another of 6 equally likely actions 5/6 of the time
+    assert switches(mod.STICKY_PROB) == pytest.approx((1 - mod.STICKY_PROB) * 5 / 6, abs=0.03)
+    assert switches(0.5) == pytest.approx(0.5 * 5 / 6, abs=0.03)
+    with pytest.raises(SystemExit, match="--sticky 1.0"):
+        mod.record("doom", Path("/nonexistent-store"), 1, 2, 0, sticky=1.0)
