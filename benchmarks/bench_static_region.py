@@ -34,23 +34,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 
-import numpy as np
 import torch
 
 from ahri_core.config.settings import SamplingSettings
 from ahri_core.eval.evaluate import _check_and_load, _load_truth, _pick_clips
-from ahri_core.eval.metrics import masked_squared_error, static_mask
+from ahri_core.eval.metrics import masked_squared_error, pooled_psnr, static_mask
 from ahri_core.inference.world import load_world_model
 from ahri_core.progress import ensure
+from ahri_core.runtime import cpu_name
 from ahri_core.visual import crop_box
 from ahri_core.workspace import Workspace
-
-
-def _psnr(se: float, n: float) -> float:
-    return float(10 * np.log10(n / max(se, 1e-12)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,14 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     tok_px = crop_box(tok_px[:, :, None].float(), truth.box)[:, :, 0] > 0.5
     regions = {"all pixels (what exact still tokens are worth)": torch.ones_like(mask), "static pixels": mask,
                "  of them in still tokens": mask & tok_px, "  of them in moving tokens": mask & ~tok_px}
-    res: dict[str, dict[str, dict[str, float]]] = {}
+    res: dict[str, dict[str, dict[str, float | None]]] = {}
     for name, z in mixes.items():
         frames = crop_box(world.decode(z), truth.box)
         for rname, m in regions.items():
-            se, n = masked_squared_error(frames, target, m)
-            res.setdefault(rname, {})[name] = {
-                f"h{h}": _psnr(float(se[:, h - 1].sum()), float(n[:, h - 1].sum())) for h in a.horizons
-            }
+            psnr = pooled_psnr(*(t.numpy() for t in masked_squared_error(frames, target, m)))  # as ahri eval pools
+            res.setdefault(rname, {})[name] = {f"h{h}": psnr[h - 1] for h in a.horizons}
     lat = {}
     for h in a.horizons:
         m = still[:, h - 1]
@@ -124,21 +117,21 @@ def main(argv: list[str] | None = None) -> int:
             "prediction latent mse on moving tokens": float(d[~m].mean()) if (~m).any() else None,
             "copy-last latent mse on moving tokens": float((last_z[:, 0] - fut[:, h - 1]).pow(2).mean(-1)[~m].mean())
             if (~m).any() else None,
+            "share of static pixels in still tokens": float(
+                regions["  of them in still tokens"][:, h - 1].float().sum() / mask[:, h - 1].float().sum().clamp(min=1)
+            ),
         }
     print(f"{world.name}: {len(z_true)} held-out clips, {a.steps}-step rollouts; PSNR (dB)")
     for rname, rows_ in res.items():
         print(f"{rname:56s}" + "".join(f"{'h=' + str(h):>9s}" for h in a.horizons))
         for name, row in rows_.items():
-            print(f"  {name:54s}" + "".join(f"{row[f'h{h}']:9.2f}" for h in a.horizons))
-    for h in a.horizons:
-        lat[f"h{h}"]["share of static pixels in still tokens"] = float(
-            regions["  of them in still tokens"][:, h - 1].float().sum() / mask[:, h - 1].float().sum().clamp(min=1)
-        )
+            print(f"  {name:54s}" + "".join("        -" if row[f"h{h}"] is None else f"{row[f'h{h}']:9.2f}"
+                                              for h in a.horizons))
     for h in a.horizons:
         print(f"h={h}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} -" for k, v in lat[f"h{h}"].items()))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"run": world.name, "cpu": platform.processor() or platform.machine(), "clips": len(z_true),
+            json.dump({"run": world.name, "cpu": cpu_name(), "clips": len(z_true),
                        "steps": a.steps, "static_pixel_psnr": res, "latent": lat}, f, indent=1)
     return 0
 

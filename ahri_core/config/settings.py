@@ -6,7 +6,7 @@ How a section is read (defaults, presets, config file, environment, flags) is in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -65,7 +65,7 @@ class FetchSettings(Section):
 
 Precision = Literal["auto", "bf16", "fp32"]  # auto: measured per machine and model (ahri_core.runtime)
 CompileMode = Literal["auto", "on", "off"]  # auto: measured in the run (ahri_core.train.compiling)
-COMPILE_MODES = ("auto", "on", "off")
+COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 
 
 def compile_mode(value: Any) -> str:
