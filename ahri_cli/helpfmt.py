@@ -54,7 +54,7 @@ _TRAIN_TOPICS = {
     "Run and budget": ("stage", "run", "resume", "preset", "max_steps", "minutes", "epochs", "val_fraction",
                        "checkpoint_every", "val_every", "log_every", "seed"),
     "Tokenizer stage": ("videos", "size", "fit", "tokens", "channels", "mask_max", "val_videos", "split", "fps"),
-    "Optimiser": ("batch_size", "lr", "warmup_steps", "ema", "grad_accum"),
+    "Optimiser": ("batch_size", "lr", "warmup_steps", "ema", "optimizer", "grad_accum"),
     "Machine": ("device", "precision", "compile_model", "threads", "nproc"),
     "Memory and speed": ("grad_checkpointing", "fsdp"),
     "Dynamics data": ("latents", "seq_len", "stride", "alternating", "seq_len_short", "seq_len_long",

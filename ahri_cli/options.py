@@ -47,6 +47,13 @@ class PrecisionChoice(str, Enum):
     fp32 = "fp32"
 
 
+class OptimizerChoice(str, Enum):
+    """The optimizer of a training run."""
+
+    adamw = "adamw"
+    muon = "muon"
+
+
 class CompileWhen(str, Enum):
     """Whether training runs through torch.compile. ``auto`` is measured in the run by the library."""
 

@@ -31,6 +31,7 @@ from .options import (
     DeviceOption,
     DynamicsPreset,
     FitChoice,
+    OptimizerChoice,
     PrecisionChoice,
     ThreadsOption,
     TokenizerPreset,
@@ -236,6 +237,11 @@ def train(
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (warmup, then cosine). \\[default: per stage and preset]")] = None,
     warmup_steps: Annotated[int | None, typer.Option("--warmup-steps", help="Linear warmup steps. \\[default: per stage and preset]")] = None,
     ema: Annotated[float | None, typer.Option("--ema", help="EMA decay of the weights (0 = off). \\[default: per stage and preset]")] = None,
+    optimizer: Annotated[
+        OptimizerChoice | None,
+        typer.Option("--optimizer", help="adamw, or muon (Muon on the attention and MLP matrices, AdamW on the rest; "
+                     "the same --lr). \\[default: per stage and preset]"),
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of init, data order and noise. \\[default: 0]")] = None,
     device: DeviceOption = None,
     precision: Annotated[

@@ -104,3 +104,15 @@ def test_default_train_then_eval_works_on_the_built_in_game(tmp_path):
     p = _run("-w", str(ws), "eval", "dyn", "--context", "4", "--horizon", "2", "--clips", "2")
     assert p.returncode == 0, p.stderr
     assert "copy" in p.stdout.lower()
+
+
+def test_optimizer_flag_trains_with_muon_and_refuses_an_unknown_one(ws):
+    p = _run("-w", str(ws), "train", "--stage", "tokenizer", "--preset", "tiny", "--run", "m", "--max-steps", "4",
+             "--optimizer", "muon", "--precision", "fp32", "--compile", "off")
+    assert p.returncode == 0, p.stderr[-2000:]
+    meta = json.loads((ws / "runs" / "m" / "run.json").read_text())
+    assert meta["settings"]["train"]["optimizer"] == "muon" and meta["step"] == 4
+    bad = _run("-w", str(ws), "train", "--stage", "tokenizer", "--preset", "tiny", "--run", "m2", "--max-steps", "4",
+               "--optimizer", "sgd")
+    assert bad.returncode == 2 and "sgd" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (ws / "runs" / "m2").exists()

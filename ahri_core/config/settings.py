@@ -93,6 +93,8 @@ class TrainSettings(Section):
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0, le=1.0)
     weight_decay: float = Field(0.01, ge=0)
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw", description="adamw, or muon (Muon on the blocks' attention and MLP matrices, AdamW on the rest)")
     warmup_steps: int = Field(100, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     grad_clip: float = Field(1.0, gt=0)

@@ -44,7 +44,19 @@ def with_preset_defaults(train: Any, stage: str | None = None) -> Any:
     """``train`` (TrainSettings) with its stage's preset defaults where a field was not given."""
     rec = TRAINING_PRESETS.get(stage or train.stage, {}).get(train.preset, {})
     upd = {k: v for k, v in rec.items() if k not in train.model_fields_set}
+    if getattr(train, "fsdp", False) and upd.get("optimizer", "adamw") != "adamw":
+        upd.pop("optimizer")  # sharded parameters train with AdamW (Muon needs whole matrices)
     return train.model_copy(update=upd) if upd else train
+
+
+def with_run_optimizer(train: Any, run_settings: dict[str, Any], given: bool) -> Any:
+    """``train`` for resuming a run: the optimizer the run was trained with (AdamW for a run from before the choice
+    existed), unless one was ``given`` now (then the settings check refuses a different one). The optimizer state
+    in the run's checkpoint only fits the optimizer that wrote it."""
+    if given:
+        return train
+    stored = (run_settings.get("train") or {}).get("optimizer", "adamw")
+    return train if stored == train.optimizer else train.model_copy(update={"optimizer": stored})
 
 
 def check_resume_settings(stored: dict[str, Any], now: dict[str, Any], run: Path, resumable: dict[str, set[str]]) -> None:
@@ -98,6 +110,63 @@ def make_adamw(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.9
         type(p) is torch.Tensor or type(p) is nn.Parameter for p in params
     ) and all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in params)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+
+
+class ChainedOptimizer:
+    """Several optimizers over disjoint parameters, stepped as one: what the loop needs of an optimizer
+    (``param_groups`` for the learning rate, ``step``, ``zero_grad``, ``state_dict`` / ``load_state_dict``)."""
+
+    def __init__(self, *parts: torch.optim.Optimizer) -> None:
+        self.parts = parts
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [g for o in self.parts for g in o.param_groups]
+
+    def step(self) -> None:
+        for o in self.parts:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.parts:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"parts": [o.state_dict() for o in self.parts]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        parts = state.get("parts") if isinstance(state, dict) else None
+        if not isinstance(parts, list) or len(parts) != len(self.parts):
+            raise ValueError(f"optimizer state has {len(parts) if isinstance(parts, list) else 'no'} parts, "
+                             f"this optimizer {len(self.parts)}")
+        for o, sd in zip(self.parts, parts, strict=True):
+            o.load_state_dict(sd)
+
+
+def muon_names(model: nn.Module) -> set[str]:
+    """The parameters Muon updates: the attention and MLP matrices of the transformer blocks (``*.attn.*``,
+    ``*.mlp.*``), not the input and output maps, embeddings, queries, modulation, norms or biases."""
+    out = set()
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.dim() == 2 and (".attn." in name or ".mlp." in name):
+            out.add(name)
+    return out
+
+
+def make_optimizer(model: nn.Module, kind: str, lr: float, weight_decay: float):
+    """``adamw`` (:func:`make_adamw`) or ``muon``: torch's Muon on :func:`muon_names` (its learning rate scaled
+    to match AdamW's update size, so the same lr applies) chained with AdamW on the rest."""
+    if kind == "adamw":
+        return make_adamw(model, lr, weight_decay)
+    if kind != "muon":
+        raise ValueError(f"optimizer {kind!r}: expected adamw or muon")
+    names = muon_names(model)
+    if not names:
+        return make_adamw(model, lr, weight_decay)
+    muon_params = [p for n, p in model.named_parameters() if n in names]
+    muon = torch.optim.Muon(muon_params, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+    rest = nn.ParameterList([p for n, p in model.named_parameters() if n not in names and p.requires_grad])
+    return ChainedOptimizer(muon, make_adamw(rest, lr, weight_decay))
 
 
 # ---------------------------------------------------------------------------------------------- EMA

@@ -53,6 +53,7 @@ from .common import (
     seed_everything,
     with_preset_data,
     with_preset_defaults,
+    with_run_optimizer,
 )
 from .loop import run_loop
 from .objectives.dynamics import STAGE, DynamicsObjective, uses_latent_settings
@@ -153,17 +154,21 @@ def train_dynamics(
     video alone (``enabled``; docs/actions.md) and/or ignore the set's real actions (``ignore_actions``).
     Returns a :class:`TrainResult`.
     """
-    train = with_preset_defaults(train or TrainSettings(), "dynamics")
+    train = train or TrainSettings()
+    optimizer_given = "optimizer" in train.model_fields_set
+    train = with_preset_defaults(train, "dynamics")
     distributed.setup(train.device)  # joins the process group when launched by torchrun; else nothing
     data = with_preset_data(data or DataSettings(), train.preset)
     diffusion = diffusion or DiffusionSettings()
     prog = ensure(progress)
     lset = _latent_set(latents, data)
     device = resolve_device(train.device)
-    settings = _settings_dict(train, data, diffusion, latent_actions)
     run = RunDir(run_dir).claim()
     try:
         resuming = train.resume and run.state.is_file()
+        if resuming:
+            train = with_run_optimizer(train, run.meta().get("settings", {}), optimizer_given)
+        settings = _settings_dict(train, data, diffusion, latent_actions)
         state = None
         if resuming:
             state = _resume_state(run, settings)

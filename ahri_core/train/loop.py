@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ..config.settings import TrainSettings
-from ..errors import AhriError
+from ..errors import AhriError, ConfigError
 from ..progress import Progress, ensure
 from ..runtime import PrecisionChoice, choose_precision, threads_in_use
 from . import distributed, tensorboard
@@ -214,6 +214,9 @@ class _Loop:
         self.p = p = ensure(progress) if d.main else ensure(None)
         model, device = obj.model, obj.device
         self.fsdp = fsdp = bool(getattr(train, "fsdp", False)) and d.enabled
+        if fsdp and getattr(train, "optimizer", "adamw") != "adamw":
+            raise ConfigError(f"--fsdp trains with AdamW only (optimizer {train.optimizer!r}); "
+                              "use --optimizer adamw, or several processes without --fsdp (DDP)")
         obj.dist, obj.fsdp = d, fsdp
         self.choice = choice = _choose_precision(obj, train, resume_state, cache_dir)
         self.precision = choice.precision

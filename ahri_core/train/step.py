@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config.settings import TrainSettings
 from . import distributed
-from .common import EMA, lr_factor, make_adamw, set_lr
+from .common import EMA, lr_factor, make_optimizer, set_lr
 from .objectives.base import Objective, StepOut
 
 
@@ -53,7 +53,7 @@ class TrainStep:
     def build(cls, obj: Objective, train: TrainSettings, precision: str,
               after_backward: Callable[[int, nn.Module], None] | None = None) -> TrainStep:
         """AdamW and (with ``train.ema`` > 0) the EMA for ``obj``'s model, as the loop makes them; sets ``obj.ema``."""
-        opt = make_adamw(obj.model, train.lr, train.weight_decay)
+        opt = make_optimizer(obj.model, train.optimizer, train.lr, train.weight_decay)
         ema = EMA(obj.model, train.ema) if train.ema > 0 else None
         obj.ema = ema
         return cls(obj, opt, train, precision, ema, after_backward)

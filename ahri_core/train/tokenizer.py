@@ -47,6 +47,7 @@ from .common import (
     check_resume_settings,
     seed_everything,
     with_preset_defaults,
+    with_run_optimizer,
 )
 from .loop import run_loop
 from .objectives.tokenizer import TokenizerObjective
@@ -106,6 +107,7 @@ def train_tokenizer(
     tok = tok or TokenizerSettings()
     distributed.setup(train.device)  # joins the process group when launched by torchrun; else nothing
     p = ensure(progress)
+    optimizer_given = "optimizer" in train.model_fields_set
     train = with_preset_defaults(train, "tokenizer")
     run = RunDir(run_dir).claim()
     try:
@@ -118,6 +120,7 @@ def train_tokenizer(
             _, cfg_dict, _ = read_metadata(run.weights)
             cfg = TokenizerConfig.from_dict(cfg_dict)
             state = load_resume_state(run, "tokenizer")
+            train = with_run_optimizer(train, run.meta().get("settings", {}), optimizer_given)
             given = {k: v for k, v in tok.overrides().items() if v is not None}
             differs = {k: v for k, v in given.items() if cfg.to_dict().get(k) != v}
             if differs:
