@@ -4,8 +4,8 @@ The training loop builds one and calls it once per step; the benchmarks build an
 what they time is what ``ahri train`` computes. One call sets the learning rate, forwards ``grad_accum``
 batches through the objective and adds up their gradients (each loss divided by the count), clips the
 gradient norm, skips the step when the loss or the norm is not finite (the gradients are dropped and the
-optimizer is untouched), takes the AdamW step and updates the EMA weights with the bias-corrected warm-up
-(decay ``min(ema, (1 + step) / (10 + step))``: early averages do not drag the random init along).
+optimizer is untouched), takes the optimizer's step (AdamW, or Muon chained with AdamW: ``train.optimizer``)
+and updates the EMA weights with the bias-corrected warm-up (decay ``min(ema, (1 + step) / (10 + step))``: early averages do not drag the random init along).
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class TrainStep:
     @classmethod
     def build(cls, obj: Objective, train: TrainSettings, precision: str,
               after_backward: Callable[[int, nn.Module], None] | None = None) -> TrainStep:
-        """AdamW and (with ``train.ema`` > 0) the EMA for ``obj``'s model, as the loop makes them; sets ``obj.ema``."""
+        """The optimizer (``train.optimizer``) and (with ``train.ema`` > 0) the EMA for ``obj``'s model, as the loop
+        makes them; sets ``obj.ema``."""
         opt = make_optimizer(obj.model, train.optimizer, train.lr, train.weight_decay)
         ema = EMA(obj.model, train.ema) if train.ema > 0 else None
         obj.ema = ema
