@@ -112,6 +112,7 @@ def test_optimizer_flag_trains_with_muon_and_refuses_an_unknown_one(ws):
     assert p.returncode == 0, p.stderr[-2000:]
     meta = json.loads((ws / "runs" / "m" / "run.json").read_text())
     assert meta["settings"]["train"]["optimizer"] == "muon" and meta["step"] == 4
+    assert "optimizer Muon" in p.stderr  # the run says which optimizer it trains with
     bad = _run("-w", str(ws), "train", "--stage", "tokenizer", "--preset", "tiny", "--run", "m2", "--max-steps", "4",
                "--optimizer", "sgd")
     assert bad.returncode == 2 and "sgd" in bad.stderr and "Traceback" not in bad.stderr

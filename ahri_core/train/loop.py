@@ -222,7 +222,9 @@ class _Loop:
         self.precision = choice.precision
         n = threads_in_use()
         ranks = f"; {d.world} processes ({'FSDP' if fsdp else 'DDP'})" if d.enabled else ""
-        p.log(f"{choice.line()}; {n} CPU thread{'s' if n != 1 else ''}{' each' if d.enabled else ''}; device {device}{ranks}")
+        opt = "; optimizer Muon (blocks) + AdamW" if getattr(train, "optimizer", "adamw") == "muon" else ""
+        p.log(f"{choice.line()}; {n} CPU thread{'s' if n != 1 else ''}{' each' if d.enabled else ''}; device {device}"
+              f"{ranks}{opt}")
 
         obj.net = _wrap(model, device, d, fsdp)
         self.train_step = TrainStep.build(obj, train, self.precision, after_backward)
