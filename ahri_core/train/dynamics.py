@@ -166,12 +166,13 @@ def train_dynamics(
     run = RunDir(run_dir).claim()
     try:
         resuming = train.resume and run.state.is_file()
+        before = run.meta().get("settings", {}) if resuming else {}
         if resuming:
-            train = with_run_optimizer(train, run.meta().get("settings", {}), optimizer_given)
+            train = with_run_optimizer(train, before, optimizer_given)
         settings = _settings_dict(train, data, diffusion, latent_actions)
         state = None
         if resuming:
-            state = _resume_state(run, settings)
+            state = _resume_state(run, before, settings)
 
         seed_everything(train.seed)
         overrides = dict(model_overrides or {})
@@ -254,9 +255,9 @@ def _latent_set(latents: str | os.PathLike | LatentSet, data: DataSettings) -> L
     return lset
 
 
-def _resume_state(run: RunDir, settings: dict[str, Any]) -> dict[str, Any]:
-    """The training state of a run to resume, after checking that its settings allow it."""
-    before = run.meta().get("settings", {})
+def _resume_state(run: RunDir, before: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """The training state of a run to resume, after checking that its settings allow it (``before``: the settings
+    in the run's run.json)."""
     if ("latent_actions" in before) != ("latent_actions" in settings):
         raise ConfigError(
             f"--resume of {run.path}: the run was trained {'with' if 'latent_actions' in before else 'without'} "

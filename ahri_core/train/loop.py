@@ -214,15 +214,16 @@ class _Loop:
         self.p = p = ensure(progress) if d.main else ensure(None)
         model, device = obj.model, obj.device
         self.fsdp = fsdp = bool(getattr(train, "fsdp", False)) and d.enabled
-        if fsdp and getattr(train, "optimizer", "adamw") != "adamw":
-            raise ConfigError(f"--fsdp trains with AdamW only (optimizer {train.optimizer!r}); "
+        optimizer = getattr(train, "optimizer", "adamw")
+        if fsdp and optimizer != "adamw":
+            raise ConfigError(f"--fsdp trains with AdamW only (optimizer {optimizer!r}); "
                               "use --optimizer adamw, or several processes without --fsdp (DDP)")
         obj.dist, obj.fsdp = d, fsdp
         self.choice = choice = _choose_precision(obj, train, resume_state, cache_dir)
         self.precision = choice.precision
         n = threads_in_use()
         ranks = f"; {d.world} processes ({'FSDP' if fsdp else 'DDP'})" if d.enabled else ""
-        opt = "; optimizer Muon (blocks) + AdamW" if getattr(train, "optimizer", "adamw") == "muon" else ""
+        opt = "; optimizer Muon (blocks) + AdamW" if optimizer == "muon" else ""
         p.log(f"{choice.line()}; {n} CPU thread{'s' if n != 1 else ''}{' each' if d.enabled else ''}; device {device}"
               f"{ranks}{opt}")
 

@@ -120,7 +120,8 @@ def train_tokenizer(
             _, cfg_dict, _ = read_metadata(run.weights)
             cfg = TokenizerConfig.from_dict(cfg_dict)
             state = load_resume_state(run, "tokenizer")
-            train = with_run_optimizer(train, run.meta().get("settings", {}), optimizer_given)
+            stored = run.meta().get("settings", {})
+            train = with_run_optimizer(train, stored, optimizer_given)
             given = {k: v for k, v in tok.overrides().items() if v is not None}
             differs = {k: v for k, v in given.items() if cfg.to_dict().get(k) != v}
             if differs:
@@ -151,7 +152,6 @@ def train_tokenizer(
         if tok.perceptual_weight > 0 and perceptual is None and tok.perceptual_model is None:
             raise ConfigError("tokenizer.perceptual_weight > 0 needs tokenizer.perceptual_model (a local torch.export file)")
         if resuming:
-            stored = run.meta().get("settings", {})
             old_tok = stored.get("tokenizer")
             if isinstance(old_tok, dict) and isinstance(old_tok.get("size"), int):  # a square run: one number then
                 stored = {**stored, "tokenizer": {**old_tok, "size": f"{old_tok['size']}x{old_tok['size']}"}}
