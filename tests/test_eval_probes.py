@@ -13,6 +13,8 @@ from ahri_cli.main import main
 from ahri_core.config.settings import SamplingSettings
 from ahri_core.eval.evaluate import evaluate
 from ahri_core.eval.probes import (
+    action_rollout_probe,
+    batch_generator,
     context_probe,
     mean_latent,
     memorisation_probe,
@@ -74,6 +76,38 @@ def test_context_probe_uses_the_same_noise_for_every_variant():
     pr = context_probe(_sampler(GaussianDenoiser(k_max=4), tau_ctx=0.1), ctx, seed=7, batch_size=4)
     torch.testing.assert_close(pr["pred"], pr["pred_swap"])
     torch.testing.assert_close(pr["pred"], pr["pred_history"])
+
+
+class ActionValueModel(CopyLastModel):
+    """Predicts every latent value of a frame as its action / 10: a model that follows its actions and nothing else."""
+
+    def forward(self, z, tau, step, actions=None, isolated=None):
+        return actions[..., None, None].to(z.dtype).expand_as(z) / 10
+
+    def step(self, z, tau, step, actions, cache, commit):
+        return actions[..., None, None].to(z.dtype).expand_as(z) / 10
+
+
+def test_action_rollout_probe_tells_a_model_that_follows_its_actions_from_one_that_ignores_them():
+    n, C, H = 4, 3, 2
+    z = torch.rand(n, C + H, 3, 4, generator=torch.Generator().manual_seed(0))
+    actions = torch.arange(1, n + 1)[:, None].repeat(1, C + H)  # clip i: action i + 1 on every frame
+
+    def decode(lat):  # 3 tokens x 4 channels as a 3 x 1 x 4 picture
+        return lat.reshape(*lat.shape[:2], 3, 1, 4)
+
+    target = decode(actions[:, C:, None, None].float().expand(n, H, 3, 4) / 10)
+    for model, follows in ((ActionValueModel(k_max=4), True), (CopyLastModel(k_max=4), False)):
+        sampler = _sampler(model)
+        own = decode(sampler.rollout(z[:, :C], H, actions=actions, generator=batch_generator(0, 0)).latents)
+        ro = action_rollout_probe(sampler, z, actions, C, H, 0, n, decode, target, own)
+        assert ro["changed_share"] == 1.0 and ro["steps"] == 4 and len(ro["psnr_own"]) == H
+        if follows:  # its own actions give the truth exactly, another clip's do not
+            assert ro["psnr_own"] == [100.0] * H and max(ro["psnr_other"]) < 30
+            assert ro["psnr_own_vs_other"] == pytest.approx(ro["psnr_other"])
+            assert ro["gain_db_h1_16"] > 70
+        else:  # the same rollout whatever the actions
+            assert ro["psnr_own_vs_other"] == [100.0] * H and ro["gain_db_h1_16"] == 0.0
 
 
 def test_teacher_forced_next_against_copy_last_and_the_mean():
@@ -192,6 +226,12 @@ def test_eval_reports_probes_and_the_train_split(world, tmp_path, capsys):
     assert act["mse_own_actions"] == pytest.approx(tf["all_h"]["model"])
     assert act["mse_other_clip_actions"] > 0 and act["mse_other_clip_actions"] != act["mse_own_actions"]
     assert act["use"] == pytest.approx(1 - act["mse_own_actions"] / act["mse_other_clip_actions"])
+    # over the rollout: the own-action curve is the rollout's own (same noise), the other differs where actions do
+    ro = act["rollout"]
+    np.testing.assert_allclose(ro["psnr_own"], rep.metrics["steps"]["4"]["psnr"]["mean"], atol=1e-3)
+    assert len(ro["psnr_other"]) == len(ro["psnr_own_vs_other"]) == 2 and ro["steps"] == 4
+    assert ro["gain_db_h1_16"] == pytest.approx(np.mean(ro["psnr_own"]) - np.mean(ro["psnr_other"]), abs=1e-6)
+    assert 0 < ro["changed_share"] <= 1
     mem = p["memorisation"]  # held-out against windows of the training videos
     assert mem["train_clips"] >= 1 and mem["held_out"]["model"] == pytest.approx(tf["all_h"]["model"])
     assert mem["held_out"]["copy_last"] == pytest.approx(tf["all_h"]["copy_last"])

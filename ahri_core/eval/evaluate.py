@@ -54,7 +54,7 @@ from .metrics import (
     psnr_over_clips,
     static_mask,
 )
-from .probes import latent_action_conditions, run_probes
+from .probes import action_rollout_probe, batch_generator, latent_action_conditions, run_probes
 from .report import EvalMetrics, EvalReport, ScoredSettings, detail_blocks, metric_block, summarize_curves
 
 if TYPE_CHECKING:
@@ -118,6 +118,11 @@ def evaluate(
     if probes:
         probe_block = run_probes(world, s, z_true=truth.latents, actions=truth.actions, target=target,
                                  precision=choice.precision, lset=lset, prog=prog, decode=decode, split=split)
+        if "actions" in probe_block:  # clips with actions, two or more
+            k = s.steps[0]
+            probe_block["actions"]["rollout"] = action_rollout_probe(
+                world.sampler(k, s.tau_ctx, precision=choice.precision), truth.latents, truth.actions, C, H,
+                s.seed, s.batch_size, decode, target, preds[k])
     latent_block = None
     if getattr(world, "latent_actions", None) is not None:
         latent_block = latent_action_conditions(
@@ -268,7 +273,7 @@ def _rollouts(
         prog.start(f"eval: {k} steps", total=n)
         out, secs = [], 0.0
         for i in range(0, n, s.batch_size):
-            g = torch.Generator().manual_seed(s.seed * 1_000_003 + i)
+            g = batch_generator(s.seed, i)
             a = None if actions is None else actions[i : i + s.batch_size]
             res = sampler.rollout(z_true[i : i + s.batch_size, :C], H, actions=a, generator=g)
             out.append(world.check_finite(res.latents))

@@ -5,6 +5,8 @@
 - teacher forcing: :func:`teacher_forced_next`, the one-step next-frame latent error from true frames, next
   to copy-last and to one mean latent (:func:`mean_latent`) as guesses;
 - memorisation: :func:`memorisation_probe`, the same error on training windows against held-out ones;
+- actions over a rollout: :func:`action_rollout_probe` rolls every clip out again with another clip's actions for
+  the predicted frames (same context, same noise): how far the actions move the rollout;
 - latent actions: :func:`latent_action_conditions` rolls a latent-action run out under random
   (:func:`random_actions`) and "no action" conditions next to its inferred codes (Genie's controllability).
 
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
     from ..models.latent_actions import LatentActionModel
 
 __all__ = [
+    "action_rollout_probe",
+    "batch_generator",
     "context_probe",
     "latent_action_conditions",
     "mean_latent",
@@ -50,6 +54,12 @@ __all__ = [
     "sensitivity",
     "teacher_forced_next",
 ]
+
+
+def batch_generator(seed: int, start: int) -> torch.Generator:
+    """The sampling noise of the rollout batch that starts at clip ``start``: the same in every rollout of an
+    evaluation, so two rollouts of a clip differ only by what they were given."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + start)
 
 
 # ---------------------------------------------------------------------------------------------- context
@@ -341,6 +351,59 @@ def latent_action_conditions(
 
 
 # ---------------------------------------------------------------------------------------------- all probes
+
+
+def action_rollout_probe(
+    sampler: Sampler,
+    z_true: torch.Tensor,
+    actions: torch.Tensor,
+    context: int,
+    horizon: int,
+    seed: int,
+    batch_size: int,
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    target: torch.Tensor,
+    own: torch.Tensor,
+) -> dict[str, Any]:
+    """Does the rollout follow its actions? Every clip rolled out again with the actions of another clip
+    (:func:`other_clip`) for the ``horizon`` predicted frames, its own for the context, with the same noise as
+    ``own`` (the decoded rollout with the clip's own actions, (clips, H, 3, h, w)). The one-frame probe of
+    :func:`run_probes` reads the action's effect on the next frame only, where the context's motion already
+    tells most of it; over a rollout the actions decide where the scene goes.
+
+    Returns per horizon step the PSNR (of the mean error over clips) of both rollouts against ``target`` and
+    of one against the other (high: the actions change little), ``gain_db_h1_16`` (own minus other, averaged
+    over the horizon: what the right actions are worth) and ``changed_share`` (how many given actions differ)."""
+    n = len(z_true)
+    donor = other_clip(n)
+    swapped = actions.clone()
+    swapped[:, context:] = actions[donor, context:]
+    out = []
+    for i in range(0, n, batch_size):
+        g = batch_generator(seed, i)
+        res = sampler.rollout(z_true[i : i + batch_size, :context], horizon, actions=swapped[i : i + batch_size], generator=g)
+        out.append(res.latents)
+    other = decode(torch.cat(out))
+    m_own, m_other = mse_per_image(own, target).numpy(), mse_per_image(other, target).numpy()
+    m_between = mse_per_image(other, own.clamp(0, 1)).numpy()
+    H = m_own.shape[1]
+
+    def per_h(m: np.ndarray) -> list[float]:
+        return [psnr_average_over(m, h, h) for h in range(1, H + 1)]
+
+    fut_own, fut_other = actions[:, context : context + horizon], swapped[:, context : context + horizon]
+    changed = (fut_own != fut_other)
+    if changed.dim() > 2:  # continuous actions: a frame changed when any of its values did
+        changed = changed.any(-1)
+    return {
+        "steps": sampler.steps,
+        "donor": "the next clip in the list (i + 1 mod n), for the predicted frames only",
+        "psnr_own": per_h(m_own),
+        "psnr_other": per_h(m_other),
+        "psnr_own_vs_other": per_h(m_between),
+        "gain_db_h1_16": psnr_average_over(m_own, 1, 16) - psnr_average_over(m_other, 1, 16),
+        "changed_share": float(changed.float().mean()),
+    }
 
 
 def run_probes(
