@@ -164,7 +164,7 @@ def probe_table(metrics: dict[str, Any]) -> Table | None:
         t.add_row("action use", f"{act['use']:+.2f}", "0: actions ignored")
         ro = act.get("rollout")
         if ro:
-            t.add_row(f"  rollout, another clip's actions ({ro['steps']} steps)", f"{ro['gain_db_h1_16']:+.2f} dB",
+            t.add_row(f"  rollout, other clip's ({ro['steps']} steps)", f"{ro['gain_db_h1_16']:+.2f} dB",
                       "PSNR h1-16 lost; 0: ignored")
     mem = p.get("memorisation") or {}
     if "gap" in mem:
