@@ -89,8 +89,10 @@ def fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
 
 
 # The temporary names of atomic_path (".<stem>.<random>.part<ext>") and of raw latent or frame files
-# (".<stem>.<random>.raw"): what a killed writer leaves behind.
-LEFTOVER = re.compile(r"^\..+\.(part(\.[^.]*)?|raw)$")
+# (".<stem>.<random>.raw"): what a killed writer leaves behind. safetensors (0.8) writes a weights file through a
+# temporary of its own in the same folder, ".tmp" and six letters or digits, renamed when done: a writer killed
+# while saving weights leaves that one.
+LEFTOVER = re.compile(r"^(\..+\.(part(\.[^.]*)?|raw)|\.tmp[A-Za-z0-9]{6})$")
 
 
 def remove_leftovers(folder: str | os.PathLike) -> list[Path]:

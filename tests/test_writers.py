@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 
 from ahri_cli.main import main
 from ahri_core.errors import BusyError, WriteError
-from ahri_core.fileio import write_json_atomic
+from ahri_core.fileio import remove_leftovers, write_json_atomic
 from ahri_core.locking import LOCK_NAME, WriterLock, holder_pid
 from tests.test_train_dynamics import _write_store
 from tests.tokenizer_fixtures import tokenizer_workspace
@@ -105,6 +105,17 @@ def test_atomic_writes_fsync_the_file_before_the_rename_and_the_folder_after(tmp
     assert json.loads((tmp_path / "index.json").read_text()) == {"a": 1}
 
 
+def test_remove_leftovers_takes_the_temporaries_of_killed_writers_and_nothing_else(tmp_path: Path):
+    gone = [".model.k2j4.part.safetensors", ".run.ab12.part.json", ".clip00.x9.raw", ".tmpQUpd71"]
+    kept = ["model.safetensors", "tmpQUpd71", ".tmpQUpd71x", ".tmp12345", ".hidden", "run.json", LOCK_NAME]
+    for name in gone + kept:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / ".tmpAbCdEf").mkdir()  # a folder of that name is not a writer's file
+    removed = remove_leftovers(tmp_path)
+    assert sorted(p.name for p in removed) == sorted(gone)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, ".tmpAbCdEf"])
+
+
 # ---------------------------------------------------------------------------------------------- two writers
 def test_an_action_map_is_not_fitted_while_the_run_is_being_written(tmp_path: Path, capsys):
     run = tmp_path / "ws" / "runs" / "lam"
@@ -141,6 +152,7 @@ def test_two_training_runs_on_one_run_the_second_is_refused_until_the_first_dies
     assert first.returncode == -signal.SIGKILL
     assert holder_pid(run) == first.pid  # killed: its lock file stays, unlocked
     (run / ".model.x1y2.part.safetensors").write_bytes(b"half a checkpoint")  # as a kill mid-write leaves it
+    (run / ".tmpQUpd71").write_bytes(b"half a tensor")  # safetensors' own temporary, killed inside save_file
     step = json.loads((run / "run.json").read_text())["checkpoint_step"]
     rc = main(["--workspace", str(tmp_path), "train", "--run", "r1", "--resume", "--max-steps", str(step + 2),
                "--device", "cpu", "--threads", "1"])
