@@ -54,7 +54,7 @@ from .metrics import (
     psnr_over_clips,
     static_mask,
 )
-from .probes import action_rollout_probe, batch_generator, latent_action_conditions, run_probes
+from .probes import action_rollout_probe, latent_action_conditions, rollout_batches, run_probes
 from .report import EvalMetrics, EvalReport, ScoredSettings, detail_blocks, metric_block, summarize_curves
 
 if TYPE_CHECKING:
@@ -272,10 +272,7 @@ def _rollouts(
         sampler = world.sampler(k, s.tau_ctx, precision=precision)
         prog.start(f"eval: {k} steps", total=n)
         out, secs = [], 0.0
-        for i in range(0, n, s.batch_size):
-            g = batch_generator(s.seed, i)
-            a = None if actions is None else actions[i : i + s.batch_size]
-            res = sampler.rollout(z_true[i : i + s.batch_size, :C], H, actions=a, generator=g)
+        for res in rollout_batches(sampler, z_true[:, :C], H, actions, s.seed, s.batch_size):
             out.append(world.check_finite(res.latents))
             secs += res.seconds
             prog.advance(f"eval: {k} steps", len(res.latents), frames_per_s=res.frames_per_s)

@@ -16,14 +16,14 @@ clips. The probes work on latents and take any model in the dynamics interface (
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ..inference.sampler import ModelTraits, Sampler
+from ..inference.sampler import ModelTraits, RolloutResult, Sampler
 from ..inference.world import WorldModel
 from ..progress import Progress
 from .clips import clip_latents, select_clips
@@ -50,6 +50,7 @@ __all__ = [
     "memorisation_probe",
     "other_clip",
     "random_actions",
+    "rollout_batches",
     "run_probes",
     "sensitivity",
     "teacher_forced_next",
@@ -60,6 +61,16 @@ def batch_generator(seed: int, start: int) -> torch.Generator:
     """The sampling noise of the rollout batch that starts at clip ``start``: the same in every rollout of an
     evaluation, so two rollouts of a clip differ only by what they were given."""
     return torch.Generator().manual_seed(seed * 1_000_003 + start)
+
+
+def rollout_batches(
+    sampler: Sampler, context: torch.Tensor, horizon: int, actions: torch.Tensor | None, seed: int, batch_size: int
+) -> Iterator[RolloutResult]:
+    """Roll the clips of ``context`` (clips, C, N, Ch) out ``horizon`` frames, ``batch_size`` clips at a time, each
+    batch with its :func:`batch_generator` noise; yields each batch's result. ``actions``: (clips, ...) or None."""
+    for i in range(0, len(context), batch_size):
+        a = None if actions is None else actions[i : i + batch_size]
+        yield sampler.rollout(context[i : i + batch_size], horizon, actions=a, generator=batch_generator(seed, i))
 
 
 # ---------------------------------------------------------------------------------------------- context
@@ -120,12 +131,8 @@ def context_probe(
     }
     preds: dict[str, torch.Tensor] = {}
     for name, (ctx, act) in variants.items():
-        out = []
-        for i in range(0, n, batch_size):
-            g = torch.Generator().manual_seed(seed * 1_000_003 + i)
-            a = None if act is None else act[i : i + batch_size, : c + 1]
-            out.append(sampler.rollout(ctx[i : i + batch_size], 1, actions=a, generator=g).latents[:, 0].cpu())
-        preds[name] = torch.cat(out)
+        a = None if act is None else act[:, : c + 1]
+        preds[name] = torch.cat([r.latents[:, 0].cpu() for r in rollout_batches(sampler, ctx, 1, a, seed, batch_size)])
 
     def mse(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
         return (a.float() - b.float()).pow(2).mean(dim=(-2, -1)).numpy()
@@ -329,9 +336,8 @@ def latent_action_conditions(
     for name, acts in conds.items():
         prog.start(f"eval: {name} actions", total=len(z_true))
         out = []
-        for i in range(0, len(z_true), s.batch_size):
-            g = torch.Generator().manual_seed(s.seed * 1_000_003 + i)  # the same noise as the inferred condition
-            res = sampler.rollout(z_true[i : i + s.batch_size, :C], H, actions=acts[i : i + s.batch_size], generator=g)
+        # the same noise as the inferred condition
+        for res in rollout_batches(sampler, z_true[:, :C], H, acts, s.seed, s.batch_size):
             out.append(world.check_finite(res.latents))
             prog.advance(f"eval: {name} actions", len(res.latents))
         prog.finish(f"eval: {name} actions")
@@ -374,33 +380,23 @@ def action_rollout_probe(
     Returns per horizon step the PSNR (of the mean error over clips) of both rollouts against ``target`` and
     of one against the other (high: the actions change little), ``gain_db_h1_16`` (own minus other, averaged
     over the horizon: what the right actions are worth) and ``changed_share`` (how many given actions differ)."""
-    n = len(z_true)
-    donor = other_clip(n)
+    donor = other_clip(len(z_true))
     swapped = actions.clone()
     swapped[:, context:] = actions[donor, context:]
-    out = []
-    for i in range(0, n, batch_size):
-        g = batch_generator(seed, i)
-        res = sampler.rollout(z_true[i : i + batch_size, :context], horizon, actions=swapped[i : i + batch_size], generator=g)
-        out.append(res.latents)
-    other = decode(torch.cat(out))
+    batches = rollout_batches(sampler, z_true[:, :context], horizon, swapped, seed, batch_size)
+    other = decode(torch.cat([r.latents for r in batches]))
     m_own, m_other = mse_per_image(own, target).numpy(), mse_per_image(other, target).numpy()
     m_between = mse_per_image(other, own.clamp(0, 1)).numpy()
-    H = m_own.shape[1]
-
-    def per_h(m: np.ndarray) -> list[float]:
-        return [psnr_average_over(m, h, h) for h in range(1, H + 1)]
-
     fut_own, fut_other = actions[:, context : context + horizon], swapped[:, context : context + horizon]
-    changed = (fut_own != fut_other)
+    changed = fut_own != fut_other
     if changed.dim() > 2:  # continuous actions: a frame changed when any of its values did
         changed = changed.any(-1)
     return {
         "steps": sampler.steps,
         "donor": "the next clip in the list (i + 1 mod n), for the predicted frames only",
-        "psnr_own": per_h(m_own),
-        "psnr_other": per_h(m_other),
-        "psnr_own_vs_other": per_h(m_between),
+        "psnr_own": psnr_over_clips(m_own)["mean"],
+        "psnr_other": psnr_over_clips(m_other)["mean"],
+        "psnr_own_vs_other": psnr_over_clips(m_between)["mean"],
         "gain_db_h1_16": psnr_average_over(m_own, 1, 16) - psnr_average_over(m_other, 1, 16),
         "changed_share": float(changed.float().mean()),
     }
