@@ -12,7 +12,7 @@ import torch
 from ahri_core.checkpoint import load_state, load_weights, read_metadata, save_state, save_weights
 from ahri_core.errors import CheckpointError, ConfigError
 from ahri_core.fileio import append_jsonl, atomic_path, read_jsonl, sha256_file, write_json_atomic
-from ahri_core.models.layers import Attention, Block, Rotary
+from ahri_core.models.layers import Attention, Block, Rotary, sdpa
 from ahri_core.train.common import (
     EMA,
     Budget,
@@ -182,6 +182,32 @@ def test_attention_cache_matches_causal_full(kv_heads, softcap):
         past = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
         outs.append(o)
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_runs_in_float32_on_the_cpu(causal):
+    """bf16 attention is 3-4x slower than fp32 in PyTorch's CPU kernel: ``sdpa`` computes it in fp32 whatever the
+    inputs' dtype, and under bf16 autocast too (which would otherwise cast the inputs back to bf16)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 6, 8, generator=g) for _ in range(3))
+    qb, kb, vb = (t.bfloat16() for t in (q, k, v))
+    ref = F.scaled_dot_product_attention(qb.float(), kb.float(), vb.float(), is_causal=causal)
+    # bf16 inputs: the fp32 result, rounded once to bf16 at the end (bf16 arithmetic would differ)
+    out = sdpa(qb, kb, vb, None, causal)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref.bfloat16())
+    ref32 = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert F.scaled_dot_product_attention(q, k, v, is_causal=causal).dtype == torch.bfloat16  # what autocast does
+        # fp32 inputs under autocast stay fp32, exactly the fp32 result
+        out32 = sdpa(q, k, v, None, causal)
+        assert out32.dtype == torch.float32 and torch.equal(out32, ref32)
+        assert torch.equal(sdpa(qb, kb, vb, None, causal), ref.bfloat16())
+    # the gradients reach bf16 inputs through the fp32 computation
+    qg = qb.clone().requires_grad_()
+    sdpa(qg, kb, vb, None, causal).float().sum().backward()
+    assert qg.grad is not None and qg.grad.dtype == torch.bfloat16 and bool(qg.grad.abs().sum() > 0)
 
 
 def test_rotary_is_relative():

@@ -70,8 +70,11 @@ def test_cache_is_refreshed_when_torch_or_cpu_change(monkeypatch, tmp_path):
     assert not c.cached and c.precision == "fp32" and len(calls) == 2
     monkeypatch.setattr(runtime.torch, "__version__", "9.9.9")
     assert not choose().cached and len(calls) == 3
+    # code that changed which precision is faster raises the revision: older measurements are taken again
+    monkeypatch.setattr(runtime, "MEASURE_REVISION", runtime.MEASURE_REVISION + "-next")
+    assert not choose().cached and len(calls) == 4
     data = json.loads((tmp_path / runtime.CACHE_FILE).read_text())
-    assert len(data) == 3  # one entry per (machine, model)
+    assert len(data) == 4  # one entry per (machine, code revision, model)
 
 
 def test_time_step_times_the_given_step_in_both_precisions():
