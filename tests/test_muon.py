@@ -129,3 +129,53 @@ def test_the_cpu_tokenizer_defaults_to_muon_and_fsdp_to_adamw():
     assert with_preset_defaults(TrainSettings(stage="tokenizer", preset="small")).optimizer == "adamw"
     assert with_preset_defaults(TrainSettings(stage="tokenizer", preset="cpu", optimizer="adamw")).optimizer == "adamw"
     assert with_preset_defaults(TrainSettings(stage="tokenizer", preset="cpu", fsdp=True)).optimizer == "adamw"
+
+
+def _muon_steps(opt_cls, params0, grads, **kw):
+    params = [torch.nn.Parameter(p.clone()) for p in params0]
+    opt = opt_cls(params, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw", **kw)
+    for gs in grads:
+        for p, g in zip(params, gs, strict=True):
+            p.grad = g.clone()
+        opt.step()
+    return params, opt
+
+
+def test_muon_is_torchs_in_bf16_and_computes_in_float32_without_native_bf16(monkeypatch):
+    """ahri's Muon is torch's update, step for step, where the Newton-Schulz products run in bf16 (torch's fixed
+    choice); on a CPU without native bf16 they run in float32 (an emulated bf16 product is ~190x slower there)."""
+    from ahri_core import runtime
+    from ahri_core.train import common
+    from ahri_core.train.common import Muon, orthogonalize
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(24, 8), (8, 24), (12, 12)]  # tall, wide, square
+    params0 = [torch.randn(s, generator=g) for s in shapes]
+    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(3)]
+    monkeypatch.setattr(runtime, "native_bf16", lambda: (True, "native"))
+    ours, opt = _muon_steps(Muon, params0, grads)
+    assert opt.ns_dtype == torch.bfloat16
+    ref, ref_opt = _muon_steps(torch.optim.Muon, params0, grads)
+    for a, b in zip(ours, ref, strict=True):
+        assert torch.equal(a, b)
+    # the same state: a checkpoint of one optimizer loads into the other
+    opt.load_state_dict(ref_opt.state_dict())
+
+    monkeypatch.setattr(runtime, "native_bf16", lambda: (False, "CPU capability AVX2 has no native bf16"))
+    f32, opt32 = _muon_steps(Muon, params0, grads)
+    assert opt32.ns_dtype == torch.float32 and "AVX2" in opt32.ns_why
+    # float32 Newton-Schulz: the same iteration as a float64 one, to float32 rounding
+    x = grads[0][0]
+    want = x.double().T / x.double().norm()
+    a, b, c = opt32.param_groups[0]["ns_coefficients"]
+    for _ in range(opt32.param_groups[0]["ns_steps"]):
+        gram = want @ want.T
+        want = a * want + (b * gram + c * gram @ gram) @ want
+    got = orthogonalize(x, (a, b, c), opt32.param_groups[0]["ns_steps"], 1e-7, torch.float32)
+    assert got.dtype == torch.float32 and got.shape == x.shape
+    torch.testing.assert_close(got.double(), want.T, atol=1e-5, rtol=1e-5)
+    # and a float32 step lands where the bf16 one does, up to bf16's rounding of the update
+    for a32, a16 in zip(f32, ours, strict=True):
+        assert not torch.equal(a32, a16)
+        torch.testing.assert_close(a32, a16, atol=0.02, rtol=0)
+    assert common.muon_dtype(torch.device("cpu"))[0] == torch.float32
