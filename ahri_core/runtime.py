@@ -236,7 +236,7 @@ class PrecisionChoice:
 
 
 # Raised whenever a change of the model code changes which precision or compile choice is faster (2: attention runs
-# in float32 on the CPU whatever the precision, which made bf16 steps 1.2-1.3x faster), so that a measurement cached
+# in float32 on the CPU whatever the precision, which made bf16 steps 1.3-1.4x faster), so that a measurement cached
 # by older code is taken again instead of reused.
 MEASURE_REVISION = "2"
 
