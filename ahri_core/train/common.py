@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import runtime
 from ..config.presets import DATA_PRESETS, TRAINING_PRESETS
 from ..errors import ConfigError
 from ..fileio import append_jsonl, write_json_atomic
@@ -176,9 +177,7 @@ def muon_dtype(device: torch.device) -> tuple[torch.dtype, str]:
     measured 0.9 against 172 GFLOP/s for fp32 at 1024^3 with oneDNN limited to AVX2, and 25.5 against 0.9 ms for
     one 384 x 128 update, which would have made Muon's step several times the model's."""
     if device.type == "cpu":
-        from ..runtime import native_bf16
-
-        native, why = native_bf16()
+        native, why = runtime.native_bf16()
         return (torch.bfloat16, why) if native else (torch.float32, why)
     return torch.bfloat16, f"{device.type} device"
 
