@@ -263,7 +263,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        _leave_now(code)
+    sys.exit(code)
+
+
+def _leave_now(code: int) -> None:
+    """End a process of a torchrun launch at once, once its command has returned: leave the process group,
+    flush what was printed, then ``os._exit``. A normal interpreter exit runs C++ static destructors after the
+    process group's worker threads, and a gloo run on the CPU now and then aborted there ("terminate called
+    without an active exception", SIGABRT) on a rank that had finished its run and written everything, so
+    ``ahri train --nproc 2`` failed with exit code 1 after a complete run. Files are all closed by now (each one
+    is written to a temporary name and renamed); nothing that remains to run at exit matters to the run."""
+    import logging
+
+    from ahri_core.train import distributed
+
+    distributed.leave()
+    with contextlib.suppress(Exception):
+        logging.shutdown()
+    for f in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            f.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

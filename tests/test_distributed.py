@@ -386,3 +386,25 @@ def test_ahri_options_that_need_the_double_dash_are_named_in_the_docs():
     text = (ROOT / "docs" / "scaling.md").read_text()
     for opt in clashing:
         assert re.search(rf"`{re.escape(opt)}`", text), f"{opt} clashes with torchrun's options but docs/scaling.md does not say so"
+
+
+def test_a_launched_process_ends_at_once_with_its_code_and_its_output_flushed(tmp_path: Path):
+    """Under torchrun the command line ends its process with os._exit once the command returned (a normal exit ran
+    C++ destructors after gloo's threads and now and then aborted a finished rank): the exit code and everything
+    printed come through, and nothing registered to run at exit runs."""
+    code = ("import atexit, sys; atexit.register(lambda: print('ATEXIT-RAN', flush=True)); "
+            "from ahri_cli.main import entry; sys.argv = ['ahri', *sys.argv[1:]]; entry()")
+    env = {k: v for k, v in os.environ.items() if k not in distributed.ENV_VARS}
+    for world, ran in (("2", False), ("1", True)):
+        for args, rc in ((["--version"], 0), (["train", "--no-such-flag"], 2)):
+            res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
+                                 env={**env, "WORLD_SIZE": world, "RANK": "0"}, cwd=tmp_path)
+            assert res.returncode == rc, res.stderr
+            assert ("ATEXIT-RAN" in res.stdout) is ran
+            assert (ahri_version() in res.stdout) if rc == 0 else ("no-such-flag" in res.stderr + res.stdout)
+
+
+def ahri_version() -> str:
+    import ahri_core
+
+    return ahri_core.__version__

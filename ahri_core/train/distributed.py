@@ -99,13 +99,13 @@ def setup(device: str = "auto", timeout_minutes: float = 30.0) -> Dist:
     if not tdist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
         tdist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
-        atexit.register(_leave)
+        atexit.register(leave)
     return current()
 
 
-def _leave() -> None:
-    """Leave the process group before the interpreter ends: a gloo group left to the end of the process could
-    abort it ("terminate called without an active exception", seen once on a rank that had finished its run)."""
+def leave() -> None:
+    """Leave the process group (at exit, or before the command line's ``os._exit`` under torchrun): a gloo group
+    left to the end of the process could abort it ("terminate called without an active exception")."""
     with contextlib.suppress(Exception):
         if tdist.is_initialized():
             tdist.destroy_process_group()
