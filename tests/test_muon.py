@@ -149,11 +149,16 @@ def test_muon_is_torchs_in_bf16_and_computes_in_float32_without_native_bf16(monk
     from ahri_core.train.common import Muon, orthogonalize
 
     g = torch.Generator().manual_seed(0)
-    shapes = [(24, 8), (8, 24), (12, 12)]  # tall, wide, square
+    shapes = [(24, 8), (8, 24), (12, 12), (24, 8), (12, 12), (12, 12)]  # tall, wide, square; shapes repeat (stacked)
     params0 = [torch.randn(s, generator=g) for s in shapes]
     grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(3)]
     monkeypatch.setattr(runtime, "native_bf16", lambda: (True, "native"))
+    seen = []  # matrices of one shape go through the Newton-Schulz iteration as one stack
+    real = common.orthogonalize
+    monkeypatch.setattr(common, "orthogonalize", lambda g, *a: seen.append(tuple(g.shape)) or real(g, *a))
     ours, opt = _muon_steps(Muon, params0, grads)
+    assert sorted(set(seen)) == [(2, 24, 8), (3, 12, 12), (8, 24)]
+    monkeypatch.setattr(common, "orthogonalize", real)
     assert opt.ns_dtype == torch.bfloat16
     ref, ref_opt = _muon_steps(torch.optim.Muon, params0, grads)
     for a, b in zip(ours, ref, strict=True):

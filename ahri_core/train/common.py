@@ -158,17 +158,24 @@ def orthogonalize(g: torch.Tensor, coefficients: tuple[float, float, float], ste
                   dtype: torch.dtype) -> torch.Tensor:
     """Muon's approximate orthogonalisation of a 2-D update: scale it to spectral norm at most 1 (by its Frobenius
     norm), then ``steps`` quintic Newton-Schulz iterations X <- a X + (b A + c A^2) X with A = X X^T, on the wide
-    orientation (fewer rows than columns), in ``dtype``. Returned in ``dtype``."""
+    orientation (fewer rows than columns), in ``dtype``. Returned in ``dtype``. A 3-D ``g`` is a stack of updates
+    of one shape, each orthogonalised on its own (batched products: one call per product for the whole stack)."""
     a, b, c = coefficients
-    tall = g.size(0) > g.size(1)
+    tall = g.size(-2) > g.size(-1)
     x = g.to(dtype)
     if tall:
-        x = x.T
-    x = x / x.norm().clamp(min=eps)
-    for _ in range(steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if tall else x
+        x = x.mT
+    if x.dim() == 2:
+        x = x / x.norm().clamp(min=eps)
+        for _ in range(steps):
+            gram = x @ x.T
+            x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    else:
+        x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+        for _ in range(steps):
+            gram = x @ x.mT
+            x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.mT if tall else x
 
 
 def muon_dtype(device: torch.device) -> tuple[torch.dtype, str]:
@@ -210,18 +217,44 @@ class Muon(torch.optim.Muon):
                 loss = closure()
         for group in self.param_groups:
             lr, wd, mom = float(group["lr"]), group["weight_decay"], group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - mom)
-                update = p.grad.lerp(buf, mom) if group["nesterov"] else buf
-                update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype)
-                p.mul_(1 - lr * wd)
-                p.add_(update, alpha=-lr * self._lr_scale(p.shape, group["adjust_lr_fn"]))
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+            grads = [p.grad for p in params]
+            bufs = [self.state[p]["momentum_buffer"] for p in params]
+            # not sharded (FSDP's DTensor): one call for all tensors
+            plain = all(type(t) in (torch.Tensor, nn.Parameter) for t in params + grads)
+            if plain:
+                torch._foreach_lerp_(bufs, grads, 1 - mom)
+                updates = torch._foreach_lerp(grads, bufs, mom) if group["nesterov"] else bufs
+            else:
+                for b, g in zip(bufs, grads):
+                    b.lerp_(g, 1 - mom)
+                updates = [g.lerp(b, mom) for g, b in zip(grads, bufs)] if group["nesterov"] else bufs
+            by_shape: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+            for p, u in zip(params, updates):
+                by_shape.setdefault(tuple(p.shape), []).append((p, u))
+            args = group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype
+            for shape, items in by_shape.items():
+                # matrices of one shape orthogonalised as one stack, and updated in one call: on a 2-core CPU the
+                # `cpu` tokenizer's training step (20 matrices of 4 shapes) took 117 instead of 142 ms in bf16
+                # (many small products and updates cost more in call overhead than in arithmetic)
+                ps = [p for p, _ in items]
+                if plain and len(items) > 1:
+                    ortho = list(orthogonalize(torch.stack([u for _, u in items]), *args).unbind(0))
+                else:
+                    ortho = [orthogonalize(u, *args) for _, u in items]
+                scale = self._lr_scale(torch.Size(shape), group["adjust_lr_fn"])
+                if plain:
+                    torch._foreach_mul_(ps, 1 - lr * wd)
+                    torch._foreach_add_(ps, ortho, alpha=-lr * scale)
+                else:
+                    for p, u in zip(ps, ortho):
+                        p.mul_(1 - lr * wd)
+                        p.add_(u, alpha=-lr * scale)
         return loss
 
 
