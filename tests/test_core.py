@@ -210,6 +210,32 @@ def test_attention_runs_in_float32_on_the_cpu(causal):
     assert qg.grad is not None and qg.grad.dtype == torch.bfloat16 and bool(qg.grad.abs().sum() > 0)
 
 
+def test_bf16_attention_on_the_cpu_rounds_q_and_k_only_where_the_projections_do():
+    """Under bf16 autocast on the CPU the attention computes in float32 (``sdpa``), so q, k and v are cast up once
+    after their projections and stay float32 through the QK-norm and RoPE: the result equals that computation done
+    by hand, with no rounding to bf16 between the norm, the rotation and the kernel (the cache keeps float32 too)."""
+    import torch.nn.functional as F
+
+    from ahri_core.models.layers import apply_rotary
+
+    torch.manual_seed(0)
+    attn = Attention(32, 4)
+    rot = Rotary(8)
+    x = torch.randn(2, 5, 32)
+    cos, sin = rot(torch.arange(5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, (k_cached, _) = attn(x, rope_q=(cos, sin))
+        q = attn.q(x).float().view(2, 5, 4, 8).transpose(1, 2)
+        k, v = attn.kv(x).float().view(2, 5, 2, 4, 8).permute(2, 0, 3, 1, 4)
+    q = apply_rotary(F.rms_norm(q, (8,), attn.q_norm.weight, attn.q_norm.eps), cos, sin)
+    k = apply_rotary(F.rms_norm(k, (8,), attn.k_norm.weight, attn.k_norm.eps), cos, sin)
+    o = F.scaled_dot_product_attention(q, k, v).bfloat16().transpose(1, 2).reshape(2, 5, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = attn.out(o)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, want)
+    assert k_cached.dtype == torch.float32 and torch.equal(k_cached, k)
+
+
 def test_rotary_is_relative():
     """Scores depend only on the distance between positions (what lets windows slide)."""
     rot = Rotary(8)
