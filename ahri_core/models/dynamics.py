@@ -125,6 +125,8 @@ class DynamicsBlock(nn.Module):
     is zero-initialised, so every block starts as the identity (DiT's adaLN-zero).
     """
 
+    compile_region = True  # ``--compile`` compiles each block (train/compiling.py, compile_regions)
+
     def __init__(self, cfg: DynamicsConfig, temporal: bool) -> None:
         super().__init__()
         self.temporal = temporal

@@ -173,6 +173,8 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)); x + mlp(norm(x))."""
 
+    compile_region = True  # ``--compile`` compiles each block (train/compiling.py, compile_regions)
+
     def __init__(
         self,
         dim: int,

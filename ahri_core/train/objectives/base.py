@@ -12,6 +12,7 @@ from torch import nn
 
 from .. import distributed
 from ..common import EMA
+from ..compiling import compile_regions
 
 
 @dataclass
@@ -44,14 +45,10 @@ class Objective:
         return self.net if self.net is not None else self.model
 
     def set_compiled(self, on: bool) -> None:
-        """Training forwards through ``torch.compile`` (True) or eager again (False); the modules, weights and
-        optimizer stay the same (``--compile``, ``train/compiling.py``)."""
-        if on:
-            if "_eager_net" not in self.__dict__:
-                self._eager_net = self.net
-            self.net = torch.compile(self._eager_net if self._eager_net is not None else self.model)
-        elif "_eager_net" in self.__dict__:
-            self.net = self.__dict__.pop("_eager_net")
+        """Training forwards through ``torch.compile`` (True) or eager again (False): each transformer block of the
+        model compiled in place (``compiling.compile_regions``); the modules, weights and optimizer stay the same
+        (``--compile``, ``train/compiling.py``)."""
+        compile_regions(self.model, on)
 
     def compile_key(self) -> str:
         """What a cached compile measurement is valid for, besides the machine (``train/compiling.py``)."""

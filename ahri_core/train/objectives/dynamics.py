@@ -25,6 +25,7 @@ from ...models.latent_actions import LatentActionConfig, LatentActionDynamics, l
 from ...runtime import autocast
 from .. import distributed
 from ..common import RunningRMS
+from ..compiling import compile_regions
 from ..preview import PreviewUnavailable
 from .base import Objective, StepOut
 
@@ -224,7 +225,6 @@ class DynamicsObjective(Objective):
         self.windows = _Windows(loader, sampler)
         self.short, self.long = short, long
         self.teacher = copy.deepcopy(self.model) if (diffusion.ema_teacher and diffusion.shortcut) else None
-        self.teacher_compiled: torch.nn.Module | None = None  # the teacher through torch.compile (--compile)
         # whether the teacher copy takes the model's raw weights (the FSDP copy without an EMA teacher) or the EMA's
         self.raw_teacher = False
         self.val_keys = validation_windows(lset.val, _val_length(data), data.stride, VAL_WINDOWS) if lset.val else []
@@ -340,17 +340,15 @@ class DynamicsObjective(Objective):
                 self.teacher.load_state_dict(distributed.full_tensors(self.model.state_dict()))
             else:
                 self.teacher.load_state_dict(distributed.full_tensors(self.ema.averaged(self.model)))
-        if self.teacher_compiled is not None:
-            return self.teacher_compiled
         return self.teacher if self.teacher is not None else self.model
 
     def set_compiled(self, on: bool) -> None:
-        """The student's forwards and the shortcut teacher's: the EMA teacher (its weights are loaded in place
-        each step, so it needs no recompiling) or the model itself without gradient. Under FSDP the teacher is
-        a whole copy built at its first use; it stays eager."""
+        """The student's blocks and the shortcut teacher's: the model itself (run without gradient) shares the
+        student's compiled blocks; an EMA teacher has blocks of its own, compiled the same way. Under FSDP the
+        teacher is a whole copy built at its first use; it stays eager."""
         super().set_compiled(on)
-        teacher = self.teacher if self.teacher is not None else (None if self.fsdp else self.model)
-        self.teacher_compiled = torch.compile(teacher) if on and teacher is not None else None
+        if self.teacher is not None and not self.fsdp:
+            compile_regions(self.teacher, on)
 
     def compile_key(self) -> str:
         d = self.diffusion
