@@ -1,10 +1,10 @@
 """Whether a run trains through ``torch.compile``: ``--compile auto`` (the default), ``on`` or ``off``.
 
 What is compiled: each transformer block of the model, in place (:func:`compile_regions`); the blocks of one kind
-share their graphs, so compiling takes about half as long as compiling the whole model, for the same step time.
+share their graphs, so compiling takes less time than compiling the whole model, for the same step time.
 Compiling pays only where a run is long enough to repay its start-up: on a 2-core AMD EPYC with AVX-512 the
 `cpu` preset's compiled steps ran 1.25x (dynamics, fp32) to 1.4x (bf16) and 1.2x (tokenizer) faster than eager
-ones after 20-100 s of compiling from an empty cache (a fifth of that with inductor's cache warm), and 1.1x on an
+ones after 20-120 s of compiling from an empty cache (a fifth of that with inductor's cache warm), and 1.1x on an
 AVX2-only one (docs/benchmarks.md), so a 40-minute run gains minutes and a 5-minute run loses. ``auto`` therefore measures,
 inside the run, on the run's own steps:
 
@@ -43,8 +43,8 @@ CACHE_FILE = "compile.json"
 SPEEDUP_MIN = 1.1  # compiled steps must be at least this much faster than eager ones to be kept
 REPAY = 2.0  # from a cached measurement: compile when the budget's expected saving is this many start-ups
 TRIAL_MIN_S = 900.0  # a budget with less time than this left after the eager steps does not try (a first
-# compile of the `cpu` dynamics model's blocks took 100 s on a 2-core machine: a trial that finds no speed-up costs
-# at most about a ninth of 15 minutes, and at 1.25x, 15 minutes gain 1.5 minutes of steps)
+# compile of the `cpu` dynamics model's blocks took about 2 minutes on a 2-core machine: a trial that finds no
+# speed-up costs at most about an eighth of 15 minutes, and at 1.4x (bf16), 15 minutes gain 3.5 minutes of steps)
 EAGER_WARMUP = 3  # untimed eager steps (allocation, kernel choice)
 TIMED = 10  # timed steps of each kind
 # compiled steps the trial spans at least: a new shape (the long windows, the teacher's item count) compiles
@@ -76,18 +76,33 @@ def compile_regions(model: torch.nn.Module, on: bool) -> int:
     """Compile (``on``) or restore to eager, in place, every transformer block of ``model``: each submodule whose
     class sets ``compile_region``. Returns how many. The blocks of one kind share their code, so torch.compile
     builds their graphs once and every block (and the shortcut teacher, the same modules run without gradient)
-    reuses them. Against compiling the whole model, on a 2-core AMD EPYC with AVX-512 (bf16, cold inductor cache):
-    the `cpu` dynamics step 200 against 192 ms after 95 against 201 s of compiling, the tokenizer step 106 against
-    110 ms after 21 against 47 s (eager: 279 and 127 ms). The weights, their names and the optimizer are untouched."""
+    reuses them. Against compiling the whole model, on a 2-core AMD EPYC with AVX-512 (bf16, empty inductor cache):
+    a `cpu` dynamics run (`--compile on`, Mario latents) reached step 10 after 124 against 138 s and step 400 after
+    216 against 235 s, with the same losses; timed alone, the tokenizer step compiled in 21 against 47 s (106
+    against 110 ms a step; eager 127). The weights, their names and the optimizer are untouched."""
+    if on:
+        # the variants one block's code meets in training: spatial or temporal, with or without gradient (the
+        # shortcut teacher), short or long windows; torch's default limit of 8 would leave some of them eager
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, REGION_VARIANTS)
     n = 0
     for m in model.modules():
         if getattr(type(m), "compile_region", False):
-            if on:
-                m.compile()
-            else:
-                m._compiled_call_impl = None  # what nn.Module.compile sets; None is nn.Module's eager call
+            # nn.Module calls _compiled_call_impl instead of its eager call where it is set (what nn.Module.compile
+            # sets); this one compiles training calls only, so that validation, previews and sampling (eval mode,
+            # other shapes, a KV cache) stay eager instead of compiling graphs of their own
+            m._compiled_call_impl = _training_only(m, torch.compile(m._call_impl)) if on else None
             n += 1
     return n
+
+
+REGION_VARIANTS = 32
+
+
+def _training_only(module: torch.nn.Module, compiled: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return compiled(*args, **kwargs) if module.training else module._call_impl(*args, **kwargs)
+
+    return call
 
 
 def unsupported(device: torch.device) -> str | None:
