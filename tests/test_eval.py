@@ -235,7 +235,7 @@ def test_eval_resolves_auto_precision_and_records_it(world, tmp_path, monkeypatc
     assert m["settings"]["precision"] == "bf16"
     assert m["precision"]["precision"] == "bf16" and m["precision"]["requested"] == "auto"
     assert "2.00x faster" in m["precision"]["reason"] and m["precision"]["cached"] is False
-    assert shapes == [(2, 4)]  # timed at the sampler's batch (2 clips) and window (context 3 + the new frame)
+    assert shapes == [(2, 2)]  # timed at the sampler's batch (2 clips) and a cached call's frames (new + committed)
     assert (cache_ws.cache / "precision.json").is_file()
     # without native bf16: fp32 at once, nothing timed
     monkeypatch.setattr(runtime, "native_bf16", lambda: (False, "test CPU without bf16"))

@@ -155,21 +155,25 @@ def test_auto_precision_measures_the_model_step_caches_and_reuses_it(world, tmp_
         hook.remove()
     assert rep.precision == "bf16" and "2.50x faster" in rep.precision_reason
     dcfg = wm.dynamics.config
-    # one forward per precision at the sampler's shape (batch 1, context + the new frame), fp32 then bf16
-    assert seen[:2] == [((1, 5, dcfg.tokens, dcfg.channels), True, False), ((1, 5, dcfg.tokens, dcfg.channels), True, True)]
+    # one forward per precision at the shape of a cached sampler call (batch 1; a new frame and the one it commits,
+    # not the 5-frame window: a whole window favours bf16 where one-frame calls are slower in it), fp32 then bf16
+    assert seen[:2] == [((1, 2, dcfg.tokens, dcfg.channels), True, False), ((1, 2, dcfg.tokens, dcfg.channels), True, True)]
     cache = json.loads((other.cache / "precision.json").read_text())
     (key, entry), = cache.items()
     assert entry["precision"] == "bf16" and entry["timings"] == {"fp32": 0.010, "bf16": 0.004}
-    assert "batch 1x5" in json.loads(key)["model"]
+    assert "batch 1x2" in json.loads(key)["model"]
 
     # the cached answer is used on the next call: no measurement
     monkeypatch.setattr(runtime, "time_step", _no_timing)
     again = rollout_clip(clip, wm, steps=2, context=4, horizon=2, out=tmp_path / "b.mp4", scale=1, workspace=other)
     assert again.precision == "bf16" and again.precision_reason == rep.precision_reason
-    # another batch shape is another measurement (here: slower bf16, so fp32)
-    monkeypatch.setattr(runtime, "time_step", lambda step, **k: {"fp32": 0.010, "bf16": 0.0095})
+    # a longer context is the same call shape (the cached answer); another batch is another measurement (here:
+    # slower bf16, so fp32)
     longer = rollout_clip(clip, wm, steps=2, context=6, horizon=2, out=tmp_path / "c.mp4", scale=1, workspace=other)
-    assert longer.precision == "fp32" and "1.05x the fp32 speed" in longer.precision_reason
+    assert longer.precision == "bf16" and longer.precision_reason == rep.precision_reason
+    monkeypatch.setattr(runtime, "time_step", lambda step, **k: {"fp32": 0.010, "bf16": 0.0095})
+    eval_like = wm.choose_precision("auto", batch=8, frames=17, cache_dir=other.cache)
+    assert eval_like.precision == "fp32" and "1.05x the fp32 speed" in eval_like.reason
     assert len(json.loads((other.cache / "precision.json").read_text())) == 2
     # a forced precision is taken as given
     forced = rollout_clip(clip, wm, steps=2, context=4, horizon=2, out=tmp_path / "d.mp4", scale=1, precision="fp32",

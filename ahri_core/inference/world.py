@@ -36,6 +36,9 @@ __all__ = [
 ]
 
 
+SAMPLING_CALL_FRAMES = 2  # frames in one cached sampler call: the frame being denoised and the one it commits
+
+
 @dataclass
 class WorldModel:
     """A trained dynamics run with its tokenizer, ready to sample."""
@@ -113,10 +116,13 @@ class WorldModel:
         """Resolve ``requested`` ("auto", "bf16", "fp32") for sampling this model on its device.
 
         ``auto`` goes through :func:`ahri_core.runtime.choose_precision`; where it must measure (a CPU with
-        native bf16), the step it times is one forward call of the dynamics model on ``batch`` clips of
-        ``frames`` frames (the sampler's shape: the context window plus the new frame) under
-        ``runtime.autocast``, inside ``torch.inference_mode()``. The result is cached in
-        ``<cache_dir>/precision.json`` per machine and per :meth:`precision_key`.
+        native bf16), the step it times is one forward call of the dynamics model on ``batch`` clips of at most
+        ``SAMPLING_CALL_FRAMES`` frames under ``runtime.autocast``, inside ``torch.inference_mode()``: the shape of
+        the sampler's calls, which with the KV cache compute one or two frames (a frame being denoised, and the
+        finished one committed with it), not the whole window. A whole-window forward favours bf16 (large matrix
+        products), and chose it where one-frame sampling is slower in bf16: on a 2-core AMD EPYC with AVX-512,
+        batch-1 rollouts ran at 37-51 frames/s in fp32 against 30-36 in bf16 (``benchmarks/bench_sampling.py``).
+        The result is cached in ``<cache_dir>/precision.json`` per machine and per :meth:`precision_key`.
         """
         from .. import runtime
 
@@ -124,7 +130,7 @@ class WorldModel:
         cfg = self.dynamics.config
         if self.traits.max_frames is not None:
             frames = min(frames, self.traits.max_frames)
-        batch, frames = max(1, int(batch)), max(1, int(frames))
+        batch, frames = max(1, int(batch)), max(1, min(int(frames), SAMPLING_CALL_FRAMES))
 
         def step(p: str) -> None:
             g = torch.Generator().manual_seed(0)
