@@ -18,7 +18,10 @@ def _outcome(failures: dict) -> tuple[int, str | None]:
         return 130, None
     if len(codes) == 1 and codes <= {1, 2}:  # each worker already said why, in one line
         return codes.pop(), None
-    rank, first = min(failures.items(), key=lambda kv: kv[1].timestamp)
+    # a process killed by a signal other than the launcher's own stop (SIGINT, SIGTERM) is the cause: the others
+    # then fail on the lost connection, and can be seen ending first when they exit faster than the kill is noticed
+    killed = {r: f for r, f in failures.items() if f.exitcode < 0 and f.exitcode not in (-2, -15)}
+    rank, first = min((killed or failures).items(), key=lambda kv: kv[1].timestamp)
     if first.exitcode < 0:
         how = f"was killed by {first.signal_name()}"
         if first.signal_name() == "SIGKILL":

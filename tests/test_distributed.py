@@ -408,3 +408,19 @@ def ahri_version() -> str:
     import ahri_core
 
     return ahri_core.__version__
+
+
+def test_the_process_a_signal_killed_is_named_even_when_another_was_seen_failing_first():
+    from types import SimpleNamespace
+
+    from ahri_cli.workers import _outcome
+
+    def failure(code: int, t: float, sig: str = "") -> SimpleNamespace:
+        return SimpleNamespace(exitcode=code, timestamp=t, signal_name=lambda: sig)
+
+    # rank 0 ended (code 1, the connection lost) a moment before the launcher noticed rank 1's SIGKILL
+    code, line = _outcome({0: failure(1, 10.0), 1: failure(-9, 10.5, "SIGKILL")})
+    assert code == 1 and line.startswith("process 1 of the run was killed by SIGKILL")
+    # the launcher's own stop of the others (SIGTERM) is not a cause: the first failure is named
+    code, line = _outcome({0: failure(3, 10.0), 1: failure(-15, 10.2, "SIGTERM")})
+    assert line.startswith("process 0 of the run ended with exit code 3")
