@@ -346,3 +346,31 @@ def test_a_really_full_disk_during_a_latent_file_and_a_video(small_disk: Path):
         write_video(small_disk / "clip.mp4", (rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(400)),
                     20, crf=0)
     assert list(small_disk.iterdir()) == []
+
+
+def test_a_video_whose_sidecar_is_written_survives_an_interrupt_in_the_manifest_update(tmp_path, monkeypatch):
+    """The sidecar is the commit point: Ctrl-C or SIGTERM while the manifest is updated leaves the clip whole
+    (the manifest is rebuilt from the sidecars), instead of removing a clip that was already complete."""
+    import numpy as np
+    import pytest
+
+    from ahri_core.sources import store
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "manifest_add", interrupted)
+    frames = np.zeros((6, 16, 16, 3), dtype=np.uint8)
+    with pytest.raises(KeyboardInterrupt):
+        store.store_frames(tmp_path, "clip", frames, 10.0, {}, actions=np.array([-1, 0, 0, 0, 0, 0]), action_meanings=["a"])
+    assert (tmp_path / "clip.mp4").is_file() and (tmp_path / "clip.json").is_file()
+    (rec,) = store.list_videos(tmp_path, recursive=False, bare=False)
+    assert rec.id == "clip" and rec.meta["frames"] == 6
+    monkeypatch.undo()
+    assert "clip" in json.dumps(store.rebuild_manifest(tmp_path))
+
+    # interrupted before the sidecar: nothing of the clip is left
+    monkeypatch.setattr(store, "write_json_atomic", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.store_frames(tmp_path, "other", frames, 10.0, {})
+    assert not list(tmp_path.glob("other*"))

@@ -221,8 +221,8 @@ def _commit(
     meta: dict,
     actions: np.ndarray | None,
     action_meanings: list[str] | None,
-) -> VideoRecord:
-    """Write actions and the sidecar for an mp4 already at ``dest/<id>.mp4``; update the manifest."""
+) -> dict:
+    """Write actions and the sidecar for an mp4 already at ``dest/<id>.mp4``; returns the sidecar."""
     mp4 = dest / f"{video_id}.mp4"
     side: dict[str, Any] = {
         "format": SIDECAR_FORMAT,
@@ -263,11 +263,16 @@ def _commit(
         with contextlib.suppress(FileNotFoundError):
             apath.unlink()
     write_json_atomic(dest / f"{video_id}.json", side)
-    record = VideoRecord(
-        path=mp4, id=video_id, meta=side, actions=None if actions is None else load_actions(apath)
-    )
+    return side
+
+
+def _listed(dest: Path, side: dict) -> VideoRecord:
+    """After the sidecar (the commit point: from there the video is whole, and an interrupt must not remove it):
+    the manifest entry (rebuilt from the sidecars if this is cut short) and the record."""
     manifest_add(dest, side)
-    return record
+    apath = dest / side["actions_file"] if side.get("actions_file") else None
+    return VideoRecord(path=dest / side["file"], id=side["id"], meta=side,
+                       actions=None if apath is None else load_actions(apath))
 
 
 def store_file(
@@ -295,10 +300,11 @@ def store_file(
         info = check_video(mp4, full=False)
         if info.frames != checked.frames:
             raise VideoError(src, f"storing as mp4 kept {info.frames} of {checked.frames} frames")
-        return _commit(dest, video_id, info, meta, actions, action_meanings)
+        side = _commit(dest, video_id, info, meta, actions, action_meanings)
     except BaseException:
         _remove_video(dest, video_id)
         raise
+    return _listed(dest, side)
 
 
 def store_frames(
@@ -317,10 +323,11 @@ def store_frames(
     write_video(mp4, frames, fps, crf=crf)
     try:
         info = probe(mp4)
-        return _commit(dest, video_id, info, meta, actions, action_meanings)
+        side = _commit(dest, video_id, info, meta, actions, action_meanings)
     except BaseException:
         _remove_video(dest, video_id)
         raise
+    return _listed(dest, side)
 
 
 def _remove_video(dest: Path, video_id: str) -> None:
