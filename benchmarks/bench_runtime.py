@@ -28,13 +28,12 @@ from bench_dynamics_train import matmul_peak  # noqa: E402
 from train_steps import BenchStep, TokenizerBenchStep  # noqa: E402
 
 from ahri_core import runtime  # noqa: E402
-from ahri_core.config.presets import PRESETS  # noqa: E402
+from ahri_core.config.presets import TRAINING_PRESETS  # noqa: E402
 from ahri_core.config.settings import TrainSettings  # noqa: E402
 from ahri_core.models.dynamics import build_dynamics  # noqa: E402
 from ahri_core.models.tokenizer import tokenizer_config  # noqa: E402
 
 CPU = torch.device("cpu")
-TOKENIZER_TRAIN = {n: p.get("train", {}).get("tokenizer", {}) for n, p in PRESETS.items()}
 
 
 def tokenizer_step(batch: int = 16, optimizer: str | None = None):
@@ -43,7 +42,7 @@ def tokenizer_step(batch: int = 16, optimizer: str | None = None):
     precision."""
     torch.manual_seed(0)
     cfg = tokenizer_config("cpu")
-    optimizer = optimizer or TOKENIZER_TRAIN["cpu"].get("optimizer", "adamw")
+    optimizer = optimizer or TRAINING_PRESETS["tokenizer"]["cpu"].get("optimizer", "adamw")
     bench = TokenizerBenchStep(cfg, TrainSettings(lr=1e-4, weight_decay=0.01, grad_clip=1.0, ema=0.0,
                                                   batch_size=batch, optimizer=optimizer), "fp32")
     x = torch.rand(batch, 3, *cfg.size, generator=torch.Generator().manual_seed(1))

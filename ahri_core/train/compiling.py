@@ -51,6 +51,7 @@ TIMED = 10  # timed steps of each kind
 # again when it first comes, and the start-up must count those too (one run's second compile, at its first
 # long window 40 steps in, took twice as long as its first)
 COMPILED_SPAN = 60
+REGION_VARIANTS = 32  # recompiles allowed per compiled block's code (compile_regions)
 TIMINGS = ("eager_s", "compiled_s", "startup_s")  # a cached measurement
 
 
@@ -72,9 +73,9 @@ class CompileChoice:
         return asdict(self)
 
 
-def compile_regions(model: torch.nn.Module, on: bool) -> int:
+def compile_regions(model: torch.nn.Module, on: bool) -> None:
     """Compile (``on``) or restore to eager, in place, every transformer block of ``model``: each submodule whose
-    class sets ``compile_region``. Returns how many. The blocks of one kind share their code, so torch.compile
+    class sets ``compile_region``. The blocks of one kind share their code, so torch.compile
     builds their graphs once and every block (and the shortcut teacher, the same modules run without gradient)
     reuses them. Against compiling the whole model, on a 2-core AMD EPYC with AVX-512 (bf16, empty inductor cache):
     a `cpu` dynamics run (`--compile on`, Mario latents) reached step 10 after 124 against 138 s and step 400 after
@@ -84,18 +85,12 @@ def compile_regions(model: torch.nn.Module, on: bool) -> int:
         # the variants one block's code meets in training: spatial or temporal, with or without gradient (the
         # shortcut teacher), short or long windows; torch's default limit of 8 would leave some of them eager
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, REGION_VARIANTS)
-    n = 0
     for m in model.modules():
         if getattr(type(m), "compile_region", False):
             # nn.Module calls _compiled_call_impl instead of its eager call where it is set (what nn.Module.compile
             # sets); this one compiles training calls only, so that validation, previews and sampling (eval mode,
             # other shapes, a KV cache) stay eager instead of compiling graphs of their own
             m._compiled_call_impl = _training_only(m, torch.compile(m._call_impl)) if on else None
-            n += 1
-    return n
-
-
-REGION_VARIANTS = 32
 
 
 def _training_only(module: torch.nn.Module, compiled: Callable[..., Any]) -> Callable[..., Any]:
