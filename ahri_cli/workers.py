@@ -8,19 +8,23 @@ killed (by the kernel when memory ran out, say) or failed in some other way.
 
 from __future__ import annotations
 
+import signal
 import sys
+
+# exit codes of a worker stopped by Ctrl-C or SIGTERM (the launcher's own stop), never the cause of a failure
+STOPPED = (-int(signal.SIGINT), -int(signal.SIGTERM))
 
 
 def _outcome(failures: dict) -> tuple[int, str | None]:
     """The exit code and the line to show for the workers that failed (rank -> ProcessFailure)."""
     codes = {f.exitcode for f in failures.values()}
-    if codes <= {130, -2, -15}:  # stopped by Ctrl-C or SIGTERM (after their checkpoint)
+    if codes <= {130, *STOPPED}:  # stopped by Ctrl-C or SIGTERM (after their checkpoint)
         return 130, None
     if len(codes) == 1 and codes <= {1, 2}:  # each worker already said why, in one line
         return codes.pop(), None
     # a process killed by a signal other than the launcher's own stop (SIGINT, SIGTERM) is the cause: the others
     # then fail on the lost connection, and can be seen ending first when they exit faster than the kill is noticed
-    killed = {r: f for r, f in failures.items() if f.exitcode < 0 and f.exitcode not in (-2, -15)}
+    killed = {r: f for r, f in failures.items() if f.exitcode < 0 and f.exitcode not in STOPPED}
     rank, first = min((killed or failures).items(), key=lambda kv: kv[1].timestamp)
     if first.exitcode < 0:
         how = f"was killed by {first.signal_name()}"

@@ -351,9 +351,6 @@ def test_a_really_full_disk_during_a_latent_file_and_a_video(small_disk: Path):
 def test_a_video_whose_sidecar_is_written_survives_an_interrupt_in_the_manifest_update(tmp_path, monkeypatch):
     """The sidecar is the commit point: Ctrl-C or SIGTERM while the manifest is updated leaves the clip whole
     (the manifest is rebuilt from the sidecars), instead of removing a clip that was already complete."""
-    import numpy as np
-    import pytest
-
     from ahri_core.sources import store
 
     def interrupted(*a, **k):
